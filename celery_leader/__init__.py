@@ -1,0 +1,30 @@
+"""celery-leader: leader election so that exactly one scheduler instance does the work."""
+
+from .lock import (
+    Backend,
+    BackendUnavailable,
+    Capabilities,
+    ConfigurationError,
+    Conflict,
+    Lock,
+    LockError,
+    Versioned,
+)
+from .record import LeaderRecord
+from .registry import default_url, open_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Capabilities",
+    "ConfigurationError",
+    "Conflict",
+    "LeaderRecord",
+    "Lock",
+    "LockError",
+    "Versioned",
+    "default_url",
+    "open_backend",
+]

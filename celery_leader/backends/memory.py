@@ -1,0 +1,131 @@
+"""``memory://[NAMESPACE]``: locks in this process's memory, for tests and examples.
+
+All backends opened with the same namespace share one store, so several elections in one
+process can compete as they would through a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from typing import Iterator
+from urllib.parse import urlsplit
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["MemoryBackend", "MemoryLock"]
+
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.stalled = 0
+
+    def _enter(self, timeout: float) -> None:
+        """Wait (holding ``cond``) until not stalled; raise if that takes longer than timeout."""
+        if self.stalled and not self.cond.wait_for(lambda: not self.stalled, timeout):
+            raise BackendUnavailable("memory store is stalled")
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_GUARD = threading.Lock()
+
+
+def _store(namespace: str) -> _Store:
+    with _STORES_GUARD:
+        return _STORES.setdefault(namespace, _Store())
+
+
+class MemoryLock(Lock):
+    capabilities = CAPABILITIES
+
+    def __init__(self, store: _Store, name: str) -> None:
+        self._store = store
+        self.name = name
+
+    def get(self, timeout: float) -> Versioned | None:
+        with self._store.cond:
+            self._store._enter(timeout)
+            found = self._store.objects.get(self.name)
+        if found is None:
+            return None
+        raw, version = found
+        return Versioned(decode_or_placeholder(raw), version)
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        return self._put(encode_record(record), None, timeout)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        return self._put(encode_record(record), expected_version, timeout)
+
+    def _put(self, raw: bytes, expected: str | None, timeout: float) -> str:
+        with self._store.cond:
+            self._store._enter(timeout)
+            current = self._store.objects.get(self.name)
+            if expected is None and current is not None:
+                raise Conflict(f"{self.name} exists")
+            if expected is not None and (current is None or current[1] != expected):
+                raise Conflict(f"{self.name} changed")
+            version = uuid.uuid4().hex
+            self._store.objects[self.name] = (raw, version)
+            self._store.cond.notify_all()
+            return version
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout)
+
+        def changed() -> bool:
+            current = self._store.objects.get(self.name)
+            return (current[1] if current else None) != version
+
+        with self._store.cond:
+            self._store.cond.wait_for(changed, max(0.0, deadline - time.monotonic()))
+
+    def write_raw(self, raw: bytes) -> None:
+        """Store bytes as they are (tests of garbage handling)."""
+        with self._store.cond:
+            self._store.objects[self.name] = (raw, uuid.uuid4().hex)
+            self._store.cond.notify_all()
+
+    def describe(self) -> str:
+        return f"memory lock {self.name!r}"
+
+
+class MemoryBackend(Backend):
+    schemes = ("memory",)
+    capabilities = CAPABILITIES
+
+    def __init__(self, namespace: str = "") -> None:
+        self.namespace = namespace
+        self._store = _store(namespace)
+
+    @classmethod
+    def from_url(cls, url: str) -> "MemoryBackend":
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigurationError(f"not a memory:// URL: {url!r}")
+        return cls((parts.netloc + parts.path).strip("/"))
+
+    def lock(self, name: str) -> MemoryLock:
+        return MemoryLock(self._store, name)
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """Make every call wait as if the server stopped answering (fault tests)."""
+        with self._store.cond:
+            self._store.stalled += 1
+        try:
+            yield
+        finally:
+            with self._store.cond:
+                self._store.stalled -= 1
+                self._store.cond.notify_all()
+
+    def describe(self) -> str:
+        return f"memory://{self.namespace}"

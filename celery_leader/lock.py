@@ -1,0 +1,155 @@
+"""The contract every lock backend implements.
+
+Compare-and-swap is mandatory: ``create`` succeeds only if no lock object exists, and
+``update`` only if the stored version is the one the caller read. Every call takes a
+timeout and must return or raise within it. A backend that cannot do true
+compare-and-swap is not accepted, because without it two candidates can both "win".
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .record import LeaderRecord
+
+__all__ = [
+    "LockError",
+    "Conflict",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "Capabilities",
+    "Versioned",
+    "Lock",
+    "Backend",
+]
+
+
+class LockError(Exception):
+    """Base class of the errors a backend raises."""
+
+
+class Conflict(LockError):
+    """Lost a compare-and-swap race (the object exists, or its version moved on). Normal."""
+
+
+class BackendUnavailable(LockError):
+    """The backend could not be reached or did not answer in time. Retried."""
+
+
+class ConfigurationError(LockError, ValueError):
+    """The configuration cannot work (bad URL, missing bucket, no permission).
+
+    Raised at start-up; the message names the fix.
+    """
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend promises.
+
+    ``linearizable``: a successful write is seen by every later read (no lost acknowledged
+    writes). ``watch``: :meth:`Lock.wait_for_change` returns early on a change.
+    ``partition_safe``: a network partition cannot let two sides both win a write.
+    """
+
+    linearizable: bool
+    watch: bool
+    partition_safe: bool
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A record as read, with the opaque version to compare-and-swap against."""
+
+    record: LeaderRecord
+    version: str
+
+
+class Lock(abc.ABC):
+    """One named lock object in a backend. Thread-safe."""
+
+    name: str
+    capabilities: ClassVar[Capabilities]
+
+    @abc.abstractmethod
+    def get(self, timeout: float) -> Versioned | None:
+        """Read the record; ``None`` if no lock object exists yet.
+
+        Undecodable content is returned as :meth:`LeaderRecord.undecodable` with its
+        version, never raised, so that the engine can overwrite it once it is stale.
+        """
+
+    @abc.abstractmethod
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        """Create the lock object if absent and return its version; :class:`Conflict` if it exists."""
+
+    @abc.abstractmethod
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        """Replace the record if the stored version is ``expected_version``; else :class:`Conflict`."""
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        """Return when the stored version differs from ``version``, or after ``timeout``.
+
+        Backends without ``watch`` keep this default, which just sleeps.
+        """
+        time.sleep(max(0.0, timeout))
+
+    def close(self) -> None:
+        """Release resources. Idempotent."""
+
+    # asyncio variants: backends with a native async client may override these.
+    async def aget(self, timeout: float) -> Versioned | None:
+        return await asyncio.to_thread(self.get, timeout)
+
+    async def acreate(self, record: LeaderRecord, timeout: float) -> str:
+        return await asyncio.to_thread(self.create, record, timeout)
+
+    async def aupdate(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        return await asyncio.to_thread(self.update, record, expected_version, timeout)
+
+    async def await_for_change(self, version: str | None, timeout: float) -> None:
+        if not self.capabilities.watch:
+            await asyncio.sleep(max(0.0, timeout))
+            return
+        await asyncio.to_thread(self.wait_for_change, version, timeout)
+
+    def describe(self) -> str:
+        """Where this lock lives, for logs and banners (never with secrets)."""
+        return f"{type(self).__name__}({self.name})"
+
+
+class Backend(abc.ABC):
+    """A connection to one lock service, made from a URL; opens one :class:`Lock` per name.
+
+    Many locks (elections) may share one backend object and its connections.
+    """
+
+    #: URL schemes this backend serves (the entry point names in ``celery_leader.backends``)
+    schemes: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[Capabilities]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str) -> "Backend":
+        """Parse the URL; raise :class:`ConfigurationError` naming the fix if it is wrong."""
+
+    @abc.abstractmethod
+    def lock(self, name: str) -> Lock:
+        """Open the lock for election ``name``."""
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Verify at start-up that the backend can work (reachable, permitted, safe).
+
+        Raises :class:`ConfigurationError` with the fix named, or :class:`BackendUnavailable`.
+        """
+
+    def close(self) -> None:
+        """Close connections. Idempotent."""
+
+    def describe(self) -> str:
+        """The URL without secrets, for logs and banners."""
+        return type(self).__name__

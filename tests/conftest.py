@@ -1,0 +1,3 @@
+import logging
+
+logging.getLogger("celery_leader").setLevel(logging.DEBUG)
