@@ -1,0 +1,441 @@
+"""``file:///abs/dir``: the embedded default backend, for candidates on one host.
+
+One lease file per election, ``DIR/NAME.lease.json``, holding the Go seed's JSON plus a
+private random nonce. Compare-and-swap across processes is a ``fcntl.flock`` on a separate
+``DIR/NAME.lock`` that is never replaced (locking the lease file itself would not work: it
+is replaced on every write, and a lock on a replaced inode excludes nobody). Writes go to a
+temporary file in DIR, are fsynced, renamed over the lease file and the directory is
+fsynced, so a crash mid-write leaves either the old record or the new one, never a torn one.
+
+The version is the SHA-256 of the file's bytes. Every write carries a fresh 128-bit nonce,
+so no two writes share a version, even after the file was deleted and created again (no
+ABA), and bytes that are not ours (garbage, a hand edit) still get a version to
+compare-and-swap against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
+
+log = logging.getLogger("celery_leader.backends.file")
+
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+
+#: backend-private key holding the per-write nonce; stripped on read, never in ``extra``
+NONCE_KEY = "celeryLeaderFileNonce"
+LEASE_SUFFIX = ".lease.json"
+LOCK_SUFFIX = ".lock"
+TMP_SUFFIX = ".tmp"
+#: how often ``wait_for_change`` looks at the lease file's inode, mtime and size
+POLL_INTERVAL = 0.02
+#: a full read every so often, in case an inode number was reused within one mtime tick
+FULL_READ_INTERVAL = 0.5
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+_MAX_NAME = 200
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs", "afs"}
+
+
+def validate_name(name: str) -> str:
+    """Election names become file names: only ``[A-Za-z0-9._-]``, no leading dot."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > _MAX_NAME:
+        raise ConfigurationError(
+            f"election name {name!r} cannot be used by the file:// backend: use 1-{_MAX_NAME} characters "
+            "from A-Z a-z 0-9 . _ - (no '/', no spaces, not starting with '.'), e.g. 'celery-beat'"
+        )
+    return name
+
+
+def _version_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _default_state_dir() -> Path:
+    """The directory ``registry.default_url()`` names when no URL is configured."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "celery-leader"
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The mount type holding ``path`` (from /proc/self/mounts), or None when unknown."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, fstype = "", None
+    target = str(path.resolve())
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, fstype = mount, fields[2]
+    return fstype
+
+
+def check_directory(directory: Path) -> None:
+    """Raise :class:`ConfigurationError` naming the fix unless ``directory`` is a writable directory.
+
+    Writability is probed by creating and removing a file, because permission bits say
+    nothing for root, and a read-only mount or an immutable directory only shows on write.
+    """
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"lock directory {directory} does not exist; create it (mkdir -p {directory}) "
+            "or point the file:// URL at an existing directory"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"lock directory {directory} cannot be used: {exc}") from None
+    if not os.path.isdir(directory):
+        kind = "a regular file" if os.path.isfile(directory) else f"not a directory (mode {oct(st.st_mode)})"
+        raise ConfigurationError(
+            f"{directory} is {kind}; the file:// URL must name a directory, e.g. file:///var/lib/celery-leader"
+        )
+    probe = directory / f".celery-leader-probe-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"lock directory {directory} is not writable ({exc.strerror or exc}); make it writable for this "
+            "user (chown/chmod, remount read-write, chattr -i) or choose another directory in the file:// URL"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+class FileLock(Lock):
+    """One lease file guarded by a flock on its sibling ``.lock`` file. Thread- and fork-safe."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, directory: Path, name: str, *, poll_interval: float = POLL_INTERVAL) -> None:
+        if fcntl is None:  # pragma: no cover
+            raise ConfigurationError("the file:// backend needs POSIX fcntl.flock (Linux, macOS, BSD)")
+        self.name = validate_name(name)
+        self.directory = directory
+        self.lease_path = directory / (name + LEASE_SUFFIX)
+        self.lock_path = directory / (name + LOCK_SUFFIX)
+        self.poll_interval = poll_interval
+        # flock belongs to an open file description: two threads sharing our fd would both
+        # "hold" it, so threads of this process serialise on a mutex first.
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._swept = False
+        try:
+            self._open_fd()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot open {self.lock_path} ({exc.strerror or exc}); the lock directory must be writable "
+                "and NAME.lock must be a regular file"
+            ) from None
+
+    # --- the flock ---
+
+    def _open_fd(self) -> int:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        self._fd = fd
+        return fd
+
+    def _after_fork(self) -> None:
+        """A forked child shares the parent's open file description: use its own."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._mutex = threading.Lock()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)  # closes only the child's descriptor; the parent keeps its lock
+            self._fd = None
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool, timeout: float) -> Iterator[float]:
+        """Hold the flock (bounded by ``timeout``); yields the deadline."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._closed:
+            raise BackendUnavailable(f"{self.describe()} is closed")
+        self._after_fork()
+        if not self._mutex.acquire(timeout=max(0.0, timeout)):
+            raise BackendUnavailable(f"{self.describe()}: another thread held it for over {timeout:.3g}s")
+        try:
+            fd = self._acquire_flock(exclusive, deadline, timeout)
+            try:
+                yield deadline
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _acquire_flock(self, exclusive: bool, deadline: float, timeout: float) -> int:
+        kind = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        pause = 0.0005
+        while True:
+            try:
+                fd = self._fd if self._fd is not None else self._open_fd()
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot open {self.lock_path}: {exc}") from None
+            try:
+                fcntl.flock(fd, kind)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise BackendUnavailable(f"flock on {self.lock_path} failed: {exc}") from None
+            else:
+                # someone deleted or replaced NAME.lock: our lock is on an orphaned inode
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+                except OSError:
+                    same = False
+                if same:
+                    return fd
+                log.warning("%s was deleted or replaced while in use; reopening it", self.lock_path)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                self._fd = None
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendUnavailable(
+                    f"{self.lock_path} was held by another process for over {timeout:.3g}s "
+                    "(a stopped or hung candidate on this host?)"
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.01)
+
+    # --- reading and writing the lease file ---
+
+    def _read_raw(self) -> bytes | None:
+        try:
+            with open(self.lease_path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise BackendUnavailable(f"{self.lease_path} is a directory; remove it") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read {self.lease_path}: {exc}") from None
+
+    def _decode(self, raw: bytes) -> Versioned:
+        return Versioned(decode_or_placeholder(raw, strip=(NONCE_KEY,)), _version_of(raw))
+
+    def _write(self, raw: bytes) -> None:
+        """Temp file + fsync + rename + fsync(dir): the lease file is always whole."""
+        self._sweep_temp_files()
+        tmp = self.directory / f".{self.name}{LEASE_SUFFIX}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o664)
+            try:
+                view = memoryview(raw)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.lease_path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise BackendUnavailable(
+                f"cannot write {self.lease_path}: {exc.strerror or exc} (is {self.directory} still a writable local directory?)"
+            ) from None
+        try:
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:  # the rename happened; only its durability across power loss is in doubt
+            log.warning("fsync of directory %s failed: %s", self.directory, exc)
+
+    def _sweep_temp_files(self) -> None:
+        """Remove temp files that a writer killed mid-write left behind (once per lock, under flock)."""
+        if self._swept:
+            return
+        self._swept = True
+        prefix = f".{self.name}{LEASE_SUFFIX}."
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                if entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        log.debug("removed leftover temp file %s", entry.path)
+
+    def _encode(self, record: LeaderRecord) -> bytes:
+        return encode_record(record, **{NONCE_KEY: secrets.token_hex(16)})
+
+    # --- the Lock contract ---
+
+    def get(self, timeout: float) -> Versioned | None:
+        with self._locked(False, timeout):
+            raw = self._read_raw()
+        return None if raw is None else self._decode(raw)
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        raw = self._encode(record)
+        with self._locked(True, timeout):
+            if os.path.lexists(self.lease_path):
+                raise Conflict(f"{self.lease_path} exists")
+            self._write(raw)
+        return _version_of(raw)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        raw = self._encode(record)
+        with self._locked(True, timeout):
+            current = self._read_raw()
+            if current is None:
+                raise Conflict(f"{self.lease_path} does not exist")
+            if _version_of(current) != expected_version:
+                raise Conflict(f"{self.lease_path} changed")
+            self._write(raw)
+        return _version_of(raw)
+
+    def _stat_key(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.lease_path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return (-1, -1, -1)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _peek_version(self) -> str | None:
+        """The current version without the flock: renames are atomic, reads see whole files."""
+        try:
+            raw = self._read_raw()
+        except BackendUnavailable:
+            return "unreadable"
+        return None if raw is None else _version_of(raw)
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        """Poll ``stat`` (cheap, no flock) and read only when inode, mtime or size moved."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        seen = self._stat_key()
+        if self._peek_version() != version:
+            return
+        next_full = time.monotonic() + FULL_READ_INTERVAL
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(self.poll_interval, remaining))
+            now_key = self._stat_key()
+            if now_key != seen or time.monotonic() >= next_full:
+                seen = now_key
+                next_full = time.monotonic() + FULL_READ_INTERVAL
+                if self._peek_version() != version:
+                    return
+
+    def write_raw(self, raw: bytes) -> None:
+        """Store bytes as they are, atomically and under the flock (tests, repair tools)."""
+        with self._locked(True, 5.0):
+            self._write(raw)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._mutex:
+            if self._fd is not None and self._pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            self._fd = None
+
+    def describe(self) -> str:
+        return f"file lock {self.lease_path}"
+
+
+class FileBackend(Backend):
+    """Lease files in one local directory; every candidate must run on this host."""
+
+    schemes = ("file",)
+    capabilities = CAPABILITIES
+
+    def __init__(self, directory: str | os.PathLike[str], *, create: bool = False) -> None:
+        path = Path(directory)
+        if not path.is_absolute():
+            raise ConfigurationError(
+                f"the file:// backend needs an absolute directory, got {str(directory)!r}; "
+                "write file:///absolute/path (three slashes)"
+            )
+        self.directory = path
+        if create and not path.exists():
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot create the default lock directory {path}: {exc}") from None
+            log.info("created the default lock directory %s", path)
+        check_directory(path)
+
+    @classmethod
+    def from_url(cls, url: str) -> FileBackend:
+        """``file:///abs/dir`` (or ``file://localhost/abs/dir``); relative paths are refused."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "file":
+            raise ConfigurationError(f"not a file:// URL: {url!r}")
+        if parts.query or parts.fragment:
+            raise ConfigurationError(f"the file:// backend takes no options, got {url!r}; write file:///absolute/dir")
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(
+                f"file:// URL {url!r} names host {parts.netloc!r}: the path must be absolute, "
+                f"write file:///{parts.netloc}{parts.path} (three slashes) for an absolute path, "
+                "and only local directories are supported"
+            )
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise ConfigurationError(
+                f"file:// URL {url!r} has a relative path; a lock directory must not depend on the working "
+                "directory: write file:///absolute/path (three slashes)"
+            )
+        if path != "/":
+            path = path.rstrip("/")
+        directory = Path(os.path.normpath(path))
+        return cls(directory, create=(directory == Path(os.path.normpath(_default_state_dir()))))
+
+    def lock(self, name: str) -> FileLock:
+        validate_name(name)
+        check_directory(self.directory)
+        return FileLock(self.directory, name)
+
+    def check(self, timeout: float = 5.0) -> None:
+        check_directory(self.directory)
+        if fcntl is None:  # pragma: no cover
+            raise ConfigurationError("the file:// backend needs POSIX fcntl.flock (Linux, macOS, BSD)")
+        fstype = _filesystem_type(self.directory)
+        if fstype in _NETWORK_FS:
+            log.warning(
+                "lock directory %s is on a %s file system: flock and rename are only trustworthy on a local "
+                "file system; use a server backend (redis://, kubernetes://, s3://) for candidates on several hosts",
+                self.directory,
+                fstype,
+            )
+
+    def describe(self) -> str:
+        return f"file://{self.directory}"
+
