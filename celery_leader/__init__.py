@@ -1,5 +1,7 @@
 """celery-leader: leader election so that exactly one scheduler instance does the work."""
 
+from .core import Timing
+from .election import Election, Leadership, default_identity
 from .lock import (
     Backend,
     BackendUnavailable,
@@ -16,6 +18,10 @@ from .registry import default_url, open_backend
 __version__ = "0.1.0"
 
 __all__ = [
+    "Election",
+    "Leadership",
+    "Timing",
+    "default_identity",
     "Backend",
     "BackendUnavailable",
     "Capabilities",

@@ -1,0 +1,540 @@
+"""The election state machine, without I/O.
+
+In the spirit of h11: :class:`ElectionCore` only decides. A driver (the thread driver in
+:mod:`celery_leader.election`, the asyncio driver in :mod:`celery_leader.aio`) asks it for
+the next action, performs that action against a :class:`~celery_leader.lock.Lock`, and
+reports the outcome. Every rule of DESIGN.md section 4 lives here, so that it can be
+tested with a fake clock, and both drivers behave the same.
+
+Safety, in short:
+
+* A follower notes the monotonic time at which it *received* a changed record and only
+  considers the lease expired ``record.lease_duration`` after that. Remote timestamps are
+  never compared with the local clock.
+* The leader's deadline is the monotonic time at which it *sent* its last successful
+  write plus ``lease_duration * (1 - 2 * max_drift)``. Any follower's clock only starts
+  after that write landed, so the leader stops before a follower may take over.
+* Every write is a compare-and-swap against the version last read or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Protocol
+
+from .lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
+from .record import ANY_HOLDER, LeaderRecord
+
+__all__ = [
+    "Timing",
+    "ElectionCore",
+    "Clock",
+    "SystemClock",
+    "Read",
+    "Create",
+    "Update",
+    "Wait",
+    "Finished",
+    "StartedLeading",
+    "StoppedLeading",
+    "NewLeader",
+    "validate_identity",
+    "validate_name",
+]
+
+log = logging.getLogger("celery_leader")
+
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """client-go's timing parameters (seconds), validated at construction."""
+
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    #: bound on how far any candidate's clock *rate* may differ from true time
+    max_drift: float = 0.01
+    #: followers poll every ``retry_period * uniform(1, jitter)``
+    jitter: float = 1.2
+
+    def __post_init__(self) -> None:
+        for key in ("lease_duration", "renew_deadline", "retry_period"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigurationError(f"{key} must be a number of seconds greater than 0, got {value!r}")
+        if not 0 <= self.max_drift < 0.25:
+            raise ConfigurationError(f"max_drift must be in [0, 0.25), got {self.max_drift!r}")
+        if self.jitter < 1.0:
+            raise ConfigurationError(f"jitter must be >= 1.0, got {self.jitter!r}")
+        if not self.lease_duration > self.renew_deadline:
+            raise ConfigurationError(
+                f"lease_duration ({self.lease_duration}) must be greater than renew_deadline "
+                f"({self.renew_deadline}): the leader must give up before its lease runs out"
+            )
+        if not self.renew_deadline > 1.2 * self.retry_period:
+            raise ConfigurationError(
+                f"renew_deadline ({self.renew_deadline}) must be greater than 1.2 x retry_period "
+                f"({self.retry_period}), so that a leader can retry a failed renewal; "
+                "lower retry_period or raise renew_deadline"
+            )
+        if not self.renew_deadline < self.safe_lease:
+            raise ConfigurationError(
+                f"renew_deadline ({self.renew_deadline}) leaves no time to stop the work before the "
+                f"lease deadline ({self.safe_lease:.3f} = lease_duration x (1 - 2 x max_drift)); "
+                "raise lease_duration or lower renew_deadline"
+            )
+
+    @property
+    def safe_lease(self) -> float:
+        """How long after *sending* a successful write the leader may still lead."""
+        return self.lease_duration * (1.0 - 2.0 * self.max_drift)
+
+    @property
+    def op_timeout(self) -> float:
+        """Timeout of one backend call (client-go: max(1 s, renew_deadline / 2), scaled for short leases)."""
+        return min(max(self.retry_period, self.renew_deadline / 2.0), self.renew_deadline)
+
+
+def validate_identity(identity: object) -> str:
+    if not isinstance(identity, str) or not identity.strip():
+        raise ConfigurationError("identity must be a non-empty string (default: <hostname>-<pid>-<random>)")
+    if identity == ANY_HOLDER or any(ord(c) < 32 for c in identity) or len(identity) > 253:
+        raise ConfigurationError(f"identity {identity!r} is not usable: use printable text, at most 253 characters")
+    return identity
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"election name {name!r} is not valid: use letters, digits, '.', '-' and '_' "
+            "(start and end with a letter or digit, at most 253 characters)"
+        )
+    return name
+
+
+# --- actions the driver performs -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Read:
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Create:
+    record: LeaderRecord
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Update:
+    record: LeaderRecord
+    expected_version: str
+    timeout: float
+    #: a release: the driver first lets the ended term's work finish
+    release: bool = False
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Sleep until ``until`` (monotonic); with ``version``, return early when it changes."""
+
+    until: float
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    pass
+
+
+Action = Read | Create | Update | Wait | Finished
+
+
+# --- what happened, for the driver to announce ------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartedLeading:
+    term: int
+    token: int
+
+
+@dataclass(frozen=True)
+class StoppedLeading:
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class NewLeader:
+    identity: str
+
+
+Event = StartedLeading | StoppedLeading | NewLeader
+
+
+class Phase(Enum):
+    FOLLOWING = "following"
+    LEADING = "leading"
+    RELEASING = "releasing"
+    DONE = "done"
+
+
+@dataclass
+class _InFlight:
+    kind: str  # "read" | "acquire" | "renew" | "release"
+    sent_at: float
+    term: int
+    record: LeaderRecord | None = None
+
+
+@dataclass
+class ElectionCore:
+    """Decides what an elector does next. Not thread-safe: drivers serialise calls."""
+
+    name: str
+    identity: str
+    timing: Timing = field(default_factory=Timing)
+    clock: Clock = field(default_factory=SystemClock)
+    release_on_cancel: bool = True
+    rand: Callable[[], float] = random.random
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        validate_identity(self.identity)
+        self.phase = Phase.FOLLOWING
+        self.events: list[Event] = []
+        # what we last observed, and when (monotonic, on receipt) it last changed
+        self.observed: Versioned | None = None
+        self.observed_at: float = 0.0
+        self.max_seen_transitions = 0
+        self.reported_leader: str | None = None
+        # our own writes
+        self.last_written_version: str | None = None
+        self.held: LeaderRecord | None = None
+        # the current (or last) term
+        self.term = 0
+        self.token: int | None = None
+        self.deadline = 0.0
+        self.last_ok_sent = 0.0
+        self.next_renew = 0.0
+        # requests and guards
+        self._need_read = True
+        self._retry_at = 0.0
+        self._inflight: _InFlight | None = None
+        self._stop_requested = False
+        self._step_down_requested = False
+        self._release_started = 0.0
+        self._release_then = Phase.DONE
+        self._no_acquire_before = 0.0
+        self._reported_garbage: str | None = None
+
+    # --- queries ---------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.phase is Phase.LEADING
+
+    def is_leader(self) -> bool:
+        """Leading, and the local deadline has not passed (even if nobody noticed yet)."""
+        return self.phase is Phase.LEADING and self.clock.monotonic() < self.deadline
+
+    @property
+    def observed_holder(self) -> str | None:
+        if self.observed is None or self.observed.record.decode_error:
+            return None
+        return self.observed.record.holder or None
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    # --- requests --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def request_step_down(self) -> None:
+        if self.phase is Phase.LEADING:
+            self._step_down_requested = True
+
+    def check_deadline(self) -> bool:
+        """End the term if its deadline has passed; True if it did."""
+        if self.phase is Phase.LEADING and self.clock.monotonic() >= self.deadline:
+            self._end_term("the lease deadline passed before a renewal succeeded")
+            return True
+        return False
+
+    # --- the decision ----------------------------------------------------------------
+
+    def next_action(self) -> Action:
+        now = self.clock.monotonic()
+        self.check_deadline()
+        if self.phase is Phase.DONE:
+            return Finished()
+        if self.phase is Phase.RELEASING:
+            return self._release_action(now)
+        if self._stop_requested:
+            return self._begin_stop(now)
+        if now < self._retry_at:
+            return Wait(self._retry_at)
+        if self.phase is Phase.LEADING:
+            return self._leader_action(now)
+        return self._follower_action(now)
+
+    def _begin_stop(self, now: float) -> Action:
+        was_leading = self.phase is Phase.LEADING
+        if was_leading:
+            self._end_term("stopped")
+        if self.release_on_cancel and (was_leading or self._may_hold()):
+            return self._begin_release(now, then=Phase.DONE)
+        self.phase = Phase.DONE
+        return Finished()
+
+    def _may_hold(self) -> bool:
+        obs = self.observed
+        return obs is not None and obs.version == self.last_written_version and obs.record.holder == self.identity
+
+    def _leader_action(self, now: float) -> Action:
+        held = self.held
+        assert held is not None
+        if self._step_down_requested or held.preferred_holder not in ("", self.identity):
+            preferred = held.preferred_holder
+            self._end_term("stepped down" + (f" in favour of {preferred}" if preferred not in ("", ANY_HOLDER) else ""))
+            if preferred in ("", ANY_HOLDER):
+                # give the others a head start: do not take it back for one lease
+                self._no_acquire_before = max(self._no_acquire_before, now + self.timing.lease_duration)
+            return self._begin_release(now, then=Phase.FOLLOWING)
+        if self._need_read:
+            return self._read(now)
+        if now < self.next_renew:
+            return Wait(self.next_renew)
+        record = held.evolve(renew_time=self.clock.time(), lease_duration=self.timing.lease_duration)
+        assert self.last_written_version is not None
+        self._inflight = _InFlight("renew", now, self.term, record)
+        return Update(record, self.last_written_version, self._timeout(now))
+
+    def _follower_action(self, now: float) -> Action:
+        if self._need_read:
+            return self._read(now)
+        obs = self.observed
+        if obs is None and now >= self._no_acquire_before:
+            record = self._term_record(None)
+            self._inflight = _InFlight("acquire", now, self.term + 1, record)
+            return Create(record, self._timeout(now))
+        expires = self._expiry(obs, now) if obs is not None else self._no_acquire_before
+        if obs is not None and now >= expires:
+            record = self._term_record(obs.record)
+            self._inflight = _InFlight("acquire", now, self.term + 1, record)
+            return Update(record, obs.version, self._timeout(now))
+        poll = now + self.timing.retry_period * (1.0 + (self.timing.jitter - 1.0) * self.rand())
+        # wake at the exact expiry moment, or at the next poll, or on a change
+        self._need_read = True
+        return Wait(min(expires, poll), obs.version if obs is not None else None)
+
+    def _expiry(self, obs: Versioned, now: float) -> float:
+        """When this follower may try to take the lock (monotonic)."""
+        rec = obs.record
+        lease = rec.lease_duration if rec.lease_duration > 0 else self.timing.lease_duration
+        if rec.decode_error:
+            expires = self.observed_at + self.timing.lease_duration
+        elif rec.holder == "":
+            deferring = rec.preferred_holder not in ("", ANY_HOLDER, self.identity)
+            expires = self.observed_at + self.timing.lease_duration if deferring else now
+        elif rec.holder == self.identity and obs.version == self.last_written_version:
+            expires = now  # our own record from an ended term: nobody wrote since
+        else:
+            expires = self.observed_at + lease
+        return max(expires, self._no_acquire_before)
+
+    def _term_record(self, previous: LeaderRecord | None) -> LeaderRecord:
+        wall = self.clock.time()
+        base = previous if previous is not None and not previous.decode_error else LeaderRecord()
+        return LeaderRecord(
+            holder=self.identity,
+            lease_duration=self.timing.lease_duration,
+            acquire_time=wall,
+            renew_time=wall,
+            transitions=max(base.transitions, self.max_seen_transitions) + 1,
+            extra=dict(base.extra),
+        )
+
+    def _read(self, now: float) -> Read:
+        self._inflight = _InFlight("read", now, self.term)
+        return Read(self._timeout(now))
+
+    def _timeout(self, now: float) -> float:
+        timeout = self.timing.op_timeout
+        if self.phase is Phase.LEADING:
+            timeout = min(timeout, max(0.001, self.deadline - now))
+        return timeout
+
+    # --- release ---------------------------------------------------------------------
+
+    def _begin_release(self, now: float, then: Phase) -> Action:
+        self.phase = Phase.RELEASING
+        self._release_then = then
+        self._release_started = now
+        self._need_read = True
+        self._retry_at = 0.0
+        return self._release_action(now)
+
+    def _release_action(self, now: float) -> Action:
+        if now - self._release_started >= self.timing.renew_deadline:
+            log.warning("%s: could not release the lock within renew_deadline; it will expire", self.name)
+            return self._finish_release()
+        if now < self._retry_at:
+            return Wait(self._retry_at)
+        if self._need_read:
+            return self._read(now)
+        obs = self.observed
+        if obs is None or obs.record.decode_error or obs.record.holder != self.identity:
+            return self._finish_release()  # not ours (any more): nothing to release
+        rec = obs.record
+        preferred = rec.preferred_holder if rec.preferred_holder not in (ANY_HOLDER, self.identity) else ""
+        record = rec.evolve(holder="", renew_time=self.clock.time(), preferred_holder=preferred)
+        self._inflight = _InFlight("release", now, self.term, record)
+        return Update(record, obs.version, self._timeout(now), release=True)
+
+    def _finish_release(self) -> Action:
+        self.phase = self._release_then
+        self._need_read = True
+        if self.phase is Phase.DONE:
+            return Finished()
+        return self.next_action()
+
+    # --- outcomes --------------------------------------------------------------------
+
+    def read_done(self, result: Versioned | None) -> None:
+        now = self.clock.monotonic()
+        self._inflight = None
+        self._need_read = False
+        self._retry_at = 0.0
+        self._observe(result, now)
+        if self.phase is Phase.LEADING:
+            obs = self.observed
+            if obs is not None and not obs.record.decode_error and obs.record.holder == self.identity:
+                # still ours; somebody else wrote (e.g. a step-down request): renew at once
+                self.held = obs.record
+                self.last_written_version = obs.version
+                self.next_renew = now
+            else:
+                who = self.observed_holder or "nobody"
+                self._end_term(f"the lock now belongs to {who}")
+
+    def write_done(self, version: str) -> None:
+        now = self.clock.monotonic()
+        flight, self._inflight = self._inflight, None
+        assert flight is not None and flight.record is not None
+        self._retry_at = 0.0
+        self.last_written_version = version
+        self._observe(Versioned(flight.record, version), now)
+        if flight.kind == "release":
+            log.info("%s: released the lock", self.name)
+            self._finish_release_state()
+            return
+        if flight.kind == "renew":
+            if self.phase is Phase.LEADING and flight.term == self.term:
+                self.held = flight.record
+                self.deadline = flight.sent_at + self.timing.safe_lease
+                self.last_ok_sent = flight.sent_at
+                self.next_renew = flight.sent_at + self.timing.retry_period
+            return
+        # an acquisition
+        self.held = flight.record
+        deadline = flight.sent_at + self.timing.safe_lease
+        if self.phase is Phase.FOLLOWING and not self._stop_requested and now < deadline:
+            self.term = flight.term
+            self.token = flight.record.transitions
+            self.phase = Phase.LEADING
+            self.deadline = deadline
+            self.last_ok_sent = flight.sent_at
+            self.next_renew = flight.sent_at + self.timing.retry_period
+            self._step_down_requested = False
+            self.events.append(StartedLeading(self.term, self.token))
+            log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
+
+    def _finish_release_state(self) -> None:
+        self.phase = self._release_then
+        self._need_read = self.phase is not Phase.DONE
+
+    def failed(self, exc: BaseException) -> None:
+        """The in-flight action raised ``exc``."""
+        now = self.clock.monotonic()
+        flight, self._inflight = self._inflight, None
+        kind = flight.kind if flight else "?"
+        if isinstance(exc, Conflict):
+            log.debug("%s: %s lost a race (%s)", self.name, kind, exc)
+            self._need_read = True
+            return
+        if isinstance(exc, BackendUnavailable):
+            log.warning("%s: %s failed: %s", self.name, kind, exc)
+        else:
+            log.error("%s: %s failed unexpectedly: %r", self.name, kind, exc)
+        if self.phase is Phase.LEADING:
+            if now - self.last_ok_sent >= self.timing.renew_deadline:
+                self._end_term(f"renewals failed for {self.timing.renew_deadline} s (renew_deadline)")
+                self._need_read = True
+            elif kind == "renew":
+                self.next_renew = now + self.timing.retry_period
+                return
+        # reads, acquisitions and releases: back off, then read again
+        self._need_read = True
+        self._retry_at = now + self.timing.retry_period
+
+    def wait_done(self) -> None:
+        """A :class:`Wait` finished (its time came, the record changed, or a request woke it)."""
+
+    # --- bookkeeping -----------------------------------------------------------------
+
+    def _observe(self, result: Versioned | None, now: float) -> None:
+        previous = self.observed
+        if result is None or previous is None or result.version != previous.version:
+            self.observed_at = now
+        self.observed = result
+        if result is None:
+            return
+        rec = result.record
+        if rec.decode_error:
+            if self._reported_garbage != result.version:
+                self._reported_garbage = result.version
+                log.error(
+                    "%s: the lock holds something that is not a leader record (%s); treating it as held "
+                    "until it has been unchanged for %s s, then overwriting it",
+                    self.name,
+                    rec.decode_error,
+                    self.timing.lease_duration,
+                )
+            return
+        self.max_seen_transitions = max(self.max_seen_transitions, rec.transitions)
+        if rec.holder and rec.holder != self.reported_leader:
+            self.reported_leader = rec.holder
+            self.events.append(NewLeader(rec.holder))
+
+    def _end_term(self, reason: str) -> None:
+        if self.phase is not Phase.LEADING:
+            return
+        self.phase = Phase.FOLLOWING
+        # an involuntary end: do not start a new term before the old one's work is surely over
+        self._no_acquire_before = max(self._no_acquire_before, self.deadline)
+        self.events.append(StoppedLeading(self.term, reason))
+        log.warning("%s: %s stopped leading (token %s): %s", self.name, self.identity, self.token, reason)

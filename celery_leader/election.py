@@ -1,0 +1,422 @@
+"""The thread driver: runs an :class:`~celery_leader.core.ElectionCore` against a lock.
+
+One daemon thread per election performs the core's decisions; callbacks run elsewhere so
+that user code can never delay a renewal:
+
+* ``on_started_leading(leadership)`` runs in a new thread per term (like client-go's
+  ``go OnStartedLeading(ctx)``); ``leadership.lost`` is set when the term ends.
+* ``on_stopped_leading()`` (once per started term) and ``on_new_leader(identity)`` run in
+  order on a notifier thread.
+* A process-wide watchdog ends a term at its deadline even while a backend call hangs.
+
+Before a *graceful* release (stop, step-down) the driver waits for the term's
+``on_started_leading`` to return, up to the term's deadline, so the work has stopped
+before anybody else can lead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Callable
+
+from .core import (
+    Create,
+    ElectionCore,
+    Finished,
+    NewLeader,
+    Read,
+    StartedLeading,
+    StoppedLeading,
+    Timing,
+    Update,
+    Wait,
+)
+from .lock import Backend, Lock
+from .registry import open_backend
+
+__all__ = ["Election", "Leadership", "default_identity"]
+
+log = logging.getLogger("celery_leader")
+
+
+def default_identity() -> str:
+    """``<hostname>-<pid>-<random>``: unique per process, readable in ``status``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Leadership:
+    """One term of leadership. Hand ``token`` to the work as its fencing token."""
+
+    def __init__(self, election: "Election", term: int, token: int) -> None:
+        self._election = election
+        self.term = term
+        self.token = token
+        self.name = election.name
+        self.identity = election.identity
+        self.lost = threading.Event()
+        self.work_done = threading.Event()
+        self._final_deadline: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time by which this term ends unless renewed."""
+        if self._final_deadline is not None:
+            return self._final_deadline
+        return self._election._core.deadline
+
+    def is_valid(self) -> bool:
+        """Still leading right now (checks the deadline, not only the ``lost`` flag)."""
+        return not self.lost.is_set() and time.monotonic() < self.deadline
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic()) if not self.lost.is_set() else 0.0
+
+    def _end(self, deadline: float) -> None:
+        self._final_deadline = deadline
+        self.lost.set()
+
+    def __repr__(self) -> str:
+        return f"<Leadership {self.name} token={self.token} valid={self.is_valid()}>"
+
+
+class _Watchdog:
+    """One thread for the process: calls ``election._on_deadline()`` at each leader deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, weakref.ref]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, when: float, election: "Election") -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), weakref.ref(election)))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="celery-leader-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, _, ref = self._heap[0]
+                delay = when - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            election = ref()
+            if election is not None:
+                try:
+                    election._on_deadline()
+                except Exception:  # pragma: no cover - never let the watchdog die
+                    log.exception("watchdog callback failed")
+
+
+_WATCHDOG = _Watchdog()
+
+
+class Election:
+    """Leader election for ``name`` on the backend at ``url`` (thread driver).
+
+    >>> with Election("nightly-report", url="redis://localhost:6379/0") as election:
+    ...     if election.wait_until_leader(timeout=30):
+    ...         run_report(token=election.token)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        backend: Backend | None = None,
+        lock: Lock | None = None,
+        identity: str | None = None,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        release_on_cancel: bool = True,
+        max_drift: float = 0.01,
+        on_started_leading: Callable[[Leadership], Any] | None = None,
+        on_stopped_leading: Callable[[], Any] | None = None,
+        on_new_leader: Callable[[str], Any] | None = None,
+        observer: Any = None,
+    ) -> None:
+        self.timing = Timing(lease_duration, renew_deadline, retry_period, max_drift)
+        self._core = ElectionCore(
+            name,
+            default_identity() if identity is None else identity,
+            self.timing,
+            release_on_cancel=release_on_cancel,
+        )
+        self.name = name
+        self.identity = self._core.identity
+        self._own_backend = lock is None and backend is None
+        if lock is None:
+            if backend is None:
+                backend = open_backend(url)
+            lock = backend.lock(name)
+        self.backend = backend
+        self.lock = lock
+        self.on_started_leading = on_started_leading
+        self.on_stopped_leading = on_stopped_leading
+        self.on_new_leader = on_new_leader
+        self.observer = observer
+        self._mutex = threading.RLock()
+        self._wake = threading.Event()
+        self._leading_changed = threading.Condition(self._mutex)
+        self._leadership: Leadership | None = None
+        self._term_threads: dict[int, threading.Thread] = {}
+        self._notices: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._notifier: threading.Thread | None = None
+        self._finished = threading.Event()
+
+    # --- public API --------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """True only while leading *and* before the local deadline (fail closed)."""
+        return self._core.is_leader()
+
+    @property
+    def leader(self) -> str | None:
+        """The holder identity last observed (``None``: free or unknown)."""
+        if self._core.leading:
+            return self.identity
+        return self._core.observed_holder
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the current term, or ``None`` when not leading."""
+        return self._core.token if self.is_leader else None
+
+    @property
+    def leadership(self) -> Leadership | None:
+        lead = self._leadership
+        return lead if lead is not None and lead.is_valid() else None
+
+    def start(self) -> "Election":
+        if self._thread is not None:
+            return self
+        self._notifier = threading.Thread(target=self._notify_loop, name=f"leader-notify-{self.name}", daemon=True)
+        self._notifier.start()
+        self._thread = threading.Thread(target=self._run, name=f"leader-election-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the election; release the lock if held (bounded by ``renew_deadline``)."""
+        with self._mutex:
+            self._core.request_stop()
+        self._wake.set()
+        if self._thread is None:
+            self._close()
+            return
+        limit = self.timing.renew_deadline + self.timing.op_timeout + 1.0 if timeout is None else timeout
+        # a follower that holds nothing may be inside a watch wait; it ends by itself
+        if self._core.leading or self._core._may_hold() or self._core.phase.value == "releasing":
+            self._finished.wait(limit)
+        else:
+            self._finished.wait(min(limit, 0.2))
+
+    def step_down(self) -> None:
+        """Release now and let another candidate lead (this one waits one lease before trying again)."""
+        with self._mutex:
+            self._core.request_step_down()
+        self._wake.set()
+
+    def wait_until_leader(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._leading_changed:
+            while not self.is_leader:
+                if self._finished.is_set():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._leading_changed.wait(0.25 if left is None else min(left, 0.25))
+        return True
+
+    def __enter__(self) -> "Election":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the driver loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._mutex:
+                    action = self._core.next_action()
+                    events = self._core.pop_events()
+                self._announce(events)
+                if isinstance(action, Finished):
+                    break
+                if isinstance(action, Wait):
+                    self._wait(action)
+                    continue
+                if isinstance(action, Update) and action.release:
+                    self._await_work()
+                self._perform(action)
+        except Exception:  # pragma: no cover - the core is meant never to raise
+            log.exception("%s: election loop crashed; not leading", self.name)
+            with self._mutex:
+                self._core._end_term("internal error")
+                self._announce(self._core.pop_events())
+        finally:
+            self._finished.set()
+            with self._leading_changed:
+                self._leading_changed.notify_all()
+            self._notices.put(None)
+            self._close()
+
+    def _perform(self, action: Read | Create | Update) -> None:
+        started = time.monotonic()
+        try:
+            if isinstance(action, Read):
+                result = self.lock.get(action.timeout)
+            elif isinstance(action, Create):
+                result = self.lock.create(action.record, action.timeout)
+            else:
+                result = self.lock.update(action.record, action.expected_version, action.timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the core
+            with self._mutex:
+                renewing = self._core.leading
+                self._core.failed(exc)
+            self._observe_call(action, started, ok=False, renewing=renewing)
+            return
+        with self._mutex:
+            renewing = self._core.leading
+            if isinstance(action, Read):
+                self._core.read_done(result)  # type: ignore[arg-type]
+            else:
+                self._core.write_done(result)  # type: ignore[arg-type]
+            if self._core.leading:
+                _WATCHDOG.arm(self._core.deadline, self)
+        self._observe_call(action, started, ok=True, renewing=renewing)
+
+    def _observe_call(self, action: object, started: float, *, ok: bool, renewing: bool) -> None:
+        if self.observer is not None and isinstance(action, Update) and renewing:
+            try:
+                self.observer.renewed(self, time.monotonic() - started, ok)
+            except Exception:  # pragma: no cover
+                log.exception("metrics observer failed")
+
+    def _wait(self, action: Wait) -> None:
+        timeout = action.until - time.monotonic()
+        if timeout > 0 and not self._wake.is_set():
+            if action.version is not None and type(self.lock).capabilities.watch:
+                try:
+                    self.lock.wait_for_change(action.version, timeout)
+                except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
+                    log.debug("%s: wait_for_change failed: %s", self.name, exc)
+                    self._wake.wait(min(timeout, self.timing.retry_period))
+            else:
+                self._wake.wait(timeout)
+        self._wake.clear()
+        with self._mutex:
+            self._core.wait_done()
+
+    def _await_work(self) -> None:
+        """Before a graceful release, let the ended term's work stop (bounded by its deadline)."""
+        lead = self._leadership
+        thread = self._term_threads.get(lead.term) if lead is not None else None
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(max(0.0, (lead.deadline if lead else 0.0) - time.monotonic()))
+        if thread.is_alive():
+            log.warning("%s: on_started_leading did not return before the lease deadline", self.name)
+
+    def _on_deadline(self) -> None:
+        with self._mutex:
+            if not self._core.check_deadline():
+                return
+            events = self._core.pop_events()
+        self._announce(events)
+        self._wake.set()
+
+    # --- events and callbacks ----------------------------------------------------------
+
+    def _announce(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, StartedLeading):
+                lead = Leadership(self, event.term, event.token)
+                self._leadership = lead
+                if self.observer is not None:
+                    self._safe(self.observer.state_changed, self, True)
+                if self.on_started_leading is not None:
+                    t = threading.Thread(
+                        target=self._run_term, args=(lead,), name=f"leader-term-{self.name}-{event.token}", daemon=True
+                    )
+                    self._term_threads = {event.term: t}
+                    t.start()
+            elif isinstance(event, StoppedLeading):
+                lead = self._leadership
+                if lead is not None and lead.term == event.term:
+                    lead._end(self._core.deadline)
+                if self.observer is not None:
+                    self._safe(self.observer.state_changed, self, False)
+                if self.on_stopped_leading is not None:
+                    self._notices.put(self.on_stopped_leading)
+            elif isinstance(event, NewLeader) and self.on_new_leader is not None:
+                cb, who = self.on_new_leader, event.identity
+                self._notices.put(lambda: cb(who))
+        if events:
+            with self._leading_changed:
+                self._leading_changed.notify_all()
+
+    def _run_term(self, lead: Leadership) -> None:
+        try:
+            assert self.on_started_leading is not None
+            self.on_started_leading(lead)
+        except Exception:
+            log.exception("%s: on_started_leading raised; ending this term", self.name)
+            if not lead.lost.is_set():
+                self.step_down()
+        finally:
+            lead.work_done.set()
+
+    def _notify_loop(self) -> None:
+        while True:
+            cb = self._notices.get()
+            if cb is None:
+                return
+            try:
+                cb()
+            except Exception:
+                log.exception("%s: leader callback raised", self.name)
+                if self.is_leader:
+                    self.step_down()
+
+    @staticmethod
+    def _safe(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # pragma: no cover
+            log.exception("observer failed")
+
+    def _close(self) -> None:
+        if self._own_backend:
+            try:
+                self.lock.close()
+            finally:
+                if self.backend is not None:
+                    self.backend.close()
+
+    def __repr__(self) -> str:
+        state = "leading" if self.is_leader else "following"
+        return f"<Election {self.name} {self.identity} {state}>"
