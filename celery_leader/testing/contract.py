@@ -1,0 +1,297 @@
+"""The backend contract suite (import it as ``celery_leader.testing.LockContract``).
+
+In the spirit of keyring's ``BackendBasicTests``: a backend's test module subclasses
+:class:`LockContract` and provides three pytest fixtures:
+
+``make_lock``
+    ``callable(name) -> Lock``: opens the lock ``name`` through a *new* client each call
+    when the backend allows it (races between clients are what matter). The fixture
+    closes what it opened.
+``write_raw``
+    ``callable(name, data: bytes)``: stores ``data`` as the lock object's content,
+    bypassing the codec (garbage and foreign records).
+``stalled_lock``
+    ``callable(name) -> contextmanager yielding a Lock`` whose backend does not answer
+    while the context is open (a held file lock, a paused server, a black-holed port).
+
+Every test uses short timeouts and generous waits, so it is stable on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from ..lock import BackendUnavailable, Conflict, Lock, Versioned
+from ..record import LeaderRecord, encode_record
+
+__all__ = ["LockContract", "sample_record"]
+
+TIMEOUT = 5.0
+
+
+def sample_record(holder: str = "candidate-a", transitions: int = 3, **kw: object) -> LeaderRecord:
+    base = dict(
+        holder=holder,
+        lease_duration=1.5,
+        acquire_time=1_700_000_000.123,
+        renew_time=1_700_000_010.456,
+        transitions=transitions,
+    )
+    base.update(kw)
+    return LeaderRecord(**base)  # type: ignore[arg-type]
+
+
+def _race(n: int, action) -> tuple[list[object], list[BaseException]]:
+    """Run ``action(i)`` in ``n`` threads released together; return (results, errors)."""
+    barrier = threading.Barrier(n)
+    results: list[object] = []
+    errors: list[BaseException] = []
+    guard = threading.Lock()
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out = action(i)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+            with guard:
+                errors.append(exc)
+        else:
+            with guard:
+                results.append(out)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, errors
+
+
+class LockContract:
+    """Behaviour every :class:`~celery_leader.lock.Lock` must show."""
+
+    #: how many concurrent clients race in the race tests
+    race_clients = 8
+    #: how many rounds each race test runs
+    race_rounds = 5
+
+    @pytest.fixture
+    def name(self) -> str:
+        return "contract-" + uuid.uuid4().hex[:12]
+
+    @pytest.fixture
+    def lock(self, make_lock, name) -> Lock:
+        return make_lock(name)
+
+    # --- reading and creating ---
+
+    def test_get_absent_is_none(self, lock: Lock) -> None:
+        assert lock.get(TIMEOUT) is None
+
+    def test_create_then_get_round_trips_every_field(self, lock: Lock) -> None:
+        rec = sample_record(preferred_holder="candidate-b")
+        version = lock.create(rec, TIMEOUT)
+        assert isinstance(version, str) and version
+        got = lock.get(TIMEOUT)
+        assert isinstance(got, Versioned)
+        assert got.version == version
+        assert got.record == rec
+        assert got.record.decode_error is None
+
+    def test_lease_duration_keeps_milliseconds(self, lock: Lock) -> None:
+        lock.create(sample_record(lease_duration=0.6), TIMEOUT)
+        got = lock.get(TIMEOUT)
+        assert got is not None
+        assert got.record.lease_duration >= 0.6
+        assert got.record.lease_duration < 1.0 or type(lock).__name__.startswith("Kube")
+
+    def test_create_when_present_conflicts(self, lock: Lock) -> None:
+        lock.create(sample_record(), TIMEOUT)
+        with pytest.raises(Conflict):
+            lock.create(sample_record(holder="candidate-b"), TIMEOUT)
+        got = lock.get(TIMEOUT)
+        assert got is not None and got.record.holder == "candidate-a"
+
+    # --- compare-and-swap ---
+
+    def test_update_with_current_version(self, lock: Lock) -> None:
+        v1 = lock.create(sample_record(), TIMEOUT)
+        v2 = lock.update(sample_record(holder="candidate-b", transitions=4), v1, TIMEOUT)
+        assert v2 != v1
+        got = lock.get(TIMEOUT)
+        assert got is not None and got.version == v2
+        assert got.record.holder == "candidate-b" and got.record.transitions == 4
+
+    def test_identical_records_still_get_new_versions(self, lock: Lock) -> None:
+        rec = sample_record()
+        v1 = lock.create(rec, TIMEOUT)
+        v2 = lock.update(rec, v1, TIMEOUT)
+        assert v2 != v1
+        with pytest.raises(Conflict):
+            lock.update(rec, v1, TIMEOUT)
+
+    def test_update_with_stale_version_conflicts(self, lock: Lock) -> None:
+        v1 = lock.create(sample_record(), TIMEOUT)
+        lock.update(sample_record(holder="candidate-b"), v1, TIMEOUT)
+        with pytest.raises(Conflict):
+            lock.update(sample_record(holder="candidate-c"), v1, TIMEOUT)
+        got = lock.get(TIMEOUT)
+        assert got is not None and got.record.holder == "candidate-b"
+
+    def test_update_of_absent_object_conflicts(self, make_lock, name) -> None:
+        other = make_lock(name)
+        v1 = other.create(sample_record(), TIMEOUT)
+        with pytest.raises(Conflict):
+            make_lock(name + "-absent").update(sample_record(), v1, TIMEOUT)
+
+    def test_create_race_has_exactly_one_winner(self, make_lock, name) -> None:
+        for round_ in range(self.race_rounds):
+            lock_name = f"{name}-c{round_}"
+            locks = [make_lock(lock_name) for _ in range(self.race_clients)]
+            results, errors = _race(
+                self.race_clients,
+                lambda i: locks[i].create(sample_record(holder=f"c{i}"), TIMEOUT),
+            )
+            assert len(results) == 1, (results, errors)
+            assert all(isinstance(e, Conflict) for e in errors), errors
+            got = locks[0].get(TIMEOUT)
+            assert got is not None and got.version == results[0]
+
+    def test_update_race_has_exactly_one_winner(self, make_lock, name) -> None:
+        locks = [make_lock(name) for _ in range(self.race_clients)]
+        version = locks[0].create(sample_record(transitions=0), TIMEOUT)
+        for round_ in range(1, self.race_rounds + 1):
+            expected = version
+            results, errors = _race(
+                self.race_clients,
+                lambda i: (i, locks[i].update(sample_record(holder=f"c{i}", transitions=round_), expected, TIMEOUT)),
+            )
+            assert len(results) == 1, (results, errors)
+            assert all(isinstance(e, Conflict) for e in errors), errors
+            winner, version = results[0]  # type: ignore[misc]
+            got = locks[0].get(TIMEOUT)
+            assert got is not None and got.version == version
+            assert got.record.holder == f"c{winner}" and got.record.transitions == round_
+
+    # --- foreign and broken content ---
+
+    def test_unknown_keys_are_preserved(self, lock: Lock, write_raw, name) -> None:
+        raw = (
+            b'{"holderIdentity":"go-candidate","leaseDurationMilliSeconds":15000,'
+            b'"acquireTime":1700000000000,"renewTime":1700000001000,"leaderTransitions":7,'
+            b'"someFutureField":{"nested":[1,2,3]}}'
+        )
+        write_raw(name, raw)
+        got = lock.get(TIMEOUT)
+        assert got is not None
+        assert got.record.holder == "go-candidate"
+        assert got.record.lease_duration == 15.0
+        assert got.record.transitions == 7
+        assert got.record.extra.get("someFutureField") == {"nested": [1, 2, 3]}
+        lock.update(got.record.evolve(holder="py-candidate", transitions=8), got.version, TIMEOUT)
+        again = lock.get(TIMEOUT)
+        assert again is not None
+        assert again.record.holder == "py-candidate"
+        assert again.record.extra.get("someFutureField") == {"nested": [1, 2, 3]}
+
+    @pytest.mark.parametrize(
+        "garbage",
+        [b"\x00\xffnot json", b'{"holderIdentity": "trunc', b"[1, 2, 3]", b'{"holderIdentity": 42}'],
+        ids=["binary", "truncated", "not-an-object", "wrong-type"],
+    )
+    def test_garbage_is_reported_not_raised_and_can_be_replaced(self, lock: Lock, write_raw, name, garbage) -> None:
+        write_raw(name, garbage)
+        got = lock.get(TIMEOUT)
+        assert got is not None
+        assert got.record.decode_error, "undecodable content must be flagged"
+        assert not got.record.is_free
+        lock.update(sample_record(transitions=9), got.version, TIMEOUT)
+        fixed = lock.get(TIMEOUT)
+        assert fixed is not None and fixed.record.decode_error is None
+        assert fixed.record.transitions == 9
+
+    def test_garbage_replacement_is_still_compare_and_swap(self, lock: Lock, write_raw, name) -> None:
+        write_raw(name, b"garbage-1")
+        got = lock.get(TIMEOUT)
+        assert got is not None
+        write_raw(name, b"garbage-2")
+        with pytest.raises(Conflict):
+            lock.update(sample_record(), got.version, TIMEOUT)
+
+    # --- time ---
+
+    def test_calls_honour_their_timeout_when_backend_stalls(self, stalled_lock, name) -> None:
+        with stalled_lock(name) as lock:
+            for call in (
+                lambda: lock.get(0.5),
+                lambda: lock.create(sample_record(), 0.5),
+                lambda: lock.update(sample_record(), "0", 0.5),
+            ):
+                started = time.monotonic()
+                with pytest.raises((BackendUnavailable, Conflict)):
+                    call()
+                # generous: the contract is "returns or raises within the timeout"
+                assert time.monotonic() - started < 3.0
+
+    def test_wait_for_change_returns_on_change(self, make_lock, name) -> None:
+        watcher, writer = make_lock(name), make_lock(name)
+        version = writer.create(sample_record(), TIMEOUT)
+        if not type(watcher).capabilities.watch:
+            started = time.monotonic()
+            watcher.wait_for_change(version, 0.3)
+            assert time.monotonic() - started >= 0.25
+            return
+        woke = threading.Event()
+
+        def wait() -> None:
+            watcher.wait_for_change(version, 20.0)
+            woke.set()
+
+        t = threading.Thread(target=wait, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        assert not woke.is_set(), "wait_for_change returned without a change"
+        writer.update(sample_record(holder="candidate-b"), version, TIMEOUT)
+        assert woke.wait(10.0), "wait_for_change did not notice the update"
+
+    def test_wait_for_change_returns_at_once_if_already_changed(self, make_lock, name) -> None:
+        lock = make_lock(name)
+        v1 = lock.create(sample_record(), TIMEOUT)
+        lock.update(sample_record(holder="candidate-b"), v1, TIMEOUT)
+        if not type(lock).capabilities.watch:
+            return
+        started = time.monotonic()
+        lock.wait_for_change(v1, 10.0)
+        assert time.monotonic() - started < 5.0
+
+    def test_wait_for_change_times_out_without_change(self, lock: Lock) -> None:
+        version = lock.create(sample_record(), TIMEOUT)
+        started = time.monotonic()
+        lock.wait_for_change(version, 0.5)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 0.4
+        assert elapsed < 5.0
+
+    # --- housekeeping ---
+
+    def test_close_is_idempotent(self, lock: Lock) -> None:
+        lock.create(sample_record(), TIMEOUT)
+        lock.close()
+        lock.close()
+
+    def test_locks_with_different_names_are_independent(self, make_lock, name) -> None:
+        a, b = make_lock(name + "-a"), make_lock(name + "-b")
+        a.create(sample_record(holder="a"), TIMEOUT)
+        assert b.get(TIMEOUT) is None
+        b.create(sample_record(holder="b"), TIMEOUT)
+        got_a, got_b = a.get(TIMEOUT), b.get(TIMEOUT)
+        assert got_a is not None and got_a.record.holder == "a"
+        assert got_b is not None and got_b.record.holder == "b"
+
+    def test_encoded_record_size_is_small(self) -> None:
+        # a record is one small object: backends may rely on that
+        assert len(encode_record(sample_record())) < 512
