@@ -16,6 +16,7 @@ before anybody else can lead.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -26,7 +27,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .core import (
     Create,
@@ -56,7 +58,7 @@ def default_identity() -> str:
 class Leadership:
     """One term of leadership. Hand ``token`` to the work as its fencing token."""
 
-    def __init__(self, election: "Election", term: int, token: int) -> None:
+    def __init__(self, election: Election, term: int, token: int) -> None:
         self._election = election
         self.term = term
         self.token = token
@@ -97,7 +99,7 @@ class _Watchdog:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, when: float, election: "Election") -> None:
+    def arm(self, when: float, election: Election) -> None:
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._seq), weakref.ref(election)))
             if self._thread is None or not self._thread.is_alive():
@@ -207,7 +209,7 @@ class Election:
         lead = self._leadership
         return lead if lead is not None and lead.is_valid() else None
 
-    def start(self) -> "Election":
+    def start(self) -> Election:
         if self._thread is not None:
             return self
         self._notifier = threading.Thread(target=self._notify_loop, name=f"leader-notify-{self.name}", daemon=True)
@@ -249,7 +251,7 @@ class Election:
                 self._leading_changed.wait(0.25 if left is None else min(left, 0.25))
         return True
 
-    def __enter__(self) -> "Election":
+    def __enter__(self) -> Election:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -373,8 +375,7 @@ class Election:
                 if self.on_stopped_leading is not None:
                     self._notices.put(self.on_stopped_leading)
             elif isinstance(event, NewLeader) and self.on_new_leader is not None:
-                cb, who = self.on_new_leader, event.identity
-                self._notices.put(lambda: cb(who))
+                self._notices.put(functools.partial(self.on_new_leader, event.identity))
         if events:
             with self._leading_changed:
                 self._leading_changed.notify_all()

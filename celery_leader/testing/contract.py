@@ -154,7 +154,7 @@ class LockContract:
             locks = [make_lock(lock_name) for _ in range(self.race_clients)]
             results, errors = _race(
                 self.race_clients,
-                lambda i: locks[i].create(sample_record(holder=f"c{i}"), TIMEOUT),
+                lambda i, locks=locks: locks[i].create(sample_record(holder=f"c{i}"), TIMEOUT),
             )
             assert len(results) == 1, (results, errors)
             assert all(isinstance(e, Conflict) for e in errors), errors
@@ -168,7 +168,7 @@ class LockContract:
             expected = version
             results, errors = _race(
                 self.race_clients,
-                lambda i: (i, locks[i].update(sample_record(holder=f"c{i}", transitions=round_), expected, TIMEOUT)),
+                lambda i, r=round_, v=expected: (i, locks[i].update(sample_record(holder=f"c{i}", transitions=r), v, TIMEOUT)),
             )
             assert len(results) == 1, (results, errors)
             assert all(isinstance(e, Conflict) for e in errors), errors
