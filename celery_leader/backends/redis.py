@@ -1,0 +1,756 @@
+"""``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``: leases in Redis.
+
+Layout, under a key prefix (``?prefix=``, default ``celery-leader:``):
+
+``<prefix>lock:<name>``
+    a string: the record as the Go seed's JSON plus ``"celeryLeaderSeq"`` (a per-write
+    counter the server splices in, so that every write has new bytes). Its expiry is only
+    garbage collection: ``2 * lease + gc_margin`` (default margin 60 s), far past any lease.
+``<prefix>fence:<name>``
+    a hash without expiry: ``transitions`` (the highest fencing token ever written) and
+    ``writes`` (the write counter). It survives deletion, expiry and eviction of the lock
+    key, so tokens never go backwards (see docs/redis.md).
+``<prefix>changes``
+    the pub/sub channel: every successful write publishes ``"<version> <name>"``.
+
+The version is the SHA-1 of the stored bytes, computed by Redis: any change, ours or a
+foreign writer's (a Go candidate, a hand edit), gives a new version. A lock key that has
+vanished while its fence remains reads as a free record carrying the last token, with the
+version ``absent:<token>``; writing against that version recreates the key.
+
+Every compare-and-swap is one Lua script (atomic on the server). Per-call timeouts are
+honoured by setting the socket timeouts of the connection before each call, so this module
+manages its own idle connections instead of redis-py's pool checkout.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import socket
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import (
+        AuthenticationError,
+        MasterDownError,
+        NoPermissionError,
+        NoScriptError,
+        ReadOnlyError,
+        ResponseError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel, SentinelConnectionPool
+except ImportError as exc:  # pragma: no cover - registry turns this into the pip hint
+    raise ImportError(exc.msg, name="redis") from exc
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock"]
+
+log = logging.getLogger("celery_leader.redis")
+
+#: one primary: every acknowledged write is seen by every later read; a partition can only
+#: make it unreachable, never let two sides write.
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+#: Sentinel: replication is asynchronous, a failover can lose acknowledged writes, and an
+#: isolated old primary keeps accepting writes until it notices.
+SENTINEL_CAPABILITIES = Capabilities(linearizable=False, watch=True, partition_safe=False)
+
+DEFAULT_PREFIX = "celery-leader:"
+DEFAULT_GC_MARGIN = 60.0
+SEQ_KEY = "celeryLeaderSeq"
+ABSENT = "absent:"
+
+#: query options this module reads itself (the rest go to redis-py)
+OWN_OPTIONS = {"prefix", "gc_margin", "sentinel_password", "sentinel_username", "master", "service_name", "ssl"}
+#: query options passed on to redis-py (anything else is a typo: refused)
+REDIS_OPTIONS = {
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "client_name",
+    "health_check_interval",
+    "protocol",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+    "ssl_min_version",
+}
+
+# KEYS: lock, fence. Returns {raw or false, fence transitions or false}.
+READ_SCRIPT = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE celery-leader lock key holds a ' .. t)
+end
+local raw = false
+if t == 'string' then raw = redis.call('GET', KEYS[1]) end
+return {raw, redis.call('HGET', KEYS[2], 'transitions')}
+"""
+
+# KEYS: lock, fence. ARGV: expected version ('' = create), record JSON, its transitions,
+# expiry in ms, channel, name. Returns {1, version} | {0, current version} (conflict) |
+# {-1, fence} (the token would not be above the fence).
+WRITE_SCRIPT = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE celery-leader lock key holds a ' .. t)
+end
+local fence = tonumber(redis.call('HGET', KEYS[2], 'transitions'))
+local current = ''
+if t == 'string' then
+  current = redis.sha1hex(redis.call('GET', KEYS[1]))
+elseif fence then
+  current = 'absent:' .. fence
+end
+if current ~= ARGV[1] then return {0, current} end
+local transitions = tonumber(ARGV[3])
+if fence then
+  if transitions < fence or (t == 'none' and transitions <= fence) then
+    return {-1, tostring(fence)}
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'writes', 1)
+local raw = ARGV[2]
+local stored = string.sub(raw, 1, -2) .. ',"celeryLeaderSeq":' .. seq .. '}'
+redis.call('SET', KEYS[1], stored, 'PX', ARGV[4])
+if (not fence) or transitions > fence then
+  redis.call('HSET', KEYS[2], 'transitions', transitions)
+end
+local version = redis.sha1hex(stored)
+redis.call('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
+return {1, version}
+"""
+
+READ_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
+WRITE_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
+
+
+class _NoScript(Exception):
+    """The server does not have the script cached (restarted, failed over): send it."""
+
+
+def _version_of(raw: bytes) -> str:
+    return hashlib.sha1(raw).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe=":/*"), ""))
+
+
+def _float_option(options: dict[str, str], key: str, default: float | None) -> float | None:
+    if key not in options:
+        return default
+    try:
+        value = float(options[key])
+    except ValueError:
+        raise ConfigurationError(f"?{key}= must be a number of seconds, got {options[key]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"?{key}= must be a number of seconds >= 0, got {options[key]!r}")
+    return value
+
+
+def _pubsub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pub/sub connection blocks in its own thread, but never forever on a dead peer."""
+    out = dict(kwargs)
+    out.setdefault("socket_connect_timeout", 2.0)
+    out.setdefault("socket_timeout", 5.0)
+    out.setdefault("health_check_interval", 10)
+    return out
+
+
+class _Notifier:
+    """One pub/sub connection per backend, shared by every lock waiting for a change.
+
+    A thread listens on the prefix's channel and wakes the waiters of the named lock.
+    A reconnection wakes every waiter so that it re-reads (a message may have been lost).
+    """
+
+    def __init__(self, backend: "RedisBackend") -> None:
+        self._backend = backend
+        self._cond = threading.Condition()
+        self._latest: dict[str, str] = {}
+        self._counts: dict[str, int] = collections.Counter()
+        self._generation = 0
+        self.subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ensure_running(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"celery-leader-redis-pubsub-{id(self):x}", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            pubsub = None
+            try:
+                pubsub = self._backend._pubsub_client().pubsub()
+                pubsub.subscribe(self._backend.channel)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        backoff = 0.05
+                        self.subscribed.set()
+                        self._bump()
+                    elif message["type"] == "message":
+                        self._deliver(_text(message["data"]))
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
+                if not self._stopping.is_set():
+                    log.debug("redis pub/sub connection lost: %r; reconnecting", exc)
+            finally:
+                self.subscribed.clear()
+                self._bump()
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _bump(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def _deliver(self, data: str) -> None:
+        version, _, name = data.partition(" ")
+        with self._cond:
+            if self._counts.get(name):
+                self._latest[name] = version
+                self._cond.notify_all()
+
+    def wait(self, lock: "RedisLock", version: str | None, timeout: float) -> None:
+        """Return when ``lock``'s version differs from ``version``, or after ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        self.ensure_running()
+        # subscribe before reading, or a change between the read and the subscription is lost
+        self.subscribed.wait(min(max(0.0, timeout), 2.0))
+        name = lock.name
+        with self._cond:
+            self._counts[name] += 1
+            self._latest.pop(name, None)
+        try:
+            while not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with self._cond:
+                    generation = self._generation
+                try:
+                    current = lock._current_version(left)
+                except BackendUnavailable:
+                    # the server is away: a bounded pause, the engine decides what next
+                    self._stopping.wait(min(max(0.0, deadline - time.monotonic()), 0.25))
+                    continue
+                if current != version:
+                    return
+                with self._cond:
+                    while True:
+                        latest = self._latest.get(name)
+                        if latest is not None and latest != version:
+                            return
+                        if self._generation != generation or self._stopping.is_set():
+                            break  # reconnected: re-read, a message may have been lost
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return
+                        self._cond.wait(left)
+        finally:
+            with self._cond:
+                self._counts[name] -= 1
+                if not self._counts[name]:
+                    del self._counts[name]
+                    self._latest.pop(name, None)
+
+
+class RedisLock(Lock):
+    """One election's lock in Redis. Thread-safe; shares its backend's connections."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: "RedisBackend", name: str) -> None:
+        if not name:
+            raise ConfigurationError("the election name must not be empty")
+        self._backend = backend
+        self.name = name
+        self.key = backend.prefix + "lock:" + name
+        self.fence_key = backend.prefix + "fence:" + name
+        self._closed = False
+
+    def _read(self, timeout: float) -> tuple[bytes | None, int | None]:
+        raw, fence = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [], timeout, self)
+        return raw, (int(fence) if fence is not None else None)
+
+    def _current_version(self, timeout: float) -> str | None:
+        raw, fence = self._read(timeout)
+        if raw is not None:
+            return _version_of(raw)
+        return f"{ABSENT}{fence}" if fence is not None else None
+
+    def get(self, timeout: float) -> Versioned | None:
+        raw, fence = self._read(timeout)
+        if raw is None:
+            if fence is None:
+                return None
+            # deleted, expired or evicted: free, and the next term counts from the fence
+            return Versioned(LeaderRecord(holder="", transitions=fence), f"{ABSENT}{fence}")
+        record = decode_or_placeholder(raw, strip=(SEQ_KEY,))
+        if fence is not None and fence > record.transitions:
+            # the key was rewritten with a lower token (by hand, or a foreign writer): never
+            # let the next term go below a token already handed out
+            record = record.evolve(transitions=fence)
+        return Versioned(record, _version_of(raw))
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        return self._write(record, "", timeout)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        if not expected_version:
+            raise Conflict(f"{self.name}: empty expected version")
+        return self._write(record, expected_version, timeout)
+
+    def _write(self, record: LeaderRecord, expected: str, timeout: float) -> str:
+        raw = encode_record(record)
+        ttl_ms = self._backend.gc_expiry_ms(record.lease_duration)
+        status, value = self._backend._script(
+            WRITE_SCRIPT,
+            WRITE_SHA,
+            [self.key, self.fence_key],
+            [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name],
+            timeout,
+            self,
+        )
+        value = _text(value)
+        if status == 1:
+            return value
+        if status == 0:
+            if not expected:
+                raise Conflict(f"{self.name}: the lock exists")
+            raise Conflict(f"{self.name}: the stored version moved on")
+        # A token at or below one already handed out. The engine computes tokens from what it
+        # read, and get() lifts every token to the fence, so this only happens when a record
+        # could not be decoded (the engine then counts from 0). Not Conflict: that would make
+        # the engine retry at once, forever; this backs off by retry_period.
+        raise BackendUnavailable(
+            f"{self.name}: refused to write fencing token {record.transitions}: the token counter "
+            f"{self.fence_key!r} is already at {value} and tokens never go backwards; the lock key "
+            f"probably holds something that is not a leader record (delete {self.key!r} to recover)"
+        )
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        self._backend._notifier.wait(self, version, timeout)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def describe(self) -> str:
+        return f"redis lock {self.key!r} at {self._backend.describe()}"
+
+
+class SentinelRedisLock(RedisLock):
+    """The same lock through Sentinel: asynchronous replication, so not linearizable."""
+
+    capabilities = SENTINEL_CAPABILITIES
+
+
+class RedisBackend(Backend):
+    """Locks in one Redis (or a Sentinel-managed primary); one set of connections for all.
+
+    Options in the URL query: ``prefix`` (key prefix), ``gc_margin`` (seconds added to twice
+    the lease for the garbage-collection expiry), ``socket_timeout`` and
+    ``socket_connect_timeout`` (upper bounds; each call is also bounded by its own timeout),
+    ``db``, ``client_name``, TLS files (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_cert_reqs``, ``ssl_check_hostname``) and, for Sentinel, ``sentinel_password``,
+    ``sentinel_username``, ``ssl``.
+    """
+
+    schemes = ("redis", "rediss", "unix", "redis+sentinel")
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        pool: redis.ConnectionPool,
+        *,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        gc_margin: float = DEFAULT_GC_MARGIN,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        sentinel: bool = False,
+        pubsub_pool: redis.ConnectionPool | None = None,
+    ) -> None:
+        self._pool = pool
+        self._pubsub_pool = pubsub_pool or pool
+        self.url = url
+        self.prefix = prefix
+        self.gc_margin = gc_margin
+        self.channel = prefix + "changes"
+        self.sentinel = sentinel
+        if sentinel:
+            self.capabilities = SENTINEL_CAPABILITIES  # type: ignore[misc]
+        self._socket_timeout = socket_timeout
+        self._socket_connect_timeout = socket_connect_timeout
+        self._idle: collections.deque[Any] = collections.deque()
+        self._idle_guard = threading.Lock()
+        self._closed = False
+        self._notifier = _Notifier(self)
+        self._scripts_loaded: set[str] = set()
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str) -> "RedisBackend":
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in cls.schemes:
+            raise ConfigurationError(f"not a Redis URL: {_redact(url)!r}; use redis://, rediss://, unix:// or redis+sentinel://")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - OWN_OPTIONS - REDIS_OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)} in the Redis URL {_redact(url)!r}; "
+                f"known: {', '.join(sorted(OWN_OPTIONS | REDIS_OPTIONS))}"
+            )
+        prefix = options.pop("prefix", DEFAULT_PREFIX)
+        if not prefix:
+            raise ConfigurationError("?prefix= must not be empty (default: celery-leader:)")
+        gc_margin = _float_option(options, "gc_margin", DEFAULT_GC_MARGIN)
+        options.pop("gc_margin", None)
+        socket_timeout = _float_option(options, "socket_timeout", None)
+        connect_timeout = _float_option(options, "socket_connect_timeout", None)
+        common = dict(prefix=prefix, gc_margin=gc_margin, socket_timeout=socket_timeout,
+                      socket_connect_timeout=connect_timeout)
+        # each call sets its own socket timeouts; no hidden retries that would stretch them
+        no_retry = {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
+        if scheme == "redis+sentinel":
+            return cls._from_sentinel_url(url, parts, options, common, no_retry)
+        for key in OWN_OPTIONS - {"prefix", "gc_margin"}:
+            if key in options:
+                raise ConfigurationError(f"?{key}= is only meaningful in a redis+sentinel:// URL")
+        if scheme == "unix" and not parts.path:
+            raise ConfigurationError("a unix:// Redis URL needs the socket path: unix:///run/redis/redis.sock?db=0")
+        if scheme != "unix" and not parts.hostname:
+            raise ConfigurationError(f"the Redis URL {_redact(url)!r} has no host; write redis://host:6379/0")
+        passed = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), ""))
+        try:
+            kwargs = redis.connection.parse_url(passed)
+        except ValueError as exc:
+            raise ConfigurationError(f"cannot parse the Redis URL {_redact(url)!r}: {exc}") from None
+        if scheme != "unix" and parts.path.strip("/") and "db" not in options:
+            try:
+                int(parts.path.strip("/"))
+            except ValueError:
+                raise ConfigurationError(
+                    f"the path of {_redact(url)!r} must be a database number (redis://host:6379/0)"
+                ) from None
+        kwargs.update(no_retry)
+        pool = redis.ConnectionPool(**kwargs)
+        pubsub_pool = redis.ConnectionPool(**_pubsub_kwargs(kwargs))
+        return cls(pool, url=url, pubsub_pool=pubsub_pool, **common)  # type: ignore[arg-type]
+
+    @classmethod
+    def _from_sentinel_url(
+        cls, url: str, parts: Any, options: dict[str, str], common: dict[str, Any], no_retry: dict[str, Any]
+    ) -> "RedisBackend":
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        sentinels: list[tuple[str, int]] = []
+        for item in filter(None, hostlist.split(",")):
+            host, _, port = item.rpartition(":") if item.rpartition(":")[0] else (item, "", "26379")
+            host = host.strip("[]")
+            try:
+                sentinels.append((host, int(port)))
+            except ValueError:
+                raise ConfigurationError(f"bad sentinel address {item!r} in {_redact(url)!r}; write host:26379") from None
+        if not sentinels:
+            raise ConfigurationError(
+                f"no sentinels in {_redact(url)!r}; write redis+sentinel://host1:26379,host2:26379/mymaster/0"
+            )
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        service = options.pop("master", None) or options.pop("service_name", None) or (path[0] if path else None)
+        if not service:
+            raise ConfigurationError(
+                f"no master name in {_redact(url)!r}; write redis+sentinel://host:26379/mymaster/0 (or ?master=mymaster)"
+            )
+        db: str | None = options.pop("db", None) or (path[1] if len(path) > 1 else None)
+        kwargs: dict[str, Any] = {}
+        if db is not None:
+            try:
+                kwargs["db"] = int(db)
+            except ValueError:
+                raise ConfigurationError(f"database {db!r} in {_redact(url)!r} is not a number") from None
+        if userinfo:
+            user, _, password = userinfo.partition(":")
+            if user:
+                kwargs["username"] = unquote(user)
+            if password:
+                kwargs["password"] = unquote(password)
+        sentinel_kwargs: dict[str, Any] = {}
+        for src, dst in (("sentinel_password", "password"), ("sentinel_username", "username")):
+            if src in options:
+                sentinel_kwargs[dst] = options.pop(src)
+        ssl = options.pop("ssl", "").lower() in ("1", "true", "yes", "on")
+        for key, value in options.items():
+            if key in ("socket_timeout", "socket_connect_timeout"):
+                continue
+            kwargs[key] = value
+        timeout = common["socket_timeout"] or 2.0
+        sentinel_kwargs.update(socket_timeout=timeout, socket_connect_timeout=common["socket_connect_timeout"] or timeout)
+        manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+        kwargs.update(no_retry)
+        if ssl:
+            kwargs["ssl"] = True
+        pool = SentinelConnectionPool(service, manager, **dict(kwargs))
+        pubsub_pool = SentinelConnectionPool(service, manager, **_pubsub_kwargs(kwargs))
+        return cls(pool, url=url, pubsub_pool=pubsub_pool, sentinel=True, **common)
+
+    def lock(self, name: str) -> RedisLock:
+        if self._closed:
+            raise ConfigurationError("this Redis backend is closed")
+        return (SentinelRedisLock if self.sentinel else RedisLock)(self, name)
+
+    def describe(self) -> str:
+        return _redact(self.url)
+
+    def gc_expiry_ms(self, lease_duration: float) -> int:
+        """Garbage-collection expiry of a lock key: twice the lease plus the margin, >= 1 s."""
+        return max(1000, int(math.ceil((2 * max(0.0, lease_duration) + self.gc_margin) * 1000)))
+
+    # --- connections ----------------------------------------------------------------------
+
+    def _pubsub_client(self) -> redis.Redis:
+        return redis.Redis(connection_pool=self._pubsub_pool)
+
+    def _checkout(self) -> Any:
+        with self._idle_guard:
+            if self._idle:
+                return self._idle.pop()
+        return self._pool.make_connection()
+
+    def _checkin(self, conn: Any) -> None:
+        with self._idle_guard:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.disconnect()
+
+    def _bound(self, seconds: float, limit: float | None) -> float:
+        seconds = max(0.001, seconds)
+        return min(seconds, limit) if limit else seconds
+
+    def _call(self, timeout: float, *commands: tuple[Any, ...]) -> Any:
+        """Send ``commands`` one after another on one connection, within ``timeout``.
+
+        The first command whose reply is an error raises it (a ``ResponseError``); the
+        reply of the last command is returned.
+        """
+        if self._closed:
+            raise BackendUnavailable("the Redis backend is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        conn = self._checkout()
+        healthy = False
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendUnavailable(f"no time left to call Redis (timeout {timeout:.3f} s)")
+            conn.socket_connect_timeout = self._bound(left, self._socket_connect_timeout)
+            conn.socket_timeout = self._bound(left, self._socket_timeout)
+            if conn._sock is None:
+                conn.connect()
+            reply: Any = None
+            for command in commands:
+                conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
+                conn.send_command(*command, check_health=False)
+                conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
+                try:
+                    reply = conn.read_response()
+                except ResponseError:
+                    healthy = True
+                    raise
+            healthy = True
+            return reply
+        except AuthenticationError as exc:
+            raise ConfigurationError(
+                f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
+                "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
+            ) from None
+        except (RedisConnectionError, RedisTimeoutError, OSError, socket.timeout) as exc:
+            raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
+        except NoScriptError:
+            raise _NoScript() from None
+        except ResponseError as exc:
+            raise self._response_error(exc) from None
+        finally:
+            if healthy:
+                self._checkin(conn)
+            else:
+                try:
+                    conn.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _response_error(self, exc: ResponseError) -> Exception:
+        message = str(exc)
+        upper = message.upper()
+        if isinstance(exc, (ReadOnlyError, MasterDownError, TryAgainError)):
+            return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
+        if isinstance(exc, NoPermissionError) or upper.startswith("NOPERM"):
+            return ConfigurationError(
+                f"the Redis user lacks a permission ({message}); grant it the commands "
+                "EVAL EVALSHA SCRIPT GET SET HGET HSET HINCRBY TYPE PUBLISH SUBSCRIBE PING on the "
+                "prefix's keys and channel, for example: ACL SETUSER leader on >pw ~celery-leader:* "
+                "&celery-leader:* +@read +@write +@scripting +@pubsub +ping"
+            )
+        if upper.startswith(("NOAUTH", "WRONGPASS")):
+            return ConfigurationError(
+                f"Redis at {self.describe()} needs authentication ({message}); put it in the URL: "
+                "redis://USER:PASSWORD@host:6379/0"
+            )
+        if "DB INDEX IS OUT OF RANGE" in upper or "INVALID DB INDEX" in upper:
+            return ConfigurationError(
+                f"Redis at {self.describe()} has no such database ({message}); use a database number "
+                "below its 'databases' setting, e.g. redis://host:6379/0"
+            )
+        if "UNKNOWN COMMAND" in upper and ("EVAL" in upper or "SCRIPT" in upper):
+            return ConfigurationError(
+                f"Redis at {self.describe()} does not run Lua scripts ({message}); this backend needs "
+                "EVAL/EVALSHA (compare-and-swap in one step): enable scripting or pick another backend"
+            )
+        if upper.startswith(("READONLY", "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN")):
+            return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
+        if "READONLY" in upper or "READ ONLY REPLICA" in upper:
+            return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
+        return BackendUnavailable(f"Redis at {self.describe()} answered an error: {message}")
+
+    def _script(self, script: str, sha: str, keys: list[str], args: list[Any], timeout: float, lock: RedisLock) -> Any:
+        """EVALSHA, loading the script on NOSCRIPT (a restarted or failed-over server)."""
+        try:
+            try:
+                return self._call(timeout, ("EVALSHA", sha, len(keys), *keys, *args))
+            except _NoScript:
+                return self._call(timeout, ("EVAL", script, len(keys), *keys, *args))
+        except BackendUnavailable as exc:
+            if "WRONGTYPE" in str(exc):
+                raise self._wrong_type(lock, timeout) from None
+            raise
+
+    def _wrong_type(self, lock: RedisLock, timeout: float) -> ConfigurationError:
+        kinds = []
+        for key in (lock.key, lock.fence_key):
+            try:
+                kinds.append(f"{key!r} is a {_text(self._call(timeout, ('TYPE', key)))}")
+            except Exception:  # noqa: BLE001 - best effort, for the message only
+                pass
+        return ConfigurationError(
+            f"the keys of election {lock.name!r} hold data that is not celery-leader's "
+            f"({'; '.join(kinds) or 'wrong type'}; expected a string and a hash). Another program "
+            "uses these keys: choose another key prefix (?prefix=myapp:leader:) or, if the data is not "
+            "needed, delete the keys. They are never overwritten automatically."
+        )
+
+    # --- start-up check -------------------------------------------------------------------
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Reachable, authenticated, right database, scripts allowed, a writable primary."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.001, deadline - time.monotonic())
+
+        self._call(left(), ("PING",))
+        for script in (READ_SCRIPT, WRITE_SCRIPT):
+            try:
+                self._call(left(), ("SCRIPT", "LOAD", script))
+            except BackendUnavailable as exc:
+                raise ConfigurationError(
+                    f"Redis at {self.describe()} does not accept Lua scripts ({exc}); this backend needs "
+                    "EVAL/EVALSHA for compare-and-swap: enable scripting or pick another backend"
+                ) from None
+        try:
+            role = self._call(left(), ("ROLE",))
+        except (BackendUnavailable, ConfigurationError):
+            role = None  # ROLE may be forbidden by ACLs; writes would show a replica anyway
+        if role and _text(role[0]) in ("slave", "replica"):
+            raise ConfigurationError(
+                f"{self.describe()} is a read-only replica; point the URL at the primary, or use "
+                "redis+sentinel://sentinel:26379/mymaster/0 to follow failovers"
+            )
+        try:
+            policy = self._call(left(), ("CONFIG", "GET", "maxmemory-policy"))
+            maxmemory = self._call(left(), ("CONFIG", "GET", "maxmemory"))
+        except (BackendUnavailable, ConfigurationError):
+            return  # CONFIG is often disabled on managed Redis
+        policy_value = _text(policy[1]) if len(policy) > 1 else "noeviction"
+        limit = int(_text(maxmemory[1])) if len(maxmemory) > 1 else 0
+        if limit and policy_value.startswith("allkeys"):
+            log.warning(
+                "Redis at %s evicts any key (maxmemory-policy %s): the fencing counters %sfence:* can be "
+                "evicted and tokens could then go backwards; use noeviction or a volatile-* policy",
+                self.describe(),
+                policy_value,
+                self.prefix,
+            )
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._notifier.stop()
+        with self._idle_guard:
+            idle, self._idle = list(self._idle), collections.deque()
+        for conn in idle:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        for pool in {id(self._pool): self._pool, id(self._pubsub_pool): self._pubsub_pool}.values():
+            try:
+                pool.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
