@@ -1,0 +1,842 @@
+"""``kubernetes://NAMESPACE``: a ``coordination.k8s.io/v1`` Lease, written exactly as client-go writes it.
+
+Python candidates and Go (client-go) candidates can share one Lease: the spec carries
+``holderIdentity``, ``leaseDurationSeconds`` (whole seconds, rounded *up*),
+``acquireTime``/``renewTime`` (MicroTime: UTC, six fraction digits) and ``leaseTransitions``.
+Compare-and-swap is the API server's ``resourceVersion`` check (409 on a stale PUT).
+
+Requests go through the official ``kubernetes`` client (its configuration loading, auth,
+TLS and connection pool), but bodies are plain dicts sent with
+:meth:`ApiClient.param_serialize`/:meth:`ApiClient.call_api`: the typed models reject
+or drop fields they do not know, and we must write back every field we read
+(``strategy``, labels, annotations, fields of newer servers).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+# the extra is optional: the registry turns an ImportError here into the "pip install" to run
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.config.config_exception import ConfigException
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord
+
+__all__ = [
+    "KubernetesBackend",
+    "KubernetesLock",
+    "format_microtime",
+    "parse_microtime",
+    "lease_to_record",
+    "record_to_spec",
+    "PREFERRED_HOLDER_ANNOTATION",
+]
+
+log = logging.getLogger("celery_leader.backends.kubernetes")
+
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+
+GROUP_VERSION = "coordination.k8s.io/v1"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+LEASE = LEASES + "/{name}"
+EVENTS = "/api/v1/namespaces/{namespace}/events"
+SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+#: where ``preferred_holder`` lives when the Lease has no ``strategy``: the API server
+#: rejects ``spec.preferredHolder`` without ``spec.strategy`` (422), and setting a
+#: strategy would hand the Lease to Kubernetes' coordinated leader election.
+PREFERRED_HOLDER_ANNOTATION = "celery-leader.io/preferred-holder"
+
+#: the spec fields that make up the leader record; every other spec field is kept as is
+SPEC_KEYS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "preferredHolder")
+RBAC_VERBS = ("get", "create", "update", "watch")
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MICROTIME_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_URL_OPTIONS = {"kubeconfig", "context", "events", "request_timeout", "field_manager"}
+_warned_durations: set[float] = set()
+_warn_guard = threading.Lock()
+
+
+# --- the Lease <-> LeaderRecord mapping (pure functions, unit-tested) ---
+
+
+def format_microtime(seconds: float) -> str:
+    """Unix seconds -> MicroTime as client-go writes it: ``2024-05-01T10:00:00.123456Z``.
+
+    Formatted by hand from integer microseconds: the client's own datetime serialisation
+    drops the zone of naive datetimes and the fraction when microsecond == 0.
+    """
+    micros = int(round(seconds * 1_000_000))
+    stamp = _EPOCH + _dt.timedelta(microseconds=micros)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond:06d}Z"
+
+
+def parse_microtime(value: str) -> float:
+    """MicroTime (or any RFC 3339 time) -> Unix seconds, exact to the microsecond."""
+    m = _MICROTIME_RE.match(value)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {value[:40]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac = (m.group(7) or "").ljust(6, "0")[:6]
+    zone = m.group(8)
+    if zone in ("Z", "z"):
+        tz = _dt.timezone.utc
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        tz = _dt.timezone(sign * _dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    stamp = _dt.datetime(year, month, day, hour, minute, second, int(frac), tzinfo=tz)
+    micros = (stamp - _EPOCH) // _dt.timedelta(microseconds=1)
+    return micros / 1_000_000
+
+
+def lease_seconds(duration: float) -> int:
+    """The engine's lease duration as whole seconds, rounded up (never stored shorter)."""
+    whole = max(1, int(math.ceil(round(duration, 6))))
+    if whole != duration and duration > 0:
+        with _warn_guard:
+            first = duration not in _warned_durations
+            _warned_durations.add(duration)
+        if first:
+            log.warning(
+                "a Kubernetes Lease stores whole seconds: lease_duration=%s is stored as "
+                "leaseDurationSeconds=%d (rounded up, as other candidates must wait at least that long); "
+                "configure a whole number of seconds to avoid this",
+                duration,
+                whole,
+            )
+    return whole
+
+
+def _int_field(spec: dict[str, Any], key: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"spec.{key} is {type(value).__name__}, expected an integer")
+    return value
+
+
+def lease_to_record(obj: Any) -> LeaderRecord:
+    """A Lease object (dict as the API returns it) -> LeaderRecord.
+
+    Never raises: a Lease we cannot interpret becomes :meth:`LeaderRecord.undecodable`
+    (held by an unknown holder), keeping its ``leaseTransitions`` when that is readable
+    so that the fencing token never goes down.
+    """
+    spec: Any = obj.get("spec") if isinstance(obj, dict) else None
+    if spec is None:
+        spec = {}
+    transitions_hint = 0
+    try:
+        if not isinstance(spec, dict):
+            raise ValueError(f"spec is {type(spec).__name__}, expected an object")
+        with_transitions = spec.get("leaseTransitions")
+        if isinstance(with_transitions, int) and not isinstance(with_transitions, bool) and with_transitions > 0:
+            transitions_hint = with_transitions
+        holder = spec.get("holderIdentity")
+        if holder is None:
+            holder = ""
+        if not isinstance(holder, str):
+            raise ValueError(f"spec.holderIdentity is {type(holder).__name__}, expected a string")
+        duration = _int_field(spec, "leaseDurationSeconds")
+        if duration is None:
+            if holder:
+                # client-go would read 0 and take it over at once; we cannot know how long
+                # this holder believes it holds, so it is held until unchanged for our own lease
+                raise ValueError("held Lease without spec.leaseDurationSeconds")
+            duration = 0
+        if duration < 0 or (holder and duration == 0):
+            raise ValueError(f"spec.leaseDurationSeconds is {duration}")
+        transitions = _int_field(spec, "leaseTransitions") or 0
+        if transitions < 0:
+            raise ValueError("spec.leaseTransitions is negative")
+        times: dict[str, float] = {}
+        for key in ("acquireTime", "renewTime"):
+            value = spec.get(key)
+            if value is None:
+                times[key] = 0.0
+            elif isinstance(value, str):
+                times[key] = parse_microtime(value)
+            else:
+                raise ValueError(f"spec.{key} is {type(value).__name__}, expected a string")
+        preferred = spec.get("preferredHolder") or ""
+        if not preferred:
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            preferred = annotations.get(PREFERRED_HOLDER_ANNOTATION, "") if isinstance(annotations, dict) else ""
+        if not isinstance(preferred, str):
+            raise ValueError("spec.preferredHolder is not a string")
+    except ValueError as exc:
+        size = len(json.dumps(spec, default=str))
+        return LeaderRecord.undecodable(size, f"Lease is not a leader record: {exc}").evolve(transitions=transitions_hint)
+    extra = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    return LeaderRecord(
+        holder=holder,
+        lease_duration=float(duration),
+        acquire_time=times["acquireTime"],
+        renew_time=times["renewTime"],
+        transitions=transitions,
+        preferred_holder=preferred,
+        extra=extra,
+    )
+
+
+def record_to_spec(record: LeaderRecord, base: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """LeaderRecord -> (Lease spec, preferred-holder annotation value or None).
+
+    ``base`` is the spec last read: fields that are not part of the record (``strategy``,
+    fields of a newer server) are written back unchanged, overlaid by ``record.extra``.
+    """
+    spec: dict[str, Any] = {k: v for k, v in (base or {}).items() if k not in SPEC_KEYS}
+    spec.update({k: v for k, v in record.extra.items() if k not in SPEC_KEYS})
+    spec["holderIdentity"] = record.holder
+    spec["leaseDurationSeconds"] = lease_seconds(record.lease_duration)
+    if record.acquire_time > 0:
+        spec["acquireTime"] = format_microtime(record.acquire_time)
+    if record.renew_time > 0:
+        spec["renewTime"] = format_microtime(record.renew_time)
+    spec["leaseTransitions"] = int(record.transitions)
+    annotation = None
+    if record.preferred_holder:
+        if spec.get("strategy"):
+            spec["preferredHolder"] = record.preferred_holder
+        else:
+            annotation = record.preferred_holder
+    return spec, annotation
+
+
+def _body(
+    namespace: str, name: str, record: LeaderRecord, base: dict[str, Any] | None, resource_version: str | None
+) -> dict[str, Any]:
+    """The whole Lease to send: ``base`` (as read) with the record's spec; metadata kept."""
+    obj: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
+    obj["apiVersion"] = GROUP_VERSION
+    obj["kind"] = "Lease"
+    meta = obj.setdefault("metadata", {})
+    meta["name"] = name
+    meta["namespace"] = namespace
+    if resource_version is None:
+        meta.pop("resourceVersion", None)
+    else:
+        meta["resourceVersion"] = resource_version
+    spec, annotation = record_to_spec(record, obj.get("spec") if isinstance(obj.get("spec"), dict) else None)
+    obj["spec"] = spec
+    annotations = dict(meta.get("annotations") or {})
+    if annotation is None:
+        annotations.pop(PREFERRED_HOLDER_ANNOTATION, None)
+    else:
+        annotations[PREFERRED_HOLDER_ANNOTATION] = annotation
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    obj.pop("status", None)
+    return obj
+
+
+# --- HTTP plumbing ---
+
+
+class _Response:
+    """Status, decoded JSON body and the raw stream of one API call."""
+
+    def __init__(self, status: int, data: Any, raw: Any = None) -> None:
+        self.status = status
+        self.data = data
+        self.raw = raw
+
+    @property
+    def message(self) -> str:
+        if isinstance(self.data, dict):
+            return str(self.data.get("message") or self.data.get("reason") or "")[:300]
+        return ""
+
+
+def _rbac_error(namespace: str, verb: str, detail: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the Kubernetes API refused to {verb} Leases in namespace {namespace!r} ({detail}). "
+        f"The service account needs a Role with verbs {', '.join(RBAC_VERBS)} on resource 'leases' "
+        f"in apiGroup 'coordination.k8s.io' (and 'create' on 'events' if events are enabled), bound "
+        f"with a RoleBinding in that namespace; see docs/kubernetes.md"
+    )
+
+
+class KubernetesLock(Lock):
+    """One Lease. Thread-safe; many locks share their backend's connection pool."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: KubernetesBackend, name: str) -> None:
+        self._backend = backend
+        self.name = name
+        self.namespace = backend.namespace
+        self._guard = threading.Lock()
+        #: resourceVersion -> the Lease as last read or written, so that an update sends
+        #: back every field (labels, annotations, strategy, managedFields) it came with
+        self._seen: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._watches: set[Any] = set()
+        self._closed = False
+
+    # --- cache ---
+
+    def _remember(self, obj: dict[str, Any]) -> str:
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if not version:
+            raise BackendUnavailable(f"the API server returned Lease {self.name!r} without a resourceVersion")
+        with self._guard:
+            self._seen[version] = obj
+            self._seen.move_to_end(version)
+            while len(self._seen) > 16:
+                self._seen.popitem(last=False)
+        return version
+
+    def _cached(self, version: str) -> dict[str, Any] | None:
+        with self._guard:
+            return self._seen.get(version)
+
+    # --- the contract ---
+
+    def get(self, timeout: float) -> Versioned | None:
+        resp = self._backend._call("GET", LEASE, self.namespace, self.name, timeout=timeout)
+        if resp.status == 404:
+            return None
+        self._check(resp, "get")
+        obj = resp.data
+        if not isinstance(obj, dict):
+            raise BackendUnavailable(f"the API server returned a non-object for Lease {self.name!r}")
+        version = self._remember(obj)
+        record = lease_to_record(obj)
+        if record.decode_error:
+            log.debug("Lease %s/%s is not a leader record: %s", self.namespace, self.name, record.decode_error)
+        return Versioned(record, version)
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        body = _body(self.namespace, self.name, record, None, None)
+        resp = self._backend._call("POST", LEASES, self.namespace, None, timeout=timeout, body=body)
+        if resp.status == 409:
+            raise Conflict(f"Lease {self.namespace}/{self.name} already exists")
+        if resp.status == 404:
+            raise ConfigurationError(
+                f"cannot create Lease {self.name!r}: namespace {self.namespace!r} does not exist "
+                f"({resp.message}); create it or use kubernetes://<existing-namespace>"
+            )
+        self._check(resp, "create")
+        version = self._remember(resp.data)
+        self._backend._leadership_event(self, None, record, resp.data)
+        return version
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        base = self._cached(expected_version)
+        if base is None:
+            # a version this object never saw (another Lock read it): send back the
+            # stored object only if it is still at that version
+            current = self.get(timeout)
+            if current is None or current.version != expected_version:
+                raise Conflict(f"Lease {self.namespace}/{self.name} changed since version {expected_version}")
+            base = self._cached(expected_version)
+            if base is None:  # pragma: no cover - evicted by 16 concurrent writes
+                raise Conflict(f"Lease {self.namespace}/{self.name} is changing fast; read it again")
+        previous = lease_to_record(base)
+        body = _body(self.namespace, self.name, record, base, expected_version)
+        resp = self._backend._call(
+            "PUT", LEASE, self.namespace, self.name, timeout=max(0.001, deadline - time.monotonic()), body=body
+        )
+        if resp.status in (404, 409):
+            raise Conflict(f"Lease {self.namespace}/{self.name}: {resp.message or resp.status}")
+        self._check(resp, "update")
+        version = self._remember(resp.data)
+        self._backend._leadership_event(self, previous, record, resp.data)
+        return version
+
+    def _check(self, resp: _Response, verb: str) -> None:
+        self._backend._check(resp, verb, self.name)
+        if not isinstance(resp.data, dict):
+            raise BackendUnavailable(f"the API server answered {verb} of Lease {self.name!r} without an object")
+
+    # --- watch ---
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        """Watch this one Lease (field selector on its name) from ``version``.
+
+        Returns on the first event that is not ``version``; reconnects when the stream
+        ends or breaks; on 410 Gone re-lists and watches on from the list's version.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        start: str | None = version
+        if version is None:
+            listed = self._list(deadline)
+            if listed is None:
+                return
+            if listed[0]:
+                return
+            start = listed[1]
+        while not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                return
+            try:
+                outcome, start = self._watch_once(version, start, deadline)
+            except BackendUnavailable as exc:
+                log.debug("watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                continue
+            if outcome == "changed":
+                return
+            if outcome == "gone":
+                listed = self._list(deadline)
+                if listed is None:
+                    return
+                items, list_version = listed
+                current = items[0] if items else None
+                current_version = str((current or {}).get("metadata", {}).get("resourceVersion") or "") or None
+                if current_version != version:
+                    return
+                start = list_version
+
+    def _list(self, deadline: float) -> tuple[list[dict[str, Any]], str] | None:
+        """List this Lease by field selector: (items, list resourceVersion); None on timeout."""
+        while not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                resp = self._backend._call(
+                    "GET",
+                    LEASES,
+                    self.namespace,
+                    None,
+                    timeout=remaining,
+                    query=[("fieldSelector", f"metadata.name={self.name}")],
+                )
+                self._backend._check(resp, "list", self.name)
+            except BackendUnavailable as exc:
+                log.debug("list of Lease %s/%s failed: %s", self.namespace, self.name, exc)
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                continue
+            data = resp.data if isinstance(resp.data, dict) else {}
+            items = [i for i in data.get("items") or [] if isinstance(i, dict)]
+            return items, str((data.get("metadata") or {}).get("resourceVersion") or "")
+        return None
+
+    def _watch_once(self, version: str | None, start: str | None, deadline: float) -> tuple[str, str | None]:
+        """One watch request. Returns ("changed"|"gone"|"ended", resourceVersion to resume from)."""
+        remaining = max(0.001, deadline - time.monotonic())
+        query: list[tuple[str, str]] = [
+            ("watch", "true"),
+            ("fieldSelector", f"metadata.name={self.name}"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(max(1, int(math.ceil(remaining))))),
+        ]
+        if start:
+            query.append(("resourceVersion", start))
+        resp = self._backend._call(
+            "GET", LEASES, self.namespace, None, timeout=remaining, query=query, stream=True, read_timeout=remaining
+        )
+        if resp.status == 410:
+            return "gone", start
+        self._backend._check(resp, "watch", self.name)
+        raw = resp.raw
+        with self._guard:
+            self._watches.add(raw)
+        try:
+            for event in _events(raw):
+                kind = event.get("type")
+                obj = event.get("object") if isinstance(event.get("object"), dict) else {}
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "") or None
+                if kind in ("ADDED", "MODIFIED"):
+                    if rv is not None and rv != version:
+                        self._remember(obj)
+                        return "changed", rv
+                elif kind == "DELETED":
+                    return "changed", rv
+                elif kind == "BOOKMARK":
+                    start = rv or start
+                elif kind == "ERROR":
+                    if obj.get("code") == 410:
+                        return "gone", start
+                    raise BackendUnavailable(f"watch error: {str(obj.get('message'))[:200]}")
+            return "ended", start
+        except urllib3.exceptions.ReadTimeoutError:
+            return "ended", start
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if self._closed:
+                return "ended", start
+            raise BackendUnavailable(f"watch stream broke: {exc}") from exc
+        finally:
+            with self._guard:
+                self._watches.discard(raw)
+            # never hand a half-read stream back to the pool
+            raw.close()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._guard:
+            watches = list(self._watches)
+            self._seen.clear()
+        for raw in watches:
+            try:
+                raw.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on a stream being torn down
+                pass
+
+    def describe(self) -> str:
+        return f"Kubernetes Lease {self.namespace}/{self.name}"
+
+
+def _events(raw: Any) -> Iterator[dict[str, Any]]:
+    """JSON lines of a watch stream, as they arrive."""
+    buffer = b""
+    for chunk in raw.stream(amt=None, decode_content=False):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
+
+
+class KubernetesBackend(Backend):
+    """Leases in one namespace, through one official-client ``ApiClient``.
+
+    Configuration: ``api_client`` if given; else ``kubeconfig``/``context`` if given; else
+    in-cluster (service account), then the usual kubeconfig (``KUBECONFIG``, ``~/.kube/config``).
+    """
+
+    schemes = ("kubernetes", "k8s")
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        *,
+        api_client: Any = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        events: bool = False,
+        request_timeout: float | None = None,
+        field_manager: str = "celery-leader",
+    ) -> None:
+        self._own_client = api_client is None
+        context_namespace = None
+        if api_client is None:
+            api_client, context_namespace, self._source = _load_client(kubeconfig, context)
+        else:
+            self._source = "given ApiClient"
+        self.api_client = api_client
+        if not namespace:
+            namespace = _pod_namespace() or context_namespace or "default"
+        if not _NAMESPACE_RE.match(namespace) or len(namespace) > 63:
+            raise ConfigurationError(
+                f"{namespace!r} is not a Kubernetes namespace name (lowercase letters, digits and '-', "
+                "at most 63 characters); write kubernetes://my-namespace"
+            )
+        self.namespace = namespace
+        self.events = events
+        if request_timeout is not None and request_timeout <= 0:
+            raise ConfigurationError("request_timeout must be > 0 seconds")
+        self.request_timeout = request_timeout
+        self.field_manager = field_manager
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> KubernetesBackend:
+        """``kubernetes://[NAMESPACE][?kubeconfig=PATH&context=NAME&events=true&request_timeout=S]``."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in cls.schemes:
+            raise ConfigurationError(f"not a kubernetes:// URL: {url!r}")
+        if parts.path.strip("/"):
+            raise ConfigurationError(
+                f"{url!r}: a kubernetes:// URL names only the namespace (kubernetes://NAMESPACE); "
+                "the election name becomes the Lease name"
+            )
+        options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(options) - _URL_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown kubernetes:// option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_URL_OPTIONS))}"
+            )
+        events = options.get("events", "false").lower()
+        if events not in ("1", "true", "yes", "0", "false", "no", ""):
+            raise ConfigurationError(f"events={events!r}: write events=true or events=false")
+        timeout = None
+        if options.get("request_timeout"):
+            try:
+                timeout = float(options["request_timeout"])
+            except ValueError:
+                raise ConfigurationError(f"request_timeout={options['request_timeout']!r} is not a number of seconds") from None
+        return cls(
+            parts.netloc or None,
+            kubeconfig=options.get("kubeconfig") or None,
+            context=options.get("context") or None,
+            events=events in ("1", "true", "yes"),
+            request_timeout=timeout,
+            field_manager=options.get("field_manager") or "celery-leader",
+        )
+
+    def lock(self, name: str) -> KubernetesLock:
+        if not name or len(name) > 253 or not _NAME_RE.match(name):
+            raise ConfigurationError(
+                f"election name {name!r} cannot be a Lease name: use lowercase letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit (e.g. 'celery-beat')"
+            )
+        return KubernetesLock(self, name)
+
+    # --- requests ---
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        namespace: str,
+        name: str | None,
+        *,
+        timeout: float,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        stream: bool = False,
+        read_timeout: float | None = None,
+    ) -> _Response:
+        """One request through the official client, never outliving ``timeout``."""
+        if self._closed:
+            raise BackendUnavailable("the Kubernetes backend is closed")
+        limit = timeout if self.request_timeout is None else min(timeout, self.request_timeout)
+        limit = max(0.001, limit)
+        headers = {"Accept": "application/json"}
+        query = list(query or [])
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            if method in ("POST", "PUT") and path.startswith("/apis/coordination"):
+                query.append(("fieldManager", self.field_manager))
+        params = {"namespace": namespace}
+        if name is not None:
+            params["name"] = name
+        try:
+            request = self.api_client.param_serialize(
+                method=method,
+                resource_path=path,
+                path_params=params,
+                query_params=query,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            request_timeout: Any = (limit, read_timeout) if stream and read_timeout else limit
+            resp = self.api_client.call_api(*request, _request_timeout=request_timeout)
+        except k8s_client.ApiException as exc:  # TLS problems come back this way
+            raise BackendUnavailable(f"Kubernetes API {method} failed: {exc.reason}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise BackendUnavailable(f"Kubernetes API {method} {path.split('/')[-1]} failed: {exc}") from exc
+        if stream and 200 <= resp.status < 300:
+            return _Response(resp.status, None, resp.response)
+        try:
+            raw = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise BackendUnavailable(f"Kubernetes API {method}: reading the answer failed: {exc}") from exc
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        return _Response(resp.status, data)
+
+    def _check(self, resp: _Response, verb: str, name: str | None) -> None:
+        """Map an API status to the lock contract's errors."""
+        status = resp.status
+        if 200 <= status < 300:
+            return
+        detail = f"HTTP {status}: {resp.message}" if resp.message else f"HTTP {status}"
+        if status == 401:
+            raise ConfigurationError(
+                f"the Kubernetes API rejected our credentials ({detail}); check the kubeconfig user or the "
+                "pod's service-account token (automountServiceAccountToken must not be false)"
+            )
+        if status == 403:
+            raise _rbac_error(self.namespace, verb, detail)
+        if status in (400, 422):
+            raise ConfigurationError(f"the Kubernetes API refused to {verb} Lease {name!r}: {detail}")
+        if status in (404, 409):
+            raise Conflict(f"Lease {name!r}: {detail}")
+        raise BackendUnavailable(f"Kubernetes API {verb} of Lease {name!r}: {detail}")
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Ask the API server whether we may get, create, update and watch Leases here.
+
+        Uses a SelfSubjectAccessReview per verb (always allowed); a server without that
+        API falls back to reading a Lease (404 is fine, 403 is not).
+        """
+        deadline = time.monotonic() + timeout
+        verbs = list(RBAC_VERBS)
+        missing: list[str] = []
+        for verb in verbs:
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {
+                    "resourceAttributes": {
+                        "namespace": self.namespace,
+                        "verb": verb,
+                        "group": "coordination.k8s.io",
+                        "resource": "leases",
+                    }
+                },
+            }
+            resp = self._call("POST", SSAR, self.namespace, None, timeout=max(0.001, deadline - time.monotonic()), body=review)
+            if resp.status == 404:
+                probe = self._call(
+                    "GET", LEASE, self.namespace, "celery-leader-check", timeout=max(0.001, deadline - time.monotonic())
+                )
+                if probe.status != 404:
+                    self._check(probe, "get", "celery-leader-check")
+                return
+            self._check(resp, "review access to", None)
+            if not ((resp.data or {}).get("status") or {}).get("allowed"):
+                missing.append(verb)
+        if missing:
+            raise ConfigurationError(
+                f"the service account may not {', '.join(missing)} Leases in namespace {self.namespace!r}. "
+                f"Grant a Role with verbs {', '.join(RBAC_VERBS)} on resource 'leases' in apiGroup "
+                "'coordination.k8s.io' and a RoleBinding to the service account; see docs/kubernetes.md"
+            )
+
+    # --- events ---
+
+    def _leadership_event(
+        self, lock: KubernetesLock, previous: LeaderRecord | None, record: LeaderRecord, obj: Any
+    ) -> None:
+        """Emit client-go's ``LeaderElection`` Event on a change of holder (best effort, off-thread)."""
+        if not self.events:
+            return
+        before = previous.holder if previous is not None and not previous.decode_error else ""
+        if record.holder == before:
+            return
+        messages = []
+        if before:
+            messages.append(f"{before} stopped leading")
+        if record.holder:
+            messages.append(f"{record.holder} became leader")
+        meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
+        involved = {
+            "apiVersion": GROUP_VERSION,
+            "kind": "Lease",
+            "name": lock.name,
+            "namespace": lock.namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        reporter = record.holder or before
+        threading.Thread(
+            target=self._post_events, args=(involved, messages, reporter), name="celery-leader-k8s-event", daemon=True
+        ).start()
+
+    def _post_events(self, involved: dict[str, Any], messages: list[str], reporter: str) -> None:
+        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for message in messages:
+            event = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": involved["namespace"]},
+                "involvedObject": involved,
+                "reason": "LeaderElection",
+                "message": message,
+                "type": "Normal",
+                "source": {"component": self.field_manager},
+                "reportingComponent": self.field_manager,
+                "reportingInstance": reporter[:128],
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }
+            try:
+                resp = self._call("POST", EVENTS, involved["namespace"], None, timeout=5.0, body=event)
+                if not 200 <= resp.status < 300:
+                    log.debug("LeaderElection event not recorded: HTTP %s %s", resp.status, resp.message)
+            except BackendUnavailable as exc:
+                log.debug("LeaderElection event not recorded: %s", exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._own_client:
+            try:
+                self.api_client.close()
+            except Exception:  # noqa: BLE001 - closing a pool must not raise
+                pass
+
+    def describe(self) -> str:
+        return f"kubernetes://{self.namespace} ({self._source})"
+
+
+def _pod_namespace() -> str | None:
+    try:
+        with open(SA_NAMESPACE_FILE, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _load_client(kubeconfig: str | None, context: str | None) -> tuple[Any, str | None, str]:
+    """(ApiClient, kubeconfig context namespace, description): explicit kubeconfig, in-cluster, default kubeconfig."""
+    cfg = k8s_client.Configuration()
+    namespace = None
+    if kubeconfig or context:
+        if kubeconfig and not os.path.exists(kubeconfig):
+            raise ConfigurationError(f"kubeconfig {kubeconfig!r} does not exist; fix ?kubeconfig=PATH")
+        source = f"kubeconfig {kubeconfig or '(default)'}" + (f" context {context}" if context else "")
+        try:
+            k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+            namespace = _context_namespace(kubeconfig, context)
+        except (ConfigException, OSError, ValueError, TypeError) as exc:
+            raise ConfigurationError(f"cannot use {source}: {exc}") from exc
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+            source = "in-cluster service account"
+        except ConfigException as incluster_error:
+            try:
+                k8s_config.load_kube_config(client_configuration=cfg)
+                namespace = _context_namespace(None, None)
+                source = "default kubeconfig"
+            except (ConfigException, OSError, ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    "no Kubernetes configuration: not in a pod "
+                    f"({incluster_error}) and no usable kubeconfig ({exc}); run in a pod with a service account, "
+                    "set KUBECONFIG, or write kubernetes://NAMESPACE?kubeconfig=/path/to/kubeconfig"
+                ) from exc
+    # the engine retries; urllib3's own retries would multiply the caller's timeout
+    cfg.retries = False
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 16)
+    api_client = k8s_client.ApiClient(cfg)
+    api_client.user_agent = "celery-leader (kubernetes python client)"
+    return api_client, namespace, source
+
+
+def _context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    try:
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception:  # noqa: BLE001 - only a hint for the default namespace
+        return None
+    chosen = active
+    if context:
+        chosen = next((c for c in contexts or [] if c.get("name") == context), active)
+    return ((chosen or {}).get("context") or {}).get("namespace") or None
