@@ -23,9 +23,10 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
 from .record import ANY_HOLDER, LeaderRecord
@@ -534,6 +535,7 @@ class ElectionCore:
         if self.phase is not Phase.LEADING:
             return
         self.phase = Phase.FOLLOWING
+        self._need_read = True
         # an involuntary end: do not start a new term before the old one's work is surely over
         self._no_acquire_before = max(self._no_acquire_before, self.deadline)
         self.events.append(StoppedLeading(self.term, reason))

@@ -1,0 +1,322 @@
+"""The asyncio driver: the same :class:`~celery_leader.core.ElectionCore`, as one task.
+
+Lock calls go through the lock's async methods (``aget``/``acreate``/``aupdate``/
+``await_for_change``; by default they run the blocking call in a thread). The leader's
+deadline is a ``loop.call_at`` timer, so the term ends on time even while a call hangs.
+
+``on_started_leading`` may be a coroutine function: it then runs as a task that is
+*cancelled* when the term ends (after ``leadership.lost`` is set), and a graceful release
+waits for it to finish, bounded by the term's deadline. Cancelling the election's own task
+(for example at loop shutdown) still releases the lock, within ``renew_deadline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from .core import Create, ElectionCore, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
+from .election import default_identity
+from .lock import Backend, Lock
+from .registry import open_backend
+
+__all__ = ["AsyncElection", "AsyncLeadership"]
+
+log = logging.getLogger("celery_leader")
+
+
+class AsyncLeadership:
+    """One term; ``lost`` is an :class:`asyncio.Event`."""
+
+    def __init__(self, election: "AsyncElection", term: int, token: int) -> None:
+        self._election = election
+        self.term, self.token = term, token
+        self.name, self.identity = election.name, election.identity
+        self.lost = asyncio.Event()
+        self._final_deadline: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self._final_deadline if self._final_deadline is not None else self._election._core.deadline
+
+    def is_valid(self) -> bool:
+        return not self.lost.is_set() and time.monotonic() < self.deadline
+
+    def __repr__(self) -> str:
+        return f"<AsyncLeadership {self.name} token={self.token} valid={self.is_valid()}>"
+
+
+Callback = Callable[..., Any]
+
+
+class AsyncElection:
+    """Leader election in an event loop (no threads of its own).
+
+    >>> async with AsyncElection("jobs", url="redis://localhost/0") as election:
+    ...     await election.wait_until_leader()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        backend: Backend | None = None,
+        lock: Lock | None = None,
+        identity: str | None = None,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        release_on_cancel: bool = True,
+        max_drift: float = 0.01,
+        on_started_leading: Callback | None = None,
+        on_stopped_leading: Callback | None = None,
+        on_new_leader: Callback | None = None,
+    ) -> None:
+        self.timing = Timing(lease_duration, renew_deadline, retry_period, max_drift)
+        self._core = ElectionCore(
+            name, default_identity() if identity is None else identity, self.timing, release_on_cancel=release_on_cancel
+        )
+        self.name, self.identity = name, self._core.identity
+        self._own_backend = lock is None and backend is None
+        if lock is None:
+            backend = backend if backend is not None else open_backend(url)
+            lock = backend.lock(name)
+        self.backend, self.lock = backend, lock
+        self.on_started_leading = on_started_leading
+        self.on_stopped_leading = on_stopped_leading
+        self.on_new_leader = on_new_leader
+        self._leadership: AsyncLeadership | None = None
+        self._work: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._changed: asyncio.Condition | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # --- public API --------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core.is_leader()
+
+    @property
+    def leader(self) -> str | None:
+        return self.identity if self._core.leading else self._core.observed_holder
+
+    @property
+    def token(self) -> int | None:
+        return self._core.token if self.is_leader else None
+
+    @property
+    def leadership(self) -> AsyncLeadership | None:
+        lead = self._leadership
+        return lead if lead is not None and lead.is_valid() else None
+
+    async def start(self) -> "AsyncElection":
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._changed = asyncio.Condition()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leader-election-{self.name}")
+        return self
+
+    async def stop(self) -> None:
+        """Stop; release the lock if held (bounded by ``renew_deadline``)."""
+        self._core.request_stop()
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), self.timing.renew_deadline + self.timing.op_timeout + 1)
+        else:
+            self._close()
+
+    def step_down(self) -> None:
+        self._core.request_step_down()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait_until_leader(self, timeout: float | None = None) -> bool:
+        assert self._changed is not None, "start() the election first"
+
+        async def until() -> None:
+            assert self._changed is not None
+            async with self._changed:
+                while not self.is_leader:
+                    if self._task is not None and self._task.done():
+                        return
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.25)
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return self.is_leader
+
+    async def __aenter__(self) -> "AsyncElection":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- the driver loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            # cancelled from outside: still release what we hold, then finish cancelling
+            self._core.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._loop(), self.timing.renew_deadline)
+            raise
+        finally:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            await self._notify_changed()
+            self._close()
+
+    async def _loop(self) -> None:
+        while True:
+            action = self._core.next_action()
+            await self._announce(self._core.pop_events())
+            if isinstance(action, Finished):
+                return
+            if isinstance(action, Wait):
+                await self._wait(action)
+                continue
+            if isinstance(action, Update) and action.release:
+                await self._await_work()
+            await self._perform(action)
+
+    async def _perform(self, action: Read | Create | Update) -> None:
+        try:
+            if isinstance(action, Read):
+                call: Awaitable[Any] = self.lock.aget(action.timeout)
+            elif isinstance(action, Create):
+                call = self.lock.acreate(action.record, action.timeout)
+            else:
+                call = self.lock.aupdate(action.record, action.expected_version, action.timeout)
+            # the backend promises to honour the timeout; this bounds a broken one
+            result = await asyncio.wait_for(call, action.timeout + 1.0)
+        except asyncio.TimeoutError as exc:
+            from .lock import BackendUnavailable
+
+            self._core.failed(BackendUnavailable(f"no answer within {action.timeout} s: {exc}"))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the core
+            self._core.failed(exc)
+            return
+        if isinstance(action, Read):
+            self._core.read_done(result)
+        else:
+            self._core.write_done(result)
+        if self._core.leading:
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        # the loop's clock is time.monotonic, the same clock as the core's
+        self._deadline_timer = loop.call_at(self._core.deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        if self._core.check_deadline():
+            task = asyncio.get_running_loop().create_task(self._announce(self._core.pop_events()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _wait(self, action: Wait) -> None:
+        assert self._wake is not None
+        timeout = action.until - time.monotonic()
+        if timeout > 0 and not self._wake.is_set():
+            waiters = [asyncio.ensure_future(self._wake.wait())]
+            if action.version is not None and type(self.lock).capabilities.watch:
+                waiters.append(asyncio.ensure_future(self.lock.await_for_change(action.version, timeout)))
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+                for w in waiters:
+                    with contextlib.suppress(BaseException):
+                        await w
+        self._wake.clear()
+        self._core.wait_done()
+
+    async def _await_work(self) -> None:
+        lead, work = self._leadership, self._work
+        if work is None or work.done() or lead is None:
+            return
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(work), max(0.0, lead.deadline - time.monotonic()))
+
+    # --- events ------------------------------------------------------------------------
+
+    async def _announce(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, StartedLeading):
+                lead = AsyncLeadership(self, event.term, event.token)
+                self._leadership = lead
+                if self.on_started_leading is not None:
+                    self._work = asyncio.get_running_loop().create_task(self._run_term(lead))
+            elif isinstance(event, StoppedLeading):
+                lead = self._leadership
+                if lead is not None and lead.term == event.term:
+                    lead._final_deadline = self._core.deadline
+                    lead.lost.set()
+                    if self._work is not None and not self._work.done():
+                        self._work.cancel()
+                if self.on_stopped_leading is not None:
+                    await self._call(self.on_stopped_leading)
+            elif isinstance(event, NewLeader) and self.on_new_leader is not None:
+                await self._call(self.on_new_leader, event.identity)
+        if events:
+            await self._notify_changed()
+
+    async def _run_term(self, lead: AsyncLeadership) -> None:
+        assert self.on_started_leading is not None
+        try:
+            result = self.on_started_leading(lead)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s: on_started_leading raised; ending this term", self.name)
+            if not lead.lost.is_set():
+                self.step_down()
+
+    async def _call(self, fn: Callback, *args: Any) -> None:
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("%s: leader callback raised", self.name)
+            if self.is_leader:
+                self.step_down()
+
+    async def _notify_changed(self) -> None:
+        if self._changed is None:
+            return
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _close(self) -> None:
+        if self._own_backend:
+            try:
+                self.lock.close()
+            finally:
+                if self.backend is not None:
+                    self.backend.close()

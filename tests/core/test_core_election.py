@@ -1,0 +1,197 @@
+"""The thread and asyncio drivers on the in-process memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+
+from celery_leader import ConfigurationError, Election
+from celery_leader.aio import AsyncElection
+from celery_leader.backends.memory import MemoryBackend
+
+FAST = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
+
+
+@pytest.fixture
+def backend():
+    return MemoryBackend.from_url(f"memory://{uuid.uuid4().hex}")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_one_leader_among_three_and_graceful_handover(backend):
+    terms: list[tuple[str, int]] = []
+    stopped: list[str] = []
+    elections = [
+        Election(
+            "job",
+            backend=backend,
+            identity=f"n{i}",
+            on_started_leading=lambda lead: terms.append((lead.identity, lead.token)),
+            on_stopped_leading=lambda i=i: stopped.append(f"n{i}"),
+            **FAST,
+        )
+        for i in range(3)
+    ]
+    for e in elections:
+        e.start()
+    try:
+        assert wait_for(lambda: sum(e.is_leader for e in elections) == 1)
+        time.sleep(0.5)  # several renewals: still exactly one
+        leaders = [e for e in elections if e.is_leader]
+        assert len(leaders) == 1
+        first = leaders[0]
+        assert first.token == 1 and first.leader == first.identity
+        for e in elections:
+            assert e.leader == first.identity
+        first.stop()
+        assert not first.is_leader
+        assert wait_for(lambda: sum(e.is_leader for e in elections) == 1, timeout=2.0)
+        second = next(e for e in elections if e.is_leader)
+        assert second.token == 2
+        assert wait_for(lambda: stopped == [first.identity])
+    finally:
+        for e in elections:
+            e.stop()
+    assert [t for _, t in terms] == [1, 2, 3][: len(terms)]
+    assert len(stopped) == len(terms)  # one stop callback per started term
+
+
+def test_leader_stops_at_deadline_while_backend_hangs(backend):
+    lost = threading.Event()
+    election = Election(
+        "job", backend=backend, identity="a", on_started_leading=lambda lead: (lead.lost.wait(), lost.set()), **FAST
+    )
+    with election:
+        assert election.wait_until_leader(5)
+        lead = election.leadership
+        assert lead is not None and lead.is_valid()
+        with backend.stalled():
+            assert wait_for(lambda: not election.is_leader, timeout=3.0)
+            stopped_at = time.monotonic()
+            assert stopped_at <= lead.deadline + 0.2
+            assert lost.wait(2.0)
+            assert not lead.is_valid()
+        # the backend is back: it leads again with a new token
+        assert election.wait_until_leader(5)
+        assert election.token == 2
+
+
+def test_callback_that_raises_ends_the_term_not_the_elector(backend, caplog):
+    calls = []
+
+    def boom(lead):
+        calls.append(lead.token)
+        if len(calls) == 1:
+            raise RuntimeError("user code failed")
+
+    a = Election("job", backend=backend, identity="a", on_started_leading=boom, **FAST)
+    b = Election("job", backend=backend, identity="b", **FAST)
+    with a:
+        assert wait_for(lambda: calls == [1])
+        with b:
+            assert wait_for(lambda: b.is_leader, timeout=5)  # a stepped down, b took over
+            assert not a.is_leader
+    assert "on_started_leading raised" in caplog.text
+
+
+def test_step_down_hands_over(backend):
+    a = Election("job", backend=backend, identity="a", **FAST)
+    b = Election("job", backend=backend, identity="b", **FAST)
+    with a:
+        assert a.wait_until_leader(5)
+        with b:
+            time.sleep(0.3)
+            assert not b.is_leader
+            a.step_down()
+            assert wait_for(lambda: b.is_leader, timeout=2)
+            assert b.token == 2 and not a.is_leader
+
+
+def test_wait_until_leader_times_out_as_follower(backend):
+    a = Election("job", backend=backend, identity="a", **FAST)
+    b = Election("job", backend=backend, identity="b", **FAST)
+    with a:
+        assert a.wait_until_leader(5)
+        with b:
+            assert b.wait_until_leader(0.3) is False
+            assert b.leader == "a" and b.token is None and b.leadership is None
+
+
+def test_bad_configuration_is_refused_before_starting(backend):
+    with pytest.raises(ConfigurationError, match="renew_deadline"):
+        Election("job", backend=backend, lease_duration=1, renew_deadline=2)
+    with pytest.raises(ConfigurationError, match="identity"):
+        Election("job", backend=backend, identity="")
+    with pytest.raises(ConfigurationError, match="unknown lock URL scheme 'nope'"):
+        Election("job", url="nope://x")
+    with pytest.raises(ConfigurationError, match="no scheme"):
+        Election("job", url="just-a-path")
+
+
+def test_default_identity_is_unique_per_election(backend):
+    a, b = Election("job", backend=backend), Election("job", backend=backend)
+    assert a.identity != b.identity and str(__import__("os").getpid()) in a.identity
+
+
+def test_asyncio_driver_hands_over_and_cancels_work(backend):
+    async def main() -> list:
+        seen: list = []
+
+        async def work(lead):
+            seen.append(("start", lead.token))
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                seen.append(("cancelled", lead.token))
+                raise
+
+        a = AsyncElection("job", backend=backend, identity="a", on_started_leading=work, **FAST)
+        b = AsyncElection("job", backend=backend, identity="b", on_started_leading=work, **FAST)
+        await a.start()
+        assert await a.wait_until_leader(5)
+        await b.start()
+        await asyncio.sleep(0.3)
+        assert not b.is_leader and b.leader == "a"
+        await a.stop()
+        assert await b.wait_until_leader(2)
+        assert b.token == 2
+        # cancelling the election task itself (loop shutdown) still releases
+        b._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await b._task
+        got = backend.lock("job").get(1)
+        assert got is not None and got.record.holder == ""
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen == [("start", 1), ("cancelled", 1), ("start", 2), ("cancelled", 2)]
+
+
+def test_asyncio_leader_stops_at_deadline_while_backend_hangs(backend):
+    async def main() -> None:
+        e = AsyncElection("job", backend=backend, identity="a", **FAST)
+        async with e:
+            assert await e.wait_until_leader(5)
+            lead = e.leadership
+            with backend.stalled():
+                for _ in range(300):
+                    if not e.is_leader:
+                        break
+                    await asyncio.sleep(0.01)
+                assert not e.is_leader
+                await asyncio.sleep(0.05)
+                assert lead.lost.is_set()
+
+    asyncio.run(main())

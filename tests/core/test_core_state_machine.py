@@ -1,0 +1,476 @@
+"""The election state machine with a fake clock: client-go's cases, and ours."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_leader.core import (
+    Create,
+    ElectionCore,
+    Finished,
+    NewLeader,
+    Read,
+    StartedLeading,
+    StoppedLeading,
+    Timing,
+    Update,
+    Wait,
+    validate_identity,
+    validate_name,
+)
+from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
+from celery_leader.record import ANY_HOLDER, LeaderRecord
+
+L, RD, RP = 10.0, 6.0, 2.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.wall = 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.wall + self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make(clock: FakeClock, identity: str = "me", **timing) -> ElectionCore:
+    t = Timing(**{"lease_duration": L, "renew_deadline": RD, "retry_period": RP, **timing})
+    return ElectionCore("job", identity, t, clock, rand=lambda: 0.0)
+
+
+def held(holder: str = "other", transitions: int = 4, lease: float = L, version: str = "v-other", **kw) -> Versioned:
+    return Versioned(LeaderRecord(holder=holder, lease_duration=lease, transitions=transitions, **kw), version)
+
+
+def lead(core: ElectionCore, version: str = "v1") -> Create:
+    """Drive a core from scratch to leading on an absent lock."""
+    assert isinstance(core.next_action(), Read)
+    core.read_done(None)
+    action = core.next_action()
+    assert isinstance(action, Create)
+    core.write_done(version)
+    return action
+
+
+# --- acquiring -------------------------------------------------------------------------
+
+
+def test_acquire_when_no_lock_object_exists(clock):
+    core = make(clock)
+    create = lead(core)
+    assert create.record.holder == "me" and create.record.transitions == 1
+    assert core.leading and core.token == 1
+    assert core.deadline == pytest.approx(clock.now + L * 0.98)
+    assert StartedLeading(core.term, 1) in core.pop_events()
+
+
+def test_new_object_starts_above_every_token_seen(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(transitions=41))
+    # the object disappears (deleted by hand) before the lease ran out; we still wait it out
+    clock.advance(L + 0.1)
+    core.next_action()
+    core.read_done(None)
+    action = core.next_action()
+    assert isinstance(action, Create) and action.record.transitions == 42
+
+
+def test_led_unexpired_lock_is_not_taken(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held())
+    for _ in range(4):
+        action = core.next_action()
+        assert isinstance(action, Wait)
+        assert action.version == "v-other"
+        assert action.until <= clock.now + L
+        clock.advance(min(RP, L - 0.5 - (clock.now - 1000.0)) if clock.now - 1000.0 < L - 0.5 else 0)
+        core.wait_done()
+        assert isinstance(core.next_action(), Read)
+        core.read_done(held())  # unchanged
+    assert not core.leading
+
+
+def test_expired_lock_is_taken_with_the_next_token(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(transitions=4))
+    wait = core.next_action()
+    assert isinstance(wait, Wait)
+    clock.advance(L)  # exactly the lease after we saw it change
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(transitions=4))
+    action = core.next_action()
+    assert isinstance(action, Update)
+    assert action.expected_version == "v-other"
+    assert action.record.holder == "me" and action.record.transitions == 5
+    core.write_done("v2")
+    assert core.leading and core.token == 5
+
+
+def test_follower_wakes_exactly_at_expiry(clock):
+    core = make(clock, retry_period=4.0, renew_deadline=6.0)
+    core.next_action()
+    core.read_done(held(lease=5.0))
+    clock.advance(3.0)
+    core.next_action()  # the wait
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(lease=5.0))
+    wait = core.next_action()
+    assert isinstance(wait, Wait)
+    assert wait.until == pytest.approx(1000.0 + 5.0)  # expiry, before the next 4 s poll
+
+
+def test_a_changed_record_restarts_the_expiry_clock(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(version="a"))
+    clock.advance(L - 1)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(version="b"))  # the holder renewed
+    clock.advance(2)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(version="b"))
+    assert isinstance(core.next_action(), Wait)  # L + 1 since first seen, but only 2 s since the change
+
+
+def test_free_lock_is_taken_at_once(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(holder="", transitions=7))
+    action = core.next_action()
+    assert isinstance(action, Update) and action.record.transitions == 8
+
+
+def test_record_lease_longer_than_local_config_wins(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(lease=30.0))
+    clock.advance(L + 1)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(lease=30.0))
+    assert isinstance(core.next_action(), Wait)
+    clock.advance(30.0 - L - 1)
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(lease=30.0))
+    assert isinstance(core.next_action(), Update)
+
+
+def test_lost_acquire_race_rereads(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(None)
+    assert isinstance(core.next_action(), Create)
+    core.failed(Conflict("exists"))
+    assert isinstance(core.next_action(), Read)
+    core.read_done(held(holder="winner"))
+    assert isinstance(core.next_action(), Wait)
+    assert not core.leading
+    assert NewLeader("winner") in core.pop_events()
+
+
+def test_acquired_too_late_does_not_lead(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(None)
+    core.next_action()
+    clock.advance(L)  # the create took longer than the lease
+    core.write_done("v1")
+    assert not core.leading
+
+
+# --- renewing --------------------------------------------------------------------------
+
+
+def test_renew_fast_path_uses_last_version_and_extends_from_send_time(clock):
+    core = make(clock)
+    lead(core, "v1")
+    assert isinstance(core.next_action(), Wait)
+    clock.advance(RP)
+    renew = core.next_action()
+    assert isinstance(renew, Update) and renew.expected_version == "v1"
+    assert renew.record.transitions == 1 and renew.record.renew_time == clock.time()
+    sent = clock.now
+    clock.advance(0.5)  # the write takes a while
+    core.write_done("v2")
+    assert core.deadline == pytest.approx(sent + L * 0.98)
+    assert core.last_written_version == "v2"
+
+
+def test_renew_conflict_falls_back_to_read_and_keeps_a_record_still_ours(clock):
+    core = make(clock)
+    lead(core, "v1")
+    clock.advance(RP)
+    core.next_action()
+    core.failed(Conflict("changed"))
+    assert core.leading
+    assert isinstance(core.next_action(), Read)
+    mine = core.held
+    core.read_done(Versioned(mine, "v1b"))  # somebody touched it, still ours
+    renew = core.next_action()
+    assert isinstance(renew, Update) and renew.expected_version == "v1b"
+
+
+def test_renew_conflict_with_another_holder_ends_the_term(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.pop_events()
+    clock.advance(RP)
+    core.next_action()
+    core.failed(Conflict("changed"))
+    core.next_action()
+    core.read_done(held(holder="thief", transitions=2))
+    assert not core.leading
+    events = core.pop_events()
+    assert any(isinstance(e, StoppedLeading) for e in events)
+
+
+def test_failed_renewals_end_the_term_at_renew_deadline_and_never_extend_it(clock):
+    core = make(clock)
+    lead(core, "v1")
+    deadline = core.deadline
+    core.pop_events()
+    while core.leading:
+        action = core.next_action()
+        if isinstance(action, Wait):
+            clock.advance(action.until - clock.now)
+            core.wait_done()
+            continue
+        assert isinstance(action, Update)
+        core.failed(BackendUnavailable("down"))
+        assert core.deadline == deadline
+    assert clock.now - 1000.0 >= RD
+    assert clock.now < deadline
+    assert isinstance(core.pop_events()[0], StoppedLeading)
+
+
+def test_leader_stops_at_its_deadline_while_a_call_hangs(clock):
+    core = make(clock)
+    lead(core, "v1")
+    clock.advance(RP)
+    renew = core.next_action()
+    assert isinstance(renew, Update)
+    assert renew.timeout <= core.deadline - clock.now
+    clock.advance(L)  # the call hangs past the deadline
+    assert not core.is_leader()  # live check: fail closed before anybody notices
+    assert core.check_deadline()
+    assert not core.leading
+    # the hung write finally succeeds: no term starts from it
+    core.write_done("v-late")
+    assert not core.leading
+    events = core.pop_events()
+    stopped = next(i for i, e in enumerate(events) if isinstance(e, StoppedLeading))
+    assert not any(isinstance(e, StartedLeading) for e in events[stopped:])
+
+
+def test_own_record_is_retaken_only_with_a_new_token(clock):
+    core = make(clock)
+    lead(core, "v1")
+    clock.advance(L)
+    core.check_deadline()
+    action = core.next_action()
+    assert isinstance(action, Read)
+    core.read_done(Versioned(core.held, "v1"))
+    retake = core.next_action()
+    assert isinstance(retake, Update) and retake.record.transitions == 2
+
+
+def test_same_identity_from_elsewhere_is_treated_as_another_holder(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(holder="me", version="written-by-a-previous-process"))
+    assert isinstance(core.next_action(), Wait)
+
+
+# --- releasing -------------------------------------------------------------------------
+
+
+def test_stop_releases_with_compare_and_swap_retrying_conflicts(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.pop_events()
+    core.request_stop()
+    assert isinstance(core.next_action(), Read)
+    assert isinstance(core.pop_events()[0], StoppedLeading)
+    core.read_done(Versioned(core.held, "v1"))
+    release = core.next_action()
+    assert isinstance(release, Update) and release.release
+    assert release.record.holder == "" and release.record.transitions == 1
+    core.failed(Conflict("somebody touched it"))
+    assert isinstance(core.next_action(), Read)
+    core.read_done(Versioned(core.held, "v1c"))
+    release = core.next_action()
+    assert isinstance(release, Update) and release.expected_version == "v1c"
+    core.write_done("v-free")
+    assert isinstance(core.next_action(), Finished)
+
+
+def test_release_skips_a_lock_that_is_no_longer_ours(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.request_stop()
+    core.next_action()
+    core.read_done(held(holder="other", transitions=2))
+    assert isinstance(core.next_action(), Finished)
+
+
+def test_release_gives_up_after_renew_deadline(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.request_stop()
+    while True:
+        action = core.next_action()
+        if isinstance(action, Finished):
+            break
+        if isinstance(action, Wait):
+            clock.advance(action.until - clock.now)
+            continue
+        core.failed(BackendUnavailable("down"))
+    assert clock.now - 1000.0 >= RD
+
+
+def test_stop_without_release_on_cancel(clock):
+    core = ElectionCore("job", "me", Timing(L, RD, RP), clock, release_on_cancel=False)
+    lead(core)
+    core.request_stop()
+    assert isinstance(core.next_action(), Finished)
+
+
+def test_step_down_releases_and_waits_a_lease_before_trying_again(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.request_step_down()
+    core.next_action()
+    core.read_done(Versioned(core.held, "v1"))
+    release = core.next_action()
+    assert isinstance(release, Update) and release.release
+    core.write_done("v-free")
+    action = core.next_action()
+    assert isinstance(action, Read)
+    core.read_done(Versioned(release.record, "v-free"))
+    assert isinstance(core.next_action(), Wait)  # does not grab it back at once
+    clock.advance(L)
+    core.wait_done()
+    core.next_action()
+    core.read_done(Versioned(release.record, "v-free"))
+    assert isinstance(core.next_action(), Update)
+
+
+def test_step_down_request_in_record_hands_over_to_the_preferred_candidate(clock):
+    leader = make(clock, identity="me")
+    lead(leader, "v1")
+    clock.advance(RP)
+    leader.next_action()
+    leader.failed(Conflict("marked"))
+    leader.next_action()
+    leader.read_done(Versioned(leader.held.evolve(preferred_holder="them"), "v-marked"))
+    assert isinstance(leader.next_action(), Read)  # the release read
+    assert not leader.leading
+    leader.read_done(Versioned(leader.held.evolve(preferred_holder="them"), "v-marked"))
+    release = leader.next_action()
+    assert isinstance(release, Update) and release.record.preferred_holder == "them"
+    freed = Versioned(release.record, "v-free")
+    # the preferred candidate takes it at once; a third one defers for a lease
+    them, third = make(clock, identity="them"), make(clock, identity="third")
+    for core in (them, third):
+        core.next_action()
+        core.read_done(freed)
+    assert isinstance(them.next_action(), Update)
+    assert isinstance(third.next_action(), Wait)
+
+
+def test_step_down_to_anybody_is_not_kept_in_the_free_record(clock):
+    core = make(clock)
+    lead(core, "v1")
+    marked = Versioned(core.held.evolve(preferred_holder=ANY_HOLDER), "v-marked")
+    clock.advance(RP)
+    core.next_action()
+    core.failed(Conflict("marked"))
+    core.next_action()
+    core.read_done(marked)
+    core.next_action()
+    core.read_done(marked)
+    release = core.next_action()
+    assert isinstance(release, Update) and release.record.preferred_holder == ""
+
+
+# --- garbage ---------------------------------------------------------------------------
+
+
+def test_garbage_is_held_for_a_local_lease_then_overwritten_above_tokens_seen(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(transitions=9, version="a"))
+    garbage = Versioned(LeaderRecord.undecodable(11, "not JSON"), "g1")
+    clock.advance(1)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(garbage)
+    assert isinstance(core.next_action(), Wait)
+    clock.advance(L)
+    core.wait_done()
+    core.next_action()
+    core.read_done(garbage)
+    action = core.next_action()
+    assert isinstance(action, Update) and action.expected_version == "g1"
+    assert action.record.transitions == 10
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(lease_duration=0), "lease_duration must be"),
+        (dict(renew_deadline=-1), "renew_deadline must be"),
+        (dict(retry_period="2"), "retry_period must be"),
+        (dict(lease_duration=5, renew_deadline=5), "greater than renew_deadline"),
+        (dict(lease_duration=15, renew_deadline=2, retry_period=2), "1.2 x retry_period"),
+        (dict(lease_duration=10, renew_deadline=9.9, retry_period=1, max_drift=0.01), "no time to stop"),
+        (dict(max_drift=0.5), "max_drift"),
+    ],
+)
+def test_invalid_timing_is_refused_with_the_reason(kwargs, words):
+    with pytest.raises(ConfigurationError, match=words):
+        Timing(**kwargs)
+
+
+def test_client_go_defaults_are_valid():
+    t = Timing()
+    assert (t.lease_duration, t.renew_deadline, t.retry_period) == (15.0, 10.0, 2.0)
+    assert t.op_timeout == 5.0
+
+
+@pytest.mark.parametrize("identity", ["", "   ", None, 42, ANY_HOLDER, "a\nb"])
+def test_bad_identity_is_refused(identity):
+    with pytest.raises(ConfigurationError, match="identity"):
+        validate_identity(identity)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "-x", "x-", "a b", "é", "x" * 300])
+def test_bad_name_is_refused(name):
+    with pytest.raises(ConfigurationError, match="election name"):
+        validate_name(name)
