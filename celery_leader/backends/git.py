@@ -1,0 +1,772 @@
+"""``git://``, ``git+file://``, ``git+ssh://``, ``git+http(s)://``: a lock kept in a git repository.
+
+For teams whose only shared infrastructure is a git server. Built on dulwich (pure
+Python): no ``git`` binary and no git user configuration are needed on the host.
+
+How it stays safe and small:
+
+* Each write is a **parentless commit** whose tree holds one file (``NAME.lock.json``,
+  the Go seed's JSON). The ref therefore always reaches exactly one commit, one tree and
+  one blob: history is bounded, whatever the renewal rate. Old commits become
+  unreachable garbage that ``git gc`` prunes.
+* **Compare-and-swap** on the ref: remote writes are pushes whose old value is the
+  commit the caller read (the server re-checks it under its own ref lock and rejects a
+  moved ref); local writes (``git+file://``) check the ref under the repository's
+  ``<ref>.lock`` file, as git does. A lock file left by a crashed writer is removed once
+  it is older than a bound derived from the call timeout.
+* The default ref ``refs/celery-leader/NAME`` is outside ``refs/heads/``: it does not
+  show up as a branch, is not cloned, does not trigger CI, is not covered by
+  ``receive.denyNonFastForwards`` and is not reflogged.
+
+The version is the commit id. A nonce in the commit message makes every write a new
+commit, even for identical records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from dulwich.client import (
+    GitClient,
+    HTTPUnauthorized,
+    SSHGitClient,
+    SubprocessSSHVendor,
+    TCPGitClient,
+    Urllib3HttpGitClient,
+    default_urllib3_manager,
+)
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.file import FileLocked
+from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.pack import pack_objects_to_data
+from dulwich.protocol import ZERO_SHA, Protocol
+from dulwich.refs import check_ref_format
+from dulwich.repo import MemoryRepo, Repo
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, LockError, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["GitBackend", "GitLock"]
+
+log = logging.getLogger("celery_leader.backends.git")
+
+CAPABILITIES = Capabilities(linearizable=True, watch=False, partition_safe=True)
+
+DEFAULT_REF = "refs/celery-leader/{name}"
+DEFAULT_PATH = "{name}.lock.json"
+DEFAULT_AUTHOR = "celery-leader <celery-leader@localhost>"
+#: a ref lock file is judged abandoned when older than max(STALE_MIN, STALE_FACTOR * timeout)
+STALE_MIN = 5.0
+STALE_FACTOR = 4.0
+#: a lock ref's tree may hold this many entries before we stop listing them
+MAX_TREE_ENTRIES = 64
+
+OPTIONS = ("ref", "path", "token_env", "username", "key", "stale_lock", "author", "probe")
+SCHEMES = ("git", "git+file", "git+ssh", "git+http", "git+https")
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+T = TypeVar("T")
+
+
+class _Refused(Exception):
+    """The server or repository refuses us for a reason a person must fix.
+
+    Becomes :class:`ConfigurationError` in :meth:`GitBackend.check` (start-up) and
+    :class:`BackendUnavailable` during an election, so that a transient 404 or 401 from a
+    proxy does not kill a standby.
+    """
+
+
+def _call(what: str, timeout: float, fn: Callable[[float], T]) -> T:
+    """Run ``fn(timeout)`` in a worker thread; raise :class:`BackendUnavailable` after ``timeout``.
+
+    Sockets also get the timeout, so an abandoned worker ends soon after. A write that
+    timed out may still land: the caller treats it as failed, and the next
+    compare-and-swap sorts it out.
+    """
+    timeout = max(0.0, float(timeout))
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn(timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name=f"celery-leader-git-{what}", daemon=True)
+    worker.start()
+    if not done.wait(timeout):
+        raise BackendUnavailable(f"git {what} did not finish within {timeout:.2f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _hex(version: str) -> bytes | None:
+    return version.encode() if isinstance(version, str) and _HEX40.match(version) else None
+
+
+def _build(raw: bytes, path: str, author: bytes, message: bytes) -> tuple[Commit, list[ShaFile]]:
+    """A parentless commit whose tree holds ``raw`` at ``path`` (objects innermost first)."""
+    blob = Blob.from_string(raw)
+    objects: list[ShaFile] = [blob]
+    sha, mode = blob.id, 0o100644
+    for part in reversed(path.split("/")):
+        tree = Tree()
+        tree.add(part.encode(), mode, sha)
+        objects.append(tree)
+        sha, mode = tree.id, 0o040000
+    now = int(time.time())
+    commit = Commit()
+    commit.tree = sha
+    commit.parents = []
+    commit.author = commit.committer = author
+    commit.author_time = commit.commit_time = now
+    commit.author_timezone = commit.commit_timezone = 0
+    commit.encoding = b"UTF-8"
+    commit.message = message
+    objects.append(commit)
+    return commit, objects
+
+
+def _files(lookup: Callable[[bytes], ShaFile], tree_sha: bytes, prefix: str = "", out: list[str] | None = None) -> list[str]:
+    """Paths of the files in a tree (stops after MAX_TREE_ENTRIES)."""
+    out = [] if out is None else out
+    tree = lookup(tree_sha)
+    if not isinstance(tree, Tree):
+        return out
+    for entry in tree.iteritems():
+        if len(out) > MAX_TREE_ENTRIES:
+            break
+        name = prefix + entry.path.decode("utf-8", "replace")
+        if entry.mode & 0o170000 == 0o040000:
+            _files(lookup, entry.sha, name + "/", out)
+        else:
+            out.append(name)
+    return out
+
+
+@dataclass(frozen=True)
+class _Target:
+    ref: str
+    path: str
+
+
+class GitLock(Lock):
+    """One election's lock: a ref and a file path in one repository."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: GitBackend, name: str, target: _Target) -> None:
+        self._backend = backend
+        self.name = name
+        self.ref = target.ref
+        self.path = target.path
+        self._ref_b = target.ref.encode()
+        #: (commit id, record) last read or written: saves fetching objects we already know
+        self._cache: tuple[bytes, LeaderRecord] | None = None
+        self._closed = False
+
+    # --- the contract ---
+
+    def get(self, timeout: float) -> Versioned | None:
+        return self._guard("get", timeout, self._backend._transport.get, self)
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        return self._write(record, None, timeout)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        expected = _hex(expected_version)
+        if expected is None:
+            raise Conflict(f"{self.describe()}: {expected_version!r} is not a commit id, so it is not the stored version")
+        return self._write(record, expected, timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        self._cache = None
+
+    def describe(self) -> str:
+        return f"git lock {self.name!r} ({self.ref}:{self.path} in {self._backend.describe()})"
+
+    # --- shared machinery ---
+
+    def _write(self, record: LeaderRecord, expected: bytes | None, timeout: float) -> str:
+        holder = record.holder or "(free)"
+        message = f"celery-leader: {holder} term {record.transitions}\n\nnonce {uuid.uuid4().hex}\n".encode()
+        commit, objects = _build(encode_record(record), self.path, self._backend.author, message)
+        self._guard("push", timeout, self._backend._transport.cas, self, expected, commit, objects)
+        self._cache = (commit.id, record)
+        return commit.id.decode()
+
+    def _guard(self, what: str, timeout: float, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return _call(what, timeout, lambda t: fn(*args, t))
+        except _Refused as exc:
+            raise BackendUnavailable(f"{self.describe()}: {exc}") from None
+
+    def _decode(self, sha: bytes, lookup: Callable[[bytes], ShaFile]) -> Versioned:
+        """The record stored in commit ``sha``; garbage is a placeholder, a foreign ref an error."""
+        cached = self._cache
+        if cached is not None and cached[0] == sha:
+            return Versioned(cached[1], sha.decode())
+        obj = lookup(sha)
+        if not isinstance(obj, Commit):
+            rec = LeaderRecord.undecodable(len(obj.as_raw_string()), f"{self.ref} points at a {obj.type_name.decode()}, not a commit")
+            return Versioned(rec, sha.decode())
+        files = _files(lookup, obj.tree)
+        others = [f for f in files if f != self.path]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ConfigurationError(
+                f"{self.ref} in {self._backend.describe()} holds other files ({shown}); it is not a lock ref and "
+                f"celery-leader will not overwrite it. Use a ref of its own, e.g. ?ref=refs/celery-leader/{{name}} (the default)"
+            )
+        if self.path not in files:
+            rec = LeaderRecord.undecodable(0, f"commit {sha.decode()[:12]} has no {self.path}")
+            return Versioned(rec, sha.decode())
+        blob_sha = _blob_at(lookup, obj.tree, self.path)
+        raw = lookup(blob_sha).as_raw_string()
+        record = decode_or_placeholder(raw)
+        if record.decode_error is None:
+            self._cache = (sha, record)
+        return Versioned(record, sha.decode())
+
+
+def _blob_at(lookup: Callable[[bytes], ShaFile], tree_sha: bytes, path: str) -> bytes:
+    sha = tree_sha
+    for part in path.split("/"):
+        tree = lookup(sha)
+        assert isinstance(tree, Tree)
+        _mode, sha = tree[part.encode()]
+    return sha
+
+
+# --- transports ---
+
+
+class _Transport:
+    def get(self, lock: GitLock, timeout: float) -> Versioned | None:
+        raise NotImplementedError
+
+    def cas(self, lock: GitLock, expected: bytes | None, commit: Commit, objects: list[ShaFile], timeout: float) -> None:
+        raise NotImplementedError
+
+    def check(self, backend: GitBackend, timeout: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _LocalTransport(_Transport):
+    """A repository on a local (or mounted) file system: CAS under the ref's lock file."""
+
+    def __init__(self, path: str, stale_lock: float | None) -> None:
+        self.path = path
+        self.stale_lock = stale_lock
+        self._repo: Repo | None = None
+        self._mutex = threading.Lock()
+
+    def _open(self) -> Repo:
+        if self._repo is None:
+            try:
+                self._repo = Repo(self.path)
+            except (NotGitRepository, FileNotFoundError, NotADirectoryError):
+                raise _Refused(
+                    f"{self.path} is not a git repository; create it with: git init --bare {self.path}"
+                ) from None
+        return self._repo
+
+    def _locked(self, timeout: float, fn: Callable[[Repo], T]) -> T:
+        if not self._mutex.acquire(timeout=max(0.0, timeout)):
+            raise BackendUnavailable(f"{self.path}: an earlier call on this lock is still blocked in the file system")
+        try:
+            return fn(self._open())
+        finally:
+            self._mutex.release()
+
+    def get(self, lock: GitLock, timeout: float) -> Versioned | None:
+        def read(repo: Repo) -> Versioned | None:
+            try:
+                sha = repo.refs[lock._ref_b]
+            except KeyError:
+                return None
+            try:
+                return lock._decode(sha, repo.object_store.__getitem__)
+            except KeyError as exc:
+                raise BackendUnavailable(f"{self.path}: object {exc} named by {lock.ref} is missing") from None
+
+        return self._locked(timeout, read)
+
+    def cas(self, lock: GitLock, expected: bytes | None, commit: Commit, objects: list[ShaFile], timeout: float) -> None:
+        def write(repo: Repo) -> None:
+            for obj in objects:
+                repo.object_store.add_object(obj)
+            for attempt in (1, 2):
+                try:
+                    if expected is None:
+                        ok = repo.refs.add_if_new(lock._ref_b, commit.id)
+                    else:
+                        ok = repo.refs.set_if_equals(lock._ref_b, expected, commit.id)
+                except FileLocked as exc:
+                    if attempt == 2 or not self._remove_stale(exc.lockfilename, lock, timeout):
+                        raise Conflict(f"{lock.describe()}: the ref is being written by another candidate") from None
+                    continue
+                if not ok:
+                    what = "exists" if expected is None else "moved on"
+                    raise Conflict(f"{lock.describe()}: the ref {what}")
+                return
+
+        try:
+            self._locked(timeout, write)
+        except OSError as exc:
+            raise BackendUnavailable(f"{lock.describe()}: {exc}") from None
+
+    def _remove_stale(self, lockfile: str | bytes, lock: GitLock, timeout: float) -> bool:
+        """Remove ``lockfile`` if it is older than the bound; True if the write may be retried.
+
+        Safe against a live writer: the file is first renamed away atomically and removed
+        only if it is still the same file (inode and mtime) we judged stale; otherwise it
+        is put back.
+        """
+        path = os.fsdecode(lockfile)
+        bound = self.stale_lock if self.stale_lock is not None else max(STALE_MIN, STALE_FACTOR * timeout)
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            return True  # released meanwhile
+        age = time.time() - before.st_mtime
+        if age < bound:
+            return False
+        aside = f"{path}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return True
+        after = os.stat(aside)
+        if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+            # a live writer took the lock between our stat and rename: give it back
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+            return False
+        os.unlink(aside)
+        log.warning(
+            "removed a stale ref lock %s (%.1f s old, bound %.1f s): a writer crashed while updating %s",
+            path,
+            age,
+            bound,
+            lock.ref,
+        )
+        return True
+
+    def check(self, backend: GitBackend, timeout: float) -> None:
+        def probe(repo: Repo) -> None:
+            for sub in ("objects", "refs"):
+                where = os.path.join(repo.controldir(), sub)
+                if not os.access(where, os.W_OK):
+                    raise _Refused(f"{where} is not writable by this user; fix its permissions (chown/chmod)")
+
+        self._locked(timeout, probe)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._repo is not None:
+                self._repo.close()
+                self._repo = None
+
+
+class _TimeoutTCPGitClient(TCPGitClient):
+    """``git://`` client whose socket has a timeout (dulwich's has none)."""
+
+    def __init__(self, host: str, port: int | None, timeout: float) -> None:
+        super().__init__(host, port, quiet=True)
+        self._io_timeout = max(0.05, timeout)
+
+    def _connect(self, cmd: bytes, path: str | bytes, protocol_version: int | None = None):  # type: ignore[override]
+        if not isinstance(path, bytes):
+            path = path.encode("utf-8")
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=self._io_timeout)
+        except OSError as exc:
+            raise _Unreachable(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rfile = sock.makefile("rb", -1)
+        wfile = sock.makefile("wb", 0)
+
+        def close() -> None:
+            rfile.close()
+            wfile.close()
+            sock.close()
+
+        proto = Protocol(rfile.read, wfile.write, close, report_activity=self._report_activity)
+        if path.startswith(b"/~"):
+            path = path[1:]
+        self.protocol_version = 0  # v0 everywhere: one ref advertisement, as receive-pack uses
+        proto.send_cmd(b"git-" + cmd, path, b"host=" + self._host.encode("ascii"))
+        return proto, (lambda: False), None
+
+
+class _Unreachable(OSError):
+    pass
+
+
+class _RemoteTransport(_Transport):
+    """A git server: reads are shallow fetches, writes are pushes with the expected old value."""
+
+    def __init__(self, scheme: str, host: str, port: int | None, path: str, *, username: str | None,
+                 token_env: str | None, key: str | None) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.path = path
+        self.username = username
+        self.token_env = token_env
+        self.key = key
+        self._pool: Any = None
+        self._pool_guard = threading.Lock()
+
+    # clients are cheap and not thread-safe: one per call (HTTP shares one pool of connections)
+    def _client(self, timeout: float) -> GitClient:
+        if self.scheme == "git":
+            return _TimeoutTCPGitClient(self.host, self.port, timeout)
+        if self.scheme == "git+ssh":
+            secs = max(1, int(timeout + 0.999))
+            command = f"ssh -o BatchMode=yes -o ConnectTimeout={secs} -o ServerAliveInterval={secs} -o ServerAliveCountMax=1"
+            return SSHGitClient(self.host, port=self.port, username=self.username, vendor=SubprocessSSHVendor(),
+                                key_filename=self.key, ssh_command=command, quiet=True)
+        http = self.scheme.removeprefix("git+")
+        netloc = self.host if self.port is None else f"{self.host}:{self.port}"
+        if ":" in self.host:
+            netloc = f"[{self.host}]" + ("" if self.port is None else f":{self.port}")
+        base = f"{http}://{netloc}{self.path}"
+        with self._pool_guard:
+            if self._pool is None:
+                self._pool = default_urllib3_manager(None, base_url=base)
+        password = None
+        if self.token_env:
+            password = os.environ.get(self.token_env)
+            if not password:
+                raise _Refused(f"the environment variable {self.token_env} named by ?token_env= is not set or empty")
+        username = self.username if (self.username or password) else None
+        if password and not username:
+            username = "git"
+        return Urllib3HttpGitClient(base, pool_manager=self._pool, username=username, password=password,
+                                    timeout=timeout, quiet=True, dumb=False)
+
+    def _remote_path(self) -> str:
+        return "" if self.scheme.startswith("git+http") else self.path
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """dulwich and socket errors -> our errors (never with credentials in them)."""
+        if isinstance(exc, (LockError, _Refused)):
+            return exc
+        where = self.describe()
+        if isinstance(exc, HTTPUnauthorized):
+            hint = (f"the token in ${self.token_env} was refused; check it has write access to the repository"
+                    if self.token_env else "add ?token_env=VAR naming an environment variable that holds an access token")
+            return _Refused(f"{where}: authentication failed (HTTP 401): {hint}")
+        if isinstance(exc, NotGitRepository):
+            return _Refused(f"{where}: no git repository there (HTTP 404); check the URL path, and that the token may see it")
+        if isinstance(exc, (_Unreachable, TimeoutError, ConnectionError)):
+            return BackendUnavailable(f"{where}: {exc}")
+        if isinstance(exc, HangupException):
+            text = str(exc)
+            if any(s in text for s in ("Permission denied", "not found", "does not appear to be a git repository",
+                                       "Host key verification failed", "Could not resolve hostname",
+                                       "not exported", "access denied")):
+                return _Refused(f"{where}: {text.strip()}")
+            return BackendUnavailable(f"{where}: the server hung up ({text.strip() or 'no message'})")
+        if isinstance(exc, GitProtocolError):
+            text = str(exc)
+            if "access denied" in text or "not exported" in text:
+                return _Refused(
+                    f"{where}: {text}: the repository does not exist or is not exported (git daemon needs "
+                    "--export-all or a git-daemon-export-ok file, and --enable=receive-pack for writes)"
+                )
+            if re.search(r"\b403\b", text):
+                return _Refused(f"{where}: permission denied (HTTP 403); the credential may read but not push")
+            return BackendUnavailable(f"{where}: {text}")
+        if isinstance(exc, OSError):
+            return BackendUnavailable(f"{where}: {exc}")
+        return exc
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except BaseException as exc:  # noqa: BLE001 - translated and re-raised
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from None
+
+    def get(self, lock: GitLock, timeout: float) -> Versioned | None:
+        client = self._client(timeout)
+        target = MemoryRepo()
+        seen: dict[str, bytes | None] = {}
+
+        def wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
+            sha = refs.get(lock._ref_b)
+            seen["sha"] = sha
+            cached = lock._cache
+            if sha is None or (cached is not None and cached[0] == sha):
+                return []
+            return [sha]
+
+        self._run(lambda: client.fetch(self._remote_path(), target, wants, depth=1, ref_prefix=[lock._ref_b],
+                                       protocol_version=0))
+        sha = seen.get("sha")
+        if sha is None:
+            return None
+        try:
+            return lock._decode(sha, target.object_store.__getitem__)
+        except KeyError as exc:
+            raise BackendUnavailable(f"{self.describe()}: the server did not send object {exc}") from None
+
+    def _push(self, ref: bytes, expected: bytes | None, new: bytes, objects: list[ShaFile], timeout: float,
+              describe: str) -> None:
+        client = self._client(timeout)
+
+        def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+            current = refs.get(ref)
+            if expected is None and current is not None:
+                raise Conflict(f"{describe}: the ref exists")
+            if expected is not None and current != expected:
+                raise Conflict(f"{describe}: the ref moved on")
+            return {ref: new}
+
+        def pack_data(have: Any, want: Any, ofs_delta: bool = False, progress: Any = None) -> Any:
+            return pack_objects_to_data([(obj, None) for obj in objects])
+
+        result = self._run(lambda: client.send_pack(self._remote_path(), update_refs, pack_data))
+        status = (result.ref_status or {}).get(ref)
+        if status is None:
+            return
+        raise self._refusal(ref, str(status), describe)
+
+    def _refusal(self, ref: bytes, status: str, describe: str) -> LockError | _Refused:
+        name = ref.decode()
+        if "non-fast-forward" in status or "fast-forward" in status:
+            return ConfigurationError(
+                f"{describe}: the server refused a non-fast-forward update of {name} ({status}). Every write of this "
+                "backend is a new parentless commit (that keeps history bounded), so the ref must accept it: use a ref "
+                "outside refs/heads/ (the default refs/celery-leader/NAME, which receive.denyNonFastForwards does not "
+                f"cover), or run `git config receive.denyNonFastForwards false` in the server repository, or allow force "
+                f"pushes to {name} in the hosting service's branch protection"
+            )
+        if any(s in status for s in ("failed to update", "failed to lock", "cannot lock", "stale info",
+                                     "fetch first", "already exists", "expected")):
+            return Conflict(f"{describe}: lost the race ({status})")
+        if "hidden" in status or "funny refname" in status:
+            return ConfigurationError(f"{describe}: the server refuses the ref {name} ({status}); choose another ?ref=")
+        if "hook declined" in status or "protected" in status:
+            return ConfigurationError(
+                f"{describe}: the server's hooks or branch protection refuse updates of {name} ({status}); "
+                "exempt the ref, or choose one outside protected branches with ?ref="
+            )
+        return BackendUnavailable(f"{describe}: the server rejected the push of {name}: {status}")
+
+    def cas(self, lock: GitLock, expected: bytes | None, commit: Commit, objects: list[ShaFile], timeout: float) -> None:
+        self._push(lock._ref_b, expected, commit.id, objects, timeout, lock.describe())
+
+    def check(self, backend: GitBackend, timeout: float) -> None:
+        """Read the refs, then (``probe``) create, rewrite and delete a temporary ref.
+
+        The rewrite is a non-fast-forward update, so a server that would refuse our
+        renewals is found at start-up, not after the first term began.
+        """
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendUnavailable(f"{self.describe()}: start-up check did not finish within {timeout:.1f} s")
+            return remaining
+
+        client = self._client(left())
+        self._run(lambda: client.get_refs(self._remote_path()))
+        if not backend.probe:
+            return
+        probe_name = f"probe-{uuid.uuid4().hex[:12]}"
+        target = backend._target(probe_name)
+        if "{name}" not in backend.ref_template:
+            target = _Target(target.ref + "-" + probe_name, target.path)
+        ref = target.ref.encode()
+        where = f"start-up probe {target.ref} in {self.describe()}"
+        first, objs1 = _build(b"{}", target.path, backend.author, b"celery-leader start-up probe\n")
+        self._push(ref, None, first.id, objs1, left(), where)
+        second, objs2 = _build(b"{ }", target.path, backend.author, b"celery-leader start-up probe (rewrite)\n")
+        try:
+            self._push(ref, first.id, second.id, objs2, left(), where)
+        finally:
+            try:
+                current = second.id if _exists(self, ref, left()) == second.id else first.id
+                self._push(ref, current, ZERO_SHA, [], left(), where)
+            except (LockError, _Refused) as exc:
+                log.warning("could not delete the start-up probe ref %s (%s); delete it by hand", target.ref, exc)
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if self.port is None else f"{host}:{self.port}"
+        if self.username and self.scheme in ("git+ssh",):
+            netloc = f"{self.username}@{netloc}"
+        suffix = f" (token from ${self.token_env})" if self.token_env else ""
+        return f"{self.scheme}://{netloc}{self.path}{suffix}"
+
+    def close(self) -> None:
+        with self._pool_guard:
+            if self._pool is not None:
+                self._pool.clear()
+                self._pool = None
+
+
+def _exists(transport: _RemoteTransport, ref: bytes, timeout: float) -> bytes | None:
+    client = transport._client(timeout)
+    refs = transport._run(lambda: client.get_refs(transport._remote_path()))
+    return dict(getattr(refs, "refs", refs)).get(ref)
+
+
+# --- the backend ---
+
+
+def _seconds(value: str, option: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"?{option}={value!r} is not a number of seconds") from None
+    if not number > 0:
+        raise ConfigurationError(f"?{option}= must be > 0 seconds, got {value!r}")
+    return number
+
+
+class GitBackend(Backend):
+    """Locks as refs in one git repository (see the module docstring)."""
+
+    schemes = SCHEMES
+    capabilities = CAPABILITIES
+
+    def __init__(self, transport: _Transport, *, ref_template: str = DEFAULT_REF, path_template: str = DEFAULT_PATH,
+                 author: str = DEFAULT_AUTHOR, probe: bool = True, url_for_logs: str = "") -> None:
+        self._transport = transport
+        self.ref_template = ref_template
+        self.path_template = path_template
+        self.author = author.encode()
+        self.probe = probe
+        self._url = url_for_logs
+        self._target("example")  # validate the templates now, with a clear error
+
+    @classmethod
+    def from_url(cls, url: str) -> GitBackend:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise ConfigurationError(f"not a git lock URL: {scheme}://; use one of {', '.join(s + '://' for s in SCHEMES)}")
+        options: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in OPTIONS:
+                raise ConfigurationError(f"unknown option ?{key}= in the git lock URL; known options: {', '.join(OPTIONS)}")
+            options[key] = value
+        if parts.password is not None:
+            raise ConfigurationError(
+                "do not put a password or token in the git lock URL (URLs end up in logs and process lists); put it in "
+                "an environment variable and name that variable with ?token_env=VAR"
+            )
+        token_env = options.get("token_env") or None
+        if token_env is not None:
+            if not _ENV_NAME.match(token_env):
+                raise ConfigurationError(f"?token_env= must name an environment variable, got {token_env!r}")
+            if scheme not in ("git+http", "git+https"):
+                raise ConfigurationError("?token_env= is for git+https:// and git+http:// URLs; git+ssh:// uses ssh keys (?key=)")
+            if not os.environ.get(token_env):
+                raise ConfigurationError(f"the environment variable {token_env} named by ?token_env= is not set or empty")
+        stale = _seconds(options["stale_lock"], "stale_lock") if "stale_lock" in options else None
+        probe_opt = options.get("probe", "1").lower()
+        if probe_opt not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigurationError(f"?probe= takes 1 or 0, got {probe_opt!r}")
+        common: dict[str, Any] = dict(
+            ref_template=options.get("ref") or DEFAULT_REF,
+            path_template=options.get("path") or DEFAULT_PATH,
+            author=options.get("author") or DEFAULT_AUTHOR,
+            probe=probe_opt in ("1", "true", "yes"),
+        )
+        if not re.match(r"^[^<>\n]+ <[^<>\n]*>$", common["author"]):
+            raise ConfigurationError(f"?author= must look like 'Name <email>', got {common['author']!r}")
+        path = unquote(parts.path)
+        if scheme == "git+file":
+            if parts.netloc not in ("", "localhost"):
+                raise ConfigurationError(f"git+file:// URLs name a local path: git+file:///srv/locks.git, not host {parts.netloc!r}")
+            if not path.startswith("/"):
+                raise ConfigurationError("git+file:// needs an absolute path: git+file:///srv/locks.git")
+            for opt in ("token_env", "username", "key"):
+                if opt in options:
+                    raise ConfigurationError(f"?{opt}= does not apply to git+file:// URLs")
+            transport: _Transport = _LocalTransport(path, stale)
+            shown = f"git+file://{path}"
+        else:
+            if "stale_lock" in options:
+                raise ConfigurationError("?stale_lock= applies to git+file:// only: a git server handles its own ref locks")
+            if not parts.hostname:
+                raise ConfigurationError(f"the git lock URL needs a host: {scheme}://HOST[:PORT]/path/to/repo.git")
+            try:
+                port = parts.port
+            except ValueError:
+                raise ConfigurationError(
+                    f"bad port in {scheme}:// URL; for ssh write git+ssh://git@host/org/repo.git (not the scp form host:org/repo)"
+                ) from None
+            if not path or path == "/":
+                raise ConfigurationError(f"the git lock URL needs the repository path: {scheme}://{parts.hostname}/path/to/repo.git")
+            if "key" in options and scheme != "git+ssh":
+                raise ConfigurationError("?key= (an ssh private key file) applies to git+ssh:// only")
+            if "key" in options and not os.path.isfile(options["key"]):
+                raise ConfigurationError(f"?key={options['key']} is not a readable file")
+            transport = _RemoteTransport(scheme, parts.hostname, port, path,
+                                         username=options.get("username") or parts.username,
+                                         token_env=token_env, key=options.get("key"))
+            shown = transport.describe()
+        return cls(transport, url_for_logs=shown, **common)
+
+    def _target(self, name: str) -> _Target:
+        if not name:
+            raise ConfigurationError("an election name must not be empty")
+        ref = self.ref_template.replace("{name}", name)
+        path = self.path_template.replace("{name}", name)
+        if not ref.startswith("refs/") or not check_ref_format(ref.encode()):
+            raise ConfigurationError(
+                f"{ref!r} is not a valid git ref name (from ?ref={self.ref_template!r} and the election name {name!r}); "
+                "refs start with refs/ and may not contain spaces, '..', ':', '~', '^', '?', '*', '[' or '\\'"
+            )
+        parts = path.split("/")
+        if any(p in ("", ".", "..", ".git") for p in parts):
+            raise ConfigurationError(f"{path!r} is not a valid file path inside the repository (from ?path=)")
+        return _Target(ref, path)
+
+    def lock(self, name: str) -> GitLock:
+        return GitLock(self, name, self._target(name))
+
+    def check(self, timeout: float = 10.0) -> None:
+        try:
+            _call("check", timeout, lambda t: self._transport.check(self, t))
+        except _Refused as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def describe(self) -> str:
+        return self._url
