@@ -29,7 +29,6 @@ import collections
 import hashlib
 import logging
 import math
-import socket
 import threading
 import time
 from typing import Any
@@ -70,11 +69,12 @@ SENTINEL_CAPABILITIES = Capabilities(linearizable=False, watch=True, partition_s
 
 DEFAULT_PREFIX = "celery-leader:"
 DEFAULT_GC_MARGIN = 60.0
+DEFAULT_MAX_CONNECTIONS = 16
 SEQ_KEY = "celeryLeaderSeq"
 ABSENT = "absent:"
 
 #: query options this module reads itself (the rest go to redis-py)
-OWN_OPTIONS = {"prefix", "gc_margin", "sentinel_password", "sentinel_username", "master", "service_name", "ssl"}
+OWN_OPTIONS = {"prefix", "gc_margin", "max_connections", "sentinel_password", "sentinel_username", "master", "service_name", "ssl"}
 #: query options passed on to redis-py (anything else is a typo: refused)
 REDIS_OPTIONS = {
     "db",
@@ -212,7 +212,7 @@ class _Notifier:
                 )
                 self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 0.5) -> None:
         self._stopping.set()
         with self._cond:
             self._generation += 1
@@ -229,7 +229,7 @@ class _Notifier:
                 pubsub = self._backend._pubsub_client().pubsub()
                 pubsub.subscribe(self._backend.channel)
                 while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=0.25)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
@@ -402,7 +402,8 @@ class RedisBackend(Backend):
     """Locks in one Redis (or a Sentinel-managed primary); one set of connections for all.
 
     Options in the URL query: ``prefix`` (key prefix), ``gc_margin`` (seconds added to twice
-    the lease for the garbage-collection expiry), ``socket_timeout`` and
+    the lease for the garbage-collection expiry), ``max_connections`` (per backend object,
+    default 16; the pub/sub connection is extra), ``socket_timeout`` and
     ``socket_connect_timeout`` (upper bounds; each call is also bounded by its own timeout),
     ``db``, ``client_name``, TLS files (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_cert_reqs``, ``ssl_check_hostname``) and, for Sentinel, ``sentinel_password``,
@@ -423,6 +424,7 @@ class RedisBackend(Backend):
         socket_connect_timeout: float | None = None,
         sentinel: bool = False,
         pubsub_pool: redis.ConnectionPool | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._pool = pool
         self._pubsub_pool = pubsub_pool or pool
@@ -435,6 +437,8 @@ class RedisBackend(Backend):
             self.capabilities = SENTINEL_CAPABILITIES  # type: ignore[misc]
         self._socket_timeout = socket_timeout
         self._socket_connect_timeout = socket_connect_timeout
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._idle: collections.deque[Any] = collections.deque()
         self._idle_guard = threading.Lock()
         self._closed = False
@@ -461,22 +465,33 @@ class RedisBackend(Backend):
             raise ConfigurationError("?prefix= must not be empty (default: celery-leader:)")
         gc_margin = _float_option(options, "gc_margin", DEFAULT_GC_MARGIN)
         options.pop("gc_margin", None)
+        try:
+            max_connections = int(options.pop("max_connections", DEFAULT_MAX_CONNECTIONS))
+        except ValueError:
+            max_connections = 0
+        if max_connections < 1:
+            raise ConfigurationError("?max_connections= must be a whole number >= 1 (default 16)")
         socket_timeout = _float_option(options, "socket_timeout", None)
         connect_timeout = _float_option(options, "socket_connect_timeout", None)
-        common = dict(prefix=prefix, gc_margin=gc_margin, socket_timeout=socket_timeout,
-                      socket_connect_timeout=connect_timeout)
+        common = dict(
+            prefix=prefix,
+            gc_margin=gc_margin,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            max_connections=max_connections,
+        )
         # each call sets its own socket timeouts; no hidden retries that would stretch them
         no_retry = {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
         if scheme == "redis+sentinel":
             return cls._from_sentinel_url(url, parts, options, common, no_retry)
-        for key in OWN_OPTIONS - {"prefix", "gc_margin"}:
+        for key in OWN_OPTIONS - {"prefix", "gc_margin", "max_connections"}:
             if key in options:
                 raise ConfigurationError(f"?{key}= is only meaningful in a redis+sentinel:// URL")
         if scheme == "unix" and not parts.path:
             raise ConfigurationError("a unix:// Redis URL needs the socket path: unix:///run/redis/redis.sock?db=0")
         if scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"the Redis URL {_redact(url)!r} has no host; write redis://host:6379/0")
-        passed = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), ""))
+        passed = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(options)}" if options else "")
         try:
             kwargs = redis.connection.parse_url(passed)
         except ValueError as exc:
@@ -565,18 +580,34 @@ class RedisBackend(Backend):
     def _pubsub_client(self) -> redis.Redis:
         return redis.Redis(connection_pool=self._pubsub_pool)
 
-    def _checkout(self) -> Any:
+    def _checkout(self, timeout: float) -> Any:
+        """An idle connection, or a new one; at most ``max_connections`` in use at once."""
+        if not self._slots.acquire(timeout=max(0.0, timeout)):
+            raise BackendUnavailable(
+                f"all {self.max_connections} connections to {self.describe()} are busy (raise ?max_connections=)"
+            )
         with self._idle_guard:
             if self._idle:
                 return self._idle.pop()
-        return self._pool.make_connection()
+        try:
+            return self._pool.make_connection()
+        except BaseException:
+            self._slots.release()
+            raise
 
-    def _checkin(self, conn: Any) -> None:
-        with self._idle_guard:
-            if not self._closed:
-                self._idle.append(conn)
-                return
-        conn.disconnect()
+    def _checkin(self, conn: Any, healthy: bool) -> None:
+        try:
+            if healthy:
+                with self._idle_guard:
+                    if not self._closed:
+                        self._idle.append(conn)
+                        return
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            self._slots.release()
 
     def _bound(self, seconds: float, limit: float | None) -> float:
         seconds = max(0.001, seconds)
@@ -591,7 +622,7 @@ class RedisBackend(Backend):
         if self._closed:
             raise BackendUnavailable("the Redis backend is closed")
         deadline = time.monotonic() + max(0.0, timeout)
-        conn = self._checkout()
+        conn = self._checkout(timeout)
         healthy = False
         try:
             left = deadline - time.monotonic()
@@ -618,20 +649,14 @@ class RedisBackend(Backend):
                 f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
                 "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
             ) from None
-        except (RedisConnectionError, RedisTimeoutError, OSError, socket.timeout) as exc:
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
         except NoScriptError:
             raise _NoScript() from None
         except ResponseError as exc:
             raise self._response_error(exc) from None
         finally:
-            if healthy:
-                self._checkin(conn)
-            else:
-                try:
-                    conn.disconnect()
-                except Exception:  # noqa: BLE001
-                    pass
+            self._checkin(conn, healthy)
 
     def _response_error(self, exc: ResponseError) -> Exception:
         message = str(exc)
@@ -639,8 +664,11 @@ class RedisBackend(Backend):
         if isinstance(exc, (ReadOnlyError, MasterDownError, TryAgainError)):
             return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
         if isinstance(exc, NoPermissionError) or upper.startswith("NOPERM"):
+            scripts = "this backend needs Lua scripts (EVAL/EVALSHA) for compare-and-swap; " if (
+                "SCRIPT" in upper or "EVAL" in upper
+            ) else ""
             return ConfigurationError(
-                f"the Redis user lacks a permission ({message}); grant it the commands "
+                f"the Redis user lacks a permission ({message}); {scripts}grant it the commands "
                 "EVAL EVALSHA SCRIPT GET SET HGET HSET HINCRBY TYPE PUBLISH SUBSCRIBE PING on the "
                 "prefix's keys and channel, for example: ACL SETUSER leader on >pw ~celery-leader:* "
                 "&celery-leader:* +@read +@write +@scripting +@pubsub +ping"

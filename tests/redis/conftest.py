@@ -24,6 +24,8 @@ SHARED_PORT = 6379
 def _ping(port: int, **kw: object) -> bool:
     try:
         return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, **kw).ping())
+    except (redis.AuthenticationError, redis.ResponseError):
+        return True  # it answers: ready, just not for us
     except redis.RedisError:
         return False
 
