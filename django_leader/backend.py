@@ -1,0 +1,362 @@
+"""``django://[DB_ALIAS]``: leases in a table of the project's own database (no new infrastructure).
+
+One row of :class:`django_leader.models.Lease` per election. Compare-and-swap is one
+conditional statement in autocommit mode, so no transaction is ever held across a lease:
+
+* create-if-absent: ``INSERT`` of a unique ``name`` (an ``IntegrityError`` is :class:`Conflict`);
+* update: ``UPDATE ... SET version = expected + 1 WHERE name = %s AND version = expected``
+  (one affected row is success, none is :class:`Conflict`).
+
+Versions are integers: a new row starts at the current time in microseconds and every write
+adds one, so a row deleted and created again never reuses a version a stale candidate holds.
+
+The backend keeps its *own* small pool of connections (made from ``DATABASES[alias]``),
+separate from Django's per-thread ones: the election thread never touches the request or
+command connections, never leaves one open in a thread Django does not clean up, and can set
+per-call timeouts on its own sessions: ``statement_timeout``/``lock_timeout`` on PostgreSQL,
+``max_statement_time``/``innodb_lock_wait_timeout``/``lock_wait_timeout`` on MariaDB
+(``max_execution_time`` on MySQL), ``busy_timeout`` on SQLite.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+
+from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from celery_leader.record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["DjangoBackend", "DjangoLock", "ensure_django"]
+
+log = logging.getLogger("celery_leader.django")
+
+CAPABILITIES = Capabilities(linearizable=True, watch=False, partition_safe=True)
+MAX_IDLE = 4
+T = TypeVar("T")
+
+# errors that mean "lost a race", whatever the driver calls them
+_RACE_PGCODES = {"40001", "40P01"}  # serialization failure, deadlock
+_RACE_MYSQL = {1213}  # deadlock found
+_MISSING_TABLE_PGCODES = {"42P01"}
+_MISSING_TABLE_MYSQL = {1146}
+
+
+def ensure_django() -> None:
+    """Make sure Django is importable, configured and its apps loaded (``django.setup()`` if needed).
+
+    This lets ``celery-leader run --url django://`` work outside ``manage.py`` when
+    ``DJANGO_SETTINGS_MODULE`` is set.
+    """
+    try:
+        import django
+        from django.apps import apps
+        from django.conf import settings
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the django:// backend needs Django ({exc}); run: pip install 'celery-leader[django]'"
+        ) from exc
+    try:
+        configured = settings.configured
+        if not configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            raise ConfigurationError(
+                "the django:// backend needs Django settings: use it inside a Django project "
+                "(manage.py) or set DJANGO_SETTINGS_MODULE"
+            )
+        if not apps.ready:
+            if apps.loading:
+                raise ConfigurationError(
+                    "the django:// backend was opened while Django was still loading apps "
+                    "(from AppConfig.ready() or a models module); open it after start-up"
+                )
+            django.setup()
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import the Django settings module: {exc}") from exc
+    if not apps.is_installed("django_leader"):
+        raise ConfigurationError(
+            "the django:// backend stores leases in django_leader's table: add 'django_leader' to "
+            "INSTALLED_APPS and run: python manage.py migrate django_leader"
+        )
+
+
+def _is_memory_sqlite(settings_dict: dict[str, Any]) -> bool:
+    name = str(settings_dict.get("NAME") or "")
+    return name in ("", ":memory:") or ("mode=memory" in name and "cache=shared" not in name)
+
+
+def _driver_code(exc: BaseException) -> tuple[str | None, int | None]:
+    """(PostgreSQL SQLSTATE, MySQL errno) of a Django-wrapped driver error."""
+    cause = exc.__cause__ or exc
+    pgcode = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    errno = None
+    args = getattr(cause, "args", ())
+    if args and isinstance(args[0], int):
+        errno = args[0]
+    return pgcode, errno
+
+
+class _Pool:
+    """Idle connections of one alias, usable from any thread (one thread at a time each)."""
+
+    def __init__(self, alias: str, settings_dict: dict[str, Any]) -> None:
+        self.alias = alias
+        self.settings_dict = settings_dict
+        self.vendor = ""
+        self._idle: list[Any] = []
+        self._guard = threading.Lock()
+        self._closed = False
+
+    def take(self, timeout: float) -> Any:
+        with self._guard:
+            if self._closed:
+                raise BackendUnavailable(f"the django://{self.alias} backend is closed")
+            if self._idle:
+                return self._idle.pop()
+        from django.db.utils import load_backend
+
+        params = copy.deepcopy(self.settings_dict)
+        engine = params["ENGINE"]
+        options = params.setdefault("OPTIONS", {})
+        if "postgresql" in engine or "mysql" in engine:
+            # bound the connect itself (libpq ignores values below 2 s)
+            options.setdefault("connect_timeout", max(2, math.ceil(timeout)))
+        wrapper = load_backend(engine).DatabaseWrapper(params, self.alias)
+        wrapper.inc_thread_sharing()
+        self.vendor = wrapper.vendor
+        return wrapper
+
+    def give(self, wrapper: Any, healthy: bool) -> None:
+        with self._guard:
+            if healthy and not self._closed and len(self._idle) < MAX_IDLE:
+                self._idle.append(wrapper)
+                return
+        self._discard(wrapper)
+
+    @staticmethod
+    def _discard(wrapper: Any) -> None:
+        try:
+            wrapper.close()
+        except Exception as exc:  # noqa: BLE001 - a broken connection is being dropped anyway
+            log.debug("closing a lease connection failed: %s", exc)
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for wrapper in idle:
+            self._discard(wrapper)
+
+
+class DjangoLock(Lock):
+    """The lease row ``name``. Thread-safe: every call borrows a pooled connection."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: DjangoBackend, name: str) -> None:
+        self._backend = backend
+        self.name = name
+
+    def get(self, timeout: float) -> Versioned | None:
+        row = self._backend._call(timeout, lambda cur, t: _fetch(cur, t, self.name))
+        if row is None:
+            return None
+        text, version = row
+        return Versioned(decode_or_placeholder(str(text).encode("utf-8", "surrogateescape")), str(version))
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        version = time.time_ns() // 1000
+        raw = encode_record(record).decode()
+
+        def insert(cur: Any, table: str) -> str:
+            cur.execute(
+                f"INSERT INTO {table} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)",
+                [self.name, raw, version, record.holder, int(record.transitions)],
+            )
+            return str(version)
+
+        return self._backend._call(timeout, insert)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        try:
+            expected = int(expected_version)
+        except (TypeError, ValueError):
+            raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend") from None
+        raw = encode_record(record).decode()
+
+        def conditional_update(cur: Any, table: str) -> str:
+            cur.execute(
+                f"UPDATE {table} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
+                [raw, expected + 1, record.holder, int(record.transitions), self.name, expected],
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"{self.name}: the stored version is no longer {expected}")
+            return str(expected + 1)
+
+        return self._backend._call(timeout, conditional_update)
+
+    def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
+        """Store text as it is, bypassing the codec (tests of garbage and foreign records)."""
+        text = raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+        def put(cur: Any, table: str) -> str:
+            found = _fetch(cur, table, self.name)
+            version = (int(found[1]) + 1) if found else time.time_ns() // 1000
+            if found:
+                cur.execute(f"UPDATE {table} SET record = %s, version = %s WHERE name = %s", [text, version, self.name])
+            else:
+                cur.execute(
+                    f"INSERT INTO {table} (name, record, version, holder, token) VALUES (%s, %s, %s, '', 0)",
+                    [self.name, text, version],
+                )
+            return str(version)
+
+        return self._backend._call(timeout, put)
+
+    def describe(self) -> str:
+        return f"django lease {self.name!r} in database {self._backend.alias!r}"
+
+
+def _fetch(cur: Any, table: str, name: str) -> tuple[str, int] | None:
+    cur.execute(f"SELECT record, version FROM {table} WHERE name = %s", [name])
+    row = cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+class DjangoBackend(Backend):
+    """Leases in ``DATABASES[alias]`` through the ``django_leader`` app's table."""
+
+    schemes = ("django",)
+    capabilities = CAPABILITIES
+
+    def __init__(self, alias: str = "default") -> None:
+        ensure_django()
+        from django.db import connections
+
+        from .models import Lease
+
+        if alias not in connections.settings:
+            known = ", ".join(sorted(connections.settings)) or "none"
+            raise ConfigurationError(
+                f"django://{alias}: no database alias {alias!r} in settings.DATABASES (known: {known}); "
+                "write django://ALIAS with one of those, or django:// for 'default'"
+            )
+        settings_dict = connections.settings[alias]
+        if "sqlite" in settings_dict.get("ENGINE", "") and _is_memory_sqlite(settings_dict):
+            raise ConfigurationError(
+                f"django://{alias}: an in-memory SQLite database is private to one connection, so candidates "
+                "could not see each other's leases; use a database file (or a shared-cache memory URI in tests)"
+            )
+        self.alias = alias
+        self._pool = _Pool(alias, settings_dict)
+        self._table_name = Lease._meta.db_table
+        self._quoted: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> DjangoBackend:
+        parts = urlsplit(url)
+        if parts.scheme != "django":
+            raise ConfigurationError(f"not a django:// URL: {url!r}")
+        if parts.query or parts.fragment or parts.username or parts.password or parts.port:
+            raise ConfigurationError(
+                f"django:// URLs take only a database alias (django://ALIAS, default 'default'), got {url!r}; "
+                "put connection options in settings.DATABASES"
+            )
+        alias = (parts.hostname or parts.path.strip("/")) or "default"
+        # urlsplit lower-cases hostname: keep the alias as written
+        if parts.netloc:
+            alias = parts.netloc
+        return cls(alias)
+
+    def lock(self, name: str) -> DjangoLock:
+        return DjangoLock(self, name)
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def _call(self, timeout: float, fn: Callable[[Any, str], T]) -> T:
+        from django.db import DatabaseError, IntegrityError
+
+        timeout = max(0.001, float(timeout))
+        wrapper = self._pool.take(timeout)
+        healthy = False
+        try:
+            with wrapper.wrap_database_errors:
+                wrapper.ensure_connection()
+            with wrapper.cursor() as cur:
+                self._set_timeout(wrapper, cur, timeout)
+                out = fn(cur, self._table(wrapper))
+            healthy = True
+            return out
+        except Conflict:
+            healthy = True
+            raise
+        except IntegrityError as exc:
+            healthy = True
+            raise Conflict(f"{self.alias}: the lease exists ({exc})") from exc
+        except DatabaseError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            self._pool.give(wrapper, healthy)
+
+    def _table(self, wrapper: Any) -> str:
+        if self._quoted is None:
+            self._quoted = wrapper.ops.quote_name(self._table_name)
+        return self._quoted
+
+    @staticmethod
+    def _set_timeout(wrapper: Any, cur: Any, timeout: float) -> None:
+        """Bound server-side waits (lock waits, a long statement) of the next statement by ``timeout``."""
+        ms = max(10, int(timeout * 1000) // 10 * 10)
+        if getattr(wrapper, "_celery_leader_timeout", None) == ms:
+            return
+        vendor = wrapper.vendor
+        if vendor == "postgresql":
+            cur.execute(f"SET statement_timeout = {ms}; SET lock_timeout = {ms}")
+        elif vendor == "mysql":
+            secs = max(1, math.ceil(ms / 1000))
+            if wrapper.mysql_is_mariadb:
+                cur.execute(
+                    f"SET SESSION max_statement_time = {ms / 1000:.3f}, "
+                    f"innodb_lock_wait_timeout = {secs}, lock_wait_timeout = {secs}"
+                )
+            else:
+                cur.execute(
+                    f"SET SESSION max_execution_time = {ms}, innodb_lock_wait_timeout = {secs}, "
+                    f"lock_wait_timeout = {secs}"
+                )
+        elif vendor == "sqlite":
+            cur.execute(f"PRAGMA busy_timeout = {ms}")
+        wrapper._celery_leader_timeout = ms
+
+    def _translate(self, exc: BaseException) -> Exception:
+        pgcode, errno = _driver_code(exc)
+        text = str(exc)
+        if pgcode in _RACE_PGCODES or errno in _RACE_MYSQL:
+            return Conflict(f"{self.alias}: lost a race ({text})")
+        if pgcode in _MISSING_TABLE_PGCODES or errno in _MISSING_TABLE_MYSQL or "no such table" in text:
+            return ConfigurationError(
+                f"django://{self.alias}: the lease table {self._table_name!r} does not exist; run: "
+                f"python manage.py migrate django_leader --database {self.alias}"
+            )
+        return BackendUnavailable(f"django://{self.alias}: {type(exc).__name__}: {text.strip()}")
+
+    # --- start-up and housekeeping -------------------------------------------------------
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Reachable, and the ``django_leader`` migration applied (else ConfigurationError naming the fix)."""
+
+        def probe(cur: Any, table: str) -> None:
+            cur.execute(f"SELECT COUNT(*) FROM {table} WHERE 1 = 0")
+            cur.fetchone()
+
+        self._call(timeout, probe)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def describe(self) -> str:
+        return f"django://{self.alias}"

@@ -1,0 +1,99 @@
+"""Django for the django_leader tests: settings, and one throwaway database per server.
+
+SQLite always works; PostgreSQL (127.0.0.1:5432, user postgres, trust) and MariaDB
+(127.0.0.1:3306, root without password) get a database created for the session and dropped
+afterwards. A server that is not there skips on a laptop and fails in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+import pytest
+
+SUFFIX = uuid.uuid4().hex[:10]
+_TMP = tempfile.mkdtemp(prefix="django-leader-")
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django.settings"
+os.environ["DJANGO_LEADER_TEST_SQLITE"] = os.path.join(_TMP, "db.sqlite3")
+os.environ["DJANGO_LEADER_TEST_DB"] = f"django_leader_{SUFFIX}"
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connections  # noqa: E402
+
+from tests.servers import unavailable  # noqa: E402
+
+DB_NAME = os.environ["DJANGO_LEADER_TEST_DB"]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for ``python -m django ...`` children: same settings and databases."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def sqlite_alias() -> str:
+    call_command("migrate", verbosity=0, database="default")
+    connections["default"].close()
+    return "default"
+
+
+@pytest.fixture(scope="session")
+def pg_alias():
+    try:
+        import psycopg2
+    except ImportError as exc:
+        unavailable(f"psycopg2 not installed: {exc}")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.Error as exc:
+        unavailable(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{DB_NAME}"')
+    try:
+        call_command("migrate", "django_leader", verbosity=0, database="pg")
+        connections["pg"].close()
+        yield "pg"
+    finally:
+        connections["pg"].close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def maria_alias():
+    try:
+        import MySQLdb
+    except ImportError as exc:
+        unavailable(f"mysqlclient not installed: {exc}")
+    try:
+        admin = MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", connect_timeout=5)
+    except MySQLdb.Error as exc:
+        unavailable(f"MariaDB on 127.0.0.1:3306 not reachable: {exc}")
+    admin.autocommit(True)
+    cur = admin.cursor()
+    cur.execute(f"CREATE DATABASE `{DB_NAME}` CHARACTER SET utf8mb4")
+    try:
+        call_command("migrate", "django_leader", verbosity=0, database="maria")
+        connections["maria"].close()
+        yield "maria"
+    finally:
+        connections["maria"].close()
+        cur.execute(f"DROP DATABASE IF EXISTS `{DB_NAME}`")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "pg", "maria"])
+def alias(request) -> str:
+    """Each database server in turn."""
+    return request.getfixturevalue(f"{request.param}_alias")

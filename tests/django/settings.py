@@ -1,0 +1,83 @@
+"""Settings of the django_leader tests (also used by their subprocesses).
+
+The database names come from the environment so that the test session and the processes
+it starts share them; ``conftest.py`` sets unique ones per session.
+"""
+
+import os
+import tempfile
+
+SECRET_KEY = "django-leader-tests-only"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_leader",
+    "tests.django.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ROOT_URLCONF = "tests.django.urls"
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DJANGO_LEADER_TEST_SQLITE")
+        or os.path.join(tempfile.gettempdir(), "django-leader-tests.sqlite3"),
+    },
+    "pg": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": os.environ.get("DJANGO_LEADER_TEST_DB", "django_leader_tests"),
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": "5432",
+    },
+    "maria": {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": os.environ.get("DJANGO_LEADER_TEST_DB", "django_leader_tests"),
+        "USER": "root",
+        "PASSWORD": "",
+        "HOST": "127.0.0.1",
+        "PORT": "3306",
+        "OPTIONS": {"charset": "utf8mb4"},
+    },
+}
+
+# short leases: the tests wait for handovers
+LEADER_ELECTION = {
+    "URL": os.environ.get("DJANGO_LEADER_TEST_URL", "django://default"),
+    "NAME": "tests",
+    "LEASE_DURATION": 1.0,
+    "RENEW_DEADLINE": 0.6,
+    "RETRY_PERIOD": 0.2,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"celery_leader": {"handlers": ["stderr"], "level": "INFO"}},
+}
