@@ -181,7 +181,8 @@ def lease_to_record(obj: Any) -> LeaderRecord:
                 raise ValueError(f"spec.{key} is {type(value).__name__}, expected a string")
         preferred = spec.get("preferredHolder") or ""
         if not preferred:
-            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+            annotations = meta.get("annotations") if isinstance(meta, dict) else None
             preferred = annotations.get(PREFERRED_HOLDER_ANNOTATION, "") if isinstance(annotations, dict) else ""
         if not isinstance(preferred, str):
             raise ValueError("spec.preferredHolder is not a string")
@@ -253,6 +254,13 @@ def _body(
     return obj
 
 
+def _rv(obj: Any) -> str | None:
+    """``metadata.resourceVersion`` of an API object, or None whatever the object looks like."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    value = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
 # --- HTTP plumbing ---
 
 
@@ -299,7 +307,7 @@ class KubernetesLock(Lock):
     # --- cache ---
 
     def _remember(self, obj: dict[str, Any]) -> str:
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        version = _rv(obj)
         if not version:
             raise BackendUnavailable(f"the API server returned Lease {self.name!r} without a resourceVersion")
         with self._guard:
@@ -408,7 +416,7 @@ class KubernetesLock(Lock):
                     return
                 items, list_version = listed
                 current = items[0] if items else None
-                current_version = str((current or {}).get("metadata", {}).get("resourceVersion") or "") or None
+                current_version = _rv(current)
                 if current_version != version:
                     return
                 start = list_version
@@ -435,7 +443,7 @@ class KubernetesLock(Lock):
                 continue
             data = resp.data if isinstance(resp.data, dict) else {}
             items = [i for i in data.get("items") or [] if isinstance(i, dict)]
-            return items, str((data.get("metadata") or {}).get("resourceVersion") or "")
+            return items, _rv(data) or ""
         return None
 
     def _watch_once(self, version: str | None, start: str | None, deadline: float) -> tuple[str, str | None]:
@@ -462,7 +470,7 @@ class KubernetesLock(Lock):
             for event in _events(raw):
                 kind = event.get("type")
                 obj = event.get("object") if isinstance(event.get("object"), dict) else {}
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "") or None
+                rv = _rv(obj)
                 if kind in ("ADDED", "MODIFIED"):
                     if rv is not None and rv != version:
                         self._remember(obj)

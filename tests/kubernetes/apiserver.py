@@ -613,6 +613,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 selector = _field_selector(query.get("fieldSelector", ""), namespace)
                 watching = query.get("watch", "").lower() in ("true", "1")
                 api.authorize(self.headers, "watch" if watching else "list", namespace, None)
+                with api.cond:
+                    api.requests["watch" if watching else "list"] += 1
                 if watching:
                     self._watch(namespace, selector, query)
                 else:

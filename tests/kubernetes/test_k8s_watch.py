@@ -1,0 +1,140 @@
+"""wait_for_change through the watch API: cut streams, 410 Gone, restarts, deletes, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from celery_leader.testing import sample_record
+
+from .apiserver import LeaseAPIServer
+from .conftest import NAMESPACE
+
+TIMEOUT = 5.0
+
+
+class Waiter:
+    """Runs ``lock.wait_for_change(version, timeout)`` in a thread and times it."""
+
+    def __init__(self, lock, version, timeout: float) -> None:
+        self.done = threading.Event()
+        self.started = time.monotonic()
+        self.elapsed = -1.0
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                lock.wait_for_change(version, timeout)
+            except BaseException as exc:  # noqa: BLE001 - asserted on
+                self.error = exc
+            self.elapsed = time.monotonic() - self.started
+            self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+
+def _watch_requests(server: LeaseAPIServer) -> int:
+    return server.requests["watch"]
+
+
+def test_cut_stream_reconnects_and_still_sees_the_change(apiserver, make_lock) -> None:
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = writer.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, version, 20.0)
+    time.sleep(0.3)
+    before = _watch_requests(apiserver)
+    for _ in range(3):
+        apiserver.cut_watches()
+        time.sleep(0.3)
+    assert not waiter.done.is_set(), "a cut stream is not a change"
+    assert _watch_requests(apiserver) >= before + 3, "the watch did not reconnect after the cuts"
+    writer.update(sample_record(holder="b"), version, TIMEOUT)
+    assert waiter.done.wait(10) and waiter.error is None
+
+
+@pytest.mark.parametrize("gone_as_http", [False, True], ids=["error-event", "http-410"])
+def test_change_during_restart_is_found_through_410_and_relist(apiserver, make_lock, gone_as_http) -> None:
+    apiserver.gone_as_http = gone_as_http
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = writer.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, version, 20.0)
+    time.sleep(0.3)
+    apiserver.stop()
+    # written while the watch cannot be connected (through the store, as another apiserver would)
+    with apiserver.cond:
+        obj = apiserver.objects[(NAMESPACE, "beat")]
+        obj["spec"]["holderIdentity"] = "other"
+        apiserver._commit(NAMESPACE, "beat", obj, "MODIFIED")
+    lists = apiserver.requests["list"]
+    apiserver.restart()  # a restart empties the watch cache: the old version is now too old
+    assert waiter.done.wait(10), "the change made while the server was down was missed"
+    assert waiter.error is None
+    assert apiserver.requests["list"] > lists, "410 Gone did not lead to a re-list"
+
+
+def test_restart_without_change_keeps_waiting(apiserver, make_lock) -> None:
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    make_lock("other").create(sample_record(), TIMEOUT)  # the revision moves past our version
+    waiter = Waiter(lock, version, 2.5)
+    time.sleep(0.3)
+    apiserver.restart()  # 410 for the old version; the re-list shows it unchanged
+    assert waiter.done.wait(10) and waiter.error is None
+    assert apiserver.requests["list"] >= 1
+    assert waiter.elapsed >= 2.3, f"returned after {waiter.elapsed:.2f}s without a change"
+
+
+def test_server_down_for_the_whole_wait_returns_at_the_timeout(apiserver, make_lock) -> None:
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    apiserver.stop()
+    started = time.monotonic()
+    lock.wait_for_change(version, 1.0)
+    assert 0.9 <= time.monotonic() - started < 4.0
+
+
+def test_bookmarks_keep_the_watch_going(apiserver, make_lock) -> None:
+    apiserver.bookmark_interval = 0.2
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = writer.create(sample_record(), TIMEOUT)
+    # other Leases move the revision on; only bookmarks tell our watch about it
+    other = make_lock("other")
+    v = other.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, version, 20.0)
+    for i in range(5):
+        v = other.update(sample_record(transitions=i + 10), v, TIMEOUT)
+        time.sleep(0.15)
+    assert not waiter.done.is_set(), "changes of another Lease woke the watcher"
+    writer.update(sample_record(holder="b"), version, TIMEOUT)
+    assert waiter.done.wait(10) and waiter.error is None
+
+
+def test_absent_lease_then_created(make_lock) -> None:
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    assert watcher.get(TIMEOUT) is None
+    waiter = Waiter(watcher, None, 20.0)
+    time.sleep(0.3)
+    assert not waiter.done.is_set()
+    writer.create(sample_record(), TIMEOUT)
+    assert waiter.done.wait(10) and waiter.error is None
+
+
+def test_deleted_lease_is_a_change(apiserver, make_lock) -> None:
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    waiter = Waiter(lock, version, 20.0)
+    time.sleep(0.3)
+    apiserver.delete(NAMESPACE, "beat")
+    assert waiter.done.wait(10) and waiter.error is None
+
+
+def test_close_ends_a_wait(make_lock) -> None:
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    waiter = Waiter(lock, version, 30.0)
+    time.sleep(0.3)
+    lock.close()
+    assert waiter.done.wait(5), "close() did not end the watch"
+    lock.close()
