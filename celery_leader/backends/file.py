@@ -23,6 +23,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -179,7 +180,7 @@ class FileLock(Lock):
         if self._closed:
             raise BackendUnavailable(f"{self.describe()} is closed")
         self._after_fork()
-        if not self._mutex.acquire(timeout=max(0.0, timeout)):
+        if not self._mutex.acquire(timeout=min(max(0.0, timeout), threading.TIMEOUT_MAX)):
             raise BackendUnavailable(f"{self.describe()}: another thread held it for over {timeout:.3g}s")
         try:
             fd = self._acquire_flock(exclusive, deadline, timeout)
@@ -361,6 +362,7 @@ class FileLock(Lock):
         if self._closed:
             return
         self._closed = True
+        self._after_fork()
         with self._mutex:
             if self._fd is not None and self._pid == os.getpid():
                 with contextlib.suppress(OSError):
@@ -385,6 +387,7 @@ class FileBackend(Backend):
                 "write file:///absolute/path (three slashes)"
             )
         self.directory = path
+        self._locks: weakref.WeakSet[FileLock] = weakref.WeakSet()
         if create and not path.exists():
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -421,7 +424,14 @@ class FileBackend(Backend):
     def lock(self, name: str) -> FileLock:
         validate_name(name)
         check_directory(self.directory)
-        return FileLock(self.directory, name)
+        lock = FileLock(self.directory, name)
+        self._locks.add(lock)
+        return lock
+
+    def close(self) -> None:
+        """Close every lock opened through this backend (their flocks go with them)."""
+        for lock in list(self._locks):
+            lock.close()
 
     def check(self, timeout: float = 5.0) -> None:
         check_directory(self.directory)

@@ -147,3 +147,24 @@ def test_directory_made_read_only_while_running(lock_dir: Path) -> None:
         assert sorted(p.name for p in lock_dir.iterdir()) == ["beat.lease.json", "beat.lock"]
     finally:
         lock.close()
+
+
+def test_network_file_system_is_warned_about(backend: FileBackend, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from celery_leader.backends import file as file_backend
+
+    assert file_backend._filesystem_type(backend.directory)  # the real mount table names a type here
+    caplog.set_level("WARNING", logger="celery_leader")
+    backend.check()
+    assert not [r for r in caplog.records if "file system" in r.getMessage()]
+    monkeypatch.setattr(file_backend, "_filesystem_type", lambda path: "nfs4")
+    backend.check()
+    assert any("nfs4 file system" in r.getMessage() and "redis://" in r.getMessage() for r in caplog.records)
+
+
+def test_backend_close_closes_its_locks(backend: FileBackend) -> None:
+    lock = backend.lock("beat")
+    lock.create(sample_record(), 1.0)
+    backend.close()
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="closed"):
+        lock.get(1.0)
