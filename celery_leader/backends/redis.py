@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 
-__all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock"]
+__all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
 
 log = logging.getLogger("celery_leader.redis")
 
@@ -72,6 +72,8 @@ DEFAULT_GC_MARGIN = 60.0
 DEFAULT_MAX_CONNECTIONS = 16
 SEQ_KEY = "celeryLeaderSeq"
 ABSENT = "absent:"
+#: the holder a vanished lock key reads as (its fence remains): nobody's identity
+VANISHED_HOLDER = "(lock key vanished)"
 
 #: query options this module reads itself (the rest go to redis-py)
 OWN_OPTIONS = {"prefix", "gc_margin", "max_connections", "sentinel_password", "sentinel_username", "master", "service_name", "ssl"}
@@ -105,7 +107,8 @@ if t == 'string' then raw = redis.call('GET', KEYS[1]) end
 return {raw, redis.call('HGET', KEYS[2], 'transitions')}
 """
 
-# KEYS: lock, fence. ARGV: expected version ('' = create), record JSON, its transitions,
+# KEYS: lock, fence. ARGV: expected version ('' = create; 'g:<sha1>' = over undecodable
+# content; 'absent:<n>' = over a vanished key), record JSON, its transitions,
 # expiry in ms, channel, name. Returns {1, version} | {0, current version} (conflict) |
 # {-1, fence} (the token would not be above the fence).
 WRITE_SCRIPT = """
@@ -120,10 +123,17 @@ if t == 'string' then
 elseif fence then
   current = 'absent:' .. fence
 end
-if current ~= ARGV[1] then return {0, current} end
+local expected = ARGV[1]
+local strict = t == 'none'
+if string.sub(expected, 1, 2) == 'g:' then
+  -- the writer read something undecodable: it cannot know the last token, so demand more
+  expected = string.sub(expected, 3)
+  strict = true
+end
+if current ~= expected then return {0, current} end
 local transitions = tonumber(ARGV[3])
 if fence then
-  if transitions < fence or (t == 'none' and transitions <= fence) then
+  if transitions < fence or (strict and transitions <= fence) then
     return {-1, tostring(fence)}
   end
 end
@@ -147,8 +157,10 @@ class _NoScript(Exception):
     """The server does not have the script cached (restarted, failed over): send it."""
 
 
-def _version_of(raw: bytes) -> str:
-    return hashlib.sha1(raw).hexdigest()
+def _version_of(raw: bytes, record: LeaderRecord) -> str:
+    """SHA-1 of the stored bytes; ``g:`` marks undecodable content (stricter token rule)."""
+    digest = hashlib.sha1(raw).hexdigest()
+    return "g:" + digest if record.decode_error else digest
 
 
 def _text(value: Any) -> str:
@@ -329,7 +341,7 @@ class RedisLock(Lock):
     def _current_version(self, timeout: float) -> str | None:
         raw, fence = self._read(timeout)
         if raw is not None:
-            return _version_of(raw)
+            return _version_of(raw, decode_or_placeholder(raw, strip=(SEQ_KEY,)))
         return f"{ABSENT}{fence}" if fence is not None else None
 
     def get(self, timeout: float) -> Versioned | None:
@@ -337,14 +349,16 @@ class RedisLock(Lock):
         if raw is None:
             if fence is None:
                 return None
-            # deleted, expired or evicted: free, and the next term counts from the fence
-            return Versioned(LeaderRecord(holder="", transitions=fence), f"{ABSENT}{fence}")
+            # Deleted, expired or evicted. Whoever held it may still believe it leads (a hand
+            # delete, an eviction), so it reads as held by an unknown holder: candidates wait
+            # one lease from now, then take it with a token above the fence.
+            return Versioned(LeaderRecord(holder=VANISHED_HOLDER, transitions=fence), f"{ABSENT}{fence}")
         record = decode_or_placeholder(raw, strip=(SEQ_KEY,))
         if fence is not None and fence > record.transitions:
             # the key was rewritten with a lower token (by hand, or a foreign writer): never
             # let the next term go below a token already handed out
             record = record.evolve(transitions=fence)
-        return Versioned(record, _version_of(raw))
+        return Versioned(record, _version_of(raw, record))
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
         return self._write(record, "", timeout)
@@ -372,10 +386,12 @@ class RedisLock(Lock):
             if not expected:
                 raise Conflict(f"{self.name}: the lock exists")
             raise Conflict(f"{self.name}: the stored version moved on")
-        # A token at or below one already handed out. The engine computes tokens from what it
-        # read, and get() lifts every token to the fence, so this only happens when a record
-        # could not be decoded (the engine then counts from 0). Not Conflict: that would make
-        # the engine retry at once, forever; this backs off by retry_period.
+        # A token below the fence, or not above it when taking over a vanished key or
+        # undecodable content. get() lifts every token to the fence, so this happens when the
+        # engine overwrites undecodable content without having seen the last token (it then
+        # counts from what it remembers). Not Conflict: the engine would retry at once,
+        # forever; BackendUnavailable backs off by retry_period, and a candidate that has seen
+        # the last token takes over instead.
         raise BackendUnavailable(
             f"{self.name}: refused to write fencing token {record.transitions}: the token counter "
             f"{self.fence_key!r} is already at {value} and tokens never go backwards; the lock key "

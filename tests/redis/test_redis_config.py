@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from celery_leader.backends.redis import RedisBackend, SentinelRedisLock
+from celery_leader.backends.redis import VANISHED_HOLDER, RedisBackend, SentinelRedisLock
 from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.registry import open_backend as registry_open
 from celery_leader.testing import sample_record
@@ -170,13 +170,14 @@ def test_wrong_type_fence_key_is_reported(prefix, shared_redis, open_backend) ->
 # --- the fence: tokens never go backwards ---------------------------------------------
 
 
-def test_deleted_key_reads_as_free_with_the_last_token(prefix, shared_redis, open_backend) -> None:
+def test_deleted_key_reads_as_held_by_nobody_known_with_the_last_token(prefix, shared_redis, open_backend) -> None:
     lock = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}").lock("beat")
     v = lock.create(sample_record(transitions=5), T)
     lock.update(sample_record(transitions=6), v, T)
     shared_redis.delete(f"{prefix}lock:beat")
     got = lock.get(T)
-    assert got is not None and got.record.is_free and got.record.transitions == 6
+    assert got is not None and got.record.holder == VANISHED_HOLDER and got.record.transitions == 6
+    assert got.version == "absent:6"
     # a creator that did not see the tombstone cannot restart the count
     with pytest.raises(Conflict):
         lock.create(sample_record(transitions=1), T)
@@ -209,14 +210,14 @@ def test_lock_key_expires_only_long_after_the_lease(prefix, shared_redis, open_b
     assert 1000 - 500 < shared_redis.pttl(f"{prefix}lock:other") <= 1200
 
 
-def test_expired_lock_is_free_and_counts_on(prefix, shared_redis, open_backend) -> None:
+def test_expired_lock_counts_on(prefix, shared_redis, open_backend) -> None:
     lock = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&gc_margin=0").lock("beat")
     lock.create(sample_record(lease_duration=0.2, transitions=4), T)
     deadline = time.monotonic() + 10
     while shared_redis.exists(f"{prefix}lock:beat") and time.monotonic() < deadline:
         time.sleep(0.05)
     got = lock.get(T)
-    assert got is not None and got.record.is_free and got.record.transitions == 4
+    assert got is not None and got.record.holder == VANISHED_HOLDER and got.record.transitions == 4
 
 
 # --- sharing ----------------------------------------------------------------------------
@@ -301,3 +302,16 @@ def test_shared_redis_untouched_outside_prefix(prefix, shared_redis: redis.Redis
     lock.create(sample_record(), T)
     keys = sorted(k.decode() for k in shared_redis.scan_iter(match=prefix + "*"))
     assert keys == [f"{prefix}fence:beat", f"{prefix}lock:beat"]
+
+
+def test_garbage_over_a_fence_needs_a_token_above_it(prefix, shared_redis, open_backend) -> None:
+    lock = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}").lock("beat")
+    lock.create(sample_record(transitions=4), T)
+    shared_redis.set(f"{prefix}lock:beat", b"\x00garbage")
+    got = lock.get(T)
+    assert got is not None and got.record.decode_error and got.record.transitions == 4
+    assert got.version.startswith("g:")
+    # a candidate that never saw token 4 would write 4 (or less): refused, never a duplicate token
+    with pytest.raises(BackendUnavailable, match="never go backwards"):
+        lock.update(sample_record(holder="fresh", transitions=4), got.version, T)
+    lock.update(sample_record(holder="fresh", transitions=5), got.version, T)

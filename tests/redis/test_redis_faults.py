@@ -1,0 +1,204 @@
+"""Elections against a private redis-server that the tests kill, pause, and tamper with.
+
+Timing: lease 1 s, renew deadline 0.6 s, retry 0.2 s. Safety is asserted exactly (nobody
+leads after the old leader's deadline while Redis is away; tokens increase); liveness only
+with generous waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from celery_leader import Election
+from celery_leader.backends.redis import VANISHED_HOLDER
+
+from .conftest import RedisServer
+
+LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
+WAIT = 15.0
+
+
+class Watch:
+    """Samples every election's ``is_leader`` every 10 ms: overlaps and who led when."""
+
+    def __init__(self, elections: list[Election]) -> None:
+        self.elections = elections
+        self.samples: list[tuple[float, tuple[bool, ...], tuple[int | None, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            leaders = tuple(e.is_leader for e in self.elections)
+            tokens = tuple(e.token for e in self.elections)
+            self.samples.append((time.monotonic(), leaders, tokens))
+            time.sleep(0.01)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def overlaps(self) -> list[float]:
+        return [t for t, leaders, _ in self.samples if sum(leaders) > 1]
+
+    def leaders_between(self, start: float, end: float) -> set[int]:
+        return {i for t, leaders, _ in self.samples if start <= t <= end for i, lead in enumerate(leaders) if lead}
+
+    def tokens(self) -> list[int]:
+        """Tokens in the order terms were seen (each once)."""
+        seen: list[int] = []
+        for _, _, tokens in self.samples:
+            for tok in tokens:
+                if tok is not None and (not seen or seen[-1] != tok) and tok not in seen:
+                    seen.append(tok)
+        return seen
+
+
+@pytest.fixture
+def elections() -> Iterator[Callable[..., list[Election]]]:
+    made: list[Election] = []
+
+    def make(url: str, n: int = 2, name: str = "beat") -> list[Election]:
+        new = [
+            Election(name, url=url, identity=f"node{i}", lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)
+            for i in range(n)
+        ]
+        made.extend(new)
+        for e in new:
+            e.start()
+        return new
+
+    yield make
+    for e in made:
+        e.stop(timeout=5)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = WAIT) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def leader_of(es: list[Election]) -> Election | None:
+    leading = [e for e in es if e.is_leader]
+    assert len(leading) <= 1, "two elections lead at once"
+    return leading[0] if leading else None
+
+
+def test_redis_killed_while_leading_then_back(redis_server_factory, elections) -> None:
+    # AOF with fsync on every write: the fence (and the lock) survive the restart
+    server: RedisServer = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
+    es = elections(server.url)
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        killed = time.monotonic()
+        server.kill()
+        # the leader stops by its deadline (< one lease after its last successful renewal)
+        wait_for(lambda: not any(e.is_leader for e in es), LEASE + 1.0)
+        time.sleep(2 * LEASE)
+        back = time.monotonic()
+        server.start()
+        second = wait_for(lambda: leader_of(es))
+        resumed = time.monotonic() - back
+    assert not watch.overlaps()
+    assert watch.leaders_between(killed + LEASE, back) == set(), "somebody led while Redis was down"
+    assert second.token is not None and token is not None and second.token > token
+    # liveness, generous: the record written before the crash is waited out (one lease), then taken
+    assert resumed < 3 * LEASE + 5.0, resumed
+
+
+def test_redis_paused_while_leading(redis_server, elections) -> None:
+    es = elections(redis_server.url)
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        paused = time.monotonic()
+        redis_server.pause()
+        try:
+            wait_for(lambda: not first.is_leader, LEASE + 1.0)
+            time.sleep(LEASE)
+        finally:
+            redis_server.resume()
+            resumed = time.monotonic()
+        wait_for(lambda: leader_of(es))
+    assert not watch.overlaps()
+    assert watch.leaders_between(paused + LEASE, resumed) == set()
+    tokens = watch.tokens()
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+
+
+def test_key_deleted_by_hand_token_still_increases(redis_server, elections) -> None:
+    es = elections(redis_server.url)
+    admin = redis_server.client()
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        deleted = time.monotonic()
+        admin.delete("celery-leader:lock:beat")
+        # the holder learns at its next renewal; everyone waits one lease before taking over
+        wait_for(lambda: any(e.leader == VANISHED_HOLDER for e in es if not e.is_leader) or not first.is_leader, 5)
+        second = wait_for(lambda: leader_of(es))
+        assert second.token is not None and token is not None and second.token > token
+    assert not watch.overlaps()
+    assert int(admin.hget("celery-leader:fence:beat", "transitions")) == second.token
+    # the vanished key was waited out rather than grabbed at once
+    gap = [t for t, leaders, _ in watch.samples if t > deleted and not any(leaders)]
+    assert gap, "leadership moved on without a pause"
+
+
+def test_key_overwritten_with_garbage(redis_server, elections) -> None:
+    es = elections(redis_server.url)
+    admin = redis_server.client()
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        admin.set("celery-leader:lock:beat", b"\x00\xffnot a record")
+        wait_for(lambda: not first.is_leader, LEASE + 1.0)
+        second = wait_for(lambda: leader_of(es))
+    assert not watch.overlaps()
+    assert second.token is not None and token is not None and second.token > token
+    raw = admin.get("celery-leader:lock:beat")
+    assert raw is not None and raw.startswith(b"{")
+
+
+def test_graceful_handover_is_seen_by_notification(redis_server, elections) -> None:
+    # a lease long enough that polling could not explain a quick takeover
+    url = redis_server.url
+    a = Election("beat", url=url, identity="a", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
+    b = Election("beat", url=url, identity="b", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
+    a.start()
+    try:
+        assert a.wait_until_leader(WAIT)
+        b.start()
+        time.sleep(0.5)  # b is now waiting for a change
+        started = time.monotonic()
+        a.stop(timeout=5)
+        assert b.wait_until_leader(WAIT)
+        handover = time.monotonic() - started
+        assert b.token is not None and b.token > 0
+    finally:
+        a.stop(timeout=5)
+        b.stop(timeout=5)
+    # far below the 2 s retry period and the 10 s lease: woken by the release notification
+    assert handover < 1.5, handover
+
+
+def test_wrong_type_key_leaves_elections_following(redis_server, elections) -> None:
+    admin = redis_server.client()
+    admin.rpush("celery-leader:lock:beat", "somebody's queue")
+    es = elections(redis_server.url)
+    time.sleep(1.5)
+    assert not any(e.is_leader for e in es)
+    assert admin.type("celery-leader:lock:beat") == b"list" and admin.llen("celery-leader:lock:beat") == 1
