@@ -155,11 +155,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 class ElectorCluster:
-    """``n`` candidates: ``celery-leader run --url URL --name NAME ... -- child LOG``."""
+    """``n`` candidates: ``celery-leader run --url URL --name NAME ... -- child LOG``.
+
+    ``url`` is one URL for all, or one per candidate (e.g. each through its own proxy).
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         name: str,
         n: int = 3,
         *,
@@ -173,7 +176,10 @@ class ElectorCluster:
         beat_interval: float = 0.02,
         pause_threshold: float | None = None,
     ) -> None:
-        self.url, self.name, self.n = url, name, n
+        self.urls = [url] * n if isinstance(url, str) else list(url)
+        if len(self.urls) != n:
+            raise ValueError(f"{len(self.urls)} URLs for {n} candidates")
+        self.name, self.n = name, n
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.timing = (lease_duration, renew_deadline, retry_period)
@@ -197,7 +203,7 @@ class ElectorCluster:
         lease, renew, retry = self.timing
         argv = [
             sys.executable, "-m", "celery_leader", "run",
-            "--url", self.url, "--name", self.name, "--identity", self.identity(i),
+            "--url", self.urls[i], "--name", self.name, "--identity", self.identity(i),
             "--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry),
         ]  # fmt: skip
         if self.grace is not None:

@@ -1,0 +1,36 @@
+"""A bounded chaos run (the full one: ``python -m benchmarks chaos``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from benchmarks.chaos import run_chaos
+from tests.servers import unavailable
+
+DURATION = float(os.environ.get("CELERY_LEADER_CHAOS_SECONDS", "20"))
+
+
+def _check(result) -> None:
+    result.report.assert_safe()
+    assert result.faults, "no fault was injected"
+    over = [(f.kind, round(f.leaderless, 3), f.bound) for f in result.violations]
+    assert not over, f"time without a leader exceeded the design's bound: {over} (seed {result.seed})"
+    assert len(result.report.intervals) >= len(result.faults) // 2
+
+
+@pytest.mark.processes
+def test_chaos_file_backend(tmp_path):
+    _check(run_chaos("file", DURATION, workdir=tmp_path))
+
+
+@pytest.mark.processes
+def test_chaos_redis_backend(tmp_path):
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed (apt-get install redis-server)")
+    result = run_chaos("redis", DURATION, workdir=tmp_path)
+    _check(result)
+    kinds = {f.kind for f in result.faults}
+    assert kinds & {"server", "blackhole", "delay"} or len(result.faults) < 4
