@@ -124,7 +124,10 @@ def crash_takeover(workdir: Path, n: int) -> tuple[list[float], dict[str, Any]]:
             cluster.restart(i)
     report = cluster.check()
     report.assert_safe()
-    return [gap / LEASE for _, _, gap in report.gaps], {"terms": len(report.intervals), "overlaps": len(report.overlaps)}
+    return [gap / LEASE for _, _, gap in report.gaps], {
+        "terms": len(report.intervals),
+        "overlaps": len(report.overlaps),
+    }
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -213,7 +216,13 @@ def main(argv: list[str]) -> int:
     }
     path = write_results("file", results)
     rows = [
-        ["CAS update (ms)", cas["update_ms"]["n"], cas["update_ms"]["p50"], cas["update_ms"]["p99"], cas["update_ms"]["max"]],
+        [
+            "CAS update (ms)",
+            cas["update_ms"]["n"],
+            cas["update_ms"]["p50"],
+            cas["update_ms"]["p99"],
+            cas["update_ms"]["max"],
+        ],
         ["get (ms)", cas["get_ms"]["n"], cas["get_ms"]["p50"], cas["get_ms"]["p99"], cas["get_ms"]["max"]],
         ["graceful handover, library (s)", len(lib), *(summary(lib)[k] for k in ("p50", "p99", "max"))],
         ["graceful handover, CLI child to child (s)", len(cli), *(summary(cli)[k] for k in ("p50", "p99", "max"))],

@@ -220,7 +220,8 @@ class FileLock(Lock):
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 self._fd = None
-                continue
+                if time.monotonic() < deadline:
+                    continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BackendUnavailable(
@@ -448,4 +449,3 @@ class FileBackend(Backend):
 
     def describe(self) -> str:
         return f"file://{self.directory}"
-

@@ -54,8 +54,14 @@ def test_kill_terminate_pause_never_two_leaders(tmp_path: Path) -> None:
         assert cluster.wait_exit(j, 15) == 0, "`run` did not exit cleanly on SIGTERM"
         k = cluster.wait_for_leader(timeout=20, exclude={i, j})
         graceful = next(
-            gap for prev, nxt, gap in cluster.check().gaps if prev.node == cluster.identity(j) and nxt.node == cluster.identity(k)
+            (
+                gap
+                for prev, nxt, gap in cluster.check().gaps
+                if (prev.node, nxt.node) == (cluster.identity(j), cluster.identity(k))
+            ),
+            None,
         )
+        assert graceful is not None, f"no handover from node{j} to node{k}:\n{cluster.check().summary()}"
 
         # 3. bring the others back, then freeze the leader past its lease and resume it
         cluster.restart(i)

@@ -56,7 +56,9 @@ def _increment(directory: str, n: int, results) -> None:
         got = lock.get(T)
         assert got is not None
         try:
-            lock.update(got.record.evolve(transitions=got.record.transitions + 1, holder=str(os.getpid())), got.version, T)
+            lock.update(
+                got.record.evolve(transitions=got.record.transitions + 1, holder=str(os.getpid())), got.version, T
+            )
         except Conflict:
             conflicts += 1
             continue

@@ -37,7 +37,9 @@ def test_file_holds_go_seed_json_and_nonce_is_private(lock: FileLock, lock_dir: 
 
 
 def test_go_written_record_without_nonce_can_be_taken_over(lock: FileLock, lock_dir: Path) -> None:
-    raw = b'{"holderIdentity":"go","leaseDurationMilliSeconds":1000,"acquireTime":1,"renewTime":2,"leaderTransitions":5}'
+    raw = (
+        b'{"holderIdentity":"go","leaseDurationMilliSeconds":1000,"acquireTime":1,"renewTime":2,"leaderTransitions":5}'
+    )
     (lock_dir / "beat.lease.json").write_bytes(raw)
     got = lock.get(T)
     assert got is not None and got.record.holder == "go" and got.record.decode_error is None
