@@ -57,3 +57,27 @@ def test_leader_stops_leading_while_the_flock_is_held_elsewhere(lock_dir: Path) 
         assert a.token is not None and token is not None and a.token >= token
     finally:
         a.stop()
+
+
+def test_asyncio_driver_hands_over_on_the_file_backend(lock_dir: Path) -> None:
+    import asyncio
+
+    from celery_leader.aio import AsyncElection
+
+    async def scenario() -> None:
+        url = f"file://{lock_dir}"
+        a = await AsyncElection("jobs", url=url, identity="a", **TIMING).start()
+        assert await a.wait_until_leader(10)
+        b = await AsyncElection("jobs", url=url, identity="b", **TIMING).start()
+        try:
+            await asyncio.sleep(0.5)
+            assert a.is_leader and not b.is_leader and b.leader == "a"
+            token = a.token
+            await a.stop()
+            assert await b.wait_until_leader(10), "the asyncio standby did not take over"
+            assert b.token is not None and token is not None and b.token > token
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
