@@ -44,6 +44,7 @@ import re
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 import uuid
@@ -253,10 +254,13 @@ class LeaseAPIServer:
         resourceVersions then get 410 Gone."""
         self.stop()
         if not keep_watch_cache:
-            with self.cond:
-                self.history.clear()
-                self.compacted = self.revision
+            self.forget_watch_cache()
         self.start()
+
+    def forget_watch_cache(self) -> None:
+        with self.cond:
+            self.history.clear()
+            self.compacted = self.revision
 
     def cut_watches(self) -> None:
         """Break every open watch stream mid-way (no terminating chunk)."""
@@ -521,6 +525,11 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that went away (closed watch, timeout): normal
+        super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,58 @@
+"""The election engine on a Kubernetes Lease, in one process: handover through the watch, Events."""
+
+from __future__ import annotations
+
+import time
+
+from celery_leader.election import Election
+
+from .conftest import NAMESPACE
+
+
+def _election(url: str, identity: str, lease: float = 1.0, renew: float = 0.6, retry: float = 0.2) -> Election:
+    return Election("beat", url=url, identity=identity, lease_duration=lease, renew_deadline=renew, retry_period=retry)
+
+
+def test_graceful_handover_goes_through_the_watch(apiserver, k8s_url) -> None:
+    # a long retry period: only the watch can make the follower act within a few seconds
+    first = _election(k8s_url, "py-1", lease=10.0, renew=8.0, retry=6.0).start()
+    second = _election(k8s_url, "py-2", lease=10.0, renew=8.0, retry=6.0)
+    try:
+        assert first.wait_until_leader(10)
+        second.start()
+        time.sleep(0.5)
+        assert not second.is_leader and second.leader == "py-1"
+        assert apiserver.requests["watch"] >= 1, "the follower is not watching"
+        released = time.monotonic()
+        first.stop()
+        assert second.wait_until_leader(10)
+        handover = time.monotonic() - released
+        assert handover < 4.0, f"handover took {handover:.2f}s: not through the watch"
+        spec = apiserver.lease(NAMESPACE, "beat")["spec"]
+        assert spec["holderIdentity"] == "py-2" and spec["leaseDurationSeconds"] == 10
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_leadership_events_are_recorded_when_asked(apiserver, k8s_url) -> None:
+    election = _election(k8s_url + "&events=true", "py-1")
+    with election:
+        assert election.wait_until_leader(10)
+        time.sleep(0.5)  # renewals must not emit events
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(apiserver.events) < 2:
+        time.sleep(0.05)
+    messages = [e["message"] for e in apiserver.events]
+    assert messages == ["py-1 became leader", "py-1 stopped leading"], messages
+    event = apiserver.events[0]
+    assert event["reason"] == "LeaderElection" and event["type"] == "Normal"
+    assert event["involvedObject"]["kind"] == "Lease" and event["involvedObject"]["name"] == "beat"
+    assert event["involvedObject"]["uid"] == apiserver.lease(NAMESPACE, "beat")["metadata"]["uid"]
+
+
+def test_no_events_unless_asked(apiserver, k8s_url) -> None:
+    with _election(k8s_url, "py-1") as election:
+        assert election.wait_until_leader(10)
+    time.sleep(0.2)
+    assert apiserver.events == []

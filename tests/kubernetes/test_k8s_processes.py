@@ -1,0 +1,90 @@
+"""Three ``celery-leader run`` processes on one Lease: kill, terminate, pause; the API server
+stopped and restarted; watch streams cut. The API server runs in a thread of the test
+process, reachable by the ``run`` processes over TCP through the kubeconfig the fixture wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from celery_leader.testing.cluster import ElectorCluster
+
+from .conftest import NAMESPACE
+
+pytestmark = pytest.mark.processes
+
+LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
+
+
+def _cluster(url: str, workdir: Path) -> ElectorCluster:
+    return ElectorCluster(url, "beat", n=3, workdir=workdir, lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)
+
+
+def _assert_tokens_increase(report) -> None:
+    report.assert_safe()
+    tokens = [iv.token for iv in sorted(report.intervals, key=lambda iv: iv.start)]
+    assert tokens == sorted(set(tokens)), f"tokens not strictly increasing: {tokens}"
+
+
+def test_kill_terminate_pause_never_two_leaders(apiserver, k8s_url, tmp_path: Path) -> None:
+    with _cluster(k8s_url, tmp_path / "run") as cluster:
+        i = cluster.wait_for_leader(timeout=20)
+        time.sleep(0.5)
+        cluster.kill(i)  # SIGKILL: no release, the others wait out the lease
+        j = cluster.wait_for_leader(timeout=20, exclude={i})
+        time.sleep(0.5)
+        cluster.terminate(j)  # SIGTERM: release, a follower sees it through its watch
+        assert cluster.wait_exit(j, 15) == 0, "`run` did not exit cleanly on SIGTERM"
+        k = cluster.wait_for_leader(timeout=20, exclude={i, j})
+        cluster.restart(i)
+        cluster.restart(j)
+        time.sleep(0.5)
+        cluster.pause(k, seconds=LEASE * 2.5)  # SIGSTOP past the lease, then SIGCONT
+        resumed = time.time()
+        m = cluster.wait_for_leader(timeout=20, exclude={k})
+        time.sleep(1.0)
+        assert cluster.current_leader() == m
+    report = cluster.check()
+    _assert_tokens_increase(report)
+    assert len(report.intervals) >= 4, report.summary()
+    graceful = next(g for a, b, g in report.gaps if a.node == cluster.identity(j) and b.node == cluster.identity(k))
+    assert graceful < LEASE, f"the release was not seen before the lease ran out ({graceful:.3f}s)\n{report.summary()}"
+    paused = [iv for iv in report.intervals if iv.node == cluster.identity(k) and iv.start < resumed][-1]
+    assert paused.end < resumed + 1.0, f"the resumed node's child ran on for {paused.end - resumed:.3f}s"
+    assert apiserver.lease(NAMESPACE, "beat")["spec"]["leaseDurationSeconds"] == 1
+
+
+def test_api_server_outage_and_cut_watches(apiserver, k8s_url, tmp_path: Path) -> None:
+    with _cluster(k8s_url, tmp_path / "run") as cluster:
+        i = cluster.wait_for_leader(timeout=20)
+        # cut every watch a few times: no change of leader, followers reconnect
+        watches = apiserver.requests["watch"]
+        for _ in range(3):
+            apiserver.cut_watches()
+            time.sleep(0.3)
+        assert cluster.current_leader() == i
+        assert apiserver.requests["watch"] >= watches + 2, "followers did not re-watch after the cut"
+        # a release just after a cut is still seen
+        apiserver.cut_watches()
+        cluster.terminate(i)
+        j = cluster.wait_for_leader(timeout=20, exclude={i})
+        cluster.restart(i)
+        time.sleep(0.5)
+        # the API server goes away for longer than the lease: nobody may lead meanwhile
+        apiserver.stop()
+        stopped = time.time()
+        time.sleep(LEASE * 2.5)
+        assert cluster.current_leader(fresh=0.3) is None, "a node led while the API server was down"
+        apiserver.forget_watch_cache()  # as a real restart does: old versions get 410
+        apiserver.start()
+        k = cluster.wait_for_leader(timeout=20)
+        time.sleep(0.5)
+    report = cluster.check()
+    _assert_tokens_increase(report)
+    before = [iv for iv in report.intervals if iv.node == cluster.identity(j) and iv.start < stopped][-1]
+    assert before.end < stopped + LEASE, f"{before.node}'s child ran {before.end - stopped:.3f}s into the outage"
+    after = [iv for iv in report.intervals if iv.start > stopped]
+    assert after and after[0].node == cluster.identity(k) and after[0].token > before.token
