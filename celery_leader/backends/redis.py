@@ -570,7 +570,11 @@ class RedisBackend(Backend):
                 continue
             kwargs[key] = value
         timeout = common["socket_timeout"] or 2.0
-        sentinel_kwargs.update(socket_timeout=timeout, socket_connect_timeout=common["socket_connect_timeout"] or timeout)
+        sentinel_kwargs.update(
+            socket_timeout=timeout,
+            socket_connect_timeout=common["socket_connect_timeout"] or timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
         kwargs.update(no_retry)
         if ssl:
