@@ -670,6 +670,11 @@ class RedisBackend(Backend):
                 "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
             ) from None
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+                raise ConfigurationError(
+                    f"the TLS certificate of Redis at {self.describe()} is not trusted ({exc}); give the CA "
+                    "that signed it: rediss://host:6380/0?ssl_ca_certs=/path/to/ca.pem"
+                ) from None
             raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
         except NoScriptError:
             raise _NoScript() from None
