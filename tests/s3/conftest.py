@@ -106,42 +106,60 @@ def _ready(server: S3Server, timeout: float) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def seaweed(base: Path, s3_port: int | None = None) -> Iterator[S3Server]:
-    """A private SeaweedFS (``weed mini``) on free ports; stopped on exit."""
-    base.mkdir(parents=True, exist_ok=True)
-    data = base / "data"
-    data.mkdir(exist_ok=True)
-    config = base / "s3.json"
-    write_weed_config(config)
-    port = s3_port or free_port()
-    server = S3Server("seaweedfs", f"http://127.0.0.1:{port}", ADMIN_KEY, ADMIN_SECRET)
-    server.extra["base"] = base
-    with start_weed(server, port) as server:
-        yield server
+class Weed:
+    """A private SeaweedFS (``weed mini``): own data directory, free ports, auth on.
+
+    ``stop()`` and ``start()`` again keep the data directory and the S3 port (the URL stays
+    valid), as an operator's restart would; the internal ports are chosen afresh.
+    """
+
+    def __init__(self, base: Path, s3_port: int | None = None) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "data").mkdir(exist_ok=True)
+        write_weed_config(base / "s3.json")
+        self.port = s3_port or free_port()
+        self.server = S3Server("seaweedfs", f"http://127.0.0.1:{self.port}", ADMIN_KEY, ADMIN_SECRET)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> S3Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "S3_BUCKET"}
+        with open(self.base / "weed.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                weed_argv(self.base / "data", self.port, self.base / "s3.json"),
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        self.server.proc = self.proc
+        if not wait_for_port(self.port, timeout) or not _ready(self.server, timeout):
+            self.stop()
+            unavailable(f"weed mini did not serve S3 on 127.0.0.1:{self.port}; see {self.base / 'weed.log'}")
+        return self.server
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def signal(self, sig: int) -> None:
+        """Signal the server's whole process group (SIGSTOP freezes it, SIGCONT resumes)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
 
 
 @contextlib.contextmanager
-def start_weed(server: S3Server, port: int) -> Iterator[S3Server]:
-    base: Path = server.extra["base"]
-    log = open(base / "weed.log", "ab")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "S3_BUCKET"}
-    proc = subprocess.Popen(weed_argv(base / "data", port, base / "s3.json"), stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    server.proc = proc
+def seaweed(base: Path) -> Iterator[Weed]:
+    weed = Weed(base)
     try:
-        if not wait_for_port(port, 30) or not _ready(server, 30):
-            unavailable(f"weed mini did not serve S3 on 127.0.0.1:{port}; see {base / 'weed.log'}")
-        yield server
+        weed.start()
+        yield weed
     finally:
-        stop_process(proc)
-        log.close()
+        weed.stop()
 
 
 @pytest.fixture(scope="session")
 def seaweed_server(tmp_path_factory) -> Iterator[S3Server]:
-    with seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
+    with seaweed(tmp_path_factory.mktemp("seaweed")) as weed:
+        yield weed.server
 
 
 @pytest.fixture(scope="session")
@@ -210,3 +228,68 @@ def black_hole() -> Iterator[BlackHole]:
 @pytest.fixture
 def prefix() -> str:
     return "t-" + uuid.uuid4().hex[:10]
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of a real S3 server that misbehaves on purpose.
+
+    ``strip_conditions``: drops ``If-Match`` / ``If-None-Match`` (a server or gateway that
+    ignores conditional writes). ``lose_put_answers``: forwards that many PUTs but closes
+    the connection instead of answering (a write that lands while its answer is lost).
+    """
+
+    def __init__(self, upstream: str, *, strip_conditions: bool = False, lose_put_answers: int = 0) -> None:
+        import http.client
+        import http.server
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        proxy = self
+        self.strip_conditions = strip_conditions
+        self.lose_put_answers = lose_put_answers
+        self.forwarded: list[tuple[str, str, int]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                if proxy.strip_conditions:
+                    headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                proxy.forwarded.append((self.command, self.path, resp.status))
+                if self.command == "PUT" and proxy.lose_put_answers > 0:
+                    proxy.lose_put_answers -= 1
+                    self.close_connection = True
+                    return
+                out = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n"]
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        out.append(f"{k}: {v}\r\n")
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                out.append(f"Content-Length: {length}\r\n\r\n")
+                self.wfile.write("".join(out).encode("latin-1") + data)
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
