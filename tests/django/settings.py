@@ -48,6 +48,13 @@ DATABASES = {
         "NAME": os.environ.get("DJANGO_LEADER_TEST_SQLITE")
         or os.path.join(tempfile.gettempdir(), "django-leader-tests.sqlite3"),
     },
+    # never migrated: the E004 check and the missing-table error
+    "empty": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": (os.environ.get("DJANGO_LEADER_TEST_SQLITE") or os.path.join(tempfile.gettempdir(), "dl.sqlite3"))
+        + ".empty",
+    },
+    "memory": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
     "pg": {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("DJANGO_LEADER_TEST_DB", "django_leader_tests"),

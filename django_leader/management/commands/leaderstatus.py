@@ -1,0 +1,42 @@
+"""``manage.py leaderstatus``: every election in the ``django://`` lease table.
+
+Shows holder, fencing token and how long ago the lease was renewed (by the holder's wall
+clock: informational only, elections never compare clocks).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ...status import lease_rows
+
+
+class Command(BaseCommand):
+    help = "List the elections stored in the database with holder, token and time since renewal."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--database", default=None, help="database alias (default: the one of LEADER_ELECTION URL)")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            rows = lease_rows(options["database"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if options["json"]:
+            self.stdout.write(json.dumps(rows, indent=2, sort_keys=True))
+            return
+        if not rows:
+            self.stdout.write("no elections recorded")
+            return
+        header = f"{'NAME':<32} {'HOLDER':<36} {'TOKEN':>6} {'RENEWED':>10} {'LEASE':>7}  STATE"
+        self.stdout.write(header)
+        for row in rows:
+            ago = "-" if row["renewed_seconds_ago"] is None else f"{row['renewed_seconds_ago']:.1f}s ago"
+            self.stdout.write(
+                f"{row['name']:<32} {row['holder'] or '(free)':<36} {row['token']:>6} {ago:>10} "
+                f"{row['lease_duration']:>6.1f}s  {row['state']}"
+            )

@@ -1,0 +1,284 @@
+"""Run code only while this process leads: the engine behind ``runasleader`` and ``leader_only``.
+
+How a running command is interrupted when leadership is lost (renewals failed for
+``RENEW_DEADLINE``, or another candidate took the lease):
+
+1. the main thread gets ``SIGUSR1``; its handler raises :class:`LeadershipLost` (a
+   ``BaseException``, like ``KeyboardInterrupt``, so ``except Exception`` in the command does
+   not swallow it; a blocking ``sleep``/socket call is interrupted too). If the code runs in
+   another thread, the exception is set asynchronously in that thread instead (it fires at
+   the next Python instruction, not inside a blocking call).
+2. if the code is still running at the lease deadline (``LEASE_DURATION`` after the last
+   successful renewal was sent, minus the drift margin) the process exits at once with
+   status 3 (``os._exit``): nobody else can lead before that moment, so the work has stopped
+   before another instance starts it.
+
+``runasleader`` then exits with status 3; a command that returns normally exits 0 and the
+lease is released so that a standby takes over at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from celery_leader.election import Election, Leadership
+from celery_leader.lock import ConfigurationError, LockError
+
+from .conf import leader_settings
+
+__all__ = [
+    "EXIT_LOST",
+    "EXIT_NOT_ELECTED",
+    "LeadershipLost",
+    "NotLeader",
+    "active_elections",
+    "current_leadership",
+    "election",
+    "leader_only",
+    "run_as_leader",
+]
+
+log = logging.getLogger("celery_leader.django")
+
+T = TypeVar("T")
+
+#: exit status of ``runasleader`` when leadership was lost while the command ran
+EXIT_LOST = 3
+#: exit status of ``runasleader --wait-timeout`` when it was not elected in time
+EXIT_NOT_ELECTED = 4
+INTERRUPT_SIGNAL = signal.SIGUSR1
+
+_ACTIVE: weakref.WeakSet[Election] = weakref.WeakSet()
+_current = threading.local()
+
+
+class LeadershipLost(BaseException):
+    """Raised inside leader-only code when this process stopped being the leader."""
+
+    def __init__(self, message: str = "leadership lost") -> None:
+        super().__init__(message)
+
+
+class NotLeader(Exception):
+    """Another instance leads (``skip``), or this one was not elected within the wait timeout."""
+
+    def __init__(self, message: str, *, holder: str | None = None, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.skipped = skipped
+
+
+def active_elections() -> list[Election]:
+    """Elections started in this process through django_leader (for the status view)."""
+    return list(_ACTIVE)
+
+
+def current_leadership() -> Leadership | None:
+    """The leadership under which the current leader-only code runs (its ``token`` is the fencing token)."""
+    return getattr(_current, "leadership", None)
+
+
+def election(name: str | None = None, **overrides: Any) -> Election:
+    """An :class:`~celery_leader.Election` configured from ``settings.LEADER_ELECTION`` (not started).
+
+    ``overrides`` are passed to ``Election`` (e.g. ``identity=``, ``on_started_leading=``).
+    Start it yourself, where a leader is wanted: never in ``AppConfig.ready()``.
+    """
+    conf = leader_settings()
+    conf.timing()
+    kwargs = conf.election_kwargs()
+    kwargs.update(overrides)
+    made = Election(name or conf.name, **kwargs)
+    _ACTIVE.add(made)
+    return made
+
+
+def _wait_or_skip(elected: Election, timeout: float | None) -> bool:
+    """Block until leading (True). In skip mode (``timeout`` None) return False as soon as
+    another holder is seen to *renew*: a record that merely exists may belong to a dead
+    process, which only a renewal rules out."""
+    if timeout is not None:
+        return elected.wait_until_leader(timeout)
+    timing = elected.timing
+    probe = elected.backend.lock(elected.name) if elected.backend is not None else elected.lock
+    first: tuple[str, str] | None = None
+    limit = time.monotonic() + timing.lease_duration + 2 * timing.retry_period + 2 * timing.op_timeout
+    next_read = 0.0
+    try:
+        while time.monotonic() < limit:
+            if elected.wait_until_leader(0.05):
+                return True
+            if time.monotonic() < next_read:
+                continue
+            next_read = time.monotonic() + timing.retry_period / 2
+            try:
+                seen = probe.get(timing.op_timeout)
+            except LockError as exc:
+                log.debug("%s: skip probe failed: %s", elected.name, exc)
+                continue
+            if seen is None or seen.record.decode_error or seen.record.holder in ("", elected.identity):
+                continue
+            if first is None:
+                first = (seen.version, seen.record.holder)
+            elif seen.version != first[0]:
+                raise NotLeader(f"{seen.record.holder} leads {elected.name!r}", holder=seen.record.holder, skipped=True)
+    finally:
+        if probe is not elected.lock:
+            probe.close()
+    if elected.is_leader:
+        return True
+    raise NotLeader(f"could not find out who leads {elected.name!r} (is the lock backend reachable?)")
+
+
+def _async_raise(thread_id: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(LeadershipLost))
+
+
+@contextlib.contextmanager
+def _interrupt_on_loss(lead: Leadership, hard_stop: bool) -> Iterator[None]:
+    """While the block runs, turn ``lead.lost`` into :class:`LeadershipLost` in this thread."""
+    worker = threading.current_thread()
+    in_main = worker is threading.main_thread()
+    state = {"armed": True, "fired": False}
+    arming = threading.Lock()
+    done = threading.Event()
+    previous: Any = None
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["armed"] and not state["fired"]:
+            state["fired"] = True
+            raise LeadershipLost(f"lost leadership of {lead.name!r} (token {lead.token})")
+
+    if in_main:
+        previous = signal.signal(INTERRUPT_SIGNAL, handler)
+
+    def watch() -> None:
+        while not lead.lost.wait(0.1):
+            if done.is_set():
+                return
+        with arming:
+            if done.is_set() or not state["armed"]:
+                return
+            log.error("%s: leadership lost (token %d); interrupting the leader-only code", lead.name, lead.token)
+            if in_main:
+                signal.pthread_kill(worker.ident, INTERRUPT_SIGNAL)  # type: ignore[arg-type]
+            elif worker.ident is not None:
+                state["fired"] = True
+                _async_raise(worker.ident)
+        if hard_stop and not done.wait(max(0.0, lead.deadline - time.monotonic())):
+            log.critical("%s: leader-only code still running at the lease deadline; exiting now", lead.name)
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback(all_threads=True)  # where it was stuck, for the operator
+            os._exit(EXIT_LOST)
+
+    watcher = threading.Thread(target=watch, name=f"leader-interrupt-{lead.name}", daemon=True)
+    watcher.start()
+    _current.leadership = lead
+    try:
+        yield
+    finally:
+        with arming:
+            state["armed"] = False
+            done.set()
+        _current.leadership = None
+        # a disarmed handler stays installed rather than SIG_DFL, which would kill the process
+        # if a late signal arrived; a user's own handler is put back
+        if in_main and callable(previous):
+            signal.signal(INTERRUPT_SIGNAL, previous)
+    if state["fired"] or lead.lost.is_set():
+        raise LeadershipLost(f"lost leadership of {lead.name!r} (token {lead.token}) while the code ran")
+
+
+def run_as_leader(
+    fn: Callable[[], T],
+    *,
+    name: str,
+    skip: bool = False,
+    wait_timeout: float | None = None,
+    identity: str | None = None,
+    hard_stop: bool = True,
+) -> T:
+    """Call ``fn`` once this process leads election ``name``; renew while it runs; release after.
+
+    ``skip``: raise :class:`NotLeader` (``skipped=True``) when another instance leads.
+    ``wait_timeout``: raise :class:`NotLeader` if not elected in time (default: wait forever).
+    Raises :class:`LeadershipLost` if leadership ends before ``fn`` returns.
+    """
+    outer = current_leadership()
+    if outer is not None and outer.name == name and outer.is_valid():
+        # already leading this election in this thread (runasleader running a leader_only command)
+        return fn()
+    overrides: dict[str, Any] = {}
+    if identity:
+        overrides["identity"] = identity
+    elected = election(name, **overrides)
+    if elected.backend is not None:
+        elected.backend.check(elected.timing.op_timeout)
+    elected.start()
+    try:
+        if skip:
+            _wait_or_skip(elected, None)
+        elif not _wait_or_skip(elected, wait_timeout if wait_timeout is not None else float(1 << 30)):
+            raise NotLeader(f"not elected leader of {name!r} within {wait_timeout} s", holder=elected.leader)
+        lead = elected.leadership
+        if lead is None:
+            raise LeadershipLost(f"lost leadership of {name!r} before the code started")
+        log.info("%s: leading as %s with token %d", name, elected.identity, lead.token)
+        with _interrupt_on_loss(lead, hard_stop):
+            return fn()
+    finally:
+        elected.stop()
+
+
+def command_name(command: Any) -> str:
+    """``myapp.management.commands.send_reports`` -> ``send_reports``."""
+    return type(command).__module__.rsplit(".", 1)[-1]
+
+
+def leader_only(
+    name: str | Callable[..., Any] | None = None, *, skip: bool = False, wait_timeout: float | None = None
+) -> Any:
+    """Decorate ``BaseCommand.handle`` so that the command runs only on the leader.
+
+    The election is ``name`` (default ``<LEADER_ELECTION['NAME']>.<command name>``). By default
+    it waits to be elected; ``skip=True`` returns at once (printing why) when another
+    instance leads, for cron on every host. Losing leadership raises ``CommandError`` with
+    ``returncode`` 3.
+    """
+    from django.core.management.base import CommandError
+
+    def decorate(handle: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handle)
+        def wrapper(self: Any, *args: Any, **options: Any) -> Any:
+            election_name = name if isinstance(name, str) else f"{leader_settings().name}.{command_name(self)}"
+            try:
+                return run_as_leader(
+                    lambda: handle(self, *args, **options), name=election_name, skip=skip, wait_timeout=wait_timeout
+                )
+            except NotLeader as exc:
+                if exc.skipped:
+                    self.stderr.write(f"skipped: {exc}")
+                    return None
+                raise CommandError(str(exc), returncode=EXIT_NOT_ELECTED) from exc
+            except LeadershipLost as exc:
+                raise CommandError(str(exc), returncode=EXIT_LOST) from None
+            except ConfigurationError as exc:
+                raise CommandError(str(exc)) from exc
+
+        return wrapper
+
+    if callable(name):  # used as @leader_only without arguments
+        handle, name = name, None
+        return decorate(handle)
+    return decorate

@@ -1,0 +1,160 @@
+"""``runasleader`` as real processes on one SQLite database: one runs, --skip exits 0,
+SIGKILL of the leader hands over, losing the lease interrupts the command (exit 3)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connections
+
+from celery_leader.testing.cluster import check_intervals, read_intervals
+
+from .conftest import subprocess_env
+
+pytestmark = pytest.mark.processes
+
+
+def manage(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "django", *argv]
+
+
+def runasleader(name: str, node: str, log: Path, *extra: str) -> list[str]:
+    return manage("runasleader", "--name", name, "--identity", node, *extra, "work", str(log), "--node", node)
+
+
+def starts(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev["e"] == "start":
+            out.append(ev)
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def procs(sqlite_alias):
+    started: list[subprocess.Popen] = []
+
+    def spawn(argv: list[str], out: Path) -> subprocess.Popen:
+        fh = open(out, "wb")
+        proc = subprocess.Popen(argv, env=subprocess_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        fh.close()
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(10)
+
+
+def test_one_of_three_runs_and_sigkill_hands_over(procs, tmp_path):
+    name = "run-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    nodes = [procs(runasleader(name, f"node{i}", log), tmp_path / f"node{i}.out") for i in range(3)]
+    first = wait_for(lambda: starts(log), 30, "a first leader")[0]
+    time.sleep(1.5)  # more than a lease: the others would have started if they could
+    assert len(starts(log)) == 1, starts(log)
+    assert all(p.poll() is None for p in nodes), "standbys must keep waiting"
+    leader = int(first["node"][-1])
+    nodes[leader].kill()
+    second = wait_for(lambda: starts(log)[1:], 30, "a new leader after SIGKILL")[0]
+    assert second["node"] != first["node"]
+    assert second["token"] > first["token"]
+    time.sleep(0.5)
+    assert len(starts(log)) == 2
+    report = check_intervals(read_intervals([log]))
+    report.assert_safe()
+    # the killed leader's last beat came before the new leader's start
+    assert report.gaps and report.gaps[0][2] > 0
+
+
+def test_skip_exits_zero_while_another_leads(procs, tmp_path):
+    name = "skip-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    procs(runasleader(name, "leader", log), tmp_path / "leader.out")
+    wait_for(lambda: starts(log), 30, "the leader")
+    skippers = [procs(runasleader(name, f"cron{i}", log, "--skip"), tmp_path / f"cron{i}.out") for i in range(2)]
+    for i, proc in enumerate(skippers):
+        assert proc.wait(30) == 0, (tmp_path / f"cron{i}.out").read_text()
+        assert "skipped work" in (tmp_path / f"cron{i}.out").read_text()
+    assert [ev["node"] for ev in starts(log)] == ["leader"]
+
+
+def test_skip_runs_when_nobody_leads(procs, tmp_path):
+    name = "skip-free-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    proc = procs(runasleader(name, "cron", log, "--skip") + ["--seconds", "0.2"], tmp_path / "cron.out")
+    assert proc.wait(30) == 0, (tmp_path / "cron.out").read_text()
+    assert [ev["node"] for ev in starts(log)] == ["cron"]
+
+
+def test_lost_lease_interrupts_the_command_and_exits_3(procs, tmp_path):
+    name = "lost-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    proc = procs(runasleader(name, "victim", log), tmp_path / "victim.out")
+    wait_for(lambda: starts(log), 30, "the leader")
+    # the database stops answering writes for longer than RENEW_DEADLINE (0.6 s)
+    held = sqlite3.connect(connections.settings["default"]["NAME"], isolation_level=None)
+    held.execute("BEGIN EXCLUSIVE")
+    blocked_at = time.time()
+    try:
+        code = proc.wait(20)
+    finally:
+        held.rollback()
+        held.close()
+    out = (tmp_path / "victim.out").read_text()
+    assert code == 3, out
+    # interrupted (LeadershipLost raised in the command) when the loss is seen at renew_deadline;
+    # exited at once when it is only seen at the lease deadline itself
+    assert "interrupted" in out or "still running at the lease deadline" in out, out
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+    assert "stop" in [ev["e"] for ev in events] or "still running" in out
+    # the work ended within the lease (1 s) of the last renewal, which was before the block
+    assert events[-1]["t"] - blocked_at < 1.0
+
+
+def test_wait_timeout_exits_4(procs, tmp_path):
+    name = "timeout-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    procs(runasleader(name, "leader", log), tmp_path / "leader.out")
+    wait_for(lambda: starts(log), 30, "the leader")
+    waiter = procs(runasleader(name, "waiter", log, "--wait-timeout", "1"), tmp_path / "waiter.out")
+    assert waiter.wait(30) == 4
+    assert [ev["node"] for ev in starts(log)] == ["leader"]
+
+
+def test_command_failure_is_the_exit_status_and_releases(procs, tmp_path):
+    name = "fail-" + uuid.uuid4().hex[:8]
+    proc = procs(manage("runasleader", "--name", name, "nosuchcommand"), tmp_path / "out")
+    assert proc.wait(30) == 1
+    assert "Unknown command" in (tmp_path / "out").read_text()
+    from django_leader.status import lease_rows
+
+    rows = lease_rows("default", name)
+    assert rows and rows[0]["state"] == "free", rows
