@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celery_leader.backends.redis import RedisBackend
 from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
@@ -23,7 +25,8 @@ SHARED_PORT = 6379
 
 def _ping(port: int, **kw: object) -> bool:
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, **kw).ping())
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0), **kw)
+        return bool(client.ping())
     except (redis.AuthenticationError, redis.ResponseError):
         return True  # it answers: ready, just not for us
     except redis.RedisError:

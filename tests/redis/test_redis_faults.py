@@ -173,26 +173,30 @@ def test_key_overwritten_with_garbage(redis_server, elections) -> None:
     assert raw is not None and raw.startswith(b"{")
 
 
-def test_graceful_handover_is_seen_by_notification(redis_server, elections) -> None:
-    # a lease long enough that polling could not explain a quick takeover
+def test_graceful_handover_is_seen_by_notification(redis_server) -> None:
+    # A 2 s retry period: a follower that only polled would see a release after ~1.1 s on
+    # average; three handovers all under 0.3 s would be a 1-in-400 fluke for polling.
     url = redis_server.url
-    a = Election("beat", url=url, identity="a", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
-    b = Election("beat", url=url, identity="b", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
-    a.start()
+    # four candidates: one that stepped down waits a lease before competing again
+    es = [
+        Election("beat", url=url, identity=f"n{i}", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
+        for i in range(4)
+    ]
+    handovers = []
     try:
-        assert a.wait_until_leader(WAIT)
-        b.start()
-        time.sleep(0.5)  # b is now waiting for a change
-        started = time.monotonic()
-        a.stop(timeout=5)
-        assert b.wait_until_leader(WAIT)
-        handover = time.monotonic() - started
-        assert b.token is not None and b.token > 0
+        for e in es:
+            e.start()
+        leader = wait_for(lambda: leader_of(es))
+        for _ in range(3):
+            time.sleep(0.5)  # the followers have read the record and wait for a change
+            started = time.monotonic()
+            leader.step_down()
+            leader = wait_for(lambda old=leader: (lambda e: e if e is not old else None)(leader_of(es)))
+            handovers.append(time.monotonic() - started)
     finally:
-        a.stop(timeout=5)
-        b.stop(timeout=5)
-    # far below the 2 s retry period and the 10 s lease: woken by the release notification
-    assert handover < 1.5, handover
+        for e in es:
+            e.stop(timeout=5)
+    assert max(handovers) < 0.3, handovers
 
 
 def test_wrong_type_key_leaves_elections_following(redis_server, elections) -> None:
