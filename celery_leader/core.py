@@ -305,7 +305,7 @@ class ElectionCore:
     def _begin_stop(self, now: float) -> Action:
         was_leading = self.phase is Phase.LEADING
         if was_leading:
-            self._end_term("stopped")
+            self._end_term("stopped", requested=True)
         if self.release_on_cancel and (was_leading or self._may_hold()):
             return self._begin_release(now, then=Phase.DONE)
         self.phase = Phase.DONE
@@ -320,7 +320,7 @@ class ElectionCore:
         assert held is not None
         if self._step_down_requested or held.preferred_holder not in ("", self.identity):
             preferred = held.preferred_holder
-            self._end_term("stepped down" + (f" in favour of {preferred}" if preferred not in ("", ANY_HOLDER) else ""))
+            self._end_term("stepped down" + (f" in favour of {preferred}" if preferred not in ("", ANY_HOLDER) else ""), requested=True)
             if preferred in ("", ANY_HOLDER):
                 # give the others a head start: do not take it back for one lease
                 self._no_acquire_before = max(self._no_acquire_before, now + self.timing.lease_duration)
@@ -531,7 +531,7 @@ class ElectionCore:
             self.reported_leader = rec.holder
             self.events.append(NewLeader(rec.holder))
 
-    def _end_term(self, reason: str) -> None:
+    def _end_term(self, reason: str, requested: bool = False) -> None:
         if self.phase is not Phase.LEADING:
             return
         self.phase = Phase.FOLLOWING
@@ -539,4 +539,11 @@ class ElectionCore:
         # an involuntary end: do not start a new term before the old one's work is surely over
         self._no_acquire_before = max(self._no_acquire_before, self.deadline)
         self.events.append(StoppedLeading(self.term, reason))
-        log.warning("%s: %s stopped leading (token %s): %s", self.name, self.identity, self.token, reason)
+        log.log(
+            logging.INFO if requested else logging.WARNING,
+            "%s: %s stopped leading (token %s): %s",
+            self.name,
+            self.identity,
+            self.token,
+            reason,
+        )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .lock import Backend, ConfigurationError
 
-__all__ = ["open_backend", "available_schemes", "default_url", "backend_class"]
+__all__ = ["open_backend", "available_schemes", "default_url", "default_state_dir", "backend_class"]
 
 log = logging.getLogger("celery_leader")
 
@@ -44,13 +44,18 @@ BUILTIN: dict[str, tuple[str, str | None]] = {
 }
 
 
+def default_state_dir() -> Path:
+    """Where the embedded default keeps its lease files: ``$XDG_STATE_HOME/celery-leader``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "celery-leader"
+
+
 def default_url() -> str:
     """``CELERY_LEADER_URL``, else a ``file://`` directory in the user's state directory."""
     url = os.environ.get(ENV_URL, "").strip()
     if url:
         return url
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return "file://" + str(Path(state) / "celery-leader")
+    return "file://" + str(default_state_dir())
 
 
 def _entry_points() -> dict[str, str]:

@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..registry import default_state_dir
 
 __all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
 
@@ -69,12 +70,6 @@ def validate_name(name: str) -> str:
 
 def _version_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def _default_state_dir() -> Path:
-    """The directory ``registry.default_url()`` names when no URL is configured."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "celery-leader"
 
 
 def _filesystem_type(path: Path) -> str | None:
@@ -420,7 +415,7 @@ class FileBackend(Backend):
         if path != "/":
             path = path.rstrip("/")
         directory = Path(os.path.normpath(path))
-        return cls(directory, create=(directory == Path(os.path.normpath(_default_state_dir()))))
+        return cls(directory, create=(directory == Path(os.path.normpath(default_state_dir()))))
 
     def lock(self, name: str) -> FileLock:
         validate_name(name)
