@@ -55,6 +55,14 @@ DATABASES = {
         + ".empty",
     },
     "memory": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    # nothing listens there: connection refused
+    "gone": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "x",
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": "9",
+    },
     "pg": {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("DJANGO_LEADER_TEST_DB", "django_leader_tests"),

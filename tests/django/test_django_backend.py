@@ -1,0 +1,224 @@
+"""The django:// backend beyond the contract: configuration errors, a server going away,
+versions after a deleted row, elections on each database, status view, admin, leaderstatus."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import connections
+from django.test import Client
+
+from celery_leader import Election
+from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
+from celery_leader.registry import open_backend
+from celery_leader.testing import sample_record
+from django_leader.backend import DjangoBackend
+from django_leader.models import Lease
+
+FAST = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def test_registry_opens_the_default_alias():
+    backend = open_backend("django://")
+    try:
+        assert isinstance(backend, DjangoBackend) and backend.alias == "default"
+        assert backend.describe() == "django://default"
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("django://nosuch", "settings.DATABASES"),
+        ("django://default?timeout=3", "only a database alias"),
+        ("django://user:pw@default", "only a database alias"),
+        ("django://memory", "in-memory SQLite"),
+    ],
+)
+def test_bad_urls_name_the_fix(url, words):
+    with pytest.raises(ConfigurationError, match=words):
+        DjangoBackend.from_url(url)
+
+
+def test_missing_table_is_a_configuration_error_naming_migrate():
+    backend = DjangoBackend.from_url("django://empty")
+    try:
+        with pytest.raises(ConfigurationError, match="migrate django_leader --database empty"):
+            backend.check()
+        with pytest.raises(ConfigurationError, match="migrate django_leader"):
+            backend.lock("x").get(2.0)
+    finally:
+        backend.close()
+
+
+def test_versions_are_not_reused_after_the_row_is_deleted(alias):
+    backend = DjangoBackend.from_url(f"django://{alias}")
+    name = unique("deleted")
+    try:
+        lock = backend.lock(name)
+        v1 = lock.create(sample_record(transitions=1), 5.0)
+        v2 = lock.update(sample_record(transitions=2), v1, 5.0)
+        Lease.objects.using(alias).filter(name=name).delete()  # by hand
+        v3 = lock.create(sample_record(transitions=3), 5.0)
+        assert int(v3) > int(v2) > int(v1)
+        for stale in (v1, v2):
+            with pytest.raises(Conflict):
+                lock.update(sample_record(holder="stale"), stale, 5.0)
+        row = Lease.objects.using(alias).get(name=name)
+        assert (row.holder, row.token) == ("candidate-a", 3)
+    finally:
+        backend.close()
+
+
+def test_postgres_connection_killed_then_recovers(pg_alias):
+    backend = DjangoBackend.from_url("django://pg")
+    lock = backend.lock(unique("killed"))
+    try:
+        version = lock.create(sample_record(), 5.0)
+        with connections["pg"].cursor() as cur:  # the server drops the backend's sessions
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(BackendUnavailable):
+            lock.get(2.0)
+        got = lock.get(2.0)  # a fresh connection
+        assert got is not None and got.version == version
+    finally:
+        backend.close()
+        connections["pg"].close()
+
+
+def test_unreachable_server_is_unavailable_within_the_timeout():
+    backend = DjangoBackend.from_url("django://gone")
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="django://gone"):
+                backend.lock("x").get(1.0)
+            assert time.monotonic() - started < 5.0
+    finally:
+        backend.close()
+
+
+def test_many_threads_share_one_backend(alias):
+    backend = DjangoBackend.from_url(f"django://{alias}")
+    name = unique("threads")
+    lock = backend.lock(name)
+    version = lock.create(sample_record(transitions=0), 5.0)
+    errors: list[BaseException] = []
+    wins: list[int] = []
+
+    def renew(i: int) -> None:
+        try:
+            got = lock.get(5.0)
+            lock.update(sample_record(holder=f"t{i}"), got.version, 5.0)
+            wins.append(i)
+        except Conflict:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=renew, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    backend.close()
+    assert not errors
+    assert len(wins) >= 1
+    assert version
+
+
+# --- elections -------------------------------------------------------------------------
+
+
+def test_election_handover_on_each_database(alias):
+    name = unique("election")
+    a = Election(name, url=f"django://{alias}", identity="a", **FAST)
+    b = Election(name, url=f"django://{alias}", identity="b", **FAST)
+    with a:
+        assert a.wait_until_leader(20)
+        first = a.token
+        b.start()
+        try:
+            time.sleep(0.5)
+            assert not b.is_leader and b.leader == "a"
+            a.stop()  # releases: b takes over without waiting for the lease
+            assert b.wait_until_leader(20)
+            assert b.token > first
+        finally:
+            b.stop()
+
+
+# --- status, admin, leaderstatus, leader_only ------------------------------------------
+
+
+def test_leaderstatus_status_view_and_admin(sqlite_alias):
+    name = unique("status")
+    with Election(name, url="django://default", identity="status-holder", **FAST) as e:
+        assert e.wait_until_leader(20)
+        out = io.StringIO()
+        call_command("leaderstatus", "--json", stdout=out)
+        rows = {row["name"]: row for row in json.loads(out.getvalue())}
+        assert rows[name]["holder"] == "status-holder" and rows[name]["state"] == "held"
+        assert rows[name]["token"] == e.token
+        text = io.StringIO()
+        call_command("leaderstatus", stdout=text)
+        assert name in text.getvalue() and "status-holder" in text.getvalue()
+
+        client = Client()
+        body = client.get("/leader/").json()
+        assert any(r["name"] == name and r["holder"] == "status-holder" for r in body["elections"])
+        one = client.get(f"/leader/{name}/")
+        assert one.status_code == 200 and one.json()["election"]["token"] == e.token
+        assert client.get(f"/leader/{name}/?leader=1").status_code == 503  # this process runs no django_leader election
+        assert client.get("/leader/no-such-election/").status_code == 404
+
+        User.objects.filter(username="admin").delete()
+        User.objects.create_superuser("admin", "a@example.com", "pw")
+        client.login(username="admin", password="pw")
+        listing = client.get("/admin/django_leader/lease/")
+        assert listing.status_code == 200 and name in listing.content.decode()
+        assert client.get("/admin/django_leader/lease/add/").status_code == 403
+        pk = Lease.objects.get(name=name).pk
+        assert client.post(f"/admin/django_leader/lease/{pk}/delete/", {"post": "yes"}).status_code == 403
+        assert Lease.objects.filter(name=name).exists()
+
+
+def test_garbage_row_shows_as_garbage(sqlite_alias):
+    name = unique("garbage")
+    backend = DjangoBackend.from_url("django://default")
+    backend.lock(name).write_raw(b"\x00not json")
+    backend.close()
+    out = io.StringIO()
+    call_command("leaderstatus", "--json", stdout=out)
+    row = {r["name"]: r for r in json.loads(out.getvalue())}[name]
+    assert row["state"] == "garbage" and "not JSON" in row["error"]
+
+
+def test_leader_only_runs_in_process_and_skips_when_another_leads(sqlite_alias):
+    out = io.StringIO()
+    call_command("guarded", stdout=out)
+    assert "ran with token" in out.getvalue()
+    with Election("tests.guarded", url="django://default", identity="elsewhere", **FAST) as other:
+        assert other.wait_until_leader(20)
+        out, err = io.StringIO(), io.StringIO()
+        call_command("guarded", stdout=out, stderr=err)
+        assert out.getvalue() == ""
+        assert "skipped: elsewhere leads" in err.getvalue()
