@@ -36,7 +36,9 @@ class Command(BaseCommand):
         self.stdout.write(header)
         for row in rows:
             ago = "-" if row["renewed_seconds_ago"] is None else f"{row['renewed_seconds_ago']:.1f}s ago"
+            token = "-" if row["token"] is None else str(row["token"])
+            state = row["state"] + (f" ({row['error']})" if row.get("error") else "")
             self.stdout.write(
-                f"{row['name']:<32} {row['holder'] or '(free)':<36} {row['token']:>6} {ago:>10} "
-                f"{row['lease_duration']:>6.1f}s  {row['state']}"
+                f"{row['name']:<32} {row['holder'] or '(free)':<36} {token:>6} {ago:>10} "
+                f"{row['lease_duration']:>6.1f}s  {state}"
             )
