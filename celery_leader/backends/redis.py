@@ -29,6 +29,7 @@ import collections
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any
@@ -399,6 +400,8 @@ class RedisLock(Lock):
         )
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
+        if self._backend._pid != os.getpid():
+            self._backend._after_fork()
         self._backend._notifier.wait(self, version, timeout)
 
     def close(self) -> None:
@@ -457,6 +460,7 @@ class RedisBackend(Backend):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._idle: collections.deque[Any] = collections.deque()
         self._idle_guard = threading.Lock()
+        self._pid = os.getpid()
         self._closed = False
         self._notifier = _Notifier(self)
         self._scripts_loaded: set[str] = set()
@@ -600,8 +604,20 @@ class RedisBackend(Backend):
     def _pubsub_client(self) -> redis.Redis:
         return redis.Redis(connection_pool=self._pubsub_pool)
 
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's sockets (never use or close them) and thread."""
+        with self._idle_guard:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._idle = collections.deque()
+            self._slots = threading.BoundedSemaphore(self.max_connections)
+            self._notifier = _Notifier(self)
+
     def _checkout(self, timeout: float) -> Any:
         """An idle connection, or a new one; at most ``max_connections`` in use at once."""
+        if self._pid != os.getpid():
+            self._after_fork()
         if not self._slots.acquire(timeout=max(0.0, timeout)):
             raise BackendUnavailable(
                 f"all {self.max_connections} connections to {self.describe()} are busy (raise ?max_connections=)"

@@ -315,3 +315,27 @@ def test_garbage_over_a_fence_needs_a_token_above_it(prefix, shared_redis, open_
     with pytest.raises(BackendUnavailable, match="never go backwards"):
         lock.update(sample_record(holder="fresh", transitions=4), got.version, T)
     lock.update(sample_record(holder="fresh", transitions=5), got.version, T)
+
+
+def test_forked_child_opens_its_own_connections(prefix, open_backend) -> None:
+    import os
+
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    lock = backend.lock("beat")
+    v = lock.create(sample_record(), T)
+    lock.wait_for_change(v, 0.05)  # the parent has a pub/sub thread and idle connections
+    pid = os.fork()
+    if pid == 0:  # the child: must not share the parent's sockets
+        code = 1
+        try:
+            got = lock.get(T)
+            v2 = lock.update(sample_record(holder="child"), got.version, T)  # type: ignore[union-attr]
+            lock.wait_for_change(v2, 0.05)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = lock.get(T)
+    assert got is not None and got.record.holder == "child"
+    lock.update(sample_record(holder="parent"), got.version, T)
