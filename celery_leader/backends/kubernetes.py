@@ -65,6 +65,8 @@ PREFERRED_HOLDER_ANNOTATION = "celery-leader.io/preferred-holder"
 #: the spec fields that make up the leader record; every other spec field is kept as is
 SPEC_KEYS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "preferredHolder")
 RBAC_VERBS = ("get", "create", "update", "watch")
+#: how long close() waits for leadership events still being posted
+EVENT_FLUSH_SECONDS = 2.0
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -566,6 +568,8 @@ class KubernetesBackend(Backend):
         self.request_timeout = request_timeout
         self.field_manager = field_manager
         self._closed = False
+        self._event_guard = threading.Lock()
+        self._event_threads: list[threading.Thread] = []
 
     @classmethod
     def from_url(cls, url: str) -> KubernetesBackend:
@@ -752,9 +756,12 @@ class KubernetesBackend(Backend):
             "resourceVersion": meta.get("resourceVersion"),
         }
         reporter = record.holder or before
-        threading.Thread(
+        thread = threading.Thread(
             target=self._post_events, args=(involved, messages, reporter), name="celery-leader-k8s-event", daemon=True
-        ).start()
+        )
+        with self._event_guard:
+            self._event_threads = [t for t in self._event_threads if t.is_alive()] + [thread]
+        thread.start()
 
     def _post_events(self, involved: dict[str, Any], messages: list[str], reporter: str) -> None:
         now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -775,7 +782,7 @@ class KubernetesBackend(Backend):
                 "count": 1,
             }
             try:
-                resp = self._call("POST", EVENTS, involved["namespace"], None, timeout=5.0, body=event)
+                resp = self._call("POST", EVENTS, involved["namespace"], None, timeout=EVENT_FLUSH_SECONDS, body=event)
                 if not 200 <= resp.status < 300:
                     log.debug("LeaderElection event not recorded: HTTP %s %s", resp.status, resp.message)
             except BackendUnavailable as exc:
@@ -784,6 +791,12 @@ class KubernetesBackend(Backend):
     def close(self) -> None:
         if self._closed:
             return
+        # let a pending "stopped leading" event go out (bounded): close follows a release
+        deadline = time.monotonic() + EVENT_FLUSH_SECONDS
+        with self._event_guard:
+            pending = list(self._event_threads)
+        for thread in pending:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._closed = True
         if self._own_client:
             try:
