@@ -210,7 +210,9 @@ class _Notifier:
     def __init__(self, backend: "RedisBackend") -> None:
         self._backend = backend
         self._cond = threading.Condition()
-        self._latest: dict[str, str] = {}
+        #: name -> (message number, version) of the last notification for a watched name
+        self._latest: dict[str, tuple[int, str]] = {}
+        self._messages = 0
         self._counts: dict[str, int] = collections.Counter()
         self._generation = 0
         self.subscribed = threading.Event()
@@ -274,7 +276,8 @@ class _Notifier:
         version, _, name = data.partition(" ")
         with self._cond:
             if self._counts.get(name):
-                self._latest[name] = version
+                self._messages += 1
+                self._latest[name] = (self._messages, version)
                 self._cond.notify_all()
 
     def wait(self, lock: "RedisLock", version: str | None, timeout: float) -> None:
@@ -286,7 +289,7 @@ class _Notifier:
         name = lock.name
         with self._cond:
             self._counts[name] += 1
-            self._latest.pop(name, None)
+            seen = self._messages  # only notifications after this one count
         try:
             while not self._stopping.is_set():
                 left = deadline - time.monotonic()
@@ -305,7 +308,7 @@ class _Notifier:
                 with self._cond:
                     while True:
                         latest = self._latest.get(name)
-                        if latest is not None and latest != version:
+                        if latest is not None and latest[0] > seen and latest[1] != version:
                             return
                         if self._generation != generation or self._stopping.is_set():
                             break  # reconnected: re-read, a message may have been lost

@@ -339,3 +339,30 @@ def test_forked_child_opens_its_own_connections(prefix, open_backend) -> None:
     got = lock.get(T)
     assert got is not None and got.record.holder == "child"
     lock.update(sample_record(holder="parent"), got.version, T)
+
+
+def test_two_waiters_on_one_name_both_wake(prefix, open_backend) -> None:
+    import threading
+
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    writer = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}").lock("beat")
+    v1 = writer.create(sample_record(), T)
+    v2 = writer.update(sample_record(holder="b"), v1, T)
+    woke: list[str] = []
+
+    def wait(tag: str, version: str) -> None:
+        backend.lock("beat").wait_for_change(version, 10.0)
+        woke.append(tag)
+
+    first = threading.Thread(target=wait, args=("first", v2), daemon=True)
+    first.start()
+    time.sleep(0.3)
+    # a second waiter registering later must neither consume nor fake the first one's wake-up
+    second = threading.Thread(target=wait, args=("second", v2), daemon=True)
+    second.start()
+    time.sleep(0.3)
+    assert woke == []
+    writer.update(sample_record(holder="c"), v2, T)
+    first.join(5)
+    second.join(5)
+    assert sorted(woke) == ["first", "second"]
