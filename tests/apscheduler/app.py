@@ -39,9 +39,12 @@ def main() -> None:
     p.add_argument("--identity", required=True)
     p.add_argument("--log", required=True)
     p.add_argument("--store", default=None)
+    p.add_argument("--misfire", type=int, default=1, help="misfire_grace_time (s)")
+    p.add_argument("--no-coalesce", action="store_true")
     args = p.parse_args()
     os.environ["APS_TEST_LOG"] = args.log  # the job may be imported under another module name
-    sched = BackgroundScheduler(job_defaults={"misfire_grace_time": 1, "coalesce": True, "max_instances": 1})
+    defaults = {"misfire_grace_time": args.misfire, "coalesce": not args.no_coalesce, "max_instances": 1}
+    sched = BackgroundScheduler(job_defaults=defaults)
 
     def executed(event) -> None:
         with open(args.log, "a") as fh:

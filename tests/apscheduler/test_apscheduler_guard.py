@@ -68,18 +68,22 @@ def terms(records: list[dict]) -> list[Interval]:
 
 
 class Fleet:
-    def __init__(self, tmp: Path, url: str, name: str, store: str | None = None) -> None:
-        self.tmp, self.url, self.name, self.store = tmp, url, name, store
+    def __init__(self, tmp: Path, url: str, name: str, store: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.tmp, self.url, self.name, self.store, self.extra = tmp, url, name, store, list(extra)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.spawned: dict[str, int] = {}
 
     def log(self, ident: str) -> Path:
         return self.tmp / f"{ident}.log"
 
     def spawn(self, ident: str) -> None:
+        """Start process ``ident``; each incarnation gets its own identity (``p0.0``, ``p0.1``...)."""
+        generation = self.spawned[ident] = self.spawned.get(ident, -1) + 1
         argv = [sys.executable, "-m", "tests.apscheduler.app", "--url", self.url, "--name", self.name,
-                "--identity", ident, "--log", str(self.log(ident))]  # fmt: skip
+                "--identity", f"{ident}.{generation}", "--log", str(self.log(ident))]  # fmt: skip
         if self.store:
             argv += ["--store", self.store]
+        argv += self.extra
         err = open(self.tmp / f"{ident}.err", "ab")
         self.procs[ident] = subprocess.Popen(argv, stdout=err, stderr=err)
         err.close()
@@ -91,24 +95,31 @@ class Fleet:
     def logs(self) -> list[Path]:
         return [self.log(i) for i in self.procs]
 
+    def proc_of(self, identity: str) -> tuple[str, subprocess.Popen]:
+        ident = identity.split(".")[0]
+        return ident, self.procs[ident]
+
 
 def failovers(fleet: Fleet, idents: list[str]) -> None:
     """SIGKILL, SIGTERM and SIGSTOP the leader in turn, restarting the victims."""
     first = wait_holder(fleet.url, fleet.name, set())
     time.sleep(1.2)
-    fleet.procs[first].kill()
-    fleet.procs[first].wait(10)
+    ident, proc = fleet.proc_of(first)
+    proc.kill()
+    proc.wait(10)
     second = wait_holder(fleet.url, fleet.name, {first})
-    fleet.spawn(first)
+    fleet.spawn(ident)
     time.sleep(1.2)
-    fleet.procs[second].send_signal(signal.SIGTERM)
-    fleet.procs[second].wait(10)
+    ident, proc = fleet.proc_of(second)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
     third = wait_holder(fleet.url, fleet.name, {second})
-    fleet.spawn(second)
+    fleet.spawn(ident)
     time.sleep(1.2)
-    fleet.procs[third].send_signal(signal.SIGSTOP)
+    _, proc = fleet.proc_of(third)
+    proc.send_signal(signal.SIGSTOP)
     time.sleep(2.5)
-    fleet.procs[third].send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGCONT)
     wait_holder(fleet.url, fleet.name, set())
     time.sleep(1.5)
 
