@@ -358,8 +358,15 @@ class LeaderScheduler(Scheduler):
         if isinstance(dirty, set):
             dirty.clear()  # stale writes of an earlier term must never reach the store
         if hasattr(self, "_initial_read"):  # django-celery-beat DatabaseScheduler
+            changes = getattr(self, "Changes", None)
+            if changes is not None:
+                # changes made before this read are in it: do not reload again right away
+                self._last_timestamp = changes.last_change()
             self._initial_read = True
             self._schedule = None
+            # a reload seen while on standby must not rebuild the heap from entries whose
+            # last_run_at attribute predates this term's first send
+            self._heap_invalidated = False
         self._heap = None
         self.old_schedulers = None
         _ = self.schedule  # RedBeat and the database read the store here
@@ -384,12 +391,9 @@ class LeaderScheduler(Scheduler):
             return None
         if advance:
             entry = self.reserve(entry)
-        if not self._leader_per_host:
-            self.sync()
-            dirty = getattr(self, "_dirty", None)
-            if dirty:
-                log.error("celery-leader: not sending %s: its last run could not be stored", name)
-                return None
+        if not self._leader_persist(entry):
+            log.error("celery-leader: not sending %s: its new last run could not be stored (fail closed)", name)
+            return None
         lead = self._leadership()  # again, right before the message goes out
         if lead is None:
             log.warning("celery-leader: not sending %s: leadership ended (fail closed)", name)
@@ -399,6 +403,33 @@ class LeaderScheduler(Scheduler):
             return super().apply_async(entry, producer=producer, advance=False, **kwargs)
         finally:
             _sending.leadership = None
+
+    def _leader_persist(self, entry: Any) -> bool:
+        """Write-ahead for shared stores: store the entry's new ``last_run_at`` before sending.
+
+        So a new leader that reloads the store never sends this run again (at most once).
+        """
+        if self._leader_per_host:
+            return True
+        dirty = getattr(self, "_dirty", None)
+        save = getattr(entry, "save", None)
+        try:
+            if isinstance(dirty, set) and callable(save):
+                # django-celery-beat: save this very entry (the heap's object; the schedule
+                # dict may hold another copy after a reload), not whatever sync() finds
+                save()
+                dirty.discard(entry.name)
+                model = getattr(entry, "model", None)
+                if model is not None and getattr(model, "last_run_at", None) is not None:
+                    # the schedule dict keeps this object: its own last_run_at must not
+                    # lag the model's, or a heap rebuild would find it due again
+                    entry.last_run_at = model.last_run_at
+            else:
+                self.sync()  # RedBeat stored it in reserve(); others persist here
+        except Exception:  # noqa: BLE001
+            log.exception("celery-leader: storing the last run of %s failed", getattr(entry, "name", "?"))
+            return False
+        return True
 
     def sync(self) -> None:
         if not self._leader_per_host and self._leader_term is not None and self._leadership() is None:
