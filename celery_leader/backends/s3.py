@@ -429,7 +429,7 @@ class S3Backend(Backend):
         if status == 501 or code == "NotImplemented":
             return ConfigurationError(
                 f"{where}: the S3 server does not implement this request ({message}); it needs conditional "
-                "writes (If-None-Match / If-Match on PutObject): AWS S3, MinIO, SeaweedFS, Ceph RGW >= 19, R2 do"
+                "writes (If-None-Match / If-Match on PutObject), as AWS S3, MinIO and SeaweedFS do"
             )
         if status >= 500 or code in _TRANSIENT_CODES or status in (408, 429):
             return BackendUnavailable(f"{where}: {code or status} ({message})")
@@ -484,7 +484,7 @@ class S3Backend(Backend):
         unsafe = (
             f"the S3 server at {self._where()} ignored a conditional write that had to fail "
             "({header}); it would let two candidates both win. Use a server that enforces "
-            "If-None-Match / If-Match on PutObject (AWS S3, MinIO, SeaweedFS, Ceph RGW >= 19, R2); "
+            "If-None-Match / If-Match on PutObject (AWS S3, MinIO and SeaweedFS do); "
             "there is no unconditional fallback"
         )
         for header, condition in (

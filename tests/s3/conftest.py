@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -168,6 +169,7 @@ def moto_server() -> Iterator[S3Server]:
         from moto.server import ThreadedMotoServer
     except ImportError:
         unavailable("moto[server] is not installed; pip install 'moto[server]'")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
