@@ -389,64 +389,35 @@ class KubernetesLock(Lock):
         """Watch this one Lease (field selector on its name) from ``version``.
 
         Returns on the first event that is not ``version``; reconnects when the stream
-        ends or breaks; on 410 Gone re-lists and watches on from the list's version.
+        ends or breaks. On 410 Gone (``version`` is older than the API server's watch
+        cache) it reads the Lease again and, if unchanged, watches on from "now", whose
+        initial ADDED event shows the current state. Only the ``get`` and ``watch`` verbs
+        are needed (no ``list``).
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        # no version yet: watch from "now"; a Lease created since the caller's read shows
+        # up as the stream's initial ADDED event
         start: str | None = version
-        if version is None:
-            listed = self._list(deadline)
-            if listed is None:
-                return
-            if listed[0]:
-                return
-            start = listed[1]
         while not self._closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.0:
+            if deadline - time.monotonic() <= 0.0:
                 return
             try:
                 outcome, start = self._watch_once(version, start, deadline)
+                if outcome == "changed":
+                    return
+                if outcome == "gone":
+                    resp = self._backend._call(
+                        "GET", LEASE, self.namespace, self.name, timeout=max(0.001, deadline - time.monotonic())
+                    )
+                    if resp.status == 404:
+                        return
+                    self._backend._check(resp, "get", self.name)
+                    if _rv(resp.data) != version:
+                        return
+                    start = None
             except BackendUnavailable as exc:
                 log.debug("watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
                 time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-                continue
-            if outcome == "changed":
-                return
-            if outcome == "gone":
-                listed = self._list(deadline)
-                if listed is None:
-                    return
-                items, list_version = listed
-                current = items[0] if items else None
-                current_version = _rv(current)
-                if current_version != version:
-                    return
-                start = list_version
-
-    def _list(self, deadline: float) -> tuple[list[dict[str, Any]], str] | None:
-        """List this Lease by field selector: (items, list resourceVersion); None on timeout."""
-        while not self._closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                resp = self._backend._call(
-                    "GET",
-                    LEASES,
-                    self.namespace,
-                    None,
-                    timeout=remaining,
-                    query=[("fieldSelector", f"metadata.name={self.name}")],
-                )
-                self._backend._check(resp, "list", self.name)
-            except BackendUnavailable as exc:
-                log.debug("list of Lease %s/%s failed: %s", self.namespace, self.name, exc)
-                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-                continue
-            data = resp.data if isinstance(resp.data, dict) else {}
-            items = [i for i in data.get("items") or [] if isinstance(i, dict)]
-            return items, _rv(data) or ""
-        return None
 
     def _watch_once(self, version: str | None, start: str | None, deadline: float) -> tuple[str, str | None]:
         """One watch request. Returns ("changed"|"gone"|"ended", resourceVersion to resume from)."""

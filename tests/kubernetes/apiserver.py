@@ -638,6 +638,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise APIError(405, "method not allowed")
         if self.command == "GET":
             api.authorize(self.headers, "get", namespace, name)
+            with api.cond:
+                api.requests["get"] += 1
             obj = api.lease(namespace, name)
             if obj is None:
                 raise APIError(404, f'leases.coordination.k8s.io "{name}" not found', details={"name": name, "group": "coordination.k8s.io", "kind": "leases"})

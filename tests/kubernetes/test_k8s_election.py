@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from celery_leader.backends.kubernetes import RBAC_VERBS
 from celery_leader.election import Election
 
 from .conftest import NAMESPACE
@@ -14,6 +15,7 @@ def _election(url: str, identity: str, lease: float = 1.0, renew: float = 0.6, r
 
 
 def test_graceful_handover_goes_through_the_watch(apiserver, k8s_url) -> None:
+    apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
     # a long retry period: only the watch can make the follower act within a few seconds
     first = _election(k8s_url, "py-1", lease=10.0, renew=8.0, retry=6.0).start()
     second = _election(k8s_url, "py-2", lease=10.0, renew=8.0, retry=6.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_leader.backends.kubernetes import RBAC_VERBS
 from celery_leader.testing.cluster import ElectorCluster
 
 from .conftest import NAMESPACE
@@ -30,6 +31,7 @@ def _assert_tokens_increase(report) -> None:
 
 
 def test_kill_terminate_pause_never_two_leaders(apiserver, k8s_url, tmp_path: Path) -> None:
+    apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
     with _cluster(k8s_url, tmp_path / "run") as cluster:
         i = cluster.wait_for_leader(timeout=20)
         time.sleep(0.5)
@@ -58,6 +60,7 @@ def test_kill_terminate_pause_never_two_leaders(apiserver, k8s_url, tmp_path: Pa
 
 
 def test_api_server_outage_and_cut_watches(apiserver, k8s_url, tmp_path: Path) -> None:
+    apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
     with _cluster(k8s_url, tmp_path / "run") as cluster:
         i = cluster.wait_for_leader(timeout=20)
         # cut every watch a few times: no change of leader, followers reconnect
