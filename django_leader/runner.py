@@ -104,41 +104,62 @@ def election(name: str | None = None, **overrides: Any) -> Election:
     return made
 
 
-def _wait_or_skip(elected: Election, timeout: float | None) -> bool:
-    """Block until leading (True). In skip mode (``timeout`` None) return False as soon as
-    another holder is seen to *renew*: a record that merely exists may belong to a dead
-    process, which only a renewal rules out."""
-    if timeout is not None:
-        return elected.wait_until_leader(timeout)
+def _probe_before_skip(elected: Election) -> str | None:
+    """Skip mode, before the election starts: raise :class:`NotLeader` (skipped) if another
+    instance is active; return ``None`` if the lease is free, or the stale holder's identity
+    if it has expired.
+
+    "Active" means its record *changed* while we watched (a renewal, a release right after
+    running the job, a takeover): a record that merely exists may belong to a dead process.
+    A record unchanged for its lease duration has expired (judged by our own clock, from
+    when we first saw it).
+    """
     timing = elected.timing
-    probe = elected.backend.lock(elected.name) if elected.backend is not None else elected.lock
-    first: tuple[str, str] | None = None
-    limit = time.monotonic() + timing.lease_duration + 2 * timing.retry_period + 2 * timing.op_timeout
-    next_read = 0.0
+    assert elected.backend is not None
+    probe = elected.backend.lock(elected.name)
+    first: str | None = None
+    first_at = 0.0
+    unreachable_until = time.monotonic() + timing.lease_duration + 2 * timing.op_timeout
     try:
-        while time.monotonic() < limit:
-            if elected.wait_until_leader(0.05):
-                return True
-            if time.monotonic() < next_read:
-                continue
-            next_read = time.monotonic() + timing.retry_period / 2
+        while True:
             try:
                 seen = probe.get(timing.op_timeout)
             except LockError as exc:
-                log.debug("%s: skip probe failed: %s", elected.name, exc)
+                if time.monotonic() > unreachable_until:
+                    raise NotLeader(f"could not read the lease of {elected.name!r}: {exc}") from exc
+                time.sleep(timing.retry_period / 2)
                 continue
-            if seen is None or seen.record.decode_error or seen.record.holder in ("", elected.identity):
-                continue
+            now = time.monotonic()
+            if seen is None or (not seen.record.decode_error and seen.record.holder in ("", elected.identity)):
+                return None  # free: try to take it
             if first is None:
-                first = (seen.version, seen.record.holder)
-            elif seen.version != first[0]:
-                raise NotLeader(f"{seen.record.holder} leads {elected.name!r}", holder=seen.record.holder, skipped=True)
+                first, first_at = seen.version, now
+            elif seen.version != first:
+                who = seen.record.holder or "another instance"
+                raise NotLeader(f"{who} is active on {elected.name!r}", holder=seen.record.holder or None, skipped=True)
+            lease = seen.record.lease_duration if seen.record.lease_duration > 0 else timing.lease_duration
+            if now - first_at > lease:
+                log.warning(
+                    "%s: the lease of %s has not been renewed for %.1f s; taking over",
+                    elected.name,
+                    seen.record.holder or "an unknown holder",
+                    now - first_at,
+                )
+                return seen.record.holder or None
+            time.sleep(timing.retry_period / 2)
     finally:
-        if probe is not elected.lock:
-            probe.close()
-    if elected.is_leader:
-        return True
-    raise NotLeader(f"could not find out who leads {elected.name!r} (is the lock backend reachable?)")
+        probe.close()
+
+
+def _wait_for_term(elected: Election, timeout: float | None, skip: bool, stale: str | None = None) -> None:
+    """Block until leading; in skip mode give up (skipped) as soon as another live holder is seen."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not elected.wait_until_leader(0.05):
+        holder = elected.leader
+        if skip and holder not in (None, elected.identity, stale):
+            raise NotLeader(f"{holder} leads {elected.name!r}", holder=holder, skipped=True)
+        if deadline is not None and time.monotonic() > deadline:
+            raise NotLeader(f"not elected leader of {elected.name!r} within {timeout} s", holder=holder)
 
 
 def _async_raise(thread_id: int) -> None:
@@ -208,11 +229,14 @@ def run_as_leader(
     wait_timeout: float | None = None,
     identity: str | None = None,
     hard_stop: bool = True,
+    hold: float = 0.0,
 ) -> T:
     """Call ``fn`` once this process leads election ``name``; renew while it runs; release after.
 
     ``skip``: raise :class:`NotLeader` (``skipped=True``) when another instance leads.
     ``wait_timeout``: raise :class:`NotLeader` if not elected in time (default: wait forever).
+    ``hold``: keep the lease (renewing) until ``hold`` seconds after ``fn`` started, so that
+    instances started a little later (cron on hosts with skewed clocks) skip a fast job.
     Raises :class:`LeadershipLost` if leadership ends before ``fn`` returns.
     """
     outer = current_leadership()
@@ -225,18 +249,31 @@ def run_as_leader(
     elected = election(name, **overrides)
     if elected.backend is not None:
         elected.backend.check(elected.timing.op_timeout)
-    elected.start()
     try:
         if skip:
-            _wait_or_skip(elected, None)
-        elif not _wait_or_skip(elected, wait_timeout if wait_timeout is not None else float(1 << 30)):
-            raise NotLeader(f"not elected leader of {name!r} within {wait_timeout} s", holder=elected.leader)
+            stale = _probe_before_skip(elected)
+            # an expired holder is seen afresh by the election: it waits one more lease
+            timeout = (2 if stale else 1) * elected.timing.lease_duration + 4 * elected.timing.op_timeout
+        else:
+            stale, timeout = None, wait_timeout
+        elected.start()
+        try:
+            _wait_for_term(elected, timeout, skip, stale)
+        except NotLeader as exc:
+            if skip and not exc.skipped:
+                raise NotLeader(f"could not acquire the free lease of {name!r} (is the backend reachable?)") from exc
+            raise
         lead = elected.leadership
         if lead is None:
             raise LeadershipLost(f"lost leadership of {name!r} before the code started")
         log.info("%s: leading as %s with token %d", name, elected.identity, lead.token)
+        started = time.monotonic()
         with _interrupt_on_loss(lead, hard_stop):
-            return fn()
+            result = fn()
+        if hold > 0 and lead.is_valid():
+            log.info("%s: holding the lease for %.1f s more", name, hold - (time.monotonic() - started))
+            lead.lost.wait(max(0.0, hold - (time.monotonic() - started)))
+        return result
     finally:
         elected.stop()
 

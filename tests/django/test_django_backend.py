@@ -221,4 +221,4 @@ def test_leader_only_runs_in_process_and_skips_when_another_leads(sqlite_alias):
         out, err = io.StringIO(), io.StringIO()
         call_command("guarded", stdout=out, stderr=err)
         assert out.getvalue() == ""
-        assert "skipped: elsewhere leads" in err.getvalue()
+        assert "skipped: elsewhere is active" in err.getvalue()

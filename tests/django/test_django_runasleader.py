@@ -114,6 +114,32 @@ def test_skip_runs_when_nobody_leads(procs, tmp_path):
     assert [ev["node"] for ev in starts(log)] == ["cron"]
 
 
+def test_skip_takes_over_a_dead_holders_lease(procs, tmp_path):
+    name = "skip-dead-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    dead = procs(runasleader(name, "dead", log), tmp_path / "dead.out")
+    wait_for(lambda: starts(log), 30, "the first leader")
+    dead.kill()
+    dead.wait(10)
+    cron = procs(runasleader(name, "cron", log, "--skip") + ["--seconds", "0.1"], tmp_path / "cron.out")
+    assert cron.wait(30) == 0, (tmp_path / "cron.out").read_text()
+    assert [ev["node"] for ev in starts(log)] == ["dead", "cron"]
+    assert starts(log)[1]["token"] > starts(log)[0]["token"]
+
+
+def test_hold_makes_later_cron_instances_skip_a_fast_job(procs, tmp_path):
+    name = "hold-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    first = procs(runasleader(name, "early", log, "--skip", "--hold", "3") + ["--seconds", "0"], tmp_path / "early.out")
+    wait_for(lambda: starts(log), 30, "the early instance")
+    time.sleep(0.3)  # another host's clock is a little behind: its cron fires later
+    late = procs(runasleader(name, "late", log, "--skip") + ["--seconds", "0"], tmp_path / "late.out")
+    assert late.wait(30) == 0
+    assert "skipped" in (tmp_path / "late.out").read_text()
+    assert first.wait(30) == 0
+    assert [ev["node"] for ev in starts(log)] == ["early"]
+
+
 def test_lost_lease_interrupts_the_command_and_exits_3(procs, tmp_path):
     name = "lost-" + uuid.uuid4().hex[:8]
     log = tmp_path / "work.log"

@@ -36,6 +36,13 @@ class Command(BaseCommand):
             default=None,
             help=f"with --wait: give up after S seconds (exit {EXIT_NOT_ELECTED})",
         )
+        parser.add_argument(
+            "--hold",
+            type=float,
+            default=0.0,
+            help="keep the lease until S seconds after the command started, so that instances started a little "
+            "later skip a fast job (cron on hosts with skewed clocks)",
+        )
         parser.add_argument("command_name", metavar="COMMAND", help="the management command to run")
         parser.add_argument("command_args", metavar="ARGS", nargs=argparse.REMAINDER, help="its arguments")
 
@@ -60,6 +67,7 @@ class Command(BaseCommand):
                 skip=options["skip"],
                 wait_timeout=options["wait_timeout"],
                 identity=options["identity"],
+                hold=options["hold"],
             )
         except NotLeader as exc:
             if exc.skipped:
