@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.servers import port_open, unavailable
+from tests.servers import free_port, need_binary, port_open, unavailable, wait_for_port
 
 from .harness import ROOT, Deployment
 
@@ -93,3 +93,38 @@ def postgres_db():
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+class PrivateRedis:
+    """A ``redis-server`` of our own on a free 127.0.0.1 port, to take away and give back."""
+
+    def __init__(self, binary: str, port: int, workdir) -> None:
+        self.binary, self.port, self.workdir = binary, port, workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for_port(self.port, 10):
+            unavailable(f"redis-server did not listen on 127.0.0.1:{self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    binary = need_binary("redis-server", "apt-get install redis-server")
+    server = PrivateRedis(binary, free_port(), tmp_path)
+    try:
+        yield server
+    finally:
+        server.kill()
