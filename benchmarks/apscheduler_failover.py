@@ -6,7 +6,8 @@ Three processes (``tests/apscheduler/app.py``), each a BackgroundScheduler with 
 0.5 s, on Redis at 127.0.0.1:6379; lease 1 s / renew 0.6 s / retry 0.2 s. The leader is
 SIGKILLed or SIGTERMed in turn and restarted. Three set-ups:
 
-* ``guard+memory``: :func:`celery_leader.apscheduler.guard`, a memory job store per process;
+* ``guard+memory``: :func:`celery_leader.apscheduler.guard`, a memory job store per process,
+  with the default (runs that fell due while standing by are skipped) and ``catch_up=True``;
 * ``store+sqlalchemy``: :class:`LeaderJobStore` over one SQLAlchemy store on PostgreSQL;
 * the same with ``misfire_grace_time`` 5 s instead of 1 s.
 """
@@ -100,7 +101,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="4 failovers per set-up")
     args = parser.parse_args(argv)
     n = 4 if args.quick else args.failovers
-    results = [scenario("guard+memory (grace 1 s, coalesce)", n, None, ())]
+    results = [
+        scenario("guard+memory (default: skip overdue on takeover)", n, None, ()),
+        scenario("guard+memory catch_up=True (grace 1 s, coalesce)", n, None, ("--catch-up",)),
+    ]
     for grace in (1, 5):
         url, drop = _pg_database()
         try:

@@ -81,9 +81,12 @@ def _election_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 class LeaderGuard:
     """Makes ``scheduler`` process jobs only while this process leads ``name``."""
 
-    def __init__(self, scheduler: BaseScheduler, *, name: str = "apscheduler", **election: Any) -> None:
+    def __init__(
+        self, scheduler: BaseScheduler, *, name: str = "apscheduler", catch_up: bool = False, **election: Any
+    ) -> None:
         self.scheduler = scheduler
         self.name = name
+        self.catch_up = catch_up
         self._async = _is_asyncio(scheduler)
         options = _election_kwargs(election)
         callbacks = dict(on_started_leading=self._elected, on_stopped_leading=self._deposed)
@@ -147,7 +150,29 @@ class LeaderGuard:
     def _elected(self, leadership: Any) -> None:
         if self.scheduler.state != STATE_STOPPED:
             log.info("elected for %r (token %d): resuming jobs", self.name, leadership.token)
+            if not self.catch_up:
+                self._skip_overdue()
             self.scheduler.resume()  # resume() wakes the scheduler at once
+
+    def _skip_overdue(self) -> None:
+        """Move runs that fell due while standing by to their next time after now.
+
+        A per-process schedule cannot tell whether the old leader ran that slot: running it
+        again could run it twice. (``catch_up=True`` leaves misfire_grace_time and coalesce
+        to decide; a shared job store behind :class:`LeaderJobStore` knows what ran.)
+        """
+        now = datetime.now(self.scheduler.timezone)
+        for job in self.scheduler.get_jobs():
+            if job.next_run_time is not None and job.next_run_time < now and not isinstance(
+                self.scheduler._lookup_jobstore(job._jobstore_alias), LeaderJobStore
+            ):
+                upcoming = job.trigger.get_next_fire_time(job.next_run_time, now)
+                while upcoming is not None and upcoming < now:
+                    upcoming = job.trigger.get_next_fire_time(upcoming, now)
+                if upcoming is None:
+                    continue
+                log.info("skipping the run of %s that fell due while standing by; next at %s", job.id, upcoming)
+                job.modify(next_run_time=upcoming)
 
     def _deposed(self) -> None:
         if self.scheduler.state != STATE_STOPPED:
@@ -183,9 +208,20 @@ def _is_asyncio(scheduler: BaseScheduler) -> bool:
     return isinstance(scheduler, AsyncIOScheduler)
 
 
-def guard(scheduler: BaseScheduler, *, url: str | None = None, name: str = "apscheduler", **timing: Any) -> LeaderGuard:
-    """Run ``scheduler``'s jobs only on the leader of ``name``. Call before or after ``start()``."""
-    return LeaderGuard(scheduler, name=name, url=url, **timing)
+def guard(
+    scheduler: BaseScheduler,
+    *,
+    url: str | None = None,
+    name: str = "apscheduler",
+    catch_up: bool = False,
+    **timing: Any,
+) -> LeaderGuard:
+    """Run ``scheduler``'s jobs only on the leader of ``name``. Call before or after ``start()``.
+
+    ``catch_up=False`` (default): runs that fell due while this process stood by are
+    skipped on takeover (never twice); ``True``: APScheduler's misfire rules decide.
+    """
+    return LeaderGuard(scheduler, name=name, url=url, catch_up=catch_up, **timing)
 
 
 class LeaderJobStore(BaseJobStore):

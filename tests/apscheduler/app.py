@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--store", default=None)
     p.add_argument("--misfire", type=int, default=1, help="misfire_grace_time (s)")
     p.add_argument("--no-coalesce", action="store_true")
+    p.add_argument("--catch-up", action="store_true", help="guard(catch_up=True)")
     args = p.parse_args()
     os.environ["APS_TEST_LOG"] = args.log  # the job may be imported under another module name
     defaults = {"misfire_grace_time": args.misfire, "coalesce": not args.no_coalesce, "max_instances": 1}
@@ -57,7 +58,7 @@ def main() -> None:
         sched.add_jobstore(store, "default")
         sched.add_job("tests.apscheduler.app:record_run", "interval", seconds=0.5, id="tick", replace_existing=True)
     else:
-        guard(sched, url=args.url, name=args.name, identity=args.identity, **TIMING)
+        guard(sched, url=args.url, name=args.name, identity=args.identity, catch_up=args.catch_up, **TIMING)
         sched.add_job(record_run, "interval", seconds=0.5, id="tick")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
