@@ -34,11 +34,15 @@ __all__ = [
     "QueryCall",
     "Stream",
     "SerfClient",
+    "CLOSED",
+    "as_query",
 ]
 
 log = logging.getLogger("celery_leader.serf")
 
 _DONE = object()
+#: put into a shared query record queue when the connection breaks
+CLOSED = _DONE
 
 
 class SerfError(Exception):
@@ -96,7 +100,8 @@ class Query:
 class _Call:
     """A request waiting for its reply (and, for streams/queries, its later records)."""
 
-    def __init__(self, seq: int, expects_body: bool, streaming: bool) -> None:
+    def __init__(self, seq: int, expects_body: bool, streaming: bool,
+                 records: "queue.Queue[Any] | None" = None) -> None:
         self.seq = seq
         self.expects_body = expects_body
         self.streaming = streaming
@@ -104,7 +109,7 @@ class _Call:
         self.done = threading.Event()
         self.error: str | None = None
         self.body: Any = None
-        self.records: "queue.Queue[Any]" = queue.Queue()
+        self.records: "queue.Queue[Any]" = records if records is not None else queue.Queue()
 
     def resolve(self, error: str | None, body: Any = None) -> None:
         self.error, self.body = error, body
@@ -251,7 +256,6 @@ class SerfClient:
                             last.records.put(obj)
                             if isinstance(obj, dict) and obj.get("Type") == "done":
                                 self._forget(last.seq)
-                                last.records.put(_DONE)
                         else:
                             self._forget(last.seq)
                             last.resolve(None, obj)
@@ -300,11 +304,12 @@ class SerfClient:
             call.resolve(f"serf RPC {reason}")
             call.records.put(_DONE)
 
-    def _send(self, command: str, body: Mapping[str, Any] | None, *, expects_body: bool, streaming: bool) -> _Call:
+    def _send(self, command: str, body: Mapping[str, Any] | None, *, expects_body: bool, streaming: bool,
+              records: "queue.Queue[Any] | None" = None) -> _Call:
         if self._closed.is_set():
             raise SerfConnectionError(f"serf RPC {self.host}:{self.port} is closed ({self._close_reason})")
         seq = next(self._seq)
-        call = _Call(seq, expects_body, streaming)
+        call = _Call(seq, expects_body, streaming, records)
         data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
         if body is not None:
             data += msgpack.packb(body, use_bin_type=True)
@@ -376,10 +381,14 @@ class SerfClient:
         filter_tags: Mapping[str, str] | None = None,
         timeout: float = 1.0,
         request_ack: bool = False,
+        records: "queue.Queue[Any] | None" = None,
     ) -> QueryCall:
         """Start a query; iterate the result's :meth:`QueryCall.responses`.
 
         ``timeout`` is the query's own lifetime at the agents (how long they accept answers).
+        ``records``: deliver the raw records (``{"Type": "ack"|"response"|"done", "From",
+        "Payload"}``, or :data:`CLOSED` when the connection breaks) into this queue instead,
+        so that one consumer can follow several queries (resends of one message).
         """
         body = {
             "FilterNodes": list(filter_nodes),
@@ -389,7 +398,7 @@ class SerfClient:
             "Name": name,
             "Payload": payload,
         }
-        call = self._send("query", body, expects_body=False, streaming=True)
+        call = self._send("query", body, expects_body=False, streaming=True, records=records)
         self._wait(call, "query", min(self.timeout, max(timeout, 0.05)))
         return QueryCall(self, call, time.monotonic() + timeout)
 

@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -39,7 +40,7 @@ import msgpack
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..serf import SerfClient, SerfError, SerfRPCError, as_query
+from ..serf import CLOSED, SerfClient, SerfError, SerfRPCError, as_query
 
 __all__ = ["GossipBackend", "GossipLock", "Acceptor", "QUERY_NAME"]
 
@@ -52,6 +53,9 @@ QUERY_NAME = "celery-leader-paxos"
 #: serf's default query and response size limit is 1024 bytes; keep headroom for framing
 MAX_VALUE_BYTES = 700
 DEFAULT_PORT = 7373
+#: a read that has a quorum of answers which disagree waits this long for the others
+#: before it falls back to a full (writing) round
+AGREE_LINGER = 0.03
 START_AGENT_HINT = (
     "start a serf agent on this host, for example "
     "`serf agent -node=$(hostname) -bind=0.0.0.0:7946 -rpc-addr=127.0.0.1:7373` and join it to the "
@@ -185,9 +189,25 @@ class AcceptorStore:
         op, name = request["o"], request["n"]
         if not isinstance(name, str):
             raise ValueError("lock name is not a string")
-        ballot = _ballot(request["b"])
+        ballot = _ballot(request.get("b"))
         with self.locked():
             state = self.load(name)
+            if op == "r":  # peek: report, promise nothing (reads must not preempt writers)
+                return {"ok": True, "p": list(state.promised), "a": list(state.accepted),
+                        "v": list(state.value) if state.value is not None else None}, None
+            if op == "f":
+                # one-round-trip accept (CASPaxos 2.2.1): valid only if nothing happened here
+                # since this proposer's own accept at "prev", which then stands for the prepare
+                prev = _ballot(request.get("prev"))
+                value = _value(request.get("v"))
+                if state.accepted == ballot and state.value == value:  # a resend of what we accepted
+                    return {"ok": True, "p": list(state.promised), "a": list(state.accepted)}, None
+                ok = ballot > prev and state.promised == prev and state.accepted == prev and prev != ZERO
+                if ok:
+                    state.promised = state.accepted = ballot
+                    state.value = value
+                    self.save(name, state)
+                return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, value if ok else None
             if op == "p":
                 ok = ballot >= state.promised and ballot > state.accepted
                 if ok and ballot != state.promised:
@@ -318,6 +338,9 @@ class _Round:
     oks: dict[str, dict[str, Any]]
     highest_seen: int
     rejected: bool
+    #: peek rounds: the value a quorum reported under one accepted ballot (None: none did)
+    agreed: Value | None = None
+    agreed_found: bool = False
 
 
 class GossipLock(Lock):
@@ -334,11 +357,38 @@ class GossipLock(Lock):
         self._counter = 0
         self._guard = threading.Lock()
         self._closed = False
+        #: our last successful accept (ballot, value): lets the next update skip the prepare
+        self._last: tuple[Ballot, Value | None] | None = None
 
     # --- the contract ---
 
     def get(self, timeout: float) -> Versioned | None:
-        value = self._execute(lambda current: _IDENTITY, timeout)
+        """One read round that promises nothing, so that readers never preempt writers.
+
+        If a quorum reports one accepted ballot, that value is chosen. Otherwise (a write
+        under way, or a member that missed an accept) the answer is the value with the
+        highest accepted ballot among a quorum's answers: the value the next prepare
+        through those members would adopt. Either way it is at least as new as every
+        write acknowledged before the read began, because that write's majority shares a
+        member with the answering quorum and accepted ballots never go down. A value read
+        this way may still be superseded without ever being chosen; a compare-and-swap
+        against its version then fails with :class:`Conflict` - see docs/gossip.md.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        answers = self._round({"o": "r", "n": self.name}, deadline, agree=True)
+        quorum = self._backend.quorum
+        if answers is None or len(answers.oks) < quorum:
+            got = 0 if answers is None else len(answers.oks)
+            raise BackendUnavailable(f"gossip lock {self.name!r}: {got} of the {quorum} members needed for a "
+                                     f"quorum of {len(self._backend.members)} answered in time")
+        if answers.agreed_found:
+            value = answers.agreed
+        else:
+            best, value = ZERO, None
+            for answer in answers.oks.values():
+                accepted = _ballot(answer.get("a"))
+                if accepted > best:
+                    best, value = accepted, _value(answer.get("v"))
         if value is None:
             return None
         return Versioned(decode_or_placeholder(value[1]), value[0])
@@ -355,6 +405,14 @@ class GossipLock(Lock):
 
     def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
         raw = self._encode(record)
+        deadline = time.monotonic() + max(0.0, timeout)
+        last = self._last
+        tried: set[str] = set()
+        if last is not None and last[1] is not None and last[1][0] == expected_version:
+            version = self._fast_accept(last[0], raw, deadline)
+            if version is not None:
+                return version
+            tried.add(version_of((last[0][0] + 1, self._proposer)))
 
         def change(current: Value | None) -> bytes | object:
             if current is None:
@@ -363,7 +421,23 @@ class GossipLock(Lock):
                 raise Conflict(f"lock {self.name!r} changed")
             return raw
 
-        return self._execute(change, timeout)[0]  # type: ignore[index]
+        return self._execute(change, max(0.0, deadline - time.monotonic()), mine=tried)[0]  # type: ignore[index]
+
+    def _fast_accept(self, prev: Ballot, raw: bytes, deadline: float) -> str | None:
+        """Renew in one round trip after our own successful accept; None: take the full path."""
+        ballot = (prev[0] + 1, self._proposer)
+        value = (version_of(ballot), raw)
+        self._saw(ballot[0])
+        try:
+            answers = self._round({"o": "f", "n": self.name, "b": list(ballot), "prev": list(prev),
+                                   "v": list(value)}, self._share(deadline))
+        except BackendUnavailable:
+            answers = None
+        if answers is not None and len(answers.oks) >= self._backend.quorum:
+            self._last = (ballot, value)
+            return value[0]
+        self._last = None
+        return None
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
         """Store bytes as they are (garbage and foreign-record tests)."""
@@ -407,6 +481,11 @@ class GossipLock(Lock):
             )
         return raw
 
+    def _share(self, deadline: float) -> float:
+        """The deadline of a fast first try: leave the slower fallback at least half the time."""
+        now = time.monotonic()
+        return min(deadline, now + max(self._backend.resend, (deadline - now) / 2))
+
     def _next_ballot(self) -> Ballot:
         with self._guard:
             floor = self._counter
@@ -421,15 +500,18 @@ class GossipLock(Lock):
         with self._guard:
             self._counter = max(self._counter, counter)
 
-    def _execute(self, change: Callable[[Value | None], Any], timeout: float) -> Value | None:
+    def _execute(self, change: Callable[[Value | None], Any], timeout: float,
+                 mine: set[str] | None = None, attempts: int = 1000) -> Value | None:
         """Run CASPaxos rounds until ``change`` is applied, a Conflict is decided, or time runs out."""
         deadline = time.monotonic() + max(0.0, timeout)
-        mine: set[str] = set()  # versions this call tried to write: seeing one means it landed
+        mine = set() if mine is None else mine  # versions this call tried to write: seeing one means it landed
         attempt = 0
         why = "no answer"
         while True:
+            if attempt >= attempts:
+                raise BackendUnavailable(f"gossip lock {self.name!r}: {why}")
             if attempt:
-                pause = random.uniform(0, min(0.25, 0.02 * (2 ** min(attempt, 4))))
+                pause = random.uniform(0, min(0.4, 0.05 * (2 ** min(attempt, 3))))
                 if time.monotonic() + pause >= deadline:
                     raise BackendUnavailable(f"gossip lock {self.name!r}: no quorum in time ({why})")
                 time.sleep(pause)
@@ -470,6 +552,7 @@ class GossipLock(Lock):
             acc = self._round({"o": "a", "n": self.name, "b": list(ballot),
                                "v": list(new) if new is not None else None}, deadline)
             if acc is not None and len(acc.oks) >= self._backend.quorum:
+                self._last = (ballot, new)
                 if conflict is not None:
                     raise conflict
                 return new
@@ -479,27 +562,53 @@ class GossipLock(Lock):
                 raise BackendUnavailable(f"gossip lock {self.name!r}: accept phase got no quorum in time")
             why = "accept preempted by a higher ballot" if acc.rejected else "too few members accepted"
 
-    def _round(self, message: dict[str, Any], deadline: float) -> _Round | None:
-        """One phase: query the members, collect answers until a quorum is decided; None if out of time."""
+    def _round(self, message: dict[str, Any], deadline: float, agree: bool = False) -> _Round | None:
+        """One phase: query the members, collect answers until a quorum is decided; None if out of time.
+
+        Serf gossips queries and sends answers over UDP, so either can be lost: the same
+        message (acceptors answer a repeat the same way) is re-sent every ``resend`` seconds
+        until a quorum has answered or the deadline passes.
+        """
         backend = self._backend
         remaining = deadline - time.monotonic()
         if remaining <= 0.005:
             return None
         client = backend.client(timeout=remaining)
         payload = msgpack.packb(message, use_bin_type=True)
-        try:
-            call = client.query(QUERY_NAME, payload, filter_nodes=backend.members,
-                                timeout=min(backend.query_timeout, remaining))
-        except SerfRPCError as exc:
-            raise BackendUnavailable(f"serf refused the query: {exc}") from exc
-        except SerfError as exc:
-            backend.drop_client(client)
-            raise BackendUnavailable(f"serf agent {backend.host}:{backend.port} unreachable: {exc}") from exc
+        records: queue.Queue[Any] = queue.Queue()
         oks: dict[str, dict[str, Any]] = {}
         noks: set[str] = set()
         highest = 0
+        by_ballot: dict[Ballot, int] = {}
         members, quorum = backend.member_set, backend.quorum
-        for node, data in call.responses(deadline):
+        next_send = 0.0
+        decided = False
+        linger: float | None = None  # peek: a quorum answered without agreeing; wait briefly for the rest
+        while not decided:
+            now = time.monotonic()
+            if now >= deadline or (linger is not None and now >= linger):
+                break
+            if now >= next_send:
+                try:
+                    client.query(QUERY_NAME, payload, filter_nodes=backend.members,
+                                 timeout=min(backend.query_timeout, max(0.01, deadline - now)), records=records)
+                except SerfRPCError as exc:
+                    raise BackendUnavailable(f"serf refused the query: {exc}") from exc
+                except SerfError as exc:
+                    backend.drop_client(client)
+                    raise BackendUnavailable(f"serf agent {backend.host}:{backend.port} unreachable: {exc}") from exc
+                next_send = time.monotonic() + backend.resend
+            try:
+                record = records.get(timeout=max(0.0, min(next_send, deadline, linger or deadline)
+                                                   - time.monotonic()))
+            except queue.Empty:
+                continue
+            if record is CLOSED:
+                backend.drop_client(client)
+                raise BackendUnavailable(f"serf agent {backend.host}:{backend.port} closed the connection")
+            if record.get("Type") != "response":
+                continue
+            node, data = record.get("From", ""), bytes(record.get("Payload") or b"")
             if node not in members:
                 log.debug("ignoring an answer from %r, which is not a configured member", node)
                 continue
@@ -509,21 +618,28 @@ class GossipLock(Lock):
                 answer = msgpack.unpackb(data, raw=False)
                 ok = answer["ok"]
                 promised = _ballot(answer.get("p"))
-                if message["o"] == "p":
-                    _ballot(answer.get("a"))
-                    _value(answer.get("v"))
+                accepted = _ballot(answer.get("a"))
+                current = _value(answer.get("v")) if message["o"] in ("p", "r") else None
             except Exception as exc:  # noqa: BLE001 - a broken answer is no answer
                 log.warning("ignoring a malformed answer from member %r: %s", node, exc)
                 continue
-            highest = max(highest, promised[0])
+            highest = max(highest, promised[0], accepted[0])
             if ok is True:
                 oks[node] = answer
             else:
                 noks.add(node)
-            if len(oks) >= quorum or len(noks) > len(members) - quorum:
-                break
+            if agree:
+                by_ballot[accepted] = by_ballot.get(accepted, 0) + 1
+                if by_ballot[accepted] >= quorum:
+                    self._saw(highest)
+                    return _Round(oks, highest, False, current, True)
+                decided = len(oks) >= len(members)
+                if linger is None and len(oks) >= quorum:
+                    linger = time.monotonic() + AGREE_LINGER
+                continue
+            decided = len(oks) >= quorum or len(noks) > len(members) - quorum
             if noks and message["o"] == "p":
-                break  # preempted: retry at once with a higher ballot
+                decided = True  # preempted: retry at once with a higher ballot
         self._saw(highest)
         if not oks and not noks and time.monotonic() >= deadline - 0.005:
             return None
@@ -566,7 +682,7 @@ class GossipBackend(Backend):
     schemes = ("gossip",)
     capabilities = CAPABILITIES
     OPTIONS: ClassVar[tuple[str, ...]] = ("members", "auth_key", "query_timeout", "state_dir", "acceptor",
-                                          "poll_interval")
+                                          "poll_interval", "resend")
 
     def __init__(
         self,
@@ -579,6 +695,7 @@ class GossipBackend(Backend):
         state_dir: str | None = None,
         acceptor: bool = True,
         poll_interval: float = 0.5,
+        resend: float = 0.15,
     ) -> None:
         if not members:
             raise ConfigurationError(
@@ -593,6 +710,7 @@ class GossipBackend(Backend):
         self.quorum = len(members) // 2 + 1
         self.query_timeout = query_timeout
         self.poll_interval = poll_interval
+        self.resend = resend
         self._client: SerfClient | None = None
         self._client_guard = threading.Lock()
         self._closed = False
@@ -650,6 +768,7 @@ class GossipBackend(Backend):
             state_dir=params.get("state_dir", [None])[-1] or None,
             acceptor=_flag(params, "acceptor", True),
             poll_interval=_seconds(params, "poll_interval", 0.5),
+            resend=_seconds(params, "resend", 0.15),
         )
 
     def client(self, configuring: bool = False, timeout: float = 2.0) -> SerfClient:

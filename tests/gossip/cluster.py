@@ -74,6 +74,7 @@ class SerfCluster:
     def __init__(self, n: int, workdir: Path, *, prefix: str = "n") -> None:
         need_binary("serf", "apt-get install serf")
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         root = os.geteuid() == 0
         self.agents = [Agent(f"{prefix}{i}", workdir, next(_UIDS) if root else None) for i in range(n)]
         self.chain: str | None = None
