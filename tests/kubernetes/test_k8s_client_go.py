@@ -197,7 +197,7 @@ def test_python_and_client_go_candidates_respect_each_other(apiserver, k8s_url) 
     election = Election("celery-beat", url=k8s_url, identity="py-1", lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)
     with election:
         # the Go holder renews: Python stands by however long it waits
-        assert not election.wait_until_leader(timeout=2.5)
+        assert not election.wait_until_leader(timeout=2.0)  # twice the lease
         assert election.leader == "go-1"
         go.crash()  # no release, as a SIGKILLed pod
         assert election.wait_until_leader(timeout=10)
@@ -206,7 +206,7 @@ def test_python_and_client_go_candidates_respect_each_other(apiserver, k8s_url) 
         assert taken["leaseDurationSeconds"] == 1 and GO_MICROTIME.match(taken["renewTime"])
         # a Go standby now sees Python renew within leaseDurationSeconds and never takes over
         go2 = GoCandidate(apiserver, "go-2").start()
-        time.sleep(2.5)
+        time.sleep(2.0)  # twice the lease
         assert election.is_leader
         assert apiserver.lease(NAMESPACE, "celery-beat")["spec"]["holderIdentity"] == "py-1"
         go2.acquired.clear()
