@@ -58,3 +58,32 @@ def test_no_events_unless_asked(apiserver, k8s_url) -> None:
         assert election.wait_until_leader(10)
     time.sleep(0.2)
     assert apiserver.events == []
+
+
+def test_cli_status_and_step_down_through_the_annotation(apiserver, k8s_url) -> None:
+    import subprocess
+    import sys
+
+    first = _election(k8s_url, "py-1").start()
+    second = _election(k8s_url, "py-2").start()
+    try:
+        assert first.wait_until_leader(10)
+        status = subprocess.run(
+            [sys.executable, "-m", "celery_leader", "status", "--url", k8s_url, "--name", "beat"], capture_output=True, text=True, timeout=30
+        )
+        assert status.returncode == 0 and "py-1" in status.stdout, status
+        step = subprocess.run(
+            [sys.executable, "-m", "celery_leader", "step-down", "--url", k8s_url, "--name", "beat", "--to", "py-2"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert step.returncode == 0, step
+        assert second.wait_until_leader(10)
+        lease = apiserver.lease(NAMESPACE, "beat")
+        assert lease["spec"]["holderIdentity"] == "py-2"
+        assert "preferredHolder" not in lease["spec"] and "strategy" not in lease["spec"]
+        assert not (lease["metadata"].get("annotations") or {}), "the step-down request was not cleared"
+    finally:
+        first.stop()
+        second.stop()
