@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from celery_leader.backends.kubernetes import RBAC_VERBS
@@ -61,9 +63,6 @@ def test_no_events_unless_asked(apiserver, k8s_url) -> None:
 
 
 def test_cli_status_and_step_down_through_the_annotation(apiserver, k8s_url) -> None:
-    import subprocess
-    import sys
-
     first = _election(k8s_url, "py-1").start()
     second = _election(k8s_url, "py-2").start()
     try:
