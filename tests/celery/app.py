@@ -7,7 +7,8 @@ its own queue, lock, schedule store and record file:
 the task appends one JSON line to per run; ``CLT_LOCK_URL`` / ``CLT_NAME`` / ``CLT_IDENTITY``
 the election; ``CLT_BASE`` the wrapped scheduler; ``CLT_INTERVAL`` the task's period;
 ``CLT_CATCH_UP`` the catch-up policy; ``CLT_DJANGO_DB`` a PostgreSQL database name for
-django-celery-beat; ``CLT_REDBEAT_PREFIX`` RedBeat's key prefix; ``CLT_LEADER_QUEUES``
+django-celery-beat; ``CLT_REDBEAT_PREFIX`` RedBeat's key prefix (``CLT_REDBEAT_LOCK_TIMEOUT`` its own lock, for
+RedBeat alone); ``CLT_MAX_INTERVAL`` beat's max loop interval; ``CLT_LEADER_QUEUES``
 singleton queues for the worker.
 """
 
@@ -39,7 +40,7 @@ app.conf.update(
     result_backend=None,
     result_expires=None,
     timezone="UTC",
-    beat_max_loop_interval=0.2,
+    beat_max_loop_interval=float(env("CLT_MAX_INTERVAL", "0.2")),
     beat_schedule={
         "record": {"task": "tests.celery.app.record", "schedule": interval, "args": ("beat",)},
     },
@@ -58,6 +59,8 @@ app.conf.update(
 if env("CLT_REDBEAT_PREFIX"):
     app.conf.redbeat_redis_url = env("CLT_BROKER")
     app.conf.redbeat_key_prefix = env("CLT_REDBEAT_PREFIX")
+    if env("CLT_REDBEAT_LOCK_TIMEOUT"):
+        app.conf.redbeat_lock_timeout = int(env("CLT_REDBEAT_LOCK_TIMEOUT"))
 
 if env("CLT_WORKER_STEP"):
     from celery_leader.worker import install
