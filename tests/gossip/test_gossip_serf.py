@@ -1,0 +1,167 @@
+"""The serf RPC client against real agents: members, tags, events, queries, errors."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from celery_leader.serf import SerfClient, SerfConnectionError, SerfRPCError, as_query
+from tests.servers import free_port, running, wait_for_port
+
+from .cluster import SerfCluster
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    with SerfCluster(2, tmp_path_factory.mktemp("serf-rpc"), prefix="rpc") as c:
+        yield c
+
+
+def test_members_and_local_name(pair) -> None:
+    with pair.client(0) as c:
+        members = {m.name: m for m in c.members()}
+        assert set(members) == {"rpc0", "rpc1"}
+        assert all(m.status == "alive" for m in members.values())
+        assert members["rpc1"].addr == "127.0.0.1" and members["rpc1"].port == pair.agents[1].bind
+        assert c.local_name() == "rpc0"
+
+
+def test_tags_are_seen_by_the_other_agent(pair) -> None:
+    with pair.client(0) as c0, pair.client(1) as c1:
+        c0.tags({"role": "scheduler"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if {m.name: m.tags for m in c1.members()}["rpc0"].get("role") == "scheduler":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("tag never reached the other agent")
+        c0.tags(delete=["role"])
+
+
+def test_user_event_reaches_a_stream_on_the_other_agent(pair) -> None:
+    got: queue.Queue = queue.Queue()
+    with pair.client(0) as c0, pair.client(1) as c1:
+        stream = c1.stream("user:deploy", got.put)
+        try:
+            c0.event("deploy", b"v42", coalesce=False)
+            c0.event("other", b"ignored", coalesce=False)
+            record = got.get(timeout=10)
+            assert record["Event"] == "user" and record["Name"] == "deploy" and record["Payload"] == b"v42"
+            with pytest.raises(queue.Empty):
+                got.get(timeout=0.5)  # the filter holds: "other" is not delivered
+        finally:
+            stream.stop()
+        assert not stream.alive
+
+
+def test_query_is_answered_by_each_filtered_node_once(pair) -> None:
+    with pair.client(0) as c0, pair.client(1) as c1:
+        answerers = []
+        for i, c in enumerate((c0, c1)):
+            def answer(record, c=c, i=i):
+                q = as_query(record)
+                if q is not None and q.name == "ping":
+                    c.respond(q.id, b"pong-%d:" % i + q.payload)
+            answerers.append(c.stream("query", answer))
+        try:
+            call = c0.query("ping", b"x", filter_nodes=["rpc0", "rpc1"], timeout=1.0)
+            answers = dict(call.responses(time.monotonic() + 5))
+            assert answers == {"rpc0": b"pong-0:x", "rpc1": b"pong-1:x"}
+            only = c1.query("ping", b"y", filter_nodes=["rpc1"], timeout=1.0)
+            assert dict(only.responses()) == {"rpc1": b"pong-1:y"}
+        finally:
+            for s in answerers:
+                s.stop()
+
+
+def test_responding_twice_is_refused_by_the_agent(pair) -> None:
+    with pair.client(0) as c0, pair.client(1) as c1:
+        errors: queue.Queue = queue.Queue()
+
+        def answer(record):
+            q = as_query(record)
+            if q is None:
+                return
+            c1.respond(q.id, b"first")
+            try:
+                c1.respond(q.id, b"second")
+            except SerfRPCError as exc:
+                errors.put(exc)
+
+        stream = c1.stream("query", answer)
+        try:
+            call = c0.query("twice", filter_nodes=["rpc1"], timeout=1.0)
+            assert list(call.responses()) == [("rpc1", b"first")]
+            assert "already" in str(errors.get(timeout=5)).lower()
+        finally:
+            stream.stop()
+
+
+def test_unknown_command_is_an_rpc_error_not_a_hang(pair) -> None:
+    with pair.client(0) as c:
+        with pytest.raises(SerfRPCError, match="no-such-command|[Uu]nsupported"):
+            c._request("no-such-command", timeout=2.0)
+
+
+def test_nothing_listening_is_a_connection_error() -> None:
+    port = free_port()
+    with pytest.raises(SerfConnectionError, match=str(port)):
+        SerfClient("127.0.0.1", port, timeout=1.0)
+
+
+def test_a_silent_server_times_out() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        started = time.monotonic()
+        with pytest.raises(SerfConnectionError, match="did not answer"):
+            SerfClient("127.0.0.1", server.getsockname()[1], timeout=0.5)
+        assert time.monotonic() - started < 3
+
+
+def test_auth_key_is_required_and_checked(tmp_path) -> None:
+    bind, rpc = free_port(), free_port()
+    config = tmp_path / "serf.json"
+    config.write_text('{"rpc_auth": "s3cret"}')  # serf has no command-line flag for it
+    argv = ["serf", "agent", "-node=auth", f"-bind=127.0.0.1:{bind}", f"-rpc-addr=127.0.0.1:{rpc}",
+            f"-config-file={config}", "-profile=local", "-log-level=warn"]
+    with running(argv, rpc):
+        with SerfClient("127.0.0.1", rpc, timeout=2.0) as anonymous, pytest.raises(SerfRPCError):
+            anonymous.members()
+        with pytest.raises(SerfRPCError):
+            SerfClient("127.0.0.1", rpc, auth_key="wrong", timeout=2.0)
+        with SerfClient("127.0.0.1", rpc, auth_key="s3cret", timeout=2.0) as c:
+            assert c.local_name() == "auth"
+
+
+def test_agent_dying_fails_pending_calls_and_marks_closed(tmp_path) -> None:
+    bind, rpc = free_port(), free_port()
+    argv = ["serf", "agent", "-node=dies", f"-bind=127.0.0.1:{bind}", f"-rpc-addr=127.0.0.1:{rpc}",
+            "-profile=local", "-log-level=warn"]
+    with running(argv, rpc) as proc:
+        assert wait_for_port(rpc)
+        c = SerfClient("127.0.0.1", rpc, timeout=5.0)
+        call = c.query("never-answered", timeout=30.0)
+        done = threading.Event()
+
+        def drain():
+            list(call.responses())
+            done.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        proc.send_signal(signal.SIGKILL)
+        assert done.wait(5), "a query on a dead connection kept waiting"
+        deadline = time.monotonic() + 5
+        while not c.closed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.closed
+        with pytest.raises(SerfConnectionError):
+            c.members()
+        c.close()
+        c.close()
