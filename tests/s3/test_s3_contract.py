@@ -62,4 +62,4 @@ class TestSeaweedContract(_S3Contract):
     server_fixture = "seaweed_server"
     #: SeaweedFS queues contended conditional writes on one key in 1 s steps (a 12-way
     #: round takes up to ~4 s), so fewer rounds keep the folder within its time budget
-    race_rounds = 5
+    race_rounds = 4

@@ -46,7 +46,7 @@ def test_go_seed_record_is_respected_then_taken_over(s3_server, prefix) -> None:
     e = _election(s3_server.url(prefix), "py-node")
     try:
         e.start()
-        assert not e.wait_until_leader(2.5), "took over from a live Go holder"
+        assert not e.wait_until_leader(LEASE * 2), "took over from a live Go holder"
         assert e.leader == "go-node"
         stop_go.set()
         go.join(5)

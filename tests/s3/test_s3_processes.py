@@ -31,7 +31,8 @@ def test_three_electors_on_seaweedfs(tmp_path, prefix) -> None:
             c.terminate(j)  # SIGTERM: released, a follower takes over at its next poll
             k = c.wait_for_leader(timeout=20, exclude={i, j})
             c.restart(i)
-            c.pause(k, seconds=2.5)  # frozen past its lease: someone else takes over
+            time.sleep(LEASE + 0.5)  # the restarted node has watched the leader's renewals
+            c.pause(k, seconds=2.5)  # frozen past its lease: the restarted node takes over
             c.wait_for_leader(timeout=20, exclude={k})
 
             # the server freezes: the leader must stop by its deadline, nobody can lead
