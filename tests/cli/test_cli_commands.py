@@ -159,3 +159,34 @@ def test_demo_runs_and_finds_no_overlap():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 overlaps, 0 token regressions" in out.stdout
     assert "result: never two leaders" in out.stdout
+
+
+def test_run_waits_out_a_backend_that_is_down_at_start(tmp_path):
+    """Unreachable is not misconfigured: run stands by, then leads once the server is up."""
+    import shutil
+
+    from tests.servers import running, unavailable
+
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    marker = tmp_path / "led"
+    proc = subprocess.Popen(
+        [*CLI, "run", "--url", f"redis://127.0.0.1:{port}/0", "--name", "job", *FAST, "--",
+         sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x'); import time; time.sleep(600)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, "run must not exit while the backend is down"
+        assert not marker.exists()
+        with running(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port):
+            deadline = time.monotonic() + 15
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists(), "run did not lead after the backend came up"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
