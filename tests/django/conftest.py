@@ -15,25 +15,37 @@ import pytest
 
 SUFFIX = uuid.uuid4().hex[:10]
 _TMP = tempfile.mkdtemp(prefix="django-leader-")
-os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django.settings"
-os.environ["DJANGO_LEADER_TEST_SQLITE"] = os.path.join(_TMP, "db.sqlite3")
-os.environ["DJANGO_LEADER_TEST_DB"] = f"django_leader_{SUFFIX}"
+#: what the settings module reads; passed to subprocesses, never left in os.environ (the
+#: other areas' tests start processes with a copy of os.environ)
+TEST_ENV = {
+    "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+    "DJANGO_LEADER_TEST_SQLITE": os.path.join(_TMP, "db.sqlite3"),
+    "DJANGO_LEADER_TEST_DB": f"django_leader_{SUFFIX}",
+}
+_saved = {key: os.environ.get(key) for key in TEST_ENV}
+os.environ.update(TEST_ENV)
+try:
+    import django
 
-import django  # noqa: E402
-
-django.setup()
+    django.setup()
+finally:
+    for key, value in _saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from tests.servers import unavailable  # noqa: E402
 
-DB_NAME = os.environ["DJANGO_LEADER_TEST_DB"]
+DB_NAME = TEST_ENV["DJANGO_LEADER_TEST_DB"]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for ``python -m django ...`` children: same settings and databases."""
-    env = dict(os.environ)
+    env = {**os.environ, **TEST_ENV, "DJANGO_LEADER_TEST_LOGGING": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env

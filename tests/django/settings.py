@@ -90,9 +90,10 @@ LEADER_ELECTION = {
     "RETRY_PERIOD": 0.2,
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
-    "loggers": {"celery_leader": {"handlers": ["stderr"], "level": "INFO"}},
-}
+if os.environ.get("DJANGO_LEADER_TEST_LOGGING") == "1":  # subprocesses only: not the shared pytest process
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+        "loggers": {"celery_leader": {"handlers": ["stderr"], "level": "INFO"}},
+    }
