@@ -42,7 +42,7 @@ from .election import Election, Leadership, default_identity
 from .lock import ConfigurationError
 from .registry import ENV_URL, default_url, open_backend
 
-__all__ = ["LeaderScheduler", "leader_config", "current_leadership", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
+__all__ = ["LeaderScheduler", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
 
 log = logging.getLogger("celery_leader.beat")
 
@@ -178,6 +178,20 @@ def _combined(base: type[Scheduler]) -> type[LeaderScheduler]:
             cls = type(f"Leader{base.__name__}", (LeaderScheduler, base), {"_leader_base": base, "__module__": __name__})
             _COMBINED[base] = cls
         return cls  # type: ignore[return-value]
+
+
+def sent_token(request: Any) -> int | None:
+    """In a task: the fencing token of the beat term that sent it (``None``: not sent by a leader beat).
+
+    ``sent_token(self.request)`` in a bound task; compare it with the highest token your
+    side effect has seen to reject a message from a deposed leader.
+    """
+    for source in (getattr(request, "get", None), getattr(getattr(request, "headers", None) or {}, "get", None)):
+        if source is not None:
+            value = source(HEADER_TOKEN)
+            if value is not None:
+                return int(value)
+    return None
 
 
 def current_leadership() -> Leadership | None:

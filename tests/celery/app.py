@@ -21,6 +21,8 @@ import time
 
 from celery import Celery
 
+from celery_leader.beat import sent_token
+
 env = os.environ.get
 
 if env("CLT_DJANGO_DB"):
@@ -96,7 +98,7 @@ def record(self, kind: str, seq: int | None = None, sleep: float = 0.0) -> None:
         {
             "kind": kind,
             "seq": seq,
-            "token": header("celery_leader_token"),
+            "token": sent_token(self.request),
             "identity": header("celery_leader_identity"),
             "sent": header("celery_leader_sent_at"),
             "start": start,

@@ -98,3 +98,21 @@ def test_embedded_beat_never_takes_the_worker_down(tmp_path, redis_broker, priva
         assert sorted(r["seq"] for r in dep.runs("direct")) == [0, 1, 2], dep.tails()
         assert worker.poll() is None
         client.close()
+
+
+def test_embedded_beat_with_a_broken_url_leaves_the_worker_running(tmp_path, redis_broker):
+    with Deployment(tmp_path / "run", "bogus://nowhere", redis_broker) as dep:
+        worker = dep.worker("w1", "-B", "--scheduler", "leader", "-s", str(tmp_path / "embedded.db"))
+        dep.wait_log("w1", "ready.", 30)
+        from celery import Celery
+
+        client = Celery("client", broker=redis_broker)
+        client.send_task("tests.celery.app.record", args=("direct", 7), queue=dep.queue)
+        client.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not dep.runs("direct"):
+            time.sleep(0.1)
+        assert [r["seq"] for r in dep.runs("direct")] == [7], dep.tails()
+        assert worker.poll() is None
+        assert "unknown lock URL scheme 'bogus'" in dep.log_text("w1")
+        assert dep.runs() == [], "the embedded beat sent without an election"
