@@ -100,6 +100,13 @@ def _driver_code(exc: BaseException) -> tuple[str | None, int | None]:
     return pgcode, errno
 
 
+def _usable(wrapper: Any) -> bool:
+    try:
+        return bool(wrapper.connection is not None and wrapper.is_usable())
+    except Exception:  # noqa: BLE001 - a wrapper that cannot even answer is not usable
+        return False
+
+
 class _Pool:
     """Idle connections of one alias, usable from any thread (one thread at a time each)."""
 
@@ -110,13 +117,18 @@ class _Pool:
         self._idle: list[Any] = []
         self._guard = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
-    def take(self, timeout: float) -> Any:
+    def take(self, timeout: float) -> tuple[Any, bool]:
+        """A connection wrapper, and whether it was reused (it may have died while idle)."""
         with self._guard:
             if self._closed:
                 raise BackendUnavailable(f"the django://{self.alias} backend is closed")
+            if self._pid != os.getpid():
+                # forked: the idle sockets belong to the parent; forget them without closing
+                self._idle, self._pid = [], os.getpid()
             if self._idle:
-                return self._idle.pop()
+                return self._idle.pop(), True
         from django.db.utils import load_backend
 
         params = copy.deepcopy(self.settings_dict)
@@ -128,7 +140,7 @@ class _Pool:
         wrapper = load_backend(engine).DatabaseWrapper(params, self.alias)
         wrapper.inc_thread_sharing()
         self.vendor = wrapper.vendor
-        return wrapper
+        return wrapper, False
 
     def give(self, wrapper: Any, healthy: bool) -> None:
         with self._guard:
@@ -281,26 +293,34 @@ class DjangoBackend(Backend):
         from django.db import DatabaseError, IntegrityError
 
         timeout = max(0.001, float(timeout))
-        wrapper = self._pool.take(timeout)
-        healthy = False
-        try:
-            with wrapper.wrap_database_errors:
-                wrapper.ensure_connection()
-            with wrapper.cursor() as cur:
-                self._set_timeout(wrapper, cur, timeout)
-                out = fn(cur, self._table(wrapper))
-            healthy = True
-            return out
-        except Conflict:
-            healthy = True
-            raise
-        except IntegrityError as exc:
-            healthy = True
-            raise Conflict(f"{self.alias}: the lease exists ({exc})") from exc
-        except DatabaseError as exc:
-            raise self._translate(exc) from exc
-        finally:
-            self._pool.give(wrapper, healthy)
+        deadline = time.monotonic() + timeout
+        while True:
+            wrapper, reused = self._pool.take(timeout)
+            healthy = False
+            try:
+                with wrapper.wrap_database_errors:
+                    wrapper.ensure_connection()
+                with wrapper.cursor() as cur:
+                    self._set_timeout(wrapper, cur, max(0.001, deadline - time.monotonic()))
+                    out = fn(cur, self._table(wrapper))
+                healthy = True
+                return out
+            except Conflict:
+                healthy = True
+                raise
+            except IntegrityError as exc:
+                healthy = True
+                raise Conflict(f"{self.alias}: the lease exists ({exc})") from exc
+            except DatabaseError as exc:
+                # An idle pooled connection the server dropped (restart, idle timeout, failover):
+                # try once more on a fresh one. Safe for writes too: if the first attempt did
+                # commit, the retry fails compare-and-swap and the engine re-reads its own record.
+                if reused and time.monotonic() < deadline - 0.001 and not _usable(wrapper):
+                    log.info("django://%s: a pooled connection was dead (%s); reconnecting", self.alias, exc)
+                    continue
+                raise self._translate(exc) from exc
+            finally:
+                self._pool.give(wrapper, healthy)
 
     def _table(self, wrapper: Any) -> str:
         if self._quoted is None:

@@ -85,23 +85,37 @@ def test_versions_are_not_reused_after_the_row_is_deleted(alias):
         backend.close()
 
 
-def test_postgres_connection_killed_then_recovers(pg_alias):
-    backend = DjangoBackend.from_url("django://pg")
+def _terminate_other_sessions(alias: str) -> int:
+    with connections[alias].cursor() as cur:
+        if connections[alias].vendor == "postgresql":
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cur.fetchone()[0]
+        cur.execute("SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")
+        ids = [row[0] for row in cur.fetchall()]
+        for session in ids:
+            cur.execute(f"KILL {int(session)}")
+        return len(ids)
+
+
+@pytest.mark.parametrize("server", ["pg", "maria"])
+def test_server_dropping_idle_connections_costs_no_failed_call(server, request):
+    alias = request.getfixturevalue(f"{server}_alias")
+    backend = DjangoBackend.from_url(f"django://{alias}")
     lock = backend.lock(unique("killed"))
     try:
         version = lock.create(sample_record(), 5.0)
-        with connections["pg"].cursor() as cur:  # the server drops the backend's sessions
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        with pytest.raises(BackendUnavailable):
-            lock.get(2.0)
-        got = lock.get(2.0)  # a fresh connection
+        assert _terminate_other_sessions(alias) >= 1  # the server drops the pooled session
+        got = lock.get(2.0)  # noticed, reconnected, answered
         assert got is not None and got.version == version
+        _terminate_other_sessions(alias)
+        new = lock.update(sample_record(holder="after-kill"), version, 2.0)
+        assert lock.get(2.0).version == new
     finally:
         backend.close()
-        connections["pg"].close()
+        connections[alias].close()
 
 
 def test_unreachable_server_is_unavailable_within_the_timeout():
@@ -189,6 +203,23 @@ def test_leaderstatus_status_view_and_admin(sqlite_alias):
         assert one.status_code == 200 and one.json()["election"]["token"] == e.token
         assert client.get(f"/leader/{name}/?leader=1").status_code == 503  # this process runs no django_leader election
         assert client.get("/leader/no-such-election/").status_code == 404
+
+        from django_leader.runner import election
+
+        local = election(unique("local"), identity="this-process")
+        with local:
+            assert local.wait_until_leader(20)
+            probe = client.get(f"/leader/{local.name}/?leader=1")
+            assert probe.status_code == 200, probe.content
+            assert probe.json()["local"] == [
+                {
+                    "name": local.name,
+                    "identity": "this-process",
+                    "leading": True,
+                    "leader": "this-process",
+                    "token": local.token,
+                }
+            ]
 
         User.objects.filter(username="admin").delete()
         User.objects.create_superuser("admin", "a@example.com", "pw")

@@ -165,6 +165,27 @@ def test_lost_lease_interrupts_the_command_and_exits_3(procs, tmp_path):
     assert events[-1]["t"] - blocked_at < 1.0
 
 
+def test_a_command_that_swallows_the_interrupt_is_stopped_at_the_lease_deadline(procs, tmp_path):
+    name = "stubborn-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "stubborn.log"
+    proc = procs(manage("runasleader", "--name", name, "stubborn", str(log)), tmp_path / "out")
+    wait_for(lambda: log.exists() and log.stat().st_size > 0, 30, "the command to run")
+    held = sqlite3.connect(connections.settings["default"]["NAME"], isolation_level=None)
+    held.execute("BEGIN EXCLUSIVE")
+    blocked_at = time.time()
+    try:
+        code = proc.wait(20)
+    finally:
+        held.rollback()
+        held.close()
+    out = (tmp_path / "out").read_text()
+    assert code == 3, out
+    assert "still running at the lease deadline" in out
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+    # nothing ran after the lease (1 s) could have been taken by someone else
+    assert events[-1]["t"] - blocked_at < 1.0
+
+
 def test_wait_timeout_exits_4(procs, tmp_path):
     name = "timeout-" + uuid.uuid4().hex[:8]
     log = tmp_path / "work.log"
