@@ -515,6 +515,8 @@ class ElectionCore:
         if result is None:
             return
         rec = result.record
+        # an undecodable placeholder may still carry the backend's last known token
+        self.max_seen_transitions = max(self.max_seen_transitions, rec.transitions)
         if rec.decode_error:
             if self._reported_garbage != result.version:
                 self._reported_garbage = result.version
@@ -526,7 +528,6 @@ class ElectionCore:
                     self.timing.lease_duration,
                 )
             return
-        self.max_seen_transitions = max(self.max_seen_transitions, rec.transitions)
         if rec.holder and rec.holder != self.reported_leader:
             self.reported_leader = rec.holder
             self.events.append(NewLeader(rec.holder))

@@ -474,3 +474,18 @@ def test_bad_identity_is_refused(identity):
 def test_bad_name_is_refused(name):
     with pytest.raises(ConfigurationError, match="election name"):
         validate_name(name)
+
+
+def test_garbage_placeholder_token_is_respected(clock):
+    """A backend that keeps a counter reports it on the placeholder: the next term goes above it."""
+    core = make(clock)
+    garbage = Versioned(LeaderRecord(transitions=17, decode_error="not JSON (9 bytes)"), "g1")
+    core.next_action()
+    core.read_done(garbage)
+    clock.advance(L)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(garbage)
+    action = core.next_action()
+    assert isinstance(action, Update) and action.record.transitions == 18
