@@ -540,10 +540,12 @@ class GossipLock(Lock):
                     result = change(current)
                 except Conflict as exc:
                     conflict, result = exc, _IDENTITY
+                if conflict is not None:
+                    # a refusal needs no write: it claims nothing, and writing back what we
+                    # saw would only preempt the writer we lost to
+                    raise conflict
                 if result is _IDENTITY:
                     if settled:
-                        if conflict is not None:
-                            raise conflict
                         return current
                     new = current  # finish what we saw before answering from it
                 else:
@@ -553,11 +555,7 @@ class GossipLock(Lock):
                                "v": list(new) if new is not None else None}, deadline)
             if acc is not None and len(acc.oks) >= self._backend.quorum:
                 self._last = (ballot, new)
-                if conflict is not None:
-                    raise conflict
                 return new
-            if conflict is not None:
-                raise conflict  # a conflict seen is a safe answer even if the write-back lost
             if acc is None:
                 raise BackendUnavailable(f"gossip lock {self.name!r}: accept phase got no quorum in time")
             why = "accept preempted by a higher ballot" if acc.rejected else "too few members accepted"
@@ -695,7 +693,7 @@ class GossipBackend(Backend):
         state_dir: str | None = None,
         acceptor: bool = True,
         poll_interval: float = 0.5,
-        resend: float = 0.15,
+        resend: float = 0.1,
     ) -> None:
         if not members:
             raise ConfigurationError(
@@ -768,7 +766,7 @@ class GossipBackend(Backend):
             state_dir=params.get("state_dir", [None])[-1] or None,
             acceptor=_flag(params, "acceptor", True),
             poll_interval=_seconds(params, "poll_interval", 0.5),
-            resend=_seconds(params, "resend", 0.15),
+            resend=_seconds(params, "resend", 0.1),
         )
 
     def client(self, configuring: bool = False, timeout: float = 2.0) -> SerfClient:

@@ -24,12 +24,14 @@ pytestmark = pytest.mark.processes
 #: resend, so one backend call (renew_deadline / 2 = 1 s here) must cover a few rounds;
 #: with 1 s / 0.6 s / 0.2 s the engine allows each call 0.3 s, which a lost gossip eats.
 LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
-#: how long after a fault the majority must have a new leader: the old lease runs out
-#: (LEASE after the followers last saw it renewed), then an acquire (two query rounds). An
-#: acquire whose answer was lost but which landed costs one more lease (the engine waits
-#: out a record naming itself). Generous for a loaded 2-core machine; the benchmark
-#: measures the real numbers.
-TAKEOVER_BOUND = 2 * LEASE + 3.0
+#: how long after a fault the majority must have a new leader. Usually one lease (the
+#: old lease runs out LEASE after the followers last saw it renewed) plus an acquire.
+#: When followers race for the expired lock, an acquire can time out after its value
+#: landed on some acceptors; the record then names a candidate that does not know it
+#: leads, and everybody (that candidate too: the engine does not adopt a record naming
+#: itself) waits one more lease. Two such rounds were seen on this 2-core machine, so the
+#: bound allows three leases; the benchmark reports the real distribution.
+TAKEOVER_BOUND = 3 * LEASE + 3.0
 
 
 class GossipElectors(ElectorCluster):
@@ -104,8 +106,8 @@ def _kill_stop_partition(tmp_path: Path, n: int, minority: int) -> None:
             late = _started_during(cluster, x, fault + 0.001, healed)
             assert not late, f"minority node {x} led during the partition: {late}"
         serf.wait_alive(range(n), timeout=15)
-        time.sleep(0.5)
-        assert cluster.current_leader() is not None
+        # healed: the minority's stale candidates rejoin; somebody leads (often still m)
+        cluster.wait_for_leader(timeout=20)
 
     report = cluster.check()
     report.assert_safe()

@@ -1,0 +1,242 @@
+"""gossip:// configuration, quorum rules and acceptor durability on real serf agents."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from celery_leader.backends.gossip import QUERY_NAME, GossipBackend
+from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
+from celery_leader.registry import open_backend
+from celery_leader.serf import as_query
+from celery_leader.testing import sample_record
+from tests.servers import free_port, running
+
+from .cluster import SerfCluster
+
+T = 3.0
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    with SerfCluster(5, tmp_path_factory.mktemp("serf5"), prefix="g") as c:
+        yield c
+
+
+@pytest.fixture
+def opened():
+    backends: list[GossipBackend] = []
+    yield backends
+    for b in backends:
+        b.close()
+
+
+@pytest.fixture
+def state(tmp_path) -> Path:
+    return tmp_path / "state"
+
+
+def _open(five, opened, i: int, members, state: Path, **options) -> GossipBackend:
+    b = GossipBackend.from_url(five.agents[i].url(members, state / five.agents[i].name, **options))
+    opened.append(b)
+    return b
+
+
+def _race(n: int, action) -> tuple[list, list]:
+    """``action(i)`` in ``n`` threads released together: (results, errors)."""
+    barrier, guard = threading.Barrier(n), threading.Lock()
+    results: list = []
+    errors: list = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out = action(i)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on
+            with guard:
+                errors.append(exc)
+        else:
+            with guard:
+                results.append(out)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results, errors
+
+
+def _name() -> str:
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+# --- configuration ---
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("gossip://127.0.0.1:7373", ["members=", "odd number"]),
+        ("gossip://127.0.0.1:7373?members=a,b,a", ["twice"]),
+        ("gossip://127.0.0.1:7373?members=a,b,c&colour=red", ["unknown", "colour"]),
+        ("gossip://127.0.0.1:7373?members=a,b,c&query_timeout=soon", ["query_timeout", "seconds"]),
+        ("gossip://127.0.0.1:7373?members=a,b,c&query_timeout=-1", ["> 0"]),
+        ("gossip://127.0.0.1:7373?members=a,b,c&acceptor=maybe", ["true or false"]),
+        ("gossip://127.0.0.1:99999?members=a,b,c", ["port"]),
+    ],
+)
+def test_bad_urls_are_refused_with_the_fix(url: str, words: list[str]) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        GossipBackend.from_url(url)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_no_agent_is_a_configuration_error_that_says_how_to_start_one() -> None:
+    port = free_port()
+    with pytest.raises(ConfigurationError) as err:
+        open_backend(f"gossip://127.0.0.1:{port}?members=a,b,c")
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text and "serf agent" in text and "-rpc-addr" in text
+
+
+def test_wrong_rpc_key_names_the_option(tmp_path) -> None:
+    bind, rpc = free_port(), free_port()
+    config = tmp_path / "serf.json"
+    config.write_text('{"rpc_auth": "right"}')
+    argv = ["serf", "agent", "-node=keyed", f"-bind=127.0.0.1:{bind}", f"-rpc-addr=127.0.0.1:{rpc}",
+            f"-config-file={config}", "-profile=local", "-log-level=warn"]
+    with running(argv, rpc):
+        with pytest.raises(ConfigurationError, match="auth_key"):
+            GossipBackend.from_url(f"gossip://127.0.0.1:{rpc}?members=keyed&auth_key=wrong&acceptor=false")
+        b = GossipBackend.from_url(f"gossip://:right@127.0.0.1:{rpc}?members=keyed&state_dir={tmp_path / 's'}")
+        try:
+            assert "right" not in b.describe()
+            b.lock("solo").create(sample_record(), T)  # a one-member set is its own quorum
+            assert b.lock("solo").get(T).record.holder == "candidate-a"
+        finally:
+            b.close()
+
+
+def test_check_refuses_members_serf_has_never_heard_of(five, opened, state) -> None:
+    b = _open(five, opened, 0, ["g0", "typo1", "typo2"], state)
+    with pytest.raises(ConfigurationError, match="serf members"):
+        b.check()
+    _open(five, opened, 1, ["g0", "g1", "g2"], state).check()
+
+
+def test_state_dir_of_another_node_is_refused(five, opened, state) -> None:
+    shared = state / "one-dir"
+    GossipBackend.from_url(five.agents[0].url(["g0", "g1", "g2"], shared)).close()
+    with pytest.raises(ConfigurationError, match="own state_dir"):
+        GossipBackend.from_url(five.agents[1].url(["g0", "g1", "g2"], shared))
+
+
+def test_unwritable_state_dir_is_refused(five, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="state_dir"):
+        GossipBackend.from_url(five.agents[0].url(["g0", "g1", "g2"], blocker / "sub"))
+
+
+# --- quorum rules ---
+
+
+def test_a_minority_of_acceptors_cannot_write_or_read(five, opened, state) -> None:
+    members = ["g0", "g1", "g2"]
+    lock = _open(five, opened, 0, members, state).lock(_name())  # only g0 votes
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable):
+        lock.create(sample_record(), 1.0)
+    with pytest.raises(BackendUnavailable):
+        lock.get(1.0)
+    assert time.monotonic() - started < 4
+    _open(five, opened, 1, members, state)  # a second voter makes a majority
+    lock.create(sample_record(), T)
+    assert lock.get(T) is not None
+
+
+def test_nodes_outside_the_member_set_never_count(five, opened, state) -> None:
+    """g3 and g4 run acceptors but are not members: g0 alone is still no quorum."""
+    members = ["g0", "g1", "g2"]
+    lock = _open(five, opened, 0, members, state).lock(_name())
+    _open(five, opened, 3, members, state)
+    _open(five, opened, 4, members, state)
+    with pytest.raises(BackendUnavailable):
+        lock.create(sample_record(), 1.0)
+
+
+def test_malformed_answers_from_a_member_are_ignored(five, opened, state) -> None:
+    members = ["g0", "g1", "g2"]
+    lock = _open(five, opened, 0, members, state).lock(_name())
+    rogue = five.client(1)
+    answers = [b"\xc1garbage", msgpack.packb({"ok": "yes"}), msgpack.packb({"ok": True, "p": "x"}), b""]
+
+    def lie(record):
+        q = as_query(record)
+        if q is not None and q.name == QUERY_NAME:
+            rogue.respond(q.id, answers[q.id % len(answers)])
+
+    stream = rogue.stream("query", lie)
+    try:
+        with pytest.raises(BackendUnavailable):
+            lock.create(sample_record(), 1.0)
+        _open(five, opened, 2, members, state)  # an honest second member: a quorum again
+        version = lock.create(sample_record(holder="honest"), T)
+        got = lock.get(T)
+        assert got is not None and got.version == version and got.record.holder == "honest"
+    finally:
+        stream.stop()
+        rogue.close()
+
+
+def test_acceptor_state_survives_a_restart_of_every_candidate(five, state) -> None:
+    members = ["g0", "g1", "g2"]
+    name = _name()
+    first = [GossipBackend.from_url(five.agents[i].url(members, state / f"g{i}")) for i in range(3)]
+    try:
+        v1 = first[0].lock(name).create(sample_record(transitions=5), T)
+    finally:
+        for b in first:
+            b.close()
+    again = [GossipBackend.from_url(five.agents[i].url(members, state / f"g{i}")) for i in range(3)]
+    try:
+        lock = again[1].lock(name)
+        got = lock.get(T)
+        assert got is not None and got.version == v1 and got.record.transitions == 5
+        with pytest.raises(Conflict):
+            lock.create(sample_record(), T)
+        lock.update(sample_record(transitions=6), v1, T)
+    finally:
+        for b in again:
+            b.close()
+
+
+def test_races_from_every_one_of_five_members(five, opened, state) -> None:
+    members = five.names
+    backends = [_open(five, opened, i, members, state) for i in range(5)]
+    name = _name()
+    for round_ in range(3):
+        locks = [b.lock(f"{name}-c{round_}") for b in backends]
+        results, errors = _race(5, lambda i, locks=locks: locks[i].create(sample_record(holder=f"m{i}"), T))
+        assert len(results) == 1, (results, errors)
+        assert all(isinstance(e, Conflict) for e in errors), errors
+    locks = [b.lock(name) for b in backends]
+    version = locks[0].create(sample_record(transitions=0), T)
+    for round_ in range(1, 4):
+        expected = version
+        results, errors = _race(
+            5,
+            lambda i, r=round_, e=expected: (i, locks[i].update(sample_record(holder=f"m{i}", transitions=r), e, T)),
+        )
+        assert len(results) == 1, (results, errors)
+        assert all(isinstance(e, Conflict) for e in errors), errors
+        winner, version = results[0]
+        got = locks[(winner + 1) % 5].get(T)
+        assert got is not None and got.version == version and got.record.holder == f"m{winner}"
