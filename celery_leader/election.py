@@ -232,6 +232,9 @@ class Election:
             self._finished.wait(limit)
         else:
             self._finished.wait(min(limit, 0.2))
+        notifier = self._notifier
+        if self._finished.is_set() and notifier is not None and notifier is not threading.current_thread():
+            notifier.join(5.0)  # on_stopped_leading has run when stop() returns
 
     def step_down(self) -> None:
         """Release now and let another candidate lead (this one waits one lease before trying again)."""
