@@ -135,3 +135,19 @@ def test_manage_py_check_and_migrate_write_no_lease(sqlite_alias, tmp_path):
         assert done.returncode == 0, done.stderr
         assert "started leading" not in done.stderr
     assert Lease.objects.using("default").count() == before
+
+
+def test_shell_starts_no_election(sqlite_alias):
+    code = (
+        "import threading, django_leader.runner as r; "
+        "print(sorted(t.name for t in threading.enumerate()), len(r.active_elections()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "shell", "-c", code],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['MainThread'] 0"
