@@ -83,31 +83,32 @@ def _quoted(etag: str) -> str:
 
 
 def _timeout_class(timeout: float) -> float:
-    fitting = [c for c in TIMEOUT_CLASSES if c <= timeout]
+    # 2 % slack: a 5 s call that has spent a millisecond still gets the 5 s class
+    fitting = [c for c in TIMEOUT_CLASSES if c <= timeout * 1.02]
     return fitting[-1] if fitting else TIMEOUT_CLASSES[0]
 
 
 def _attempt_budget(cls: float) -> tuple[float, float]:
-    """(connect, read) timeouts of one attempt: half the class, so one retry fits."""
-    total = cls if cls < 1.0 else cls / 2.0
-    connect = min(total * 0.4, 3.0)
+    """(connect, read) timeouts of one attempt.
+
+    Below 1 s one attempt may use the whole class. From 1 s up it gets three quarters,
+    so that after a fast failure (refused, 5xx) a retry still fits in large classes; a
+    slow answer is worth more than a retry, so the first attempt gets the lion's share.
+    """
+    total = cls if cls < 1.0 else cls * 0.75
+    connect = min(total * 0.25, 1.0)
     return connect, total - connect
 
 
-def _stop_retrying_past_deadline(attempts: int, response: Any = None, **_: Any) -> bool | None:
+def _stop_retrying_past_deadline(attempts: int, **_: Any) -> bool | None:
     """``needs-retry`` hook run before botocore's: no retry that could outlive the call's timeout."""
     limit = getattr(_deadline, "value", None)
     if limit is None:
         return None
-    cls = getattr(_deadline, "cls", 1.0)
-    connect, read = _attempt_budget(cls)
+    connect, read = _attempt_budget(getattr(_deadline, "cls", 1.0))
     # botocore's worst backoff before attempt n+1 is min(2 ** (n - 1), 20) seconds
+    # (its default retry mode does not scale it down for non-throttling errors)
     backoff = min(2.0 ** (attempts - 1), 20.0)
-    status = None
-    if response is not None:
-        status = getattr(response[0], "status_code", None)
-    if status is not None and status < 500 and status != 429:
-        backoff *= 0.05  # botocore's scale for non-throttling errors
     if time.monotonic() + backoff + connect + read > limit:
         return False
     return None
@@ -136,8 +137,8 @@ def _session(profile: str | None) -> Any:
 
 
 def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
-    """Drop ``Expect: 100-continue``: for a 200-byte body it only adds a wait of up to 1 s
-    for the interim response, which SeaweedFS does not send before answering 412."""
+    """Drop ``Expect: 100-continue`` (botocore adds it to every PUT): a 200-byte body gains
+    nothing from it, and it costs a wait for the interim answer on servers slow to send one."""
     params.get("headers", {}).pop("Expect", None)
 
 
@@ -350,7 +351,8 @@ class S3Backend(Backend):
                         **self._credentials,
                     )
                 client.meta.events.register_first("needs-retry.s3", _stop_retrying_past_deadline)
-                client.meta.events.register_last("before-call.s3.PutObject", _no_expect_continue)
+                # at the level where botocore adds the header ("before-call.s3"), after it
+                client.meta.events.register_last("before-call.s3", _no_expect_continue)
                 self._clients[cls] = client
         return client
 
@@ -432,7 +434,7 @@ class S3Backend(Backend):
                 "writes (If-None-Match / If-Match on PutObject), as AWS S3, MinIO and SeaweedFS do"
             )
         if status >= 500 or code in _TRANSIENT_CODES or status in (408, 429):
-            return BackendUnavailable(f"{where}: {code or status} ({message})")
+            return BackendUnavailable(f"{where}: HTTP {status} {code} ({message})")
         return BackendUnavailable(f"{where}: unexpected {status} {code} ({message})")
 
     # --- the safety check --------------------------------------------------------------

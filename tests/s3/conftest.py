@@ -238,6 +238,8 @@ class FaultyProxy:
     ``strip_conditions``: drops ``If-Match`` / ``If-None-Match`` (a server or gateway that
     ignores conditional writes). ``lose_put_answers``: forwards that many PUTs but closes
     the connection instead of answering (a write that lands while its answer is lost).
+    ``fail_next``: answers that many requests with ``fail_status`` without forwarding them
+    (an overloaded or broken server).
     """
 
     def __init__(self, upstream: str, *, strip_conditions: bool = False, lose_put_answers: int = 0) -> None:
@@ -249,6 +251,8 @@ class FaultyProxy:
         proxy = self
         self.strip_conditions = strip_conditions
         self.lose_put_answers = lose_put_answers
+        self.fail_next = 0
+        self.fail_status = 503
         self.forwarded: list[tuple[str, str, int]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -260,6 +264,16 @@ class FaultyProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.fail_next > 0:
+                    proxy.fail_next -= 1
+                    code = "SlowDown" if proxy.fail_status == 503 else "InternalError"
+                    xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+                    proxy.forwarded.append((self.command, self.path, -proxy.fail_status))  # before answering
+                    self.wfile.write(
+                        f"HTTP/1.1 {proxy.fail_status} Injected\r\nContent-Type: application/xml\r\n"
+                        f"Content-Length: {len(xml)}\r\n\r\n".encode() + xml
+                    )
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 if proxy.strip_conditions:
                     headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}

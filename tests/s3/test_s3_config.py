@@ -237,3 +237,28 @@ def test_nonce_is_in_every_body_and_never_in_extra(s3_server, prefix) -> None:
     assert NONCE_KEY.encode() in raw1 and raw1 != raw2 and v1 != v2
     got = lock.get(T)
     assert got is not None and NONCE_KEY not in got.record.extra
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_errors_are_retried_within_the_timeout_then_unavailable(moto_server, prefix, status) -> None:
+    proxy = FaultyProxy(moto_server.endpoint)
+    try:
+        backend = S3Backend.from_url(moto_server.url(prefix, endpoint_url=proxy.endpoint).replace(
+            f"endpoint_url={moto_server.endpoint}&", ""))
+        backend.check(T)
+        lock = backend.lock("beat")
+        version = lock.create(sample_record(), T)
+        proxy.fail_status = status
+        proxy.fail_next = 1  # one failure: botocore's retry gets through
+        version = lock.update(sample_record(transitions=4), version, T)
+        assert lock.get(T).version == version
+        proxy.fail_next = 1000  # a server that keeps failing: unavailable, within the timeout
+        seen = len(proxy.forwarded)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=f"HTTP {status}"):
+            lock.update(sample_record(transitions=5), version, 8.0)
+        assert time.monotonic() - started < 8.5
+        failed = [s for _, _, s in proxy.forwarded[seen:] if s < 0]
+        assert len(failed) >= 2  # it did retry, as long as a retry fitted in the timeout
+    finally:
+        proxy.close()
