@@ -86,18 +86,25 @@ def test_versions_are_not_reused_after_the_row_is_deleted(alias):
 
 
 def _terminate_other_sessions(alias: str) -> int:
+    """Kill the database's other sessions and wait until they are gone (killing is asynchronous)."""
+    if connections[alias].vendor == "postgresql":
+        others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        kill = "SELECT pg_terminate_backend({})"
+    else:
+        others = "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+        kill = "KILL {}"
     with connections[alias].cursor() as cur:
-        if connections[alias].vendor == "postgresql":
-            cur.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            return cur.fetchone()[0]
-        cur.execute("SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")
-        ids = [row[0] for row in cur.fetchall()]
+        cur.execute(others)
+        ids = [int(row[0]) for row in cur.fetchall()]
         for session in ids:
-            cur.execute(f"KILL {int(session)}")
-        return len(ids)
+            cur.execute(kill.format(session))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cur.execute(others)
+            if not {int(row[0]) for row in cur.fetchall()} & set(ids):
+                break
+            time.sleep(0.02)
+    return len(ids)
 
 
 @pytest.mark.parametrize("server", ["pg", "maria"])
