@@ -73,39 +73,44 @@ def renew_latency(s3: Any, samples: int) -> dict[str, Any]:
         "s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key,
         region_name="us-east-1", config=Config(s3={"addressing_style": "path"}),
     )  # fmt: skip
-    lean.meta.events.register_last("before-call.s3.PutObject", _no_expect_continue)
+    lean.meta.events.register_last("before-call.s3", _no_expect_continue)
     raw_key = f"{prefix}/raw.lock.json"
     record = LeaderRecord(holder="bench", lease_duration=LEASE, transitions=1)
     etag = raw.put_object(Bucket=s3.bucket, Key=raw_key, Body=encode_record(record, n=0), IfNoneMatch="*")["ETag"]
     backend = S3Backend.from_url(s3.url(prefix))
     lock = backend.lock("lib")
     version = lock.create(record, OP_TIMEOUT)
-    for _ in range(20):  # warm both connection pools
+    lean_etag = lean.put_object(Bucket=s3.bucket, Key=raw_key + "2", Body=encode_record(record, n=0))["ETag"]
+    for _ in range(20):  # warm the three connection pools
         etag = raw.put_object(Bucket=s3.bucket, Key=raw_key, Body=encode_record(record, n=uuid.uuid4().hex),
                               IfMatch=etag)["ETag"]
+        lean_etag = lean.put_object(Bucket=s3.bucket, Key=raw_key + "2",
+                                    Body=encode_record(record, n=uuid.uuid4().hex), IfMatch=lean_etag)["ETag"]
         version = lock.update(record, version, OP_TIMEOUT)
-    lean_etag = lean.put_object(Bucket=s3.bucket, Key=raw_key + "2", Body=encode_record(record, n=0))["ETag"]
     raw_t: list[float] = []
     lean_t: list[float] = []
     lib_t: list[float] = []
     get_t: list[float] = []
-    block = 25
-    for _ in range(max(1, samples // block)):
-        for _ in range(block):
-            body = encode_record(record, n=uuid.uuid4().hex)
+    state = {"raw": etag, "lean": lean_etag, "lib": version}
+
+    def one(kind: str) -> None:
+        if kind == "lib":
             t0 = time.perf_counter()
-            etag = raw.put_object(Bucket=s3.bucket, Key=raw_key, Body=body, IfMatch=etag)["ETag"]
-            raw_t.append(time.perf_counter() - t0)
-        for _ in range(block):
-            body = encode_record(record, n=uuid.uuid4().hex)
-            t0 = time.perf_counter()
-            lean_etag = lean.put_object(Bucket=s3.bucket, Key=raw_key + "2", Body=body, IfMatch=lean_etag)["ETag"]
-            lean_t.append(time.perf_counter() - t0)
-        for _ in range(block):
-            t0 = time.perf_counter()
-            version = lock.update(record, version, OP_TIMEOUT)
+            state["lib"] = lock.update(record, state["lib"], OP_TIMEOUT)
             lib_t.append(time.perf_counter() - t0)
-        for _ in range(block // 5):
+            return
+        client, key, out = (raw, raw_key, raw_t) if kind == "raw" else (lean, raw_key + "2", lean_t)
+        body = encode_record(record, n=uuid.uuid4().hex)
+        t0 = time.perf_counter()
+        state[kind] = client.put_object(Bucket=s3.bucket, Key=key, Body=body, IfMatch=state[kind])["ETag"]
+        out.append(time.perf_counter() - t0)
+
+    # interleaved, in a rotating order, so that drift and "who goes first" cost all alike
+    kinds = ["raw", "lean", "lib"]
+    for n in range(samples):
+        for kind in kinds[n % 3 :] + kinds[: n % 3]:
+            one(kind)
+        if n % 5 == 0:
             t0 = time.perf_counter()
             lock.get(OP_TIMEOUT)
             get_t.append(time.perf_counter() - t0)
