@@ -151,3 +151,7 @@ def test_shell_starts_no_election(sqlite_alias):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['MainThread'] 0"
+
+
+def test_models_and_migrations_agree():
+    call_command("makemigrations", "django_leader", check=True, dry_run=True, verbosity=0)
