@@ -154,7 +154,12 @@ def _probe_before_skip(elected: Election) -> str | None:
 def _wait_for_term(elected: Election, timeout: float | None, skip: bool, stale: str | None = None) -> None:
     """Block until leading; in skip mode give up (skipped) as soon as another live holder is seen."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not elected.wait_until_leader(0.05):
+    while True:
+        asked = time.monotonic()
+        if elected.wait_until_leader(0.05):
+            return
+        if time.monotonic() - asked < 0.04:
+            time.sleep(0.05)  # the election has ended: do not spin
         holder = elected.leader
         if skip and holder not in (None, elected.identity, stale):
             raise NotLeader(f"{holder} leads {elected.name!r}", holder=holder, skipped=True)
@@ -249,6 +254,11 @@ def run_as_leader(
     elected = election(name, **overrides)
     if elected.backend is not None:
         elected.backend.check(elected.timing.op_timeout)
+    previous_term: Any = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM (a deploy, systemd, Kubernetes) unwinds the command and releases the lease, so that
+        # a standby takes over at once instead of after a lease; exit status 143 as for the default
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         if skip:
             stale = _probe_before_skip(elected)
@@ -276,6 +286,12 @@ def run_as_leader(
         return result
     finally:
         elected.stop()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def command_name(command: Any) -> str:

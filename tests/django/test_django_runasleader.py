@@ -94,6 +94,22 @@ def test_one_of_three_runs_and_sigkill_hands_over(procs, tmp_path):
     assert report.gaps and report.gaps[0][2] > 0
 
 
+def test_sigterm_unwinds_the_command_and_releases_at_once(procs, tmp_path):
+    name = "term-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    nodes = [procs(runasleader(name, f"node{i}", log), tmp_path / f"node{i}.out") for i in range(2)]
+    first = wait_for(lambda: starts(log), 30, "a first leader")[0]
+    leader = nodes[int(first["node"][-1])]
+    leader.terminate()
+    assert leader.wait(20) == 143
+    second = wait_for(lambda: starts(log)[1:], 30, "the standby")[0]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    stop = next(ev for ev in events if ev["e"] == "stop" and ev["node"] == first["node"])
+    # released: the standby did not wait out the 1 s lease (it polls every 0.2 s)
+    assert second["t"] - stop["t"] < 0.9
+    check_intervals(read_intervals([log])).assert_safe()
+
+
 def test_skip_exits_zero_while_another_leads(procs, tmp_path):
     name = "skip-" + uuid.uuid4().hex[:8]
     log = tmp_path / "work.log"
