@@ -14,7 +14,8 @@ How a running command is interrupted when leadership is lost (renewals failed fo
    before another instance starts it.
 
 ``runasleader`` then exits with status 3; a command that returns normally exits 0 and the
-lease is released so that a standby takes over at once.
+lease is released so that a standby takes over at once. SIGTERM (when nothing else handles
+it) raises ``SystemExit(143)`` in the command, which also releases the lease on the way out.
 """
 
 from __future__ import annotations

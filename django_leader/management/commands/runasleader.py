@@ -4,7 +4,8 @@ Runs another management command in this process, only while this instance leads 
 election ``NAME`` (default ``<LEADER_ELECTION['NAME']>.<COMMAND>``), renewing the lease in
 a background thread. Exit status: the command's own (0 on success), 0 when ``--skip`` finds
 another leader, 3 when leadership was lost while the command ran (it is interrupted, see
-:mod:`django_leader.runner`), 4 when ``--wait-timeout`` passed without being elected.
+:mod:`django_leader.runner`), 4 when ``--wait-timeout`` passed without being elected, 143 after
+SIGTERM (the command is unwound and the lease released).
 """
 
 from __future__ import annotations
