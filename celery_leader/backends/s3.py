@@ -371,7 +371,7 @@ class S3Backend(Backend):
         try:
             return getattr(client, operation)(Bucket=self.bucket, **params)
         except bce.ClientError as exc:
-            raise self._translate(exc, operation, params) from exc
+            raise self._translate(exc, operation) from exc
         except (bce.NoCredentialsError, bce.PartialCredentialsError) as exc:
             raise ConfigurationError(
                 f"no usable AWS credentials for {self.describe()} ({exc}); set AWS_ACCESS_KEY_ID and "
@@ -384,7 +384,7 @@ class S3Backend(Backend):
         finally:
             _deadline.value = None
 
-    def _translate(self, exc: bce.ClientError, operation: str, params: dict[str, Any]) -> Exception:
+    def _translate(self, exc: bce.ClientError, operation: str) -> Exception:
         err = exc.response.get("Error", {}) or {}
         meta = exc.response.get("ResponseMetadata", {}) or {}
         code = str(err.get("Code", ""))
@@ -408,6 +408,10 @@ class S3Backend(Backend):
                 f"{where}: the S3 server rejected the credentials ({code}: {message}); "
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
             )
+        if code == "RequestTimeTooSkewed":  # a 403, but not a permission problem
+            return ConfigurationError(f"{where}: this machine's clock is too far off for S3 signatures; fix NTP")
+        if code in _TRANSIENT_CODES:  # e.g. ExpiredToken (403 on some servers): the chain refreshes it
+            return BackendUnavailable(f"{where}: HTTP {status} {code} ({message})")
         if status == 403 or code == "AccessDenied":
             return ConfigurationError(
                 f"{where}: access denied ({message}); grant {ACTIONS} on arn:aws:s3:::{self.bucket}"
@@ -424,8 +428,6 @@ class S3Backend(Backend):
                 f"{where}: bucket {self.bucket!r} is not served by region {self.region!r} at {self._where()} "
                 f"({code}); add ?region={region} or fix endpoint_url"
             )
-        if code == "RequestTimeTooSkewed":
-            return ConfigurationError(f"{where}: this machine's clock is too far off for S3 signatures; fix NTP")
         if code == "InvalidBucketName":
             return ConfigurationError(f"{where}: the server says bucket name {self.bucket!r} is invalid")
         if status == 501 or code == "NotImplemented":

@@ -253,6 +253,8 @@ class FaultyProxy:
         self.lose_put_answers = lose_put_answers
         self.fail_next = 0
         self.fail_status = 503
+        self.fail_code = ""
+        self.fail_headers: dict[str, str] = {}
         self.forwarded: list[tuple[str, str, int]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -266,13 +268,15 @@ class FaultyProxy:
                 body = self.rfile.read(length) if length else None
                 if proxy.fail_next > 0:
                     proxy.fail_next -= 1
-                    code = "SlowDown" if proxy.fail_status == 503 else "InternalError"
+                    code = proxy.fail_code or ("SlowDown" if proxy.fail_status == 503 else "InternalError")
                     xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
                     proxy.forwarded.append((self.command, self.path, -proxy.fail_status))  # before answering
-                    self.wfile.write(
+                    head = (
                         f"HTTP/1.1 {proxy.fail_status} Injected\r\nContent-Type: application/xml\r\n"
-                        f"Content-Length: {len(xml)}\r\n\r\n".encode() + xml
+                        + "".join(f"{k}: {v}\r\n" for k, v in proxy.fail_headers.items())
+                        + f"Content-Length: {len(xml)}\r\n\r\n"
                     )
+                    self.wfile.write(head.encode() + xml)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 if proxy.strip_conditions:

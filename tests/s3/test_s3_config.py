@@ -262,3 +262,29 @@ def test_server_errors_are_retried_within_the_timeout_then_unavailable(moto_serv
         assert len(failed) >= 2  # it did retry, as long as a retry fitted in the timeout
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "headers", "fix"),
+    [
+        (301, "PermanentRedirect", {"x-amz-bucket-region": "eu-west-3"}, r"\?region=eu-west-3"),
+        (400, "AuthorizationHeaderMalformed", {}, r"\?region="),
+        (403, "RequestTimeTooSkewed", {}, "NTP"),
+        (403, "AccessDenied", {}, "s3:GetObject, s3:PutObject and s3:ListBucket"),
+        (403, "InvalidAccessKeyId", {}, "AWS_ACCESS_KEY_ID"),
+        (501, "NotImplemented", {}, "conditional"),
+    ],
+    ids=["wrong-region", "region-in-signature", "clock-skew", "access-denied", "unknown-key", "not-implemented"],
+)
+def test_server_refusals_name_the_fix(moto_server, prefix, status, code, headers, fix) -> None:
+    """The answers AWS gives for these mistakes, injected in front of a real server."""
+    proxy = FaultyProxy(moto_server.endpoint)
+    try:
+        backend = S3Backend.from_url(moto_server.url(prefix, endpoint_url=proxy.endpoint).replace(
+            f"endpoint_url={moto_server.endpoint}&", ""))
+        proxy.fail_status, proxy.fail_code, proxy.fail_headers = status, code, headers
+        proxy.fail_next = 1000
+        with pytest.raises(ConfigurationError, match=fix):
+            backend.check(T)
+    finally:
+        proxy.close()
