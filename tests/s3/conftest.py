@@ -77,7 +77,7 @@ def weed_argv(data_dir: Path, s3_port: int, config: Path) -> list[str]:
         weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
         "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}",
         f"-s3.config={config}", f"-filer.localSocket={data_dir}/filer.sock", f"-s3.localSocket={data_dir}/s3.sock",
-        "-volume.max=4", "-master.volumeSizeLimitMB=16",
+        "-volume.max=4", "-master.volumeSizeLimitMB=16", "-volume.preStopSeconds=0",
     ]
     argv += [f"-{name}={port}" for name, port in ports.items()]
     return argv
