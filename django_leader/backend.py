@@ -335,7 +335,11 @@ class DjangoBackend(Backend):
             return
         vendor = wrapper.vendor
         if vendor == "postgresql":
-            cur.execute(f"SET statement_timeout = {ms}; SET lock_timeout = {ms}")
+            # one statement (psycopg 3 with server-side binding refuses several in one execute)
+            cur.execute(
+                f"SELECT set_config('statement_timeout', '{ms}', false), set_config('lock_timeout', '{ms}', false)"
+            )
+            cur.fetchone()
         elif vendor == "mysql":
             secs = max(1, math.ceil(ms / 1000))
             if wrapper.mysql_is_mariadb:
