@@ -116,3 +116,32 @@ def test_garbage_object_is_overwritten_after_one_lease(s3_server, prefix, garbag
         assert doc["holderIdentity"] == "py-node"
     finally:
         e.stop()
+
+
+def test_async_elections_share_one_backend_and_hand_over(moto_server, prefix) -> None:
+    """Two asyncio candidates on one S3Backend (one set of clients): one leads, a release hands over."""
+    import asyncio
+
+    from celery_leader.aio import AsyncElection
+    from celery_leader.backends.s3 import S3Backend
+
+    async def scenario() -> tuple[int | None, int | None]:
+        backend = S3Backend.from_url(moto_server.url(prefix))
+        a = AsyncElection("beat", backend=backend, identity="a", lease_duration=LEASE, renew_deadline=RENEW,
+                          retry_period=RETRY)
+        b = AsyncElection("beat", backend=backend, identity="b", lease_duration=LEASE, renew_deadline=RENEW,
+                          retry_period=RETRY)
+        await a.start()
+        assert await a.wait_until_leader(10)
+        await b.start()
+        assert not await b.wait_until_leader(LEASE * 1.5)  # a keeps renewing
+        first = a.token
+        await a.stop()  # releases
+        assert await b.wait_until_leader(5)
+        second = b.token
+        await b.stop()
+        backend.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first is not None and second is not None and second > first
