@@ -153,7 +153,6 @@ class S3Lock(Lock):
         self.backend = backend
         self.name = name
         self.key = backend.key_for(f"{name}.lock.json")
-        self._closed = False
 
     def get(self, timeout: float) -> Versioned | None:
         deadline = time.monotonic() + timeout
@@ -220,7 +219,6 @@ class S3Lock(Lock):
 
     def close(self) -> None:
         """The connections belong to the backend (shared by its locks); nothing to free here."""
-        self._closed = True
 
     def describe(self) -> str:
         return f"s3://{self.backend.bucket}/{self.key}"
