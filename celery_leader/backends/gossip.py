@@ -110,6 +110,13 @@ class AcceptorState:
     value: Value | None = None
 
 
+def _version_change(old: Value | None, new: Value | None) -> str | None:
+    """The new version if accepting ``new`` over ``old`` changes the version, else None."""
+    old_version = old[0] if old is not None else None
+    new_version = new[0] if new is not None else None
+    return new_version if new_version != old_version else None
+
+
 class AcceptorStore:
     """Per-lock acceptor state in files under ``state_dir``, fsynced before answering.
 
@@ -184,8 +191,8 @@ class AcceptorStore:
         finally:
             os.close(dfd)
 
-    def handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], Value | None]:
-        """Apply one prepare/accept; return (answer, newly accepted value or None)."""
+    def handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """Apply one message; return (answer, the new version if the accepted version changed)."""
         op, name = request["o"], request["n"]
         if not isinstance(name, str):
             raise ValueError("lock name is not a string")
@@ -203,11 +210,13 @@ class AcceptorStore:
                 if state.accepted == ballot and state.value == value:  # a resend of what we accepted
                     return {"ok": True, "p": list(state.promised), "a": list(state.accepted)}, None
                 ok = ballot > prev and state.promised == prev and state.accepted == prev and prev != ZERO
+                changed = None
                 if ok:
+                    changed = _version_change(state.value, value)
                     state.promised = state.accepted = ballot
                     state.value = value
                     self.save(name, state)
-                return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, value if ok else None
+                return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, changed
             if op == "p":
                 ok = ballot >= state.promised and ballot > state.accepted
                 if ok and ballot != state.promised:
@@ -221,10 +230,10 @@ class AcceptorStore:
                 ok = ballot >= state.promised and ballot >= state.accepted
                 changed = None
                 if ok and (ballot != state.accepted or value != state.value):
+                    changed = _version_change(state.value, value)
                     state.promised = state.accepted = ballot
                     state.value = value
                     self.save(name, state)
-                    changed = value
                 return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, changed
             raise ValueError(f"unknown operation {op!r}")
 
@@ -246,6 +255,8 @@ class Acceptor:
         self.connected = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0
+        #: lock name -> (generation, version) of its last version change here
+        self._changes: dict[str, tuple[int, str]] = {}
         self._stop = threading.Event()
         self._client: SerfClient | None = None
         self._thread = threading.Thread(target=self._serve, name=f"gossip-acceptor-{node}", daemon=True)
@@ -295,28 +306,32 @@ class Acceptor:
         if changed is not None:
             with self._changed:
                 self._generation += 1
+                self._changes[request["n"]] = (self._generation, changed)
                 self._changed.notify_all()
 
-    def accepted_version(self, name: str) -> Ballot:
-        """The creation ballot of the value this acceptor holds for ``name``."""
+    def local_version(self, name: str) -> str | None:
+        """The version of the value this acceptor holds for ``name`` (maybe behind or ahead)."""
         value = self.store.peek(name).value
-        return parse_version(value[0]) if value is not None else ZERO
+        return value[0] if value is not None else None
 
     def promised(self, name: str) -> Ballot:
         return self.store.peek(name).promised
 
-    def wait_newer(self, name: str, than: Ballot, deadline: float) -> bool:
-        """Wait until this acceptor accepts a value of ``name`` created after ``than``."""
-        while True:
-            with self._changed:
-                generation = self._generation
-            if self.accepted_version(name) > than:
-                return True
-            with self._changed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait_for(lambda g=generation: self._generation != g, remaining)
+    def generation(self) -> int:
+        with self._changed:
+            return self._generation
+
+    def wait_change(self, name: str, since: int, other_than: str | None, deadline: float) -> bool:
+        """Wait until this acceptor takes a version of ``name`` other than ``other_than`` after ``since``.
+
+        (A lagging acceptor catching up to ``other_than`` itself is no change.)
+        """
+        def changed() -> bool:
+            generation, version = self._changes.get(name, (0, ""))
+            return generation > since and version != other_than
+
+        with self._changed:
+            return self._changed.wait_for(changed, max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         self._stop.set()
@@ -409,10 +424,10 @@ class GossipLock(Lock):
         last = self._last
         tried: set[str] = set()
         if last is not None and last[1] is not None and last[1][0] == expected_version:
-            version = self._fast_accept(last[0], raw, deadline)
-            if version is not None:
+            landed, version = self._fast_accept(last[0], raw, deadline)
+            if landed:
                 return version
-            tried.add(version_of((last[0][0] + 1, self._proposer)))
+            tried.add(version)  # it may still have landed on some acceptors
 
         def change(current: Value | None) -> bytes | object:
             if current is None:
@@ -423,11 +438,12 @@ class GossipLock(Lock):
 
         return self._execute(change, max(0.0, deadline - time.monotonic()), mine=tried)[0]  # type: ignore[index]
 
-    def _fast_accept(self, prev: Ballot, raw: bytes, deadline: float) -> str | None:
-        """Renew in one round trip after our own successful accept; None: take the full path."""
-        ballot = (prev[0] + 1, self._proposer)
+    def _fast_accept(self, prev: Ballot, raw: bytes, deadline: float) -> tuple[bool, str]:
+        """Renew in one round trip after our own successful accept; (False, version): take the full path."""
+        # a fresh ballot from the shared counter: two threads renewing through one lock
+        # object must never propose two values under one ballot
+        ballot = self._next_ballot()
         value = (version_of(ballot), raw)
-        self._saw(ballot[0])
         try:
             answers = self._round({"o": "f", "n": self.name, "b": list(ballot), "prev": list(prev),
                                    "v": list(value)}, self._share(deadline))
@@ -435,9 +451,9 @@ class GossipLock(Lock):
             answers = None
         if answers is not None and len(answers.oks) >= self._backend.quorum:
             self._last = (ballot, value)
-            return value[0]
+            return True, value[0]
         self._last = None
-        return None
+        return False, value[0]
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
         """Store bytes as they are (garbage and foreign-record tests)."""
@@ -445,11 +461,20 @@ class GossipLock(Lock):
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
-        than = parse_version(version)
         acceptor = self._backend.acceptor
         if acceptor is not None and acceptor.connected.is_set():
-            # the local acceptor sees every accept that reaches this node: no polling
-            acceptor.wait_newer(self.name, than, deadline)
+            # the local acceptor sees every accept that reaches this node: wake on the next
+            # new version there. It may lag (it missed an accept) or lead (a write in
+            # flight), so a difference found up front is confirmed by a read, not trusted.
+            since = acceptor.generation()
+            if acceptor.local_version(self.name) != version:
+                try:
+                    got = self.get(max(0.05, min(deadline - time.monotonic(), self._backend.query_timeout)))
+                except BackendUnavailable:
+                    got = Versioned(LeaderRecord(), version or "")
+                if (got.version if got is not None else None) != version:
+                    return
+            acceptor.wait_change(self.name, since, version, deadline)
             return
         while True:  # not a voter here (or its agent is away): poll
             remaining = deadline - time.monotonic()
@@ -515,6 +540,11 @@ class GossipLock(Lock):
                 if time.monotonic() + pause >= deadline:
                     raise BackendUnavailable(f"gossip lock {self.name!r}: no quorum in time ({why})")
                 time.sleep(pause)
+                # rather than duel with whoever preempted us, look first: if it won, lose
+                # with Conflict now; if what we sent won, say so
+                settled = self._look(change, mine, deadline)
+                if settled is not None:
+                    return settled
             attempt += 1
             ballot = self._next_ballot()
             prep = self._round({"o": "p", "n": self.name, "b": list(ballot)}, deadline)
@@ -559,6 +589,29 @@ class GossipLock(Lock):
             if acc is None:
                 raise BackendUnavailable(f"gossip lock {self.name!r}: accept phase got no quorum in time")
             why = "accept preempted by a higher ballot" if acc.rejected else "too few members accepted"
+
+    def _look(self, change: Callable[[Value | None], Any], mine: set[str], deadline: float) -> Value | None:
+        """A read between attempts: our own chosen value, a Conflict raised, or None to retry."""
+        try:
+            answers = self._round({"o": "r", "n": self.name}, self._share(deadline), agree=True)
+        except BackendUnavailable:
+            return None
+        if answers is None or len(answers.oks) < self._backend.quorum:
+            return None
+        if answers.agreed_found:
+            current = answers.agreed
+            if current is not None and current[0] in mine:
+                return current  # a quorum accepted our value: it is chosen
+        else:
+            best, current = ZERO, None
+            for answer in answers.oks.values():
+                accepted = _ballot(answer.get("a"))
+                if accepted > best:
+                    best, current = accepted, _value(answer.get("v"))
+            if current is not None and current[0] in mine:
+                return None  # ours, half-written: the next attempt finishes it
+        change(current)  # raises Conflict if somebody else's write is what we now see
+        return None
 
     def _round(self, message: dict[str, Any], deadline: float, agree: bool = False) -> _Round | None:
         """One phase: query the members, collect answers until a quorum is decided; None if out of time.

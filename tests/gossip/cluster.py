@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from celery_leader.serf import SerfClient, SerfError
+from celery_leader.testing.cluster import ElectorCluster
 from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
 
 _UIDS = itertools.count(41000 + (os.getpid() % 500) * 20)
@@ -170,3 +171,17 @@ class SerfCluster:
 
 def _iptables(*args: str) -> None:
     subprocess.run(["iptables", "-w", "5", *args], check=True, capture_output=True, text=True)
+
+
+class GossipElectors(ElectorCluster):
+    """``celery-leader run`` per agent: each talks to its own agent and keeps its own acceptor state."""
+
+    def __init__(self, serf: SerfCluster, name: str, workdir: Path, **kw: object) -> None:
+        self.serf = serf
+        super().__init__("gossip://unused", name, n=len(serf.agents), workdir=workdir, **kw)  # type: ignore[arg-type]
+
+    def command(self, i: int) -> list[str]:
+        argv = super().command(i)
+        agent = self.serf.agents[i]
+        argv[argv.index("--url") + 1] = agent.url(self.serf.names, self.workdir / f"state-{agent.name}")
+        return argv

@@ -16,7 +16,7 @@ import pytest
 
 from celery_leader.testing.cluster import ElectorCluster
 
-from .cluster import SerfCluster
+from .cluster import GossipElectors, SerfCluster
 
 pytestmark = pytest.mark.processes
 
@@ -34,21 +34,6 @@ LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
 TAKEOVER_BOUND = 3 * LEASE + 3.0
 
 
-class GossipElectors(ElectorCluster):
-    """Each node's ``run`` talks to its own agent, and keeps its acceptor state in its own dir."""
-
-    def __init__(self, serf: SerfCluster, name: str, workdir: Path, **kw: object) -> None:
-        self.serf = serf
-        super().__init__("gossip://unused", name, n=len(serf.agents), workdir=workdir, lease_duration=LEASE,
-                         renew_deadline=RENEW, retry_period=RETRY, **kw)  # type: ignore[arg-type]
-
-    def command(self, i: int) -> list[str]:
-        argv = super().command(i)
-        agent = self.serf.agents[i]
-        argv[argv.index("--url") + 1] = agent.url(self.serf.names, self.workdir / f"state-{agent.name}")
-        return argv
-
-
 def _started_during(cluster: ElectorCluster, node: int, start: float, end: float) -> list:
     return [iv for iv in cluster.intervals() if iv.node == cluster.identity(node) and start <= iv.start <= end]
 
@@ -60,7 +45,8 @@ def _takeover(cluster: ElectorCluster, exclude: set[int], since: float) -> tuple
 
 
 def _kill_stop_partition(tmp_path: Path, n: int, minority: int) -> None:
-    with SerfCluster(n, tmp_path / "serf") as serf, GossipElectors(serf, "beat", tmp_path / "run") as cluster:
+    with SerfCluster(n, tmp_path / "serf") as serf, GossipElectors(serf, "beat", tmp_path / "run", lease_duration=LEASE,
+                                                                  renew_deadline=RENEW, retry_period=RETRY) as cluster:
         # 1. SIGKILL the leader's agent and its candidate: the rest take over
         i = cluster.wait_for_leader(timeout=30)
         time.sleep(0.5)
