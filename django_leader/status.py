@@ -11,12 +11,16 @@ from celery_leader.record import decode_or_placeholder
 from .conf import leader_settings
 
 
-def default_alias() -> str:
-    """The database of ``LEADER_ELECTION['URL']`` if it is django://, else ``default``."""
+def configured_alias() -> str | None:
+    """The database of ``LEADER_ELECTION['URL']`` if it is django://, else ``None``."""
     parts = urlsplit(leader_settings().url)
     if parts.scheme == "django":
         return parts.netloc or parts.path.strip("/") or "default"
-    return "default"
+    return None
+
+
+def default_alias() -> str:
+    return configured_alias() or "default"
 
 
 def describe(name: str, text: str, version: int, now: float | None = None) -> dict[str, Any]:

@@ -1,17 +1,35 @@
 """A JSON status view for health checks and dashboards.
 
-``GET .../`` lists every lease in the database and the elections this process runs;
+``GET .../`` lists every lease in the database (when ``LEADER_ELECTION['URL']`` is
+``django://``; other backends have no listing) and the elections this process runs;
 ``GET .../<name>/`` one lease (404 if unknown). Add ``?leader=1`` to answer 503 unless this
 process currently leads that election (a readiness probe for "the active scheduler").
 """
 
 from __future__ import annotations
 
+import logging
+
+from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from .runner import active_elections
-from .status import lease_rows
+from .status import configured_alias, lease_rows
+
+log = logging.getLogger("celery_leader.django")
+
+
+def _stored(name: str | None = None) -> tuple[list[dict], str | None]:
+    """The lease table's rows when the leases are in this database (django://), else none."""
+    alias = configured_alias()
+    if alias is None:
+        return [], None
+    try:
+        return lease_rows(alias, name), None
+    except DatabaseError as exc:
+        log.warning("leader status: cannot read the lease table: %s", exc)
+        return [], f"cannot read the lease table of database {alias!r}: {type(exc).__name__}"
 
 
 def _local(name: str | None = None) -> list[dict]:
@@ -24,13 +42,19 @@ def _local(name: str | None = None) -> list[dict]:
 
 @require_GET
 def status(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"elections": lease_rows(), "local": _local()})
+    rows, error = _stored()
+    body: dict = {"elections": rows, "local": _local()}
+    if error:
+        body["error"] = error
+    return JsonResponse(body, status=503 if error else 200)
 
 
 @require_GET
 def election_status(request: HttpRequest, name: str) -> JsonResponse:
-    rows = lease_rows(name=name)
+    rows, error = _stored(name)
     local = _local(name)
+    if error and not local:
+        return JsonResponse({"error": error}, status=503)
     if not rows and not local:
         return JsonResponse({"error": f"no election named {name!r}"}, status=404)
     body = {"election": rows[0] if rows else None, "local": local}

@@ -260,3 +260,20 @@ def test_leader_only_runs_in_process_and_skips_when_another_leads(sqlite_alias):
         call_command("guarded", stdout=out, stderr=err)
         assert out.getvalue() == ""
         assert "skipped: elsewhere is active" in err.getvalue()
+
+
+def test_status_with_leases_elsewhere_or_no_table(sqlite_alias):
+    from django.core.management.base import CommandError
+    from django.test.utils import override_settings
+
+    client = Client()
+    with override_settings(LEADER_ELECTION={"URL": "redis://127.0.0.1:6379/0"}):
+        answer = client.get("/leader/")
+        assert answer.status_code == 200 and answer.json()["elections"] == []
+        with pytest.raises(CommandError, match="celery-leader status --url redis://"):
+            call_command("leaderstatus")
+    with override_settings(LEADER_ELECTION={"URL": "django://empty"}):
+        answer = client.get("/leader/")
+        assert answer.status_code == 503 and "lease table" in answer.json()["error"]
+        with pytest.raises(CommandError, match="migrate django_leader --database empty"):
+            call_command("leaderstatus")

@@ -11,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...status import lease_rows
+from ...conf import leader_settings
+from ...status import configured_alias, lease_rows
 
 
 class Command(BaseCommand):
@@ -22,10 +23,22 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from django.db import DatabaseError
+
+        alias = options["database"] or configured_alias()
+        if alias is None:
+            url = leader_settings().url
+            raise CommandError(
+                f"LEADER_ELECTION['URL'] is {url}, not django://: the leases are not in this database; "
+                f"use: celery-leader status --url {url} --name NAME"
+            )
         try:
-            rows = lease_rows(options["database"])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
+            rows = lease_rows(alias)
+        except DatabaseError as exc:
+            raise CommandError(
+                f"cannot read the lease table of database {alias!r} ({exc}); "
+                f"run: python manage.py migrate django_leader --database {alias}"
+            ) from exc
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2, sort_keys=True))
             return
