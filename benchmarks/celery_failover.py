@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import summary, table, write_results
+from benchmarks._common import RESULTS, summary, table, write_results
 
 INTERVAL = 1.0
 BROKER = "redis://127.0.0.1:6379/0"
@@ -70,6 +70,7 @@ def scenario(
     gaps: list[float] = []
     rng = random.Random(20)
     timeouts = 0
+    last_timeout = 0.0
     kinds: list[str] = []
     t0 = time.time()
     try:
@@ -120,6 +121,7 @@ def scenario(
             else:
                 timeouts += 1
                 gaps.append(time.time() - last_before)
+                last_timeout = time.time()
             start_beat()
             time.sleep(1.0)
         time.sleep(1.5)
@@ -131,6 +133,9 @@ def scenario(
     duplicates = sum(1 for a, b in zip(times, times[1:]) if b - a < INTERVAL / 2)
     # slots that passed without a run: each gap of g seconds misses round(g / interval) - 1 runs
     missed = sum(max(0, round((b - a) / INTERVAL) - 1) for a, b in zip(times, times[1:]))
+    if times and last_timeout > times[-1]:
+        # nobody sent again before the end: the slots up to the give-up moment were missed too
+        missed += max(0, round((last_timeout - times[-1]) / INTERVAL) - 1)
     return {
         "label": label,
         "failovers": len(kinds),
@@ -174,6 +179,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks celery_failover")
     parser.add_argument("--failovers", type=int, default=20)
     parser.add_argument("--redbeat-default-failovers", type=int, default=1, help="0 skips RedBeat at its defaults")
+    parser.add_argument("--only", default="", help="comma-separated scenario labels; merged into the results file")
     parser.add_argument("--cap", type=float, default=20.0, help="longest wait for one takeover (s)")
     parser.add_argument("--default-cap", type=float, default=60.0, help="the same for redbeat-default (s)")
     args = parser.parse_args(argv)
@@ -190,6 +196,10 @@ def main(argv: list[str]) -> int:
     for first, kind in ((0, "sigkill"), (1, "sigterm")):
         if args.redbeat_default_failovers:
             scenarios.append((f"redbeat-default-{kind}", 1, args.default_cap, defaults, False, first))
+    all_scenarios = list(scenarios)
+    if args.only:
+        wanted = set(args.only.split(","))
+        scenarios = [sc for sc in scenarios if sc[0] in wanted]
     results = []
     with tempfile.TemporaryDirectory(prefix="celery-failover-") as tmp:
         for label, n, cap, env, leader, *first in scenarios:
@@ -201,6 +211,15 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
             results.append(res)
+    if args.only:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            import json
+
+            previous = json.loads((RESULTS / "celery_failover.json").read_text())["scenarios"]
+            fresh = {r["label"] for r in results}
+            results = [r for r in previous if r["label"] not in fresh] + results
+            order = [sc[0] for sc in all_scenarios]
+            results.sort(key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
     rows = [
         [
             r["label"], r["failovers"], r["runs"], r["duplicates"], r["missed"],

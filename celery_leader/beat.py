@@ -262,7 +262,7 @@ class LeaderScheduler(Scheduler):
         self._leader_closed = False
         self._leader_election = None
         super().__init__(*args, **kwargs)
-        if getattr(self, "lock_key", None):
+        if getattr(self, "lock_key", None) and any(c.__name__ == "RedBeatScheduler" for c in type(self).__mro__):
             # RedBeat: its own lock (renewed inside tick(), 25 minutes by default) is replaced
             self.lock_key = None
 
@@ -329,11 +329,15 @@ class LeaderScheduler(Scheduler):
         standby_wait = min(self._leader_conf["timing"].retry_period, self.max_interval or 1.0)
         try:
             election = self._ensure_election()
-        except Exception as exc:  # noqa: BLE001
-            if not self._leader_embedded and isinstance(exc, ConfigurationError):
-                raise
-            log.exception("celery-leader: cannot start the election; beat stays on standby")
-            self._leader_closed = True
+        except ConfigurationError:
+            if not self._leader_embedded:
+                raise  # standalone beat: exit with the message; it never runs unguarded
+            log.exception("celery-leader: cannot start the election; this embedded beat stays on standby")
+            self._leader_closed = True  # a configuration does not fix itself
+            return standby_wait
+        except Exception:  # noqa: BLE001 - anything else may pass: try again next tick
+            self._note_state("standby", " (the election could not start; retrying)")
+            log.debug("celery-leader: starting the election failed", exc_info=True)
             return standby_wait
         if election is None:
             return standby_wait
