@@ -293,7 +293,9 @@ def call_cost(url: str, seconds: float) -> list[dict[str, Any]]:
         version = lock.update(rec(n), version, 5.0)
         n += 1
     elapsed, cpu = time.monotonic() - t0, time.process_time() - c0
-    out.append({"path": "sync RedisLock.update, 1 thread", "writes_per_s": n / elapsed, "cpu_us_per_write": 1e6 * cpu / n})
+    out.append(
+        {"path": "sync RedisLock.update, 1 thread", "writes_per_s": n / elapsed, "cpu_us_per_write": 1e6 * cpu / n}
+    )
 
     async def via_threads() -> dict[str, Any]:
         locks = [real.lock(f"t{i}") for i in range(tasks)]
@@ -766,12 +768,18 @@ def markdown(data: dict[str, Any]) -> str:
                         f"{_ms(c['handover_s']['p50']):.1f} / {_ms(c['handover_s']['p99']):.1f} / "
                         f"{_ms(c['handover_s']['max']):.1f} ms",
                     ],
-                    ["conflicts per handover p50 / max", f"{c['conflicts_per_handover']['p50']:.0f} / {c['conflicts_per_handover']['max']:.0f}"],
+                    [
+                        "conflicts per handover p50 / max",
+                        f"{c['conflicts_per_handover']['p50']:.0f} / {c['conflicts_per_handover']['max']:.0f}",
+                    ],
                     ["conflicts/s during the handover phase", f"{c['handover_conflicts_per_s']:.1f}"],
                     ["round trips/s during the handover phase", f"{c['handover_round_trips_per_s']:.0f}"],
                     ["round trips/s while idle (1 leader, others watching)", f"{c['idle_round_trips_per_s']:.0f}"],
                     ["process CPU % while idle", f"{c['idle_cpu_pct']:.1f}"],
-                    ["terms / overlaps / token regressions", f"{c['terms']} / {c['overlaps']} / {c['token_regressions']}"],
+                    [
+                        "terms / overlaps / token regressions",
+                        f"{c['terms']} / {c['overlaps']} / {c['token_regressions']}",
+                    ],
                     ["max candidates leading at once (sampler)", c["max_simultaneous_leaders"]],
                     ["samples with exactly one leader", f"{100 * c['share_exactly_one']:.2f} %"],
                 ],
@@ -817,7 +825,10 @@ def main(argv: list[str]) -> int:
     print("per-call cost ...", flush=True)
     cost = call_cost(args.url, 2.0 if args.quick else 5.0)
     for row in cost:
-        print(f"  {row['path']}: {row['writes_per_s']:.0f} writes/s, {row['cpu_us_per_write']:.0f} us CPU/write", flush=True)
+        print(
+            f"  {row['path']}: {row['writes_per_s']:.0f} writes/s, {row['cpu_us_per_write']:.0f} us CPU/write",
+            flush=True,
+        )
     results: list[dict[str, Any]] = []
     for n in sizes:
         for threads in pools if n == max(sizes) else pools[:1]:
