@@ -167,6 +167,14 @@ def is_per_host(base: type[Scheduler]) -> bool:
     return base is Scheduler or issubclass(base, PersistentScheduler)
 
 
+def _wrapped_base(cls: type) -> type:
+    """For ``class Mine(LeaderScheduler, Base)``: the first scheduler class after the leader part."""
+    for klass in cls.__mro__:
+        if issubclass(klass, Scheduler) and not issubclass(klass, LeaderScheduler):
+            return klass
+    return Scheduler
+
+
 _COMBINED: dict[type, type] = {}
 _COMBINED_LOCK = threading.Lock()
 
@@ -252,7 +260,7 @@ class LeaderScheduler(Scheduler):
         # configuration first, without I/O: a typo stops beat before anything is sent
         self._leader_conf = leader_config(app)
         self._leader_backend_desc = _check_url(self._leader_conf["url"])
-        base = self._leader_base or type(self)
+        base = self._leader_base or _wrapped_base(type(self))
         self._leader_per_host = is_per_host(base)
         catch_up = self._leader_conf["catch_up"]
         self._leader_catch_up = catch_up or ("skip" if self._leader_per_host else "once")
@@ -358,7 +366,7 @@ class LeaderScheduler(Scheduler):
     def _begin_term(self, lead: Leadership) -> None:
         """Reload the base's state from its store, then apply the catch-up policy."""
         with self._leader_mutex:
-            self._leader_reload()
+            self.reload_schedule()
             if self._leader_catch_up == "skip":
                 skipped = self._leader_skip_overdue()
                 if skipped:
@@ -370,8 +378,13 @@ class LeaderScheduler(Scheduler):
             self._leader_term = lead.token
             self._heap = None
 
-    def _leader_reload(self) -> None:
-        """Forget in-memory run state and read it again from the shared store."""
+    def reload_schedule(self) -> None:
+        """Forget in-memory run state and read it again from the store (called on each new term).
+
+        Handles django-celery-beat and RedBeat. A scheduler of your own that caches its
+        store in memory: subclass ``class Mine(LeaderScheduler, MyScheduler)`` and extend
+        this method to re-read it.
+        """
         dirty = getattr(self, "_dirty", None)
         if isinstance(dirty, set):
             dirty.clear()  # stale writes of an earlier term must never reach the store
@@ -472,7 +485,7 @@ class LeaderScheduler(Scheduler):
     def info(self) -> str:
         conf = self._leader_conf
         timing: Timing = conf["timing"]
-        base = self._leader_base or type(self)
+        base = self._leader_base or _wrapped_base(type(self))
         lines = [
             f"    . leader election -> {conf['name']} on {self._leader_backend_desc}",
             f"    . identity -> {conf['identity']}",

@@ -160,3 +160,26 @@ def test_a_stalled_backend_stops_sends_by_the_lease_deadline(ns, scheduler_for, 
 def test_configuration_errors_name_the_setting(ns, conf, message):
     with pytest.raises(ConfigurationError, match=message):
         LeaderScheduler(app=make_app(ns, **conf))
+
+
+class CountingLeaderScheduler(LeaderScheduler, Scheduler):
+    """A user's own combination: used as is, with a reload hook."""
+
+    reloads = 0
+
+    def reload_schedule(self) -> None:
+        type(self).reloads += 1
+        super().reload_schedule()
+
+
+def test_a_user_subclass_is_used_as_is_and_reloads_on_each_term(ns, published):
+    sched = CountingLeaderScheduler(app=make_app(ns))
+    try:
+        assert type(sched) is CountingLeaderScheduler
+        assert "catch-up: skip" in sched.info and "wraps -> celery.beat.Scheduler" in sched.info  # per-host base
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(sched.tick(), 0.02)))
+        assert published and CountingLeaderScheduler.reloads == 1
+    finally:
+        sched.close()
