@@ -247,6 +247,7 @@ class ElectionCore:
         self._release_started = 0.0
         self._release_then = Phase.DONE
         self._no_acquire_before = 0.0
+        self._vanished_hold = 0.0
         self._reported_garbage: str | None = None
 
     # --- queries ---------------------------------------------------------------------
@@ -338,11 +339,14 @@ class ElectionCore:
         if self._need_read:
             return self._read(now)
         obs = self.observed
-        if obs is None and now >= self._no_acquire_before:
-            record = self._term_record(None)
-            self._inflight = _InFlight("acquire", now, self.term + 1, record)
-            return Create(record, self._timeout(now))
-        expires = self._expiry(obs, now) if obs is not None else self._no_acquire_before
+        if obs is None:
+            expires = max(self._no_acquire_before, self.observed_at + self._vanished_hold)
+            if now >= expires:
+                record = self._term_record(None)
+                self._inflight = _InFlight("acquire", now, self.term + 1, record)
+                return Create(record, self._timeout(now))
+        else:
+            expires = self._expiry(obs, now)
         if obs is not None and now >= expires:
             record = self._term_record(obs.record)
             self._inflight = _InFlight("acquire", now, self.term + 1, record)
@@ -509,11 +513,18 @@ class ElectionCore:
 
     def _observe(self, result: Versioned | None, now: float) -> None:
         previous = self.observed
-        if result is None or previous is None or result.version != previous.version:
+        appeared_or_vanished = (result is None) != (previous is None)
+        if appeared_or_vanished or (result is not None and previous is not None and result.version != previous.version):
             self.observed_at = now
         self.observed = result
         if result is None:
+            if previous is not None and (previous.record.holder or previous.record.decode_error):
+                # a held lock object vanished (deleted by hand, evicted): its holder may still
+                # lead until its lease runs out, so count it as held for that long from now
+                lease = previous.record.lease_duration or self.timing.lease_duration
+                self._vanished_hold = max(lease, self.timing.lease_duration if previous.record.decode_error else 0.0)
             return
+        self._vanished_hold = 0.0
         rec = result.record
         # an undecodable placeholder may still carry the backend's last known token
         self.max_seen_transitions = max(self.max_seen_transitions, rec.transitions)

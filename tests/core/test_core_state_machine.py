@@ -79,8 +79,41 @@ def test_new_object_starts_above_every_token_seen(clock):
     core = make(clock)
     core.next_action()
     core.read_done(held(transitions=41))
-    # the object disappears (deleted by hand) before the lease ran out; we still wait it out
     clock.advance(L + 0.1)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(held(holder="", transitions=41))
+    core.next_action()  # takes the free lock... and loses the race
+    core.failed(Conflict("gone"))
+    core.next_action()
+    core.read_done(None)  # a free lock that vanished can be created at once
+    action = core.next_action()
+    assert isinstance(action, Create) and action.record.transitions == 42
+
+
+def test_a_held_lock_that_vanishes_is_waited_out_for_its_lease(clock):
+    """Deleted by hand while held: its holder may still lead until its lease runs out."""
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(transitions=41, lease=L))
+    clock.advance(1)
+    core.next_action()
+    core.wait_done()
+    core.next_action()
+    core.read_done(None)
+    vanished_at = clock.now
+    for _ in range(3):
+        action = core.next_action()
+        assert isinstance(action, Wait), action
+        assert action.until <= vanished_at + L
+        clock.advance(min(RP, vanished_at + L - clock.now - 0.01))
+        core.wait_done()
+        core.next_action()
+        core.read_done(None)
+    clock.advance(vanished_at + L - clock.now)
+    core.next_action()
+    core.wait_done()
     core.next_action()
     core.read_done(None)
     action = core.next_action()

@@ -91,11 +91,7 @@ def test_object_deleted_by_hand_is_recreated_with_a_higher_token(s3_server, pref
         assert token is not None, "nobody re-created the deleted lock object"
         doc = json.loads(client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
         assert doc["leaderTransitions"] == token > before
-        if overlap:
-            # core.ElectionCore._follower_action creates at once when it reads "no object",
-            # even right after it saw a live holder; the old leader still counts as leading
-            # until its renewal fails. Reported to the lead; make this an assert once fixed.
-            pytest.xfail("core: a follower re-created a deleted lock while the old leader's term was still valid")
+        assert not overlap, "two leaders while the deleted lock's lease was still running"
     finally:
         for e in elections:
             e.stop()
