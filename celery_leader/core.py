@@ -431,6 +431,7 @@ class ElectionCore:
 
     def read_done(self, result: Versioned | None) -> None:
         now = self.clock.monotonic()
+        self.check_deadline()  # a term whose deadline passed is over, whatever the answer says
         self._inflight = None
         self._need_read = False
         self._retry_at = 0.0
@@ -448,6 +449,7 @@ class ElectionCore:
 
     def write_done(self, version: str) -> None:
         now = self.clock.monotonic()
+        self.check_deadline()  # a late renewal must not revive a term that already ended
         flight, self._inflight = self._inflight, None
         assert flight is not None and flight.record is not None
         self._retry_at = 0.0
@@ -485,6 +487,7 @@ class ElectionCore:
     def failed(self, exc: BaseException) -> None:
         """The in-flight action raised ``exc``."""
         now = self.clock.monotonic()
+        self.check_deadline()
         flight, self._inflight = self._inflight, None
         kind = flight.kind if flight else "?"
         if isinstance(exc, Conflict):

@@ -522,3 +522,15 @@ def test_garbage_placeholder_token_is_respected(clock):
     core.read_done(garbage)
     action = core.next_action()
     assert isinstance(action, Update) and action.record.transitions == 18
+
+
+def test_a_renewal_answered_after_the_deadline_does_not_revive_the_term(clock):
+    core = make(clock)
+    lead(core, "v1")
+    clock.advance(RP)
+    core.next_action()  # the renewal is sent in time...
+    clock.advance(L)  # ...and answered after the deadline, before the watchdog fired
+    assert not core.is_leader()
+    core.write_done("v2")
+    assert not core.leading and not core.is_leader()
+    assert any(isinstance(e, StoppedLeading) for e in core.pop_events())
