@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
@@ -164,6 +165,20 @@ class _Pool:
             self._discard(wrapper)
 
 
+ABSENT = "absent:"
+
+
+class RegressionError(Exception):
+    """The fence already holds a token at or above the one being written."""
+
+
+@dataclass(frozen=True)
+class _Tables:
+    lease: str
+    fence: str
+    vendor: str
+
+
 class DjangoLock(Lock):
     """The lease row ``name``. Thread-safe: every call borrows a pooled connection."""
 
@@ -172,57 +187,133 @@ class DjangoLock(Lock):
     def __init__(self, backend: DjangoBackend, name: str) -> None:
         self._backend = backend
         self.name = name
+        #: the token this lock put into the fence (its own term): renewals of it skip the fence
+        self._written = -1
 
     def get(self, timeout: float) -> Versioned | None:
-        row = self._backend._call(timeout, lambda cur, t: _fetch(cur, t, self.name))
-        if row is None:
-            return None
-        text, version = row
-        return Versioned(decode_or_placeholder(str(text).encode("utf-8", "surrogateescape")), str(version))
+        found = self._backend._call(timeout, lambda cur, t: _fetch(cur, t, self.name))
+        text, version, fence = found
+        if text is None:
+            if fence is None:
+                return None
+            # the row was deleted by hand: free, and the next term counts from the fence
+            return Versioned(LeaderRecord(holder="", transitions=fence), f"{ABSENT}{fence}")
+        record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
+        if fence is not None and not record.decode_error and fence > record.transitions:
+            # rewritten with a lower token (by hand, or a foreign writer): never go below the fence
+            record = record.evolve(transitions=fence)
+        return Versioned(record, str(version))
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
-        version = time.time_ns() // 1000
-        raw = encode_record(record).decode()
-
-        def insert(cur: Any, table: str) -> str:
-            cur.execute(
-                f"INSERT INTO {table} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)",
-                [self.name, raw, version, record.holder, int(record.transitions)],
-            )
-            return str(version)
-
-        return self._backend._call(timeout, insert)
+        return self._insert(record, timeout)
 
     def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        if isinstance(expected_version, str) and expected_version.startswith(ABSENT):
+            # the row was absent when read: insert it (unique name: one winner), above the fence
+            if not expected_version[len(ABSENT) :].isdigit():
+                raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
+            return self._insert(record, timeout)
         try:
             expected = int(expected_version)
         except (TypeError, ValueError):
             raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend") from None
         raw = encode_record(record).decode()
+        token = int(record.transitions)
 
-        def conditional_update(cur: Any, table: str) -> str:
+        def conditional_update(cur: Any, t: _Tables) -> str:
             cur.execute(
-                f"UPDATE {table} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
-                [raw, expected + 1, record.holder, int(record.transitions), self.name, expected],
+                f"UPDATE {t.lease} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
+                [raw, expected + 1, record.holder, token, self.name, expected],
             )
             if cur.rowcount != 1:
                 raise Conflict(f"{self.name}: the stored version is no longer {expected}")
             return str(expected + 1)
 
-        return self._backend._call(timeout, conditional_update)
+        if token == self._written:
+            # a renewal (or the release) of this lock's own term: one statement in autocommit
+            return self._backend._call(timeout, conditional_update)
+        return self._fenced_write(conditional_update, record.holder, token, timeout, regression_is_conflict=False)
+
+    def _insert(self, record: LeaderRecord, timeout: float) -> str:
+        version = time.time_ns() // 1000
+        raw = encode_record(record).decode()
+        token = int(record.transitions)
+
+        def insert(cur: Any, t: _Tables) -> str:
+            cur.execute(
+                f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)",
+                [self.name, raw, version, record.holder, token],
+            )
+            return str(version)
+
+        return self._fenced_write(insert, record.holder, token, timeout, regression_is_conflict=True)
+
+    def _fenced_write(
+        self,
+        write: Callable[[Any, _Tables], str],
+        holder: str,
+        token: int,
+        timeout: float,
+        *,
+        regression_is_conflict: bool,
+    ) -> str:
+        """``write`` and raising the fence to ``token``, in one short transaction.
+
+        A token below the fence is refused; one equal to it may only continue the same term
+        (same holder as the row had, or a release), never start a new one.
+        """
+
+        def transaction(cur: Any, t: _Tables) -> str:
+            cur.execute("BEGIN IMMEDIATE" if t.vendor == "sqlite" else "BEGIN")
+            try:
+                cur.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
+                previous = cur.fetchone()
+                version = write(cur, t)
+                cur.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(f"INSERT INTO {t.fence} (name, token) VALUES (%s, %s)", [self.name, token])
+                elif int(row[0]) < token:
+                    cur.execute(f"UPDATE {t.fence} SET token = %s WHERE name = %s", [token, self.name])
+                elif int(row[0]) > token or not (holder == "" or (previous is not None and previous[0] == holder)):
+                    raise RegressionError(int(row[0]))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return version
+
+        try:
+            version = self._backend._call(timeout, transaction)
+        except RegressionError as exc:
+            fence = exc.args[0]
+            if regression_is_conflict:
+                raise Conflict(f"{self.name}: token {token} is not above the fence ({fence}); read again") from None
+            # The engine computes tokens from what it read, and get() lifts every token to the
+            # fence, so this happens only over a record it could not decode (it then counts from
+            # 0). Not Conflict: that would make it retry at once, forever; this backs off.
+            raise BackendUnavailable(
+                f"{self.name}: refused to write fencing token {token} for a new term: tokens up to {fence} were already "
+                "handed out and tokens never go backwards; the lease row probably holds something that "
+                "is not a leader record (delete that django_leader_lease row to recover: the fence stays)"
+            ) from None
+        self._written = token
+        return version
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
-        """Store text as it is, bypassing the codec (tests of garbage and foreign records)."""
+        """Store text as it is, bypassing the codec and the fence (tests of garbage and foreign records)."""
         text = raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
-        def put(cur: Any, table: str) -> str:
-            found = _fetch(cur, table, self.name)
-            version = (int(found[1]) + 1) if found else time.time_ns() // 1000
-            if found:
-                cur.execute(f"UPDATE {table} SET record = %s, version = %s WHERE name = %s", [text, version, self.name])
+        def put(cur: Any, t: _Tables) -> str:
+            text_found, version_found, _ = _fetch(cur, t, self.name)
+            version = (int(version_found) + 1) if text_found is not None else time.time_ns() // 1000
+            if text_found is not None:
+                cur.execute(
+                    f"UPDATE {t.lease} SET record = %s, version = %s WHERE name = %s", [text, version, self.name]
+                )
             else:
                 cur.execute(
-                    f"INSERT INTO {table} (name, record, version, holder, token) VALUES (%s, %s, %s, '', 0)",
+                    f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, '', 0)",
                     [self.name, text, version],
                 )
             return str(version)
@@ -233,10 +324,17 @@ class DjangoLock(Lock):
         return f"django lease {self.name!r} in database {self._backend.alias!r}"
 
 
-def _fetch(cur: Any, table: str, name: str) -> tuple[str, int] | None:
-    cur.execute(f"SELECT record, version FROM {table} WHERE name = %s", [name])
+def _fetch(cur: Any, t: _Tables, name: str) -> tuple[str | None, int | None, int | None]:
+    """(record, version, fence) in one round trip; ``None`` for what does not exist."""
+    cur.execute(
+        f"SELECT l.record, l.version, f.token FROM (SELECT %s AS name) n "
+        f"LEFT JOIN {t.lease} l ON l.name = n.name LEFT JOIN {t.fence} f ON f.name = n.name",
+        [name],
+    )
     row = cur.fetchone()
-    return (row[0], row[1]) if row else None
+    if row is None:
+        return None, None, None
+    return row[0], (int(row[1]) if row[1] is not None else None), (int(row[2]) if row[2] is not None else None)
 
 
 class DjangoBackend(Backend):
@@ -249,7 +347,7 @@ class DjangoBackend(Backend):
         ensure_django()
         from django.db import connections
 
-        from .models import Lease
+        from .models import Lease, LeaseFence
 
         if alias not in connections.settings:
             known = ", ".join(sorted(connections.settings)) or "none"
@@ -266,7 +364,8 @@ class DjangoBackend(Backend):
         self.alias = alias
         self._pool = _Pool(alias, settings_dict)
         self._table_name = Lease._meta.db_table
-        self._quoted: str | None = None
+        self._fence_name = LeaseFence._meta.db_table
+        self._tables: _Tables | None = None
 
     @classmethod
     def from_url(cls, url: str) -> DjangoBackend:
@@ -302,7 +401,7 @@ class DjangoBackend(Backend):
                     wrapper.ensure_connection()
                 with wrapper.cursor() as cur:
                     self._set_timeout(wrapper, cur, max(0.001, deadline - time.monotonic()))
-                    out = fn(cur, self._table(wrapper))
+                    out = fn(cur, self._names(wrapper))
                 healthy = True
                 return out
             except Conflict:
@@ -322,10 +421,11 @@ class DjangoBackend(Backend):
             finally:
                 self._pool.give(wrapper, healthy)
 
-    def _table(self, wrapper: Any) -> str:
-        if self._quoted is None:
-            self._quoted = wrapper.ops.quote_name(self._table_name)
-        return self._quoted
+    def _names(self, wrapper: Any) -> _Tables:
+        if self._tables is None:
+            quote = wrapper.ops.quote_name
+            self._tables = _Tables(quote(self._table_name), quote(self._fence_name), wrapper.vendor)
+        return self._tables
 
     @staticmethod
     def _set_timeout(wrapper: Any, cur: Any, timeout: float) -> None:
@@ -363,7 +463,7 @@ class DjangoBackend(Backend):
             return Conflict(f"{self.alias}: lost a race ({text})")
         if pgcode in _MISSING_TABLE_PGCODES or errno in _MISSING_TABLE_MYSQL or "no such table" in text:
             return ConfigurationError(
-                f"django://{self.alias}: the lease table {self._table_name!r} does not exist; run: "
+                f"django://{self.alias}: the lease tables ({self._table_name}, {self._fence_name}) are missing; run: "
                 f"python manage.py migrate django_leader --database {self.alias}"
             )
         return BackendUnavailable(f"django://{self.alias}: {type(exc).__name__}: {text.strip()}")
@@ -371,11 +471,12 @@ class DjangoBackend(Backend):
     # --- start-up and housekeeping -------------------------------------------------------
 
     def check(self, timeout: float = 5.0) -> None:
-        """Reachable, and the ``django_leader`` migration applied (else ConfigurationError naming the fix)."""
+        """Reachable, and the ``django_leader`` migrations applied (else ConfigurationError naming the fix)."""
 
-        def probe(cur: Any, table: str) -> None:
-            cur.execute(f"SELECT COUNT(*) FROM {table} WHERE 1 = 0")
-            cur.fetchone()
+        def probe(cur: Any, t: _Tables) -> None:
+            for table in (t.lease, t.fence):
+                cur.execute(f"SELECT COUNT(*) FROM {table} WHERE 1 = 0")
+                cur.fetchone()
 
         self._call(timeout, probe)
 

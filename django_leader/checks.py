@@ -132,19 +132,20 @@ def check_lease_table(app_configs: Any = None, databases: Any = None, **kwargs: 
         return []
     from django.db import connections
 
-    from .models import Lease
+    from .models import Lease, LeaseFence
 
     if alias not in connections.settings:
         return []  # E001 reports it
     connection = connections[alias]
     with connection.cursor() as cursor:
-        tables = connection.introspection.table_names(cursor)
-    if Lease._meta.db_table in tables:
+        tables = set(connection.introspection.table_names(cursor))
+    missing = [m._meta.db_table for m in (Lease, LeaseFence) if m._meta.db_table not in tables]
+    if not missing:
         return []
     return [
         Error(
-            f"the django://{alias} leader-election backend needs the table {Lease._meta.db_table!r}, "
-            f"which does not exist in database {alias!r}",
+            f"the django://{alias} leader-election backend needs the table(s) {', '.join(missing)}, "
+            f"which do not exist in database {alias!r}",
             hint=f"Run: python manage.py migrate django_leader --database {alias}",
             id="django_leader.E004",
         )

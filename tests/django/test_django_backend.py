@@ -85,6 +85,68 @@ def test_versions_are_not_reused_after_the_row_is_deleted(alias):
         backend.close()
 
 
+def test_tokens_continue_above_the_fence_after_the_row_is_deleted(alias):
+    name = unique("fenced")
+    url = f"django://{alias}"
+    with Election(name, url=url, identity="first", **FAST) as first:
+        assert first.wait_until_leader(20)
+        token = first.token
+    Lease.objects.using(alias).filter(name=name).delete()  # by hand; the fence stays
+    backend = DjangoBackend.from_url(url)
+    try:
+        got = backend.lock(name).get(5.0)
+        assert got is not None and got.record.is_free
+        assert got.record.transitions == token and got.version == f"absent:{token}"
+        with Election(name, url=url, identity="second", **FAST) as second:
+            assert second.wait_until_leader(20)
+            assert second.token == token + 1
+        Lease.objects.using(alias).filter(name=name).delete()
+        with pytest.raises(Conflict, match="fence"):  # a candidate that never read the fence
+            backend.lock(name).create(sample_record(transitions=1), 5.0)
+        assert backend.lock(name).get(5.0).version == f"absent:{token + 1}"
+    finally:
+        backend.close()
+
+
+def test_a_lower_token_written_by_a_foreign_writer_is_lifted_to_the_fence(alias):
+    backend = DjangoBackend.from_url(f"django://{alias}")
+    name = unique("lifted")
+    try:
+        version = backend.lock(name).create(sample_record(transitions=5), 5.0)
+        backend.lock(name).write_raw(
+            b'{"holderIdentity":"go","leaseDurationMilliSeconds":1000,"acquireTime":0,"renewTime":0,"leaderTransitions":2}'
+        )
+        got = backend.lock(name).get(5.0)
+        assert got.record.holder == "go" and got.record.transitions == 5
+        assert got.version != version
+    finally:
+        backend.close()
+
+
+def test_over_garbage_a_token_below_the_fence_is_refused_with_the_fix(alias):
+    backend = DjangoBackend.from_url(f"django://{alias}")
+    name = unique("garbage-fence")
+    try:
+        backend.lock(name).create(sample_record(transitions=5), 5.0)
+        backend.lock(name).write_raw(b"not a record")
+        fresh = DjangoBackend.from_url(f"django://{alias}")
+        try:
+            lock = fresh.lock(name)
+            got = lock.get(5.0)
+            assert got.record.decode_error
+            with pytest.raises(
+                BackendUnavailable, match="refused to write fencing token 1.*delete that django_leader_lease row"
+            ):
+                lock.update(sample_record(transitions=1), got.version, 5.0)
+            assert lock.get(5.0).version == got.version, "nothing was written"
+            lock.update(sample_record(transitions=6), got.version, 5.0)
+            assert lock.get(5.0).record.transitions == 6
+        finally:
+            fresh.close()
+    finally:
+        backend.close()
+
+
 def _terminate_other_sessions(alias: str) -> int:
     """Kill the database's other sessions and wait until they are gone (killing is asynchronous)."""
     if connections[alias].vendor == "postgresql":

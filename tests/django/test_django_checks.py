@@ -78,6 +78,9 @@ def test_unmigrated_database_is_e004_and_migrate_is_not_blocked():
         assert len(messages) == 1
         assert "migrate django_leader --database empty" in messages[0].hint
         try:
+            call_command("migrate", "django_leader", "0001", database="empty", verbosity=0)  # half-way
+            half = [m for m in run_checks(databases=["empty"]) if m.id == "django_leader.E004"]
+            assert len(half) == 1 and "django_leader_leasefence" in half[0].msg
             call_command("migrate", "django_leader", database="empty", verbosity=0)  # runs the checks first
             assert ids(databases=["empty"]) == []
         finally:
