@@ -10,6 +10,11 @@ conditional statement in autocommit mode, so no transaction is ever held across 
 Versions are integers: a new row starts at the current time in microseconds and every write
 adds one, so a row deleted and created again never reuses a version a stale candidate holds.
 
+Fencing tokens survive a deleted row: :class:`~django_leader.models.LeaseFence` keeps the
+highest token per name, raised in the same short transaction as each acquisition (renewals
+and releases of the writer's own term stay one statement). Reads lift tokens to the fence
+and report a deleted row as a free record with the version ``absent:<fence>``.
+
 The backend keeps its *own* small pool of connections (made from ``DATABASES[alias]``),
 separate from Django's per-thread ones: the election thread never touches the request or
 command connections, never leaves one open in a thread Django does not clean up, and can set
