@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 
 from .election import Election, Leadership
-from .lock import BackendUnavailable, ConfigurationError, Conflict, LockError
+from .lock import ConfigurationError, Conflict, LockError
 from .record import ANY_HOLDER
 from .registry import ENV_URL, open_backend
 
@@ -121,11 +121,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise ConfigurationError("give the command to run after --, e.g. celery-leader run --name beat -- celery beat")
     backend = open_backend(args.url)
-    try:
-        backend.check()
-    except BackendUnavailable as exc:
-        # not a configuration error: stand by and let the election retry (a restart loop helps nobody)
-        log.warning("backend not reachable yet (%s); standing by until it is", exc)
     child_exited = threading.Event()
     runner = Runner(command, args.grace, child_exited)
     observer = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -149,6 +150,22 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Close connections. Idempotent."""
+
+    def check_once(self, timeout: float) -> None:
+        """:meth:`check`, once per backend object (many elections may share it).
+
+        :class:`ConfigurationError` propagates: the configuration cannot work, say so at
+        start-up. :class:`BackendUnavailable` is logged and not remembered: the elections
+        retry, and an unreachable server may come up later.
+        """
+        if getattr(self, "_checked", False):
+            return
+        try:
+            self.check(timeout)
+        except BackendUnavailable as exc:
+            logging.getLogger("celery_leader").warning("%s is not reachable yet: %s", self.describe(), exc)
+            return
+        self._checked = True
 
     def describe(self) -> str:
         """The URL without secrets, for logs and banners."""

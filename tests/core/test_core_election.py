@@ -195,3 +195,36 @@ def test_asyncio_leader_stops_at_deadline_while_backend_hangs(backend):
                 assert lead.lost.is_set()
 
     asyncio.run(main())
+
+
+class _CheckedBackend(MemoryBackend):
+    def __init__(self, outcome):
+        super().__init__(uuid.uuid4().hex)
+        self.outcome, self.calls = outcome, 0
+
+    def check(self, timeout=5.0):
+        self.calls += 1
+        if self.outcome is not None:
+            raise self.outcome
+
+
+def test_start_refuses_a_configuration_that_cannot_work():
+    backend = _CheckedBackend(ConfigurationError("bucket 'x' does not exist: create it"))
+    with pytest.raises(ConfigurationError, match="create it"):
+        Election("job", backend=backend, **FAST).start()
+
+
+def test_start_waits_out_an_unreachable_backend_and_checks_once_per_backend():
+    from celery_leader import BackendUnavailable
+
+    down = _CheckedBackend(BackendUnavailable("connection refused"))
+    e = Election("job", backend=down, **FAST).start()
+    e.stop()
+    assert down.calls == 1
+    ok = _CheckedBackend(None)
+    elections = [Election(f"job{i}", backend=ok, **FAST) for i in range(3)]
+    for e in elections:
+        e.start()
+    for e in elections:
+        e.stop()
+    assert ok.calls == 1
