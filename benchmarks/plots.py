@@ -163,6 +163,9 @@ def collect(results: Path) -> tuple[dict[str, list[Series]], list[str], list[str
                     label = "/".join(p.strip("[]") for p in keys[:-1] + (fault_kind,))
                     groups["gaps"].append(Series(source, label, samples))
                     found += 1
+        if not found and isinstance(data, dict) and isinstance(data.get("peers"), list):
+            used.append(f"{path.name}: peers (drawn in peers.png)")
+            continue
         (used if found else skipped).append(
             f"{path.name}: {found} distributions" if found else f"{path.name}: nothing to draw"
         )
@@ -238,7 +241,7 @@ def draw_distributions(series: list[Series], title: str, xlabel: str, out: Path,
 
 def draw_peers(results: Path, out: Path) -> bool:
     """Takeover of each tool (Redis peers, Kubernetes peers), grouped by profile and signal."""
-    rows: list[tuple[str, dict[str, Any] | None, float | None]] = []
+    rows: list[tuple[str, dict[str, Any] | None, float | None, list[float]]] = []
     for name in ("redis", "peers_kubernetes"):
         path = results / f"{name}.json"
         if not path.exists():
@@ -252,13 +255,17 @@ def draw_peers(results: Path, out: Path) -> bool:
                 continue
             label = f"{name}: {peer.get('tool', '?')} ({peer.get('profile', '?')}, {peer.get('signal', peer.get('kind', '?'))})"
             stats = next((peer[k] for k in ("takeover_s", "handover_s", "gap_s") if k in peer), None)
-            rows.append((label, stats if isinstance(stats, dict) else None, peer.get("cap_s")))
+            raw = peer.get("takeover_samples_s")
+            samples = [float(v) for v in raw] if _is_numbers(raw) else []
+            rows.append((label, stats if isinstance(stats, dict) else None, peer.get("cap_s"), samples))
     if not rows:
         return False
     plt = _plt()
     rows.reverse()
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.34 * len(rows) + 1.4)))
-    for y, (label, stats, cap) in enumerate(rows):
+    for y, (label, stats, cap, samples) in enumerate(rows):
+        if samples:
+            ax.scatter(samples, [y] * len(samples), s=10, color="black", zorder=4, marker="x", linewidths=0.8)
         if stats is None:
             ax.barh(y, cap or 30.0, color="0.85", hatch="//", edgecolor="0.6")
             ax.annotate("no takeover within the cap", (0.02, y), va="center", fontsize=7)
@@ -273,7 +280,7 @@ def draw_peers(results: Path, out: Path) -> bool:
         ax.annotate(f"p50 {p50:.2f} s", (end, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([_short(r[0], 64) for r in rows], fontsize=8)
-    ax.set_xlabel("seconds from the leader's SIGKILL/SIGTERM to the next leader (bar p50, whisker to p99)")
+    ax.set_xlabel("seconds from the leader's SIGKILL/SIGTERM to the next leader (bar p50, whisker to p99, x: runs)")
     ax.set_title("Takeover by tool, at its defaults and at settings matched to ours", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
