@@ -118,7 +118,10 @@ class AsyncElection:
         return lead if lead is not None and lead.is_valid() else None
 
     async def start(self) -> "AsyncElection":
+        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
         if self._task is None:
+            if self.backend is not None:
+                await asyncio.to_thread(self.backend.check_once, self.timing.op_timeout)
             self._wake = asyncio.Event()
             self._changed = asyncio.Condition()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leader-election-{self.name}")

@@ -210,8 +210,11 @@ class Election:
         return lead if lead is not None and lead.is_valid() else None
 
     def start(self) -> Election:
+        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
         if self._thread is not None:
             return self
+        if self.backend is not None:
+            self.backend.check_once(self.timing.op_timeout)
         self._notifier = threading.Thread(target=self._notify_loop, name=f"leader-notify-{self.name}", daemon=True)
         self._notifier.start()
         self._thread = threading.Thread(target=self._run, name=f"leader-election-{self.name}", daemon=True)
