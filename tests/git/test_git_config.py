@@ -220,3 +220,36 @@ def test_custom_ref_and_nested_path(git_servers: Servers, transport: str) -> Non
     assert git(repo, "show", "refs/locks/beat:leader/beat.json").startswith("{")
     got = lock.get(TIMEOUT)
     assert got is not None and got.version == v and got.record == sample_record()
+
+
+def test_hook_refusing_our_ref_fails_at_start_up(git_servers: Servers) -> None:
+    repo = git_servers.new_repo()
+    hook = repo / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refs outside refs/heads are not allowed here' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    backend = GitBackend.from_url(git_servers.url("daemon", repo))
+    with pytest.raises(ConfigurationError, match="hooks or branch protection"):
+        backend.check(TIMEOUT)
+    with pytest.raises(ConfigurationError, match="hooks or branch protection"):
+        backend.lock("beat").create(sample_record(), TIMEOUT)
+    assert git(repo, "for-each-ref") == ""
+
+
+def test_probe_ref_that_cannot_be_deleted_is_named(git_servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+    repo = git_servers.new_repo()  # (receive.denyDeletes covers refs/heads/ only: a hook refuses deletions)
+    hook = repo / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\nwhile read old new ref; do\n"
+        "  if [ \"$new\" = 0000000000000000000000000000000000000000 ]; then echo 'no deletions' >&2; exit 1; fi\n"
+        "done\n"
+    )
+    hook.chmod(0o755)
+    backend = GitBackend.from_url(git_servers.url("daemon", repo))
+    with caplog.at_level(logging.WARNING, logger="celery_leader"):
+        backend.check(TIMEOUT)  # a leftover probe ref is not a reason to refuse to start
+    left = git(repo, "for-each-ref", "--format=%(refname)")
+    assert left.startswith("refs/celery-leader/probe-")
+    assert any(left in r.getMessage() and "delete it by hand" in r.getMessage() for r in caplog.records)
+    # ?probe=0 only reads
+    GitBackend.from_url(git_servers.url("daemon", repo, "probe=0")).check(TIMEOUT)
+    assert git(repo, "for-each-ref", "--format=%(refname)") == left
