@@ -278,24 +278,28 @@ class _LocalTransport(_Transport):
     def __init__(self, path: str, stale_lock: float | None) -> None:
         self.path = path
         self.stale_lock = stale_lock
-        self._repo: Repo | None = None
         self._mutex = threading.Lock()
 
     def _open(self) -> Repo:
-        if self._repo is None:
-            try:
-                self._repo = Repo(self.path)
-            except (NotGitRepository, FileNotFoundError, NotADirectoryError):
-                raise _Refused(
-                    f"{self.path} is not a git repository; create it with: git init --bare {self.path}"
-                ) from None
-        return self._repo
+        try:
+            return Repo(self.path)
+        except (NotGitRepository, FileNotFoundError, NotADirectoryError):
+            raise _Refused(f"{self.path} is not a git repository; create it with: git init --bare {self.path}") from None
 
     def _locked(self, timeout: float, fn: Callable[[Repo], T]) -> T:
+        """Run ``fn`` on a freshly opened repository (no stale pack caches after a ``git gc``).
+
+        One call at a time per backend: a call stuck in a hung file system makes the next
+        ones time out instead of piling up threads.
+        """
         if not self._mutex.acquire(timeout=max(0.0, timeout)):
-            raise BackendUnavailable(f"{self.path}: an earlier call on this lock is still blocked in the file system")
+            raise BackendUnavailable(f"{self.path}: an earlier call is still blocked in the file system")
         try:
-            return fn(self._open())
+            repo = self._open()
+            try:
+                return fn(repo)
+            finally:
+                repo.close()
         finally:
             self._mutex.release()
 
@@ -385,11 +389,6 @@ class _LocalTransport(_Transport):
 
         self._locked(timeout, probe)
 
-    def close(self) -> None:
-        with self._mutex:
-            if self._repo is not None:
-                self._repo.close()
-                self._repo = None
 
 
 class _TimeoutTCPGitClient(TCPGitClient):

@@ -201,3 +201,24 @@ def test_many_renewals_keep_the_ref_at_one_commit(git_servers: Servers) -> None:
     git(repo, "gc", "--prune=now", "--quiet")
     count = dict(line.split(": ") for line in git(repo, "count-objects", "-v").splitlines())
     assert int(count["in-pack"]) == 3 and int(count["count"]) == 0
+
+
+def test_local_repository_maintained_by_git_gc_meanwhile(git_servers: Servers) -> None:
+    """`git gc` packs our objects and refs between calls of a long-lived backend: nothing breaks."""
+    repo = git_servers.new_repo()
+    backend = GitBackend.from_url(f"git+file://{repo}")
+    lock = backend.lock("beat")
+    v = lock.create(sample_record(), TIMEOUT)
+    for n in range(5):
+        v = lock.update(sample_record(transitions=4 + n), v, TIMEOUT)
+    git(repo, "gc", "--quiet", "--prune=now")
+    git(repo, "pack-refs", "--all")
+    assert not (repo / "refs" / "celery-leader" / "beat").exists()  # now only in packed-refs
+    fresh = backend.lock("beat")
+    got = fresh.get(TIMEOUT)
+    assert got is not None and got.version == v and got.record.transitions == 8
+    with pytest.raises(Conflict):
+        fresh.update(sample_record(), "0" * 40, TIMEOUT)
+    v2 = fresh.update(sample_record(transitions=9), v, TIMEOUT)
+    assert git(repo, "rev-parse", "refs/celery-leader/beat") == v2
+    backend.close()
