@@ -504,6 +504,10 @@ class _RemoteTransport(_Transport):
             return BackendUnavailable(f"{where}: {text}")
         if isinstance(exc, OSError):
             return BackendUnavailable(f"{where}: {exc}")
+        if isinstance(exc, Exception):
+            # a server answer dulwich could not parse (a proxy's HTML page, a truncated pack)
+            log.debug("unexpected error talking to %s", where, exc_info=exc)
+            return BackendUnavailable(f"{where}: unexpected answer ({type(exc).__name__}: {exc})")
         return exc
 
     def _run(self, fn: Callable[[], T]) -> T:

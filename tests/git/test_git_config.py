@@ -253,3 +253,19 @@ def test_probe_ref_that_cannot_be_deleted_is_named(git_servers: Servers, caplog:
     # ?probe=0 only reads
     GitBackend.from_url(git_servers.url("daemon", repo, "probe=0")).check(TIMEOUT)
     assert git(repo, "for-each-ref", "--format=%(refname)") == left
+
+
+def test_a_web_server_that_is_not_a_git_server(tmp_path: Path) -> None:
+    """A captive portal or static site answering 200 with HTML: retried as unavailable, never a crash."""
+    import sys
+
+    (tmp_path / "r.git" / "info").mkdir(parents=True)
+    (tmp_path / "r.git" / "info" / "refs").write_text("<html>please log in</html>\n")
+    port = free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    with running(argv, port):
+        backend = GitBackend.from_url(f"git+http://127.0.0.1:{port}/r.git")
+        for call in (lambda: backend.check(TIMEOUT), lambda: backend.lock("x").get(TIMEOUT),
+                     lambda: backend.lock("x").create(sample_record(), TIMEOUT)):
+            with pytest.raises(BackendUnavailable, match="unexpected answer"):
+                call()
