@@ -275,6 +275,11 @@ def run_as_leader(
                 raise NotLeader(f"could not acquire the free lease of {name!r} (is the backend reachable?)") from exc
             raise
         lead = elected.leadership
+        # wait_until_leader() can return a moment before the driver has built the Leadership
+        settle = time.monotonic() + 1.0
+        while lead is None and elected.is_leader and time.monotonic() < settle:
+            time.sleep(0.005)
+            lead = elected.leadership
         if lead is None:
             raise LeadershipLost(f"lost leadership of {name!r} before the code started")
         log.info("%s: leading as %s with token %d", name, elected.identity, lead.token)

@@ -339,3 +339,40 @@ def test_status_with_leases_elsewhere_or_no_table(sqlite_alias):
         assert answer.status_code == 503 and "lease table" in answer.json()["error"]
         with pytest.raises(CommandError, match="migrate django_leader --database empty"):
             call_command("leaderstatus")
+
+
+def test_loss_interrupts_leader_only_code_running_in_a_worker_thread():
+    from django.test.utils import override_settings
+
+    from celery_leader.backends.memory import MemoryBackend
+    from django_leader.runner import LeadershipLost, run_as_leader
+
+    url = f"memory://{uuid.uuid4().hex}"
+    outcome: dict[str, object] = {}
+    running = threading.Event()
+
+    def job() -> None:
+        running.set()
+        while True:  # pure Python: the asynchronous exception lands between two instructions
+            time.sleep(0.01)
+
+    def worker() -> None:
+        try:
+            run_as_leader(job, name="thread-job", hard_stop=False)
+        except LeadershipLost as exc:
+            outcome["lost"] = exc
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["other"] = exc
+
+    settings = {"URL": url, "LEASE_DURATION": 1.0, "RENEW_DEADLINE": 0.6, "RETRY_PERIOD": 0.2}
+    with override_settings(LEADER_ELECTION=settings):
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        assert running.wait(10), outcome
+        with MemoryBackend.from_url(url).stalled():  # renewals hang past RENEW_DEADLINE
+            deadline = time.monotonic() + 10
+            while "lost" not in outcome and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.05)
+        thread.join(15)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("lost"), LeadershipLost), outcome
