@@ -85,6 +85,11 @@ def _value(raw: Any) -> Value | None:
     return (raw[0], bytes(raw[1]))
 
 
+def successor(ballot: Ballot) -> Ballot:
+    """The ballot an accept at ``ballot`` reserves for the same proposer's next write."""
+    return (ballot[0] + 1, ballot[1])
+
+
 def version_of(ballot: Ballot) -> str:
     return f"{ballot[0]:x}.{ballot[1]}"
 
@@ -202,21 +207,6 @@ class AcceptorStore:
             if op == "r":  # peek: report, promise nothing (reads must not preempt writers)
                 return {"ok": True, "p": list(state.promised), "a": list(state.accepted),
                         "v": list(state.value) if state.value is not None else None}, None
-            if op == "f":
-                # one-round-trip accept (CASPaxos 2.2.1): valid only if nothing happened here
-                # since this proposer's own accept at "prev", which then stands for the prepare
-                prev = _ballot(request.get("prev"))
-                value = _value(request.get("v"))
-                if state.accepted == ballot and state.value == value:  # a resend of what we accepted
-                    return {"ok": True, "p": list(state.promised), "a": list(state.accepted)}, None
-                ok = ballot > prev and state.promised == prev and state.accepted == prev and prev != ZERO
-                changed = None
-                if ok:
-                    changed = _version_change(state.value, value)
-                    state.promised = state.accepted = ballot
-                    state.value = value
-                    self.save(name, state)
-                return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, changed
             if op == "p":
                 ok = ballot >= state.promised and ballot > state.accepted
                 if ok and ballot != state.promised:
@@ -227,11 +217,17 @@ class AcceptorStore:
                 return answer, None
             if op == "a":
                 value = _value(request.get("v"))
+                if state.accepted == ballot and state.value == value:  # a resend of what we accepted
+                    return {"ok": True, "p": list(state.promised), "a": list(state.accepted)}, None
                 ok = ballot >= state.promised and ballot >= state.accepted
                 changed = None
-                if ok and (ballot != state.accepted or value != state.value):
+                if ok:
                     changed = _version_change(state.value, value)
-                    state.promised = state.accepted = ballot
+                    state.accepted = ballot
+                    # accepting b also promises b's successor to the same proposer (CASPaxos
+                    # 2.2.1): its next write may skip the prepare, since this quorum's answer
+                    # to that prepare is known - "b, with the value just accepted"
+                    state.promised = successor(ballot)
                     state.value = value
                     self.save(name, state)
                 return {"ok": ok, "p": list(state.promised), "a": list(state.accepted)}, changed
@@ -421,7 +417,8 @@ class GossipLock(Lock):
     def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
         raw = self._encode(record)
         deadline = time.monotonic() + max(0.0, timeout)
-        last = self._last
+        with self._guard:  # one thread at most writes under the reserved successor ballot
+            last, self._last = self._last, None
         tried: set[str] = set()
         if last is not None and last[1] is not None and last[1][0] == expected_version:
             landed, version = self._fast_accept(last[0], raw, deadline)
@@ -439,20 +436,25 @@ class GossipLock(Lock):
         return self._execute(change, max(0.0, deadline - time.monotonic()), mine=tried)[0]  # type: ignore[index]
 
     def _fast_accept(self, prev: Ballot, raw: bytes, deadline: float) -> tuple[bool, str]:
-        """Renew in one round trip after our own successful accept; (False, version): take the full path."""
-        # a fresh ballot from the shared counter: two threads renewing through one lock
-        # object must never propose two values under one ballot
-        ballot = self._next_ballot()
+        """Write in one round trip after our own successful accept at ``prev``.
+
+        A quorum that accepted ``prev`` promised ``successor(prev)`` to us in the same step,
+        reporting ``prev`` as its highest accepted ballot: the prepare for the successor
+        has in effect been answered, so an accept at the successor is a legitimate Paxos
+        proposal wherever it lands. Acceptors that promised a higher ballot since refuse
+        it; then (False, version) and the full path runs.
+        """
+        ballot = successor(prev)
+        self._saw(ballot[0] + 1)  # the full path must never reuse the reserved successor
         value = (version_of(ballot), raw)
         try:
-            answers = self._round({"o": "f", "n": self.name, "b": list(ballot), "prev": list(prev),
-                                   "v": list(value)}, self._share(deadline))
+            answers = self._round({"o": "a", "n": self.name, "b": list(ballot), "v": list(value)},
+                                  self._share(deadline))
         except BackendUnavailable:
             answers = None
         if answers is not None and len(answers.oks) >= self._backend.quorum:
             self._last = (ballot, value)
             return True, value[0]
-        self._last = None
         return False, value[0]
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
@@ -532,10 +534,11 @@ class GossipLock(Lock):
         mine = set() if mine is None else mine  # versions this call tried to write: seeing one means it landed
         attempt = 0
         why = "no answer"
+        hurry = False  # our value is out there half-written: finish it before anybody else moves
         while True:
             if attempt >= attempts:
                 raise BackendUnavailable(f"gossip lock {self.name!r}: {why}")
-            if attempt:
+            if attempt and not hurry:
                 pause = random.uniform(0, min(0.4, 0.05 * (2 ** min(attempt, 3))))
                 if time.monotonic() + pause >= deadline:
                     raise BackendUnavailable(f"gossip lock {self.name!r}: no quorum in time ({why})")
@@ -564,6 +567,9 @@ class GossipLock(Lock):
             settled = len(accepted_ballots) == 1  # a quorum accepted the same ballot: chosen
             conflict: Conflict | None = None
             if current is not None and current[0] in mine:
+                if settled:
+                    self._last = None  # our prepare moved the promises on: no fast path from here
+                    return current  # a quorum holds our earlier attempt: it is chosen
                 new: Value | None = current  # our earlier attempt landed on some acceptors: finish it
             else:
                 try:
@@ -584,11 +590,13 @@ class GossipLock(Lock):
             acc = self._round({"o": "a", "n": self.name, "b": list(ballot),
                                "v": list(new) if new is not None else None}, deadline)
             if acc is not None and len(acc.oks) >= self._backend.quorum:
+                self._saw(ballot[0] + 1)  # its successor is reserved for the fast path
                 self._last = (ballot, new)
                 return new
             if acc is None:
                 raise BackendUnavailable(f"gossip lock {self.name!r}: accept phase got no quorum in time")
             why = "accept preempted by a higher ballot" if acc.rejected else "too few members accepted"
+            hurry = new is not None and new[0] in mine
 
     def _look(self, change: Callable[[Value | None], Any], mine: set[str], deadline: float) -> Value | None:
         """A read between attempts: our own chosen value, a Conflict raised, or None to retry."""

@@ -229,7 +229,9 @@ def test_races_from_every_one_of_five_members(five, opened, state) -> None:
         assert all(isinstance(e, Conflict) for e in errors), errors
     locks = [b.lock(name) for b in backends]
     version = locks[0].create(sample_record(transitions=0), T)
-    for round_ in range(1, 4):
+    # the last writer renews in one round trip while the others prepare: this is the race
+    # that once let a half-landed one-round write overtake a chosen value
+    for round_ in range(1, 7):
         expected = version
         results, errors = _race(
             5,
@@ -240,3 +242,26 @@ def test_races_from_every_one_of_five_members(five, opened, state) -> None:
         winner, version = results[0]
         got = locks[(winner + 1) % 5].get(T)
         assert got is not None and got.version == version and got.record.holder == f"m{winner}"
+
+
+def test_an_acceptor_reconnects_when_its_agent_comes_back(tmp_path) -> None:
+    """Agent g2 is SIGKILLed and restarted under the running process: its acceptor votes again."""
+    with SerfCluster(3, tmp_path / "serf", prefix="r") as serf:
+        members = serf.names
+        voters = [GossipBackend.from_url(a.url(members, tmp_path / a.name)) for a in serf.agents]
+        try:
+            lock = voters[0].lock(_name())
+            version = lock.create(sample_record(), T)
+            serf.agents[2].kill()
+            with pytest.raises(BackendUnavailable):
+                voters[2].lock(lock.name).get(0.5)  # its own agent is gone
+            serf.restart(2)
+            serf.wait_alive(range(3))
+            assert voters[2].acceptor is not None and voters[2].acceptor.connected.wait(10)
+            voters[1].close()  # from now on g0 and g2 must both vote
+            version = lock.update(sample_record(transitions=4), version, T)
+            got = voters[2].lock(lock.name).get(T)
+            assert got is not None and got.version == version and got.record.transitions == 4
+        finally:
+            for b in voters:
+                b.close()
