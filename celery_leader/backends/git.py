@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -67,6 +68,8 @@ DEFAULT_AUTHOR = "celery-leader <celery-leader@localhost>"
 #: a ref lock file is judged abandoned when older than max(STALE_MIN, STALE_FACTOR * timeout)
 STALE_MIN = 5.0
 STALE_FACTOR = 4.0
+#: budget for deleting the start-up probe ref, even after check()'s own timeout ran out
+PROBE_CLEANUP_TIMEOUT = 10.0
 #: a lock ref's tree may hold this many entries before we stop listing them
 MAX_TREE_ENTRIES = 64
 
@@ -419,7 +422,10 @@ class _TimeoutTCPGitClient(TCPGitClient):
             path = path[1:]
         self.protocol_version = 0  # v0 everywhere: one ref advertisement, as receive-pack uses
         proto.send_cmd(b"git-" + cmd, path, b"host=" + self._host.encode("ascii"))
-        return proto, (lambda: False), None
+        def can_read() -> bool:
+            return bool(select.select([sock], [], [], 0)[0])
+
+        return proto, can_read, None
 
 
 class _Unreachable(OSError):
@@ -613,16 +619,22 @@ class _RemoteTransport(_Transport):
         ref = target.ref.encode()
         where = f"start-up probe {target.ref} in {self.describe()}"
         first, objs1 = _build(b"{}", target.path, backend.author, b"celery-leader start-up probe\n")
-        self._push(ref, None, first.id, objs1, left(), where)
         second, objs2 = _build(b"{ }", target.path, backend.author, b"celery-leader start-up probe (rewrite)\n")
         try:
+            self._push(ref, None, first.id, objs1, left(), where)
             self._push(ref, first.id, second.id, objs2, left(), where)
         finally:
-            try:
-                current = second.id if _exists(self, ref, left()) == second.id else first.id
-                self._push(ref, current, ZERO_SHA, [], left(), where)
-            except (LockError, _Refused) as exc:
-                log.warning("could not delete the start-up probe ref %s (%s); delete it by hand", target.ref, exc)
+            # also when the budget ran out: check() has then returned already, and this runs
+            # on in its abandoned worker thread with a budget of its own
+            self._delete_probe(ref, (first.id, second.id), where)
+
+    def _delete_probe(self, ref: bytes, ours: tuple[bytes, ...], where: str) -> None:
+        try:
+            current = _exists(self, ref, PROBE_CLEANUP_TIMEOUT)
+            if current in ours:
+                self._push(ref, current, ZERO_SHA, [], PROBE_CLEANUP_TIMEOUT, where)
+        except (LockError, _Refused) as exc:
+            log.warning("could not delete the start-up probe ref %s (%s); delete it by hand", ref.decode(), exc)
 
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -269,3 +269,22 @@ def test_a_web_server_that_is_not_a_git_server(tmp_path: Path) -> None:
                      lambda: backend.lock("x").create(sample_record(), TIMEOUT)):
             with pytest.raises(BackendUnavailable, match="unexpected answer"):
                 call()
+
+
+def test_probe_is_cleaned_up_even_when_check_times_out(git_servers: Servers) -> None:
+    """The engine checks with a short budget; a probe cut off by it still deletes its ref."""
+    import time
+
+    repo = git_servers.new_repo()
+    backend = GitBackend.from_url(git_servers.url("daemon", repo))
+    for budget in (0.005, 0.02, 0.04):
+        try:
+            backend.check(budget)
+        except BackendUnavailable:
+            pass
+    import threading
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(t.name == "celery-leader-git-check" for t in threading.enumerate()):
+        time.sleep(0.05)  # the cut-off probes finish in their abandoned worker threads
+    assert git(repo, "for-each-ref") == ""

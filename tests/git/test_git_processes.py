@@ -75,4 +75,3 @@ def test_three_electors_on_git_daemon(git_servers: Servers, tmp_path: Path) -> N
     assert git(repo, "rev-list", "--count", ref) == "1"
     record = json.loads(git(repo, "show", f"{ref}:beat.lock.json"))
     assert record["leaderTransitions"] >= max(tokens)
-    assert not [r for r in git(repo, "for-each-ref", "--format=%(refname)").splitlines() if "probe" in r]
