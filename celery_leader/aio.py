@@ -112,6 +112,11 @@ class AsyncElection:
     def token(self) -> int | None:
         return self._core.token if self.is_leader else None
 
+    def _term_ready(self) -> bool:
+        """Leading, and the term's Leadership object is already there for callers to use."""
+        lead = self._leadership
+        return self.is_leader and lead is not None and lead.term == self._core.term
+
     @property
     def leadership(self) -> AsyncLeadership | None:
         lead = self._leadership
@@ -149,7 +154,7 @@ class AsyncElection:
         async def until() -> None:
             assert self._changed is not None
             async with self._changed:
-                while not self.is_leader:
+                while not self._term_ready():
                     if self._task is not None and self._task.done():
                         return
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -159,7 +164,7 @@ class AsyncElection:
             await asyncio.wait_for(until(), timeout)
         except asyncio.TimeoutError:
             return False
-        return self.is_leader
+        return self._term_ready()
 
     async def __aenter__(self) -> "AsyncElection":
         return await self.start()

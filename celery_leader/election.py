@@ -204,6 +204,11 @@ class Election:
         """The fencing token of the current term, or ``None`` when not leading."""
         return self._core.token if self.is_leader else None
 
+    def _term_ready(self) -> bool:
+        """Leading, and the term's Leadership object is already there for callers to use."""
+        lead = self._leadership
+        return self.is_leader and lead is not None and lead.term == self._core.term
+
     @property
     def leadership(self) -> Leadership | None:
         lead = self._leadership
@@ -248,7 +253,7 @@ class Election:
     def wait_until_leader(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._leading_changed:
-            while not self.is_leader:
+            while not self._term_ready():
                 if self._finished.is_set():
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
