@@ -42,12 +42,17 @@ def lock_url(tmp_path) -> str:
     """The election backend for every Celery test: one fixture, so it can be switched in one place.
 
     Redis (127.0.0.1:6379, a private key prefix) when the redis:// backend is importable,
-    else the file:// backend in the test's directory.
+    else the file:// backend in the test's directory (``CELERY_LEADER_CELERY_LOCK=file``
+    forces it).
     """
+    locks = tmp_path / "locks"
+    locks.mkdir(exist_ok=True)
+    if os.environ.get("CELERY_LEADER_CELERY_LOCK") == "file":
+        return f"file://{locks}"
     try:
         import celery_leader.backends.redis  # noqa: F401
     except ImportError:
-        return f"file://{tmp_path / 'locks'}"
+        return f"file://{locks}"
     if not port_open(6379):
         unavailable("Redis is not listening on 127.0.0.1:6379 (the lock backend for these tests)")
     return f"redis://127.0.0.1:6379/0?prefix=clt-{uuid.uuid4().hex[:8]}:"
