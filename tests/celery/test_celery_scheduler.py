@@ -183,3 +183,37 @@ def test_a_user_subclass_is_used_as_is_and_reloads_on_each_term(ns, published):
         assert published and CountingLeaderScheduler.reloads == 1
     finally:
         sched.close()
+
+
+class SlowScheduler(Scheduler):
+    """A base whose tick takes longer than the lease (a slow broker, a huge schedule)."""
+
+    slow = 0.0
+
+    def tick(self, *args, **kwargs):
+        time.sleep(type(self).slow)
+        return super().tick(*args, **kwargs)
+
+
+def test_a_tick_longer_than_the_lease_keeps_leadership(ns, published):
+    """Renewal runs in the election's thread: a 2.5 s tick does not lose a 1 s lease (RedBeat's #129)."""
+    sched = LeaderScheduler(app=make_app(ns, leader_election_scheduler=SlowScheduler))
+    try:
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(sched.tick(), 0.02)))
+        token = sched.election.token
+        assert published and token is not None
+        SlowScheduler.slow = 2.5
+        try:
+            sched.tick()
+        finally:
+            SlowScheduler.slow = 0.0
+        assert sched.election.is_leader and sched.election.token == token
+        count = len(published)
+        deadline = time.monotonic() + 2
+        while len(published) == count and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(sched.tick(), 0.02)))
+        assert len(published) > count and {h[HEADER_TOKEN] for h in published} == {token}
+    finally:
+        sched.close()
