@@ -293,7 +293,7 @@ class LeaderScheduler(Scheduler):
                 ENV_URL,
                 conf["url"],
             )
-        self._leader_election = Election(
+        election = Election(
             conf["name"],
             url=conf["url"],
             identity=conf["identity"],
@@ -301,7 +301,13 @@ class LeaderScheduler(Scheduler):
             renew_deadline=timing.renew_deadline,
             retry_period=timing.retry_period,
             on_new_leader=self._leader_new_leader,
-        ).start()
+        )
+        try:
+            election.start()  # checks the backend once: a configuration it rejects raises here
+        except BaseException:
+            election.stop()  # not started: this only closes its connections
+            raise
+        self._leader_election = election
         log.info(
             "celery-leader: beat %s standing for %s on %s", conf["identity"], conf["name"], self._leader_backend_desc
         )
