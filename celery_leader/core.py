@@ -248,6 +248,7 @@ class ElectionCore:
         self._release_then = Phase.DONE
         self._no_acquire_before = 0.0
         self._vanished_hold = 0.0
+        self._failures = 0
         self._reported_garbage: str | None = None
 
     # --- queries ---------------------------------------------------------------------
@@ -435,6 +436,7 @@ class ElectionCore:
         self._inflight = None
         self._need_read = False
         self._retry_at = 0.0
+        self._recovered()
         self._observe(result, now)
         if self.phase is Phase.LEADING:
             obs = self.observed
@@ -453,6 +455,7 @@ class ElectionCore:
         flight, self._inflight = self._inflight, None
         assert flight is not None and flight.record is not None
         self._retry_at = 0.0
+        self._recovered()
         self.last_written_version = version
         self._observe(Versioned(flight.record, version), now)
         if flight.kind == "release":
@@ -480,6 +483,11 @@ class ElectionCore:
             self.events.append(StartedLeading(self.term, self.token))
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
 
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info("%s: backend answers again after %d failed calls", self.name, self._failures)
+            self._failures = 0
+
     def _finish_release_state(self) -> None:
         self.phase = self._release_then
         self._need_read = self.phase is not Phase.DONE
@@ -495,7 +503,10 @@ class ElectionCore:
             self._need_read = True
             return
         if isinstance(exc, BackendUnavailable):
-            log.warning("%s: %s failed: %s", self.name, kind, exc)
+            # the first failure of an outage is a warning; the repeats are noise
+            self._failures += 1
+            level = logging.WARNING if self._failures == 1 or self.phase is Phase.LEADING else logging.DEBUG
+            log.log(level, "%s: %s failed: %s", self.name, kind, exc)
         else:
             log.error("%s: %s failed unexpectedly: %r", self.name, kind, exc)
         if self.phase is Phase.LEADING:
