@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import sys
 import time
 from typing import Any, Awaitable, Callable
 
@@ -27,6 +28,11 @@ from .registry import open_backend
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
 log = logging.getLogger("celery_leader")
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AsyncLeadership:
@@ -93,7 +99,10 @@ class AsyncElection:
         self._leadership: AsyncLeadership | None = None
         self._work: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
-        self._wake: asyncio.Event | None = None
+        # wake-ups: a flag plus the future the driver is waiting on (cheaper than an Event per wait)
+        self._woken = False
+        self._waiter: asyncio.Future | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task] = set()
@@ -127,7 +136,7 @@ class AsyncElection:
         if self._task is None:
             if self.backend is not None:
                 await asyncio.to_thread(self.backend.check_once, self.timing.op_timeout)
-            self._wake = asyncio.Event()
+            self._event_loop = asyncio.get_running_loop()
             self._changed = asyncio.Condition()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leader-election-{self.name}")
         return self
@@ -135,8 +144,7 @@ class AsyncElection:
     async def stop(self) -> None:
         """Stop; release the lock if held (bounded by ``renew_deadline``)."""
         self._core.request_stop()
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), self.timing.renew_deadline + self.timing.op_timeout + 1)
@@ -145,8 +153,23 @@ class AsyncElection:
 
     def step_down(self) -> None:
         self._core.request_step_down()
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the driver from a wait (from the loop, or from another thread)."""
+        loop = self._event_loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:
+            loop.call_soon_threadsafe(self._poke)
+            return
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait_until_leader(self, timeout: float | None = None) -> bool:
         assert self._changed is not None, "start() the election first"
@@ -211,7 +234,11 @@ class AsyncElection:
             else:
                 call = self.lock.aupdate(action.record, action.expected_version, action.timeout)
             # the backend promises to honour the timeout; this bounds a broken one
-            result = await asyncio.wait_for(call, action.timeout + 1.0)
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(action.timeout + 1.0):
+                    result = await call
+            else:  # pragma: no cover
+                result = await asyncio.wait_for(call, action.timeout + 1.0)
         except asyncio.TimeoutError as exc:
             from .lock import BackendUnavailable
 
@@ -241,25 +268,28 @@ class AsyncElection:
             task = asyncio.get_running_loop().create_task(self._announce(self._core.pop_events()))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-            if self._wake is not None:
-                self._wake.set()
+            self._poke()
 
     async def _wait(self, action: Wait) -> None:
-        assert self._wake is not None
         timeout = action.until - time.monotonic()
-        if timeout > 0 and not self._wake.is_set():
-            waiters = [asyncio.ensure_future(self._wake.wait())]
+        if timeout > 0 and not self._woken:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(action.until, _resolve, waiter)
+            watch = None
             if action.version is not None and type(self.lock).capabilities.watch:
-                waiters.append(asyncio.ensure_future(self.lock.await_for_change(action.version, timeout)))
+                watch = loop.create_task(self.lock.await_for_change(action.version, timeout))
+                watch.add_done_callback(lambda _: _resolve(waiter))
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await waiter
             finally:
-                for w in waiters:
-                    w.cancel()
-                for w in waiters:
+                timer.cancel()
+                self._waiter = None
+                if watch is not None and not watch.done():
+                    watch.cancel()
                     with contextlib.suppress(BaseException):
-                        await w
-        self._wake.clear()
+                        await watch
+        self._woken = False
         self._core.wait_done()
 
     async def _await_work(self) -> None:
