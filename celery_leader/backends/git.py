@@ -400,6 +400,13 @@ class _TimeoutTCPGitClient(TCPGitClient):
     def __init__(self, host: str, port: int | None, timeout: float) -> None:
         super().__init__(host, port, quiet=True)
         self._io_timeout = max(0.05, timeout)
+        self._sockets: list[socket.socket] = []
+
+    def close(self) -> None:
+        """Close every connection this client opened (dulwich leaves some open on errors)."""
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
 
     def _connect(self, cmd: bytes, path: str | bytes, protocol_version: int | None = None):  # type: ignore[override]
         if not isinstance(path, bytes):
@@ -408,6 +415,7 @@ class _TimeoutTCPGitClient(TCPGitClient):
             sock = socket.create_connection((self._host, self._port), timeout=self._io_timeout)
         except OSError as exc:
             raise _Unreachable(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        self._sockets.append(sock)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         rfile = sock.makefile("rb", -1)
         wfile = sock.makefile("wb", 0)
@@ -516,7 +524,7 @@ class _RemoteTransport(_Transport):
             return BackendUnavailable(f"{where}: unexpected answer ({type(exc).__name__}: {exc})")
         return exc
 
-    def _run(self, fn: Callable[[], T]) -> T:
+    def _run(self, client: GitClient, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except BaseException as exc:  # noqa: BLE001 - translated and re-raised
@@ -524,6 +532,9 @@ class _RemoteTransport(_Transport):
             if translated is exc:
                 raise
             raise translated from None
+        finally:
+            if isinstance(client, _TimeoutTCPGitClient):
+                client.close()  # HTTP clients share the backend's pool: never closed here
 
     def get(self, lock: GitLock, timeout: float) -> Versioned | None:
         client = self._client(timeout)
@@ -538,7 +549,7 @@ class _RemoteTransport(_Transport):
                 return []
             return [sha]
 
-        self._run(lambda: client.fetch(self._remote_path(), target, wants, depth=1, ref_prefix=[lock._ref_b],
+        self._run(client, lambda: client.fetch(self._remote_path(), target, wants, depth=1, ref_prefix=[lock._ref_b],
                                        protocol_version=0))
         sha = seen.get("sha")
         if sha is None:
@@ -563,7 +574,7 @@ class _RemoteTransport(_Transport):
         def pack_data(have: Any, want: Any, ofs_delta: bool = False, progress: Any = None) -> Any:
             return pack_objects_to_data([(obj, None) for obj in objects])
 
-        result = self._run(lambda: client.send_pack(self._remote_path(), update_refs, pack_data))
+        result = self._run(client, lambda: client.send_pack(self._remote_path(), update_refs, pack_data))
         status = (result.ref_status or {}).get(ref)
         if status is None:
             return
@@ -609,7 +620,7 @@ class _RemoteTransport(_Transport):
             return remaining
 
         client = self._client(left())
-        self._run(lambda: client.get_refs(self._remote_path()))
+        self._run(client, lambda: client.get_refs(self._remote_path()))
         if not backend.probe:
             return
         probe_name = f"probe-{uuid.uuid4().hex[:12]}"
@@ -653,7 +664,7 @@ class _RemoteTransport(_Transport):
 
 def _exists(transport: _RemoteTransport, ref: bytes, timeout: float) -> bytes | None:
     client = transport._client(timeout)
-    refs = transport._run(lambda: client.get_refs(transport._remote_path()))
+    refs = transport._run(client, lambda: client.get_refs(transport._remote_path()))
     return dict(getattr(refs, "refs", refs)).get(ref)
 
 
