@@ -241,21 +241,25 @@ class GitLock(Lock):
         if self.path not in files:
             rec = LeaderRecord.undecodable(0, f"commit {sha.decode()[:12]} has no {self.path}")
             return Versioned(rec, sha.decode())
-        blob_sha = _blob_at(lookup, obj.tree, self.path)
-        raw = lookup(blob_sha).as_raw_string()
-        record = decode_or_placeholder(raw)
+        entry = _entry_at(lookup, obj.tree, self.path)
+        if entry is None:
+            rec = LeaderRecord.undecodable(0, f"{self.path} in commit {sha.decode()[:12]} is not a regular file")
+            return Versioned(rec, sha.decode())
+        record = decode_or_placeholder(lookup(entry).as_raw_string())
         if record.decode_error is None:
             self._cache = (sha, record)
         return Versioned(record, sha.decode())
 
 
-def _blob_at(lookup: Callable[[bytes], ShaFile], tree_sha: bytes, path: str) -> bytes:
-    sha = tree_sha
+def _entry_at(lookup: Callable[[bytes], ShaFile], tree_sha: bytes, path: str) -> bytes | None:
+    """The blob id at ``path``, or None if it is a link, a submodule or a directory."""
+    sha, mode = tree_sha, 0o040000
     for part in path.split("/"):
         tree = lookup(sha)
-        assert isinstance(tree, Tree)
-        _mode, sha = tree[part.encode()]
-    return sha
+        if not isinstance(tree, Tree) or mode != 0o040000:
+            return None
+        mode, sha = tree[part.encode()]
+    return sha if mode & 0o170000 == 0o100000 else None
 
 
 # --- transports ---

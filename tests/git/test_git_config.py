@@ -288,3 +288,18 @@ def test_probe_is_cleaned_up_even_when_check_times_out(git_servers: Servers) -> 
     while time.monotonic() < deadline and any(t.name == "celery-leader-git-check" for t in threading.enumerate()):
         time.sleep(0.05)  # the cut-off probes finish in their abandoned worker threads
     assert git(repo, "for-each-ref") == ""
+
+
+@pytest.mark.parametrize("transport", ["file", "daemon"])
+def test_lock_path_that_is_a_symlink_is_garbage_not_a_crash(git_servers: Servers, transport: str) -> None:
+    repo = git_servers.new_repo()
+    target = git(repo, "hash-object", "-w", "--stdin", input=b"/etc/passwd")
+    tree = git(repo, "mktree", input=f"120000 blob {target}\tbeat.lock.json\n".encode())
+    commit = git(repo, "commit-tree", tree, "-m", "a link")
+    git(repo, "update-ref", "refs/celery-leader/beat", commit)
+    lock = GitBackend.from_url(git_servers.url(transport, repo)).lock("beat")
+    got = lock.get(TIMEOUT)
+    assert got is not None and got.version == commit
+    assert got.record.decode_error and "not a regular file" in got.record.decode_error
+    lock.update(sample_record(), got.version, TIMEOUT)
+    assert git(repo, "ls-tree", "refs/celery-leader/beat").startswith("100644 blob")
