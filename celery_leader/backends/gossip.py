@@ -53,9 +53,11 @@ QUERY_NAME = "celery-leader-paxos"
 #: serf's default query and response size limit is 1024 bytes; keep headroom for framing
 MAX_VALUE_BYTES = 700
 DEFAULT_PORT = 7373
-#: a read that has a quorum of answers which disagree waits this long for the others
-#: before it falls back to a full (writing) round
-AGREE_LINGER = 0.03
+#: a read whose first quorum of answers disagrees waits this long for the other members,
+#: hoping a quorum agrees: a member that holds an unfinished write (a crashed leader's
+#: last renewal) would otherwise make reads flip between two versions, and every flip
+#: restarts the followers' lease clocks
+AGREE_LINGER = 0.15
 START_AGENT_HINT = (
     "start a serf agent on this host, for example "
     "`serf agent -node=$(hostname) -bind=0.0.0.0:7946 -rpc-addr=127.0.0.1:7373` and join it to the "
@@ -780,7 +782,17 @@ class GossipBackend(Backend):
         try:
             self.node = client.local_name(timeout=5.0)
         except SerfError as exc:
+            client.close()
             raise ConfigurationError(f"serf agent at {host}:{port} did not report its node name: {exc}") from exc
+        try:
+            self._start_acceptor(acceptor, state_dir)
+        except BaseException:
+            client.close()
+            raise
+
+    def _start_acceptor(self, acceptor: bool, state_dir: str | None) -> None:
+        """Serve (or share) the acceptor of the local node, if it is a member."""
+        host, port, auth_key = self.host, self.port, self.auth_key
         self.acceptor: Acceptor | None = None
         self._acceptor_key: tuple[str, int, str] | None = None
         if acceptor and self.node in self.member_set:
