@@ -135,7 +135,7 @@ class AsyncElection:
         """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
         if self._task is None:
             if self.backend is not None:
-                await asyncio.to_thread(self.backend.check_once, self.timing.op_timeout)
+                await asyncio.to_thread(self.backend.check_once, self.timing.renew_deadline)
             self._event_loop = asyncio.get_running_loop()
             self._changed = asyncio.Condition()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leader-election-{self.name}")

@@ -219,7 +219,7 @@ class Election:
         if self._thread is not None:
             return self
         if self.backend is not None:
-            self.backend.check_once(self.timing.op_timeout)
+            self.backend.check_once(self.timing.renew_deadline)
         self._notifier = threading.Thread(target=self._notify_loop, name=f"leader-notify-{self.name}", daemon=True)
         self._notifier.start()
         self._thread = threading.Thread(target=self._run, name=f"leader-election-{self.name}", daemon=True)
