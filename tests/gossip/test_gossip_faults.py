@@ -29,9 +29,9 @@ LEASE, RENEW, RETRY = 3.0, 2.0, 0.5
 #: When followers race for the expired lock, an acquire can time out after its value
 #: landed on some acceptors; the record then names a candidate that does not know it
 #: leads, and everybody (that candidate too: the engine does not adopt a record naming
-#: itself) waits one more lease. Two such rounds were seen on this 2-core machine, so the
-#: bound allows three leases; the benchmark reports the real distribution.
-TAKEOVER_BOUND = 3 * LEASE + 3.0
+#: itself) waits one more lease. With 5 members up to 3.6 leases were measured on this
+#: 2-core machine (docs/bench-gossip.md), so the bound allows four leases and a margin.
+TAKEOVER_BOUND = 4 * LEASE + 3.0
 
 
 def _started_during(cluster: ElectorCluster, node: int, start: float, end: float) -> list:
@@ -39,7 +39,7 @@ def _started_during(cluster: ElectorCluster, node: int, start: float, end: float
 
 
 def _takeover(cluster: ElectorCluster, exclude: set[int], since: float) -> tuple[int, float]:
-    j = cluster.wait_for_leader(timeout=20, exclude=exclude)
+    j = cluster.wait_for_leader(timeout=TAKEOVER_BOUND + 5, exclude=exclude)
     started = max(iv.start for iv in cluster.intervals() if iv.node == cluster.identity(j))
     return j, started - since
 
