@@ -13,8 +13,10 @@ No shared server: the candidates agree among themselves. Each lock is a CASPaxos
   remembers its promises. Processes sharing one agent must share its ``state_dir`` (the
   default does); a file lock serialises them.
 * A ``version`` is the ballot that first wrote the value (``"<counter hex>.<proposer>"``):
-  identity rounds (reads that finish a half-written value) re-accept a value under a new
-  ballot without changing its version.
+  a proposer that finishes a half-written value re-accepts it under a new ballot without
+  changing its version.
+* Reads promise nothing (they would preempt the leader's renewals); an accept reserves
+  the next ballot for the same proposer, so a leader renews in one round trip.
 
 See ``docs/gossip.md`` for the safety argument and what holds under partition.
 """
@@ -94,17 +96,6 @@ def successor(ballot: Ballot) -> Ballot:
 
 def version_of(ballot: Ballot) -> str:
     return f"{ballot[0]:x}.{ballot[1]}"
-
-
-def parse_version(version: str | None) -> Ballot:
-    """The ballot a version names; ``ZERO`` for ``None`` or a foreign string."""
-    if not version:
-        return ZERO
-    counter, _, proposer = version.partition(".")
-    try:
-        return (int(counter, 16), proposer)
-    except ValueError:
-        return ZERO
 
 
 # --------------------------------------------------------------------------- acceptor

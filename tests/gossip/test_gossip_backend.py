@@ -265,3 +265,37 @@ def test_an_acceptor_reconnects_when_its_agent_comes_back(tmp_path) -> None:
         finally:
             for b in voters:
                 b.close()
+
+
+def test_acceptor_rules_and_the_reserved_successor(tmp_path) -> None:
+    """The acceptor's rules, without the network (the race test covers them end to end)."""
+    from celery_leader.backends.gossip import AcceptorStore
+
+    store = AcceptorStore(tmp_path / "acc", "n0")
+    try:
+        def send(op, b, v=None):
+            msg = {"o": op, "n": "x", "b": list(b)}
+            if v is not None:
+                msg["v"] = list(v)
+            return store.handle(msg)[0]
+
+        assert send("p", (1, "a"))["ok"]
+        assert not send("p", (1, "0"))["ok"]  # below the promise
+        assert send("a", (1, "a"), ("1.a", b"v1"))["ok"]
+        assert store.peek("x").promised == (2, "a")  # the accept reserved a's next ballot
+        assert not send("p", (1, "z"))["ok"]  # (1, z) > (1, a) but below the reservation
+        assert not send("p", (2, "0"))["ok"]
+        assert send("a", (1, "a"), ("1.a", b"v1"))["ok"]  # a resend is answered the same way
+        assert send("a", (2, "a"), ("2.a", b"v2"))["ok"]  # a's one-round write
+        assert not send("a", (2, "a"), ("2.a", b"other"))["ok"]  # one value per ballot
+        answer = send("p", (3, "b"))
+        assert answer["ok"] and answer["a"] == [2, "a"] and answer["v"] == ["2.a", b"v2"]
+        assert not send("a", (3, "a"), ("3.a", b"late"))["ok"]  # a's reservation was overtaken
+        assert store.handle({"o": "r", "n": "x"})[0]["v"] == ["2.a", b"v2"]
+    finally:
+        store.close()
+    again = AcceptorStore(tmp_path / "acc", "n0")  # and it is all on disk
+    try:
+        assert again.peek("x").promised == (3, "b") and again.peek("x").value == ("2.a", b"v2")
+    finally:
+        again.close()
