@@ -249,6 +249,7 @@ class ElectionCore:
         self._no_acquire_before = 0.0
         self._vanished_hold = 0.0
         self._failures = 0
+        self._unanswered_writes: list[LeaderRecord] = []
         self._reported_garbage: str | None = None
 
     # --- queries ---------------------------------------------------------------------
@@ -366,8 +367,10 @@ class ElectionCore:
         elif rec.holder == "":
             deferring = rec.preferred_holder not in ("", ANY_HOLDER, self.identity)
             expires = self.observed_at + self.timing.lease_duration if deferring else now
-        elif rec.holder == self.identity and obs.version == self.last_written_version:
-            expires = now  # our own record from an ended term: nobody wrote since
+        elif rec.holder == self.identity and (obs.version == self.last_written_version or self._unanswered(rec)):
+            # our own record from an ended term, or a write of ours whose answer was lost:
+            # nobody wrote since, so retake it now (compare-and-swap, new token)
+            expires = now
         else:
             expires = self.observed_at + lease
         return max(expires, self._no_acquire_before)
@@ -456,6 +459,7 @@ class ElectionCore:
         assert flight is not None and flight.record is not None
         self._retry_at = 0.0
         self._recovered()
+        self._unanswered_writes = []
         self.last_written_version = version
         self._observe(Versioned(flight.record, version), now)
         if flight.kind == "release":
@@ -483,6 +487,14 @@ class ElectionCore:
             self.events.append(StartedLeading(self.term, self.token))
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
 
+    def _unanswered(self, rec: LeaderRecord) -> bool:
+        """Is ``rec`` one of our writes that failed without an answer (and may have landed)?"""
+
+        def key(r: LeaderRecord) -> tuple:
+            return (r.holder, r.transitions, round(r.acquire_time * 1000), round(r.renew_time * 1000))
+
+        return any(key(rec) == key(w) for w in self._unanswered_writes)
+
     def _recovered(self) -> None:
         if self._failures:
             log.info("%s: backend answers again after %d failed calls", self.name, self._failures)
@@ -498,6 +510,9 @@ class ElectionCore:
         self.check_deadline()
         flight, self._inflight = self._inflight, None
         kind = flight.kind if flight else "?"
+        if flight is not None and flight.record is not None and not isinstance(exc, Conflict):
+            # the write may have landed even though no answer came: recognise it if seen
+            self._unanswered_writes = [*self._unanswered_writes[-3:], flight.record]
         if isinstance(exc, Conflict):
             log.debug("%s: %s lost a race (%s)", self.name, kind, exc)
             self._need_read = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LockContract", "sample_record"]
+__all__ = ["LockContract", "sample_record", "race"]
 
 
 def __getattr__(name: str) -> Any:

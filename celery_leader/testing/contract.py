@@ -28,7 +28,7 @@ import pytest
 from ..lock import BackendUnavailable, Conflict, Lock, Versioned
 from ..record import LeaderRecord, encode_record
 
-__all__ = ["LockContract", "sample_record"]
+__all__ = ["LockContract", "sample_record", "race"]
 
 TIMEOUT = 5.0
 
@@ -45,7 +45,7 @@ def sample_record(holder: str = "candidate-a", transitions: int = 3, **kw: objec
     return LeaderRecord(**base)  # type: ignore[arg-type]
 
 
-def _race(n: int, action) -> tuple[list[object], list[BaseException]]:
+def race(n: int, action) -> tuple[list[object], list[BaseException]]:
     """Run ``action(i)`` in ``n`` threads released together; return (results, errors)."""
     barrier = threading.Barrier(n)
     results: list[object] = []
@@ -152,7 +152,7 @@ class LockContract:
         for round_ in range(self.race_rounds):
             lock_name = f"{name}-c{round_}"
             locks = [make_lock(lock_name) for _ in range(self.race_clients)]
-            results, errors = _race(
+            results, errors = race(
                 self.race_clients,
                 lambda i, locks=locks: locks[i].create(sample_record(holder=f"c{i}"), TIMEOUT),
             )
@@ -166,7 +166,7 @@ class LockContract:
         version = locks[0].create(sample_record(transitions=0), TIMEOUT)
         for round_ in range(1, self.race_rounds + 1):
             expected = version
-            results, errors = _race(
+            results, errors = race(
                 self.race_clients,
                 lambda i, r=round_, v=expected: (i, locks[i].update(sample_record(holder=f"c{i}", transitions=r), v, TIMEOUT)),
             )

@@ -534,3 +534,31 @@ def test_a_renewal_answered_after_the_deadline_does_not_revive_the_term(clock):
     core.write_done("v2")
     assert not core.leading and not core.is_leader()
     assert any(isinstance(e, StoppedLeading) for e in core.pop_events())
+
+
+def test_an_acquisition_that_landed_without_an_answer_is_retaken_at_once(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(holder="", transitions=3))
+    attempt = core.next_action()
+    assert isinstance(attempt, Update)
+    core.failed(BackendUnavailable("timed out"))  # ...but the write landed
+    clock.advance(RP)
+    core.next_action()
+    core.read_done(Versioned(attempt.record, "v-landed"))
+    retake = core.next_action()
+    assert isinstance(retake, Update) and retake.expected_version == "v-landed"
+    assert retake.record.transitions == 5
+
+
+def test_a_record_with_our_identity_but_not_our_write_is_waited_out(clock):
+    core = make(clock)
+    core.next_action()
+    core.read_done(held(holder="", transitions=3))
+    attempt = core.next_action()
+    core.failed(BackendUnavailable("timed out"))
+    clock.advance(RP)
+    core.next_action()
+    other = attempt.record.evolve(acquire_time=attempt.record.acquire_time + 5)  # same identity, elsewhere
+    core.read_done(Versioned(other, "v-other"))
+    assert isinstance(core.next_action(), Wait)
