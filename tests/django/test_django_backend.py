@@ -210,7 +210,7 @@ def test_many_threads_share_one_backend(alias):
     def renew(i: int) -> None:
         try:
             got = lock.get(5.0)
-            lock.update(sample_record(holder=f"t{i}"), got.version, 5.0)
+            lock.update(sample_record(holder=f"t{i}", transitions=got.record.transitions + 1), got.version, 5.0)
             wins.append(i)
         except Conflict:
             pass

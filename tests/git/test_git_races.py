@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -13,36 +12,11 @@ import pytest
 
 from celery_leader.backends.git import GitBackend
 from celery_leader.lock import BackendUnavailable, Conflict
-from celery_leader.testing.contract import sample_record
+from celery_leader.testing.contract import race, sample_record
 
 from .conftest import Servers, daemon, git
 
 TIMEOUT = 5.0
-
-
-def _race(n: int, action) -> tuple[list, list]:
-    barrier = threading.Barrier(n)
-    results: list = []
-    errors: list = []
-    guard = threading.Lock()
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            out = action(i)
-        except Exception as exc:  # noqa: BLE001 - asserted on
-            with guard:
-                errors.append(exc)
-        else:
-            with guard:
-                results.append(out)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results, errors
 
 
 @pytest.mark.parametrize(("transport", "rounds"), [("file", 20), ("daemon", 20), ("http", 8)])
@@ -59,7 +33,7 @@ def test_eight_writers_from_the_same_commit_one_winner_per_round(git_servers: Se
         def write(i: int, round_: int = round_, expected: str = version) -> tuple[int, str]:
             return i, locks[i].update(sample_record(holder=f"w{i}", transitions=round_), expected, TIMEOUT)
 
-        results, errors = _race(8, write)
+        results, errors = race(8, write)
         kinds.update("server" if "lost the race" in str(e) else "client" for e in errors)
         assert len(results) == 1, (round_, results, errors)
         assert all(isinstance(e, Conflict) for e in errors), errors

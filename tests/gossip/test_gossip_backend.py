@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.registry import open_backend
 from celery_leader.serf import as_query
 from celery_leader.testing import sample_record
+from celery_leader.testing.contract import race
 from tests.servers import free_port, running
 
 from .cluster import SerfCluster
@@ -45,31 +45,6 @@ def _open(five, opened, i: int, members, state: Path, **options) -> GossipBacken
     b = GossipBackend.from_url(five.agents[i].url(members, state / five.agents[i].name, **options))
     opened.append(b)
     return b
-
-
-def _race(n: int, action) -> tuple[list, list]:
-    """``action(i)`` in ``n`` threads released together: (results, errors)."""
-    barrier, guard = threading.Barrier(n), threading.Lock()
-    results: list = []
-    errors: list = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            out = action(i)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted on
-            with guard:
-                errors.append(exc)
-        else:
-            with guard:
-                results.append(out)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results, errors
 
 
 def _name() -> str:
@@ -224,7 +199,7 @@ def test_races_from_every_one_of_five_members(five, opened, state) -> None:
     name = _name()
     for round_ in range(3):
         locks = [b.lock(f"{name}-c{round_}") for b in backends]
-        results, errors = _race(5, lambda i, locks=locks: locks[i].create(sample_record(holder=f"m{i}"), T))
+        results, errors = race(5, lambda i, locks=locks: locks[i].create(sample_record(holder=f"m{i}"), T))
         assert len(results) == 1, (results, errors)
         assert all(isinstance(e, Conflict) for e in errors), errors
     locks = [b.lock(name) for b in backends]
@@ -233,7 +208,7 @@ def test_races_from_every_one_of_five_members(five, opened, state) -> None:
     # that once let a half-landed one-round write overtake a chosen value
     for round_ in range(1, 7):
         expected = version
-        results, errors = _race(
+        results, errors = race(
             5,
             lambda i, r=round_, e=expected: (i, locks[i].update(sample_record(holder=f"m{i}", transitions=r), e, T)),
         )
