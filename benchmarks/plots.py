@@ -304,14 +304,16 @@ def draw_scale(results: Path, out: Path) -> bool:
     for r in many:
         values = sorted(max(v * 1000.0, 0.01) for v in r["renew_late_samples_s"])
         ys = [(i + 1) / len(values) for i in range(len(values))]
-        label = f"{r['elections']} elections, pool {r.get('executor_threads', '?')} threads"
+        timing = r.get("timing") or [None, None, None]
+        retry = f"retry {timing[2]:g} s, " if isinstance(timing[2], NUMBER) else ""
+        label = f"{r['elections']} elections, {retry}pool {r.get('executor_threads', '?')} threads"
         ax.plot(values, ys, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("renewal sent late by (ms, log)")
     ax.set_ylabel("fraction of renewals")
     ax.set_title("Renew lateness, one process, one Redis backend (asyncio)", fontsize=10)
     ax.axvline(2000, color="0.5", linestyle=":", linewidth=1)
-    ax.annotate("retry_period", (2000, 0.05), rotation=90, fontsize=7, color="0.4")
+    ax.annotate("2 s (default retry_period)", (2000, 0.05), rotation=90, fontsize=7, color="0.4")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax = axes[1]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import faulthandler
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from typing import Any
 
 import redis
 
-from benchmarks._common import summary, table, write_results
+from benchmarks._common import RESULTS, summary, table, write_results
 from celery_leader.aio import AsyncElection
 from celery_leader.backends.redis import RedisBackend, RedisLock
 from celery_leader.election import Election
@@ -370,20 +371,28 @@ def call_cost(url: str, seconds: float) -> list[dict[str, Any]]:
 # --- many elections, asyncio driver ------------------------------------------------------------
 
 
-async def _many(url: str, n: int, window: float, executor_threads: int) -> dict[str, Any]:
+async def _many(
+    url: str,
+    n: int,
+    window: float,
+    executor_threads: int,
+    retry: float = 2.0,
+    prefix: str = "",
+    partial: Path | None = None,
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     executor = None
     if executor_threads:
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="bench")
         loop.set_default_executor(executor)
     pool_threads = executor_threads or min(32, (os.cpu_count() or 1) + 4)
-    prefix = f"bench-scale-{uuid.uuid4().hex[:8]}:"
+    prefix = prefix or f"bench-scale-{uuid.uuid4().hex[:8]}:"
     # one backend object; its connection cap follows the thread pool so it is not the limit
     max_conn = max(16, pool_threads)
     real = RedisBackend.from_url(f"{url}?prefix={prefix}&max_connections={max_conn}")
     real.check()
     stats = Stats()
-    lease, renew, retry = 15.0, 10.0, 2.0
+    lease, renew = 15.0, 10.0
     backend = MeasuredBackend(real, stats, retry)
     lost = Counter[str]()
 
@@ -435,22 +444,8 @@ async def _many(url: str, n: int, window: float, executor_threads: int) -> dict[
         calls = dict(stats.calls)
         conflicts, errors = stats.conflicts, dict(stats.errors)
         loop_late, sent_late, queue_wait = list(stats.loop_late), list(stats.sent_late), list(stats.queue_wait)
-    s0 = time.monotonic()
-    outcomes = await asyncio.gather(*(e.stop() for e in elections), return_exceptions=True)
-    stop_timeouts = sum(isinstance(o, (asyncio.TimeoutError, TimeoutError)) for o in outcomes)
-    stop_s = time.monotonic() - s0
-    # AsyncElection.stop() gives up waiting after renew_deadline + op_timeout + 1 s (raising
-    # TimeoutError); let the remaining releases finish before deleting the keys
-    tasks = [e._task for e in elections if e._task is not None and not e._task.done()]
-    if tasks:
-        await asyncio.wait(tasks, timeout=60)
-    released_s = time.monotonic() - s0
-    real.close()
-    deleted = cleanup(url, prefix)
-    if executor is not None:
-        executor.shutdown(wait=False)
     total_calls = sum(calls.values())
-    return {
+    result: dict[str, Any] = {
         "elections": n,
         "loadavg_1min": [load_before, load_after],
         "executor_threads": pool_threads,
@@ -480,25 +475,151 @@ async def _many(url: str, n: int, window: float, executor_threads: int) -> dict[
         "loop_late_s": summary(loop_late),
         "queue_wait_s": summary(queue_wait),
         "renew_late_samples_s": _keep(sent_late),
-        "stop_s": stop_s,
-        "stop_timeouts": stop_timeouts,
-        "all_released_s": released_s,
-        "keys_deleted": deleted,
+        "stopped": False,
     }
+    if partial is not None:
+        # the measurement is done: keep it even if stopping hangs
+        partial.write_text(json.dumps(result))
+    s0 = time.monotonic()
+    outcomes = await asyncio.gather(*(e.stop() for e in elections), return_exceptions=True)
+    stop_timeouts = sum(isinstance(o, (asyncio.TimeoutError, TimeoutError)) for o in outcomes)
+    stop_s = time.monotonic() - s0
+    # AsyncElection.stop() gives up waiting after renew_deadline + op_timeout + 1 s (raising
+    # TimeoutError); let the remaining releases finish before deleting the keys
+    tasks = [e._task for e in elections if e._task is not None and not e._task.done()]
+    if tasks:
+        await asyncio.wait(tasks, timeout=60)
+    released_s = time.monotonic() - s0
+    real.close()
+    deleted = cleanup(url, prefix)
+    if executor is not None:
+        executor.shutdown(wait=False)
+    result.update(
+        stopped=True,
+        stop_s=stop_s,
+        stop_timeouts=stop_timeouts,
+        all_released_s=released_s,
+        keys_deleted=deleted,
+    )
+    return result
 
 
-def many(url: str, n: int, window: float, executor_threads: int) -> dict[str, Any]:
-    return asyncio.run(_many(url, n, window, executor_threads))
+def many(
+    url: str,
+    n: int,
+    window: float,
+    executor_threads: int,
+    retry: float = 2.0,
+    prefix: str = "",
+    partial: Path | None = None,
+) -> dict[str, Any]:
+    return asyncio.run(_many(url, n, window, executor_threads, retry, prefix, partial))
 
 
-def many_in_child(url: str, n: int, window: float, executor_threads: int) -> dict[str, Any]:
-    """Run one case in a fresh interpreter, so that its RSS and CPU are its own."""
+def many_in_child(url: str, n: int, window: float, executor_threads: int, retry: float = 2.0) -> dict[str, Any]:
+    """Run one case in a fresh interpreter, so that its RSS and CPU are its own.
+
+    If the child does not finish (stopping 10,000 overloaded elections can hang), its
+    measurement is still used, its thread stacks are kept for diagnosis, and its keys deleted.
+    """
+    prefix = f"bench-scale-{uuid.uuid4().hex[:8]}:"
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         out = Path(tmp) / "case.json"
+        stacks = Path(tmp) / "stacks.txt"
         argv = [sys.executable, "-m", "benchmarks", "scale", "--one-case", str(n), str(executor_threads), str(window), str(out),
-                "--url", url]  # fmt: skip
-        subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent, check=True, timeout=window + 400)
-        return json.loads(out.read_text())
+                str(retry), "--url", url, "--prefix", prefix]  # fmt: skip
+        limit = 60.0 + retry + window + 60.0
+        env = dict(os.environ, BENCH_SCALE_STACKS=str(stacks), BENCH_SCALE_STACKS_AFTER=str(limit - 10))
+        finished, outcome = True, "ok"
+        try:
+            subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent, check=True, timeout=limit, env=env)
+        except subprocess.TimeoutExpired:
+            finished, outcome = False, f"hung: killed after {limit:.0f} s"
+        except subprocess.CalledProcessError as exc:
+            code = exc.returncode
+            finished = False
+            outcome = f"died: signal {-code}" if code < 0 else f"died: exit code {code}"
+        if not finished:
+            print(f"  the case did not finish cleanly ({outcome})", flush=True)
+        if not finished:
+            time.sleep(1.0)  # let the server finish what the dead child had sent
+        if not out.exists():
+            # died before its measurement window ended: record that, delete its keys, go on
+            return {
+                "elections": n,
+                "timing": [15.0, 10.0, retry],
+                "executor_threads": executor_threads or min(32, (os.cpu_count() or 1) + 4),
+                "executor": "default" if not executor_threads else "custom",
+                "finished": False,
+                "outcome": outcome,
+                "measured": False,
+                "keys_deleted": cleanup(url, prefix) + cleanup(url, prefix),
+            }
+        result = json.loads(out.read_text())
+        result["outcome"] = outcome
+        if not finished:
+            result["finished"] = False
+            result["keys_deleted"] = cleanup(url, prefix) + cleanup(url, prefix)
+            if stacks.exists() and stacks.stat().st_size:
+                keep = Path(tempfile.gettempdir()) / f"bench-scale-stacks-{n}-{executor_threads}-{retry:g}.txt"
+                keep.write_text(stacks.read_text())
+                result["stacks_file"] = str(keep)
+                print(f"  thread stacks of the stuck child: {keep}", flush=True)
+        return result
+
+
+# --- followers in the same process: the executor is shared --------------------------------------
+
+
+async def _followers(url: str, followers: int, window: float) -> dict[str, Any]:
+    """One leader and ``followers`` standbys of the same name, all ``AsyncElection`` in one loop.
+
+    On a ``watch`` backend a standby waits in ``Lock.await_for_change``, which by default
+    runs the blocking ``wait_for_change`` in the loop's default executor for the whole wait:
+    the leader's renewal then queues behind the standbys' waits.
+    """
+    retry = 2.0
+    prefix = f"bench-follow-{uuid.uuid4().hex[:8]}:"
+    real = RedisBackend.from_url(f"{url}?prefix={prefix}")
+    stats = Stats()
+    backend = MeasuredBackend(real, stats, retry)
+    ended: list[float] = []
+    leader = AsyncElection("shared", backend=backend, identity="leader", on_stopped_leading=lambda: ended.append(1.0))
+    await leader.start()
+    if not await leader.wait_until_leader(20):
+        raise RuntimeError("the leader did not lead")
+    standbys = [AsyncElection("shared", backend=backend, identity=f"standby-{i}") for i in range(followers)]
+    for e in standbys:
+        await e.start()
+    await asyncio.sleep(2 * retry)
+    stats.reset()
+    stats.recording = True
+    await asyncio.sleep(window)
+    stats.recording = False
+    with stats.guard:
+        late, queue = list(stats.sent_late), list(stats.queue_wait)
+        calls = dict(stats.calls)
+    result = {
+        "followers": followers,
+        "executor_threads": min(32, (os.cpu_count() or 1) + 4),
+        "timing": [15.0, 10.0, retry],
+        "window_s": window,
+        "leader_renewals": len(late),
+        "renew_late_s": summary(late),
+        "queue_wait_s": summary(queue),
+        "leader_terms_lost": len(ended),
+        "still_leading": leader.is_leader,
+        "calls_per_s": {k: v / window for k, v in calls.items()},
+    }
+    await asyncio.gather(*(e.stop() for e in standbys), return_exceptions=True)
+    await leader.stop()
+    real.close()
+    cleanup(url, prefix)
+    return result
+
+
+def followers_case(url: str, followers: int, window: float) -> dict[str, Any]:
+    return asyncio.run(_followers(url, followers, window))
 
 
 # --- 50 candidates, one election, thread driver -------------------------------------------
@@ -664,12 +785,21 @@ def _ms(v: float) -> float:
     return v * 1000.0
 
 
+def _commands(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The command line that produced each part (one line when all came from one run)."""
+    commands = data.get("commands") or {}
+    distinct = sorted(set(commands.values()))
+    if len(distinct) <= 1:
+        return [("", distinct[0] if distinct else data.get("command", "python -m benchmarks scale"))]
+    return [(part, cmd) for part, cmd in sorted(commands.items())]
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"] if "machine" in data else {}
     lines = [
         "# Benchmark: scale (many elections in one process; many candidates for one)",
         "",
-        f"Command: `{data['command']}`  ",
+        "Commands: " + ", ".join(f"`{c}`" + (f" ({k})" if k else "") for k, c in _commands(data)) + "  ",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, Python {m.get('python', '?')}, "
         f"Redis {data.get('redis_version', '?')} on 127.0.0.1 (shared with other work on the machine); "
         f"run {m.get('when', '?')}.",
@@ -677,8 +807,8 @@ def markdown(data: dict[str, Any]) -> str:
         "## Many elections, one process, one Redis backend object (asyncio driver)",
         "",
         "Each election leads its own name with the default timing (lease 15 s, renew deadline 10 s, "
-        "retry period 2 s), so every election renews every 2 s: `N / 2` compare-and-swap round "
-        "trips per second are needed. Measured over a window after all were leading. "
+        "retry period 2 s) unless the timing column says otherwise, so every election renews every "
+        "retry period: `N / retry_period` compare-and-swap round trips per second are needed. Measured over a window after all were leading. "
         "*Renew lateness* = when the renewal's Redis call started minus when the engine scheduled "
         "it (previous successful write + retry period); *queue wait* is the part spent waiting "
         "for a thread of the executor. CPU is the whole process (all threads).",
@@ -700,10 +830,18 @@ def markdown(data: dict[str, Any]) -> str:
             "",
         ]
     rows = []
-    for r in data["many"]:
+    for r in data.get("many", []):
+        if r.get("measured") is False:
+            rows.append(
+                [r["elections"], "/".join(f"{x:g}" for x in r["timing"]), f"{r['executor']} ({r['executor_threads']})"]
+                + ["-"] * 15
+                + [f"no: {r.get('outcome', '?')}"]
+            )
+            continue
         rows.append(
             [
                 r["elections"],
+                "/".join(f"{x:g}" for x in r["timing"]),
                 f"{r['executor']} ({r['executor_threads']})",
                 round(r["all_leading_s"], 2),
                 f"{r['leading_at_end']}/{r['elections']}",
@@ -720,6 +858,7 @@ def markdown(data: dict[str, Any]) -> str:
                 round(_ms(r["queue_wait_s"]["p99"]), 2),
                 sum(r["errors"].values()),
                 "/".join(f"{x:.1f}" for x in r.get("loadavg_1min", [])),
+                "yes" if r.get("finished", True) else f"no: {r.get('outcome', '?')}",
             ]
         )
     lines.append(
@@ -727,6 +866,7 @@ def markdown(data: dict[str, Any]) -> str:
             rows,
             [
                 "elections",
+                "lease/renew/retry s",
                 "thread pool",
                 "all leading after s",
                 "leading at end",
@@ -743,9 +883,44 @@ def markdown(data: dict[str, Any]) -> str:
                 "queue wait p99 ms",
                 "errors",
                 "load avg (1 min) before/after",
+                "stopped cleanly",
             ],
         )
     )
+    fol = data.get("followers")
+    if fol:
+        lines += [
+            "",
+            "## One leader and its standbys in one process (asyncio driver)",
+            "",
+            "One `AsyncElection` leads a name, N more of the same name stand by, all in one event loop "
+            f"on one Redis backend object (default timing 15 s / 10 s / 2 s). A standby waits for a change "
+            "in `Lock.await_for_change`, which by default runs the blocking `wait_for_change` in the "
+            f"loop's default executor ({fol[0]['executor_threads']} threads here) for the whole wait; "
+            "the leader's renewal queues behind those waits.",
+            "",
+            table(
+                [
+                    [
+                        f["followers"],
+                        f["leader_renewals"],
+                        round(_ms(f["renew_late_s"]["p50"]), 1),
+                        round(_ms(f["renew_late_s"]["max"]), 1),
+                        round(_ms(f["queue_wait_s"]["max"]), 1),
+                        f["leader_terms_lost"],
+                    ]
+                    for f in fol
+                ],
+                [
+                    "standbys in the process",
+                    "leader renewals",
+                    "renewal late p50 ms",
+                    "late max ms",
+                    "executor queue wait max ms",
+                    "leader terms lost",
+                ],
+            ),
+        ]
     c = data.get("contention")
     if c:
         lines += [
@@ -803,12 +978,32 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--handovers", type=int, default=None, help="step-downs in the contention case (default 20)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write results or docs")
-    parser.add_argument("--one-case", nargs=4, metavar=("N", "THREADS", "WINDOW", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--slow-retry",
+        type=float,
+        default=5.0,
+        help="also run the largest size with this retry_period (lease 15 s, renew 10 s); 0 = skip (default 5)",
+    )
+    parser.add_argument(
+        "--one-case", nargs=5, metavar=("N", "THREADS", "WINDOW", "OUT", "RETRY"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--parts",
+        default=",".join(sorted(PARTS)),
+        help="which parts to run (cost, many, followers, contention); a partial run keeps the other "
+        "parts of benchmarks/results/scale.json",
+    )
+    parser.add_argument("--followers", default="0,12,60", help="standby counts for the followers part")
+    parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one_case:
         _quiet_library_logs()
-        n, threads, win, out = args.one_case
-        result = many(args.url, int(n), float(win), int(threads))
+        n, threads, win, out, retry = args.one_case
+        stacks = os.environ.get("BENCH_SCALE_STACKS")
+        if stacks:
+            handle = open(stacks, "w")  # noqa: SIM115 - open until the process ends
+            faulthandler.dump_traceback_later(float(os.environ.get("BENCH_SCALE_STACKS_AFTER", "300")), file=handle)
+        result = many(args.url, int(n), float(win), int(threads), float(retry), args.prefix, Path(out))
         Path(out).write_text(json.dumps(result))
         return 0
     sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "1000,3000,10000")).split(",")]
@@ -822,41 +1017,92 @@ def main(argv: list[str]) -> int:
     redis_version = client.info("server").get("redis_version", "?")
     client.close()
 
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - PARTS
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {sorted(PARTS)}")
+    command = ("python -m benchmarks scale " + " ".join(a for a in argv if a != "--no-write")).strip()
+    data: dict[str, Any] = {}
+    if parts != PARTS and not args.no_write and (RESULTS / "scale.json").exists():
+        # a partial run: keep the other parts of the last full run
+        data = {k: v for k, v in json.loads((RESULTS / "scale.json").read_text()).items() if k != "machine"}
+    data.setdefault("commands", {})
+    data["redis_version"] = redis_version
+    if "cost" in parts:
+        _run_cost(args, data, command)
+    if "many" in parts:
+        _run_many(args, data, command, sizes, window, pools)
+    if "followers" in parts:
+        counts = [int(x) for x in args.followers.split(",")]
+        out = []
+        for f in counts:
+            print(f"followers: 1 leader + {f} standbys in one process ...", flush=True)
+            r = followers_case(args.url, f, 8.0 if args.quick else 20.0)
+            print(
+                f"  renewals late p50 {_ms(r['renew_late_s']['p50']):.0f} ms, max {_ms(r['renew_late_s']['max']):.0f} ms; "
+                f"terms lost {r['leader_terms_lost']}",
+                flush=True,
+            )
+            out.append(r)
+        data["followers"] = out
+        data["commands"]["followers"] = command
+    if "contention" in parts:
+        print(f"contention: {candidates} candidates ...", flush=True)
+        c = contention(args.url, candidates, handovers, idle=3.0 if args.quick else 10.0)
+        print(
+            f"  first leader {_ms(c['first_leader_s']):.0f} ms; handover p50 {_ms(c['handover_s']['p50']):.0f} ms; "
+            f"overlaps {c['overlaps']}; max leaders at once {c['max_simultaneous_leaders']}",
+            flush=True,
+        )
+        data["contention"] = c
+        data["commands"]["contention"] = command
+    data["command"] = command
+    return _write(args, data)
+
+
+PARTS = {"cost", "many", "followers", "contention"}
+
+
+def _run_cost(args: argparse.Namespace, data: dict[str, Any], command: str) -> None:
     print("per-call cost ...", flush=True)
     cost = call_cost(args.url, 2.0 if args.quick else 5.0)
+    data["call_cost"] = cost
+    data["commands"]["cost"] = command
     for row in cost:
         print(
             f"  {row['path']}: {row['writes_per_s']:.0f} writes/s, {row['cpu_us_per_write']:.0f} us CPU/write",
             flush=True,
         )
+
+
+def _run_many(
+    args: argparse.Namespace, data: dict[str, Any], command: str, sizes: list[int], window: float, pools: list[int]
+) -> None:
     results: list[dict[str, Any]] = []
-    for n in sizes:
-        for threads in pools if n == max(sizes) else pools[:1]:
-            print(f"many: {n} elections, thread pool {'default' if not threads else threads} ...", flush=True)
-            r = many_in_child(args.url, n, window, threads)
-            print(
-                f"  all leading {r['all_leading_s']:.1f} s; leading at end {r['leading_at_end']}/{n}; "
-                f"CPU {r['cpu_pct']:.1f} %; RSS {r['rss_kib'] / 1024:.0f} MiB; {r['round_trips_per_s']:.0f} rt/s "
-                f"(needed {r['needed_per_s']:.0f}); late p99 {_ms(r['renew_late_s']['p99']):.1f} ms; "
-                f"errors {r['errors']}; terms lost {r['terms_ended']}; logs {r['log_records_until_stop']}",
-                flush=True,
-            )
-            results.append(r)
-    print(f"contention: {candidates} candidates ...", flush=True)
-    c = contention(args.url, candidates, handovers, idle=3.0 if args.quick else 10.0)
-    print(
-        f"  first leader {_ms(c['first_leader_s']):.0f} ms; handover p50 {_ms(c['handover_s']['p50']):.0f} ms; "
-        f"overlaps {c['overlaps']}; max leaders at once {c['max_simultaneous_leaders']}",
-        flush=True,
-    )
-    command = "python -m benchmarks scale " + " ".join(a for a in argv if a != "--no-write")
-    data: dict[str, Any] = {
-        "command": command.strip(),
-        "redis_version": redis_version,
-        "call_cost": cost,
-        "many": results,
-        "contention": c,
-    }
+    cases = [(n, threads, 2.0) for n in sizes for threads in (pools if n == max(sizes) else pools[:1])]
+    if args.slow_retry and not args.quick:
+        cases.append((max(sizes), pools[0], args.slow_retry))
+    for n, threads, retry in cases:
+        print(
+            f"many: {n} elections, thread pool {'default' if not threads else threads}, retry {retry} s ...",
+            flush=True,
+        )
+        r = many_in_child(args.url, n, window, threads, retry)
+        results.append(r)
+        if r.get("measured") is False:
+            continue
+        print(
+            f"  all leading {r['all_leading_s']:.1f} s; leading at end {r['leading_at_end']}/{n}; "
+            f"CPU {r['cpu_pct']:.1f} %; RSS {r['rss_kib'] / 1024:.0f} MiB; {r['round_trips_per_s']:.0f} rt/s "
+            f"(needed {r['needed_per_s']:.0f}); late p99 {_ms(r['renew_late_s']['p99']):.1f} ms; "
+            f"errors {r['errors']}; terms lost {r['terms_ended']}; logs {r['log_records_until_stop']}",
+            flush=True,
+        )
+    data["many"] = results
+    data["commands"]["many"] = command
+
+
+def _write(args: argparse.Namespace, data: dict[str, Any]) -> int:
     from benchmarks._common import machine
 
     data_with_machine = {"machine": machine(), **data}
