@@ -20,10 +20,8 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from .core import Create, ElectionCore, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
-from .election import default_identity
-from .lock import Backend, Lock
-from .registry import open_backend
+from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Update, Wait
+from .election import BaseElection, BaseLeadership
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
@@ -35,68 +33,27 @@ def _resolve(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
-class AsyncLeadership:
-    """One term; ``lost`` is an :class:`asyncio.Event`."""
+class AsyncLeadership(BaseLeadership):
+    """A term in the asyncio driver: ``lost`` is an :class:`asyncio.Event`."""
 
-    def __init__(self, election: "AsyncElection", term: int, token: int) -> None:
-        self._election = election
-        self.term, self.token = term, token
-        self.name, self.identity = election.name, election.identity
+    def __init__(self, election: AsyncElection, term: int, token: int) -> None:
+        super().__init__(election, term, token)
         self.lost = asyncio.Event()
-        self._final_deadline: float | None = None
-
-    @property
-    def deadline(self) -> float:
-        return self._final_deadline if self._final_deadline is not None else self._election._core.deadline
-
-    def is_valid(self) -> bool:
-        return not self.lost.is_set() and time.monotonic() < self.deadline
-
-    def __repr__(self) -> str:
-        return f"<AsyncLeadership {self.name} token={self.token} valid={self.is_valid()}>"
 
 
 Callback = Callable[..., Any]
 
 
-class AsyncElection:
+class AsyncElection(BaseElection):
     """Leader election in an event loop (no threads of its own).
 
     >>> async with AsyncElection("jobs", url="redis://localhost/0") as election:
     ...     await election.wait_until_leader()
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        url: str | None = None,
-        backend: Backend | None = None,
-        lock: Lock | None = None,
-        identity: str | None = None,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
-        release_on_cancel: bool = True,
-        max_drift: float = 0.01,
-        on_started_leading: Callback | None = None,
-        on_stopped_leading: Callback | None = None,
-        on_new_leader: Callback | None = None,
-    ) -> None:
-        self.timing = Timing(lease_duration, renew_deadline, retry_period, max_drift)
-        self._core = ElectionCore(
-            name, default_identity() if identity is None else identity, self.timing, release_on_cancel=release_on_cancel
-        )
-        self.name, self.identity = name, self._core.identity
-        self._own_backend = lock is None and backend is None
-        if lock is None:
-            backend = backend if backend is not None else open_backend(url)
-            lock = backend.lock(name)
-        self.backend, self.lock = backend, lock
-        self.on_started_leading = on_started_leading
-        self.on_stopped_leading = on_stopped_leading
-        self.on_new_leader = on_new_leader
-        self._leadership: AsyncLeadership | None = None
+    def __init__(self, name: str, **options: Any) -> None:
+        """Options: see :class:`~celery_leader.election.BaseElection`; callbacks may be coroutines."""
+        super().__init__(name, **options)
         self._work: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         # wake-ups: a flag plus the future the driver is waiting on (cheaper than an Event per wait)
@@ -108,28 +65,6 @@ class AsyncElection:
         self._background: set[asyncio.Task] = set()
 
     # --- public API --------------------------------------------------------------------
-
-    @property
-    def is_leader(self) -> bool:
-        return self._core.is_leader()
-
-    @property
-    def leader(self) -> str | None:
-        return self.identity if self._core.leading else self._core.observed_holder
-
-    @property
-    def token(self) -> int | None:
-        return self._core.token if self.is_leader else None
-
-    def _term_ready(self) -> bool:
-        """Leading, and the term's Leadership object is already there for callers to use."""
-        lead = self._leadership
-        return self.is_leader and lead is not None and lead.term == self._core.term
-
-    @property
-    def leadership(self) -> AsyncLeadership | None:
-        lead = self._leadership
-        return lead if lead is not None and lead.is_valid() else None
 
     async def start(self) -> "AsyncElection":
         """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
@@ -350,11 +285,3 @@ class AsyncElection:
             return
         async with self._changed:
             self._changed.notify_all()
-
-    def _close(self) -> None:
-        if self._own_backend:
-            try:
-                self.lock.close()
-            finally:
-                if self.backend is not None:
-                    self.backend.close()

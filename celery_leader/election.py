@@ -55,17 +55,21 @@ def default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Leadership:
-    """One term of leadership. Hand ``token`` to the work as its fencing token."""
+class BaseLeadership:
+    """One term of leadership. Hand ``token`` to the work as its fencing token.
 
-    def __init__(self, election: Election, term: int, token: int) -> None:
+    ``lost`` (a :class:`threading.Event` or, in the asyncio driver, an :class:`asyncio.Event`)
+    is set when the term ends.
+    """
+
+    lost: Any
+
+    def __init__(self, election: Any, term: int, token: int) -> None:
         self._election = election
         self.term = term
         self.token = token
         self.name = election.name
         self.identity = election.identity
-        self.lost = threading.Event()
-        self.work_done = threading.Event()
         self._final_deadline: float | None = None
 
     @property
@@ -87,7 +91,16 @@ class Leadership:
         self.lost.set()
 
     def __repr__(self) -> str:
-        return f"<Leadership {self.name} token={self.token} valid={self.is_valid()}>"
+        return f"<{type(self).__name__} {self.name} token={self.token} valid={self.is_valid()}>"
+
+
+class Leadership(BaseLeadership):
+    """A term in the thread driver: ``lost`` is a :class:`threading.Event`."""
+
+    def __init__(self, election: Election, term: int, token: int) -> None:
+        super().__init__(election, term, token)
+        self.lost = threading.Event()
+        self.work_done = threading.Event()
 
 
 class _Watchdog:
@@ -129,13 +142,10 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-class Election:
-    """Leader election for ``name`` on the backend at ``url`` (thread driver).
+class BaseElection:
+    """What both drivers share: configuration, the core, the lock, and the read-only API."""
 
-    >>> with Election("nightly-report", url="redis://localhost:6379/0") as election:
-    ...     if election.wait_until_leader(timeout=30):
-    ...         run_report(token=election.token)
-    """
+    _leadership: BaseLeadership | None
 
     def __init__(
         self,
@@ -150,10 +160,9 @@ class Election:
         retry_period: float = 2.0,
         release_on_cancel: bool = True,
         max_drift: float = 0.01,
-        on_started_leading: Callable[[Leadership], Any] | None = None,
+        on_started_leading: Callable[..., Any] | None = None,
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
-        observer: Any = None,
     ) -> None:
         self.timing = Timing(lease_duration, renew_deadline, retry_period, max_drift)
         self._core = ElectionCore(
@@ -174,18 +183,7 @@ class Election:
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
         self.on_new_leader = on_new_leader
-        self.observer = observer
-        self._mutex = threading.RLock()
-        self._wake = threading.Event()
-        self._leading_changed = threading.Condition(self._mutex)
-        self._leadership: Leadership | None = None
-        self._term_threads: dict[int, threading.Thread] = {}
-        self._notices: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._notifier: threading.Thread | None = None
-        self._finished = threading.Event()
-
-    # --- public API --------------------------------------------------------------------
+        self._leadership = None
 
     @property
     def is_leader(self) -> bool:
@@ -204,15 +202,56 @@ class Election:
         """The fencing token of the current term, or ``None`` when not leading."""
         return self._core.token if self.is_leader else None
 
+    @property
+    def leadership(self) -> Any:
+        """The current term (:class:`Leadership`), or ``None`` when not leading."""
+        lead = self._leadership
+        return lead if lead is not None and lead.is_valid() else None
+
     def _term_ready(self) -> bool:
         """Leading, and the term's Leadership object is already there for callers to use."""
         lead = self._leadership
         return self.is_leader and lead is not None and lead.term == self._core.term
 
-    @property
-    def leadership(self) -> Leadership | None:
-        lead = self._leadership
-        return lead if lead is not None and lead.is_valid() else None
+    def _close(self) -> None:
+        if self._own_backend:
+            try:
+                self.lock.close()
+            finally:
+                if self.backend is not None:
+                    self.backend.close()
+
+    def __repr__(self) -> str:
+        state = "leading" if self.is_leader else "following"
+        return f"<{type(self).__name__} {self.name} {self.identity} {state}>"
+
+
+class Election(BaseElection):
+    """Leader election for ``name`` on the backend at ``url`` (thread driver).
+
+    >>> with Election("nightly-report", url="redis://localhost:6379/0") as election:
+    ...     if election.wait_until_leader(timeout=30):
+    ...         run_report(token=election.token)
+    """
+
+    def __init__(self, name: str, *, observer: Any = None, **options: Any) -> None:
+        """Options: see :class:`BaseElection` (url, backend, identity, timing, callbacks).
+
+        ``observer`` receives ``renewed(election, seconds, ok)`` and
+        ``state_changed(election, leading)`` (see :mod:`celery_leader.metrics`).
+        """
+        super().__init__(name, **options)
+        self.observer = observer
+        self._mutex = threading.RLock()
+        self._wake = threading.Event()
+        self._leading_changed = threading.Condition(self._mutex)
+        self._term_threads: dict[int, threading.Thread] = {}
+        self._notices: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._notifier: threading.Thread | None = None
+        self._finished = threading.Event()
+
+    # --- public API --------------------------------------------------------------------
 
     def start(self) -> Election:
         """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
@@ -420,15 +459,3 @@ class Election:
             fn(*args)
         except Exception:  # pragma: no cover
             log.exception("observer failed")
-
-    def _close(self) -> None:
-        if self._own_backend:
-            try:
-                self.lock.close()
-            finally:
-                if self.backend is not None:
-                    self.backend.close()
-
-    def __repr__(self) -> str:
-        state = "leading" if self.is_leader else "following"
-        return f"<Election {self.name} {self.identity} {state}>"
