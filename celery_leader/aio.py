@@ -81,8 +81,13 @@ class AsyncElection(BaseElection):
         self._core.request_stop()
         self._poke()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(self._task), self.timing.renew_deadline + self.timing.op_timeout + 1)
+            except asyncio.CancelledError:
+                pass
+            except asyncio.TimeoutError:
+                # as the thread driver: the release is bounded; the lease runs out by itself
+                log.warning("%s: the release did not finish in time; the lease will expire", self.name)
         else:
             self._close()
 

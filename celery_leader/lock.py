@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -116,11 +118,27 @@ class Lock(abc.ABC):
         if not self.capabilities.watch:
             await asyncio.sleep(max(0.0, timeout))
             return
-        await asyncio.to_thread(self.wait_for_change, version, timeout)
+        # a watch blocks its thread for the whole wait: keep watches out of the default
+        # executor, or many standbys in one process would queue the leaders' renewals
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(_watch_pool(), self.wait_for_change, version, timeout)
 
     def describe(self) -> str:
         """Where this lock lives, for logs and banners (never with secrets)."""
         return f"{type(self).__name__}({self.name})"
+
+
+_WATCH_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_WATCH_POOL_GUARD = threading.Lock()
+
+
+def _watch_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for blocking watches of the asyncio driver (a queued watch is only a later poll)."""
+    global _WATCH_POOL
+    with _WATCH_POOL_GUARD:
+        if _WATCH_POOL is None:
+            _WATCH_POOL = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="celery-leader-watch")
+        return _WATCH_POOL
 
 
 class Backend(abc.ABC):

@@ -228,3 +228,36 @@ def test_start_waits_out_an_unreachable_backend_and_checks_once_per_backend():
     for e in elections:
         e.stop()
     assert ok.calls == 1
+
+
+def test_asyncio_standbys_do_not_starve_leaders_renewals():
+    """Blocking watches of many standbys must not queue the leaders' renewals (executor starvation)."""
+    from celery_leader.testing import sample_record
+
+    async def main() -> None:
+        backend = MemoryBackend(uuid.uuid4().hex)
+        leaders = {}
+        for i in range(4):
+            e = AsyncElection(f"mine{i}", backend=backend, identity=f"mine{i}", **FAST)
+            await e.start()
+            assert await e.wait_until_leader(5)
+            leaders[e.name] = (e, e.token)
+        # locks held elsewhere for a long lease: their standbys sit in watches ~2 s at a time
+        standbys = []
+        for i in range(6):
+            backend.lock(f"theirs{i}").create(sample_record(holder="elsewhere", lease_duration=60), 1.0)
+            for k in range(4):
+                s = AsyncElection(f"theirs{i}", backend=backend, identity=f"s{i}{k}",
+                                  lease_duration=15, renew_deadline=10, retry_period=2)  # fmt: skip
+                await s.start()
+                standbys.append(s)
+        await asyncio.sleep(3.0)  # 15 renewal periods of the leaders
+        for name, (e, token) in leaders.items():
+            assert e.is_leader and e.token == token, f"{name} lost its term while standbys watched"
+        assert not any(s.is_leader for s in standbys)
+        for e, _ in leaders.values():
+            await e.stop()
+        for s in standbys:
+            s._task.cancel()
+
+    asyncio.run(main())
