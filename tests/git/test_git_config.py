@@ -76,13 +76,24 @@ def test_missing_local_repository_says_how_to_create_it(tmp_path: Path) -> None:
 
 def test_read_only_local_repository(tmp_path: Path) -> None:
     import os
+    import shutil
+    import subprocess
 
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
     repo = init_bare(tmp_path / "r.git")
-    (repo / "refs").chmod(0o555)
-    with pytest.raises(ConfigurationError, match="not writable"):
-        GitBackend.from_url(f"git+file://{repo}").check(TIMEOUT)
+    refs = repo / "refs"
+    if os.geteuid() != 0:
+        refs.chmod(0o555)
+        undo = ["chmod", "755", str(refs)]
+    else:  # chmod does not stop root; an immutable directory does
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(refs)], capture_output=True).returncode:
+            pytest.skip("running as root without chattr +i: cannot make the repository read-only")
+        undo = [chattr, "-i", str(refs)]
+    try:
+        with pytest.raises(ConfigurationError, match="not writable"):
+            GitBackend.from_url(f"git+file://{repo}").check(TIMEOUT)
+    finally:
+        subprocess.run(undo, check=True)
 
 
 @pytest.mark.parametrize("transport", ["daemon", "http"])
