@@ -26,7 +26,7 @@ from benchmarks._common import table, write_results
 
 CANDIDATE = r"""
 import sys, time, redis, redis_lock
-conn = redis.Redis(host="127.0.0.1", port=6379)
+conn = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=None)  # BLPOP waits longer than redis-py 8's default
 kwargs = eval(sys.argv[2])
 lock = redis_lock.Lock(conn, sys.argv[1], **kwargs)
 lock.acquire(blocking=True)
