@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ElectorCluster", "Interval", "Report", "read_intervals", "check_intervals", "pid_alive"]
+__all__ = ["ElectorCluster", "Interval", "Report", "read_intervals", "check_intervals", "pid_alive", "wait_dead"]
 
 
 @dataclass
@@ -140,6 +140,16 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def wait_dead(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` is gone (or a zombie); False if it still runs after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _descendants(pid: int) -> list[int]:
@@ -292,6 +302,10 @@ class ElectorCluster:
 
     def intervals(self) -> list[Interval]:
         return read_intervals((self.log_path(i) for i in range(self.n)), self.pause_threshold)
+
+    def terms(self, i: int) -> list[Interval]:
+        """Node ``i``'s leadership intervals, oldest first."""
+        return [iv for iv in self.intervals() if iv.node == self.identity(i)]
 
     def current_leader(self, fresh: float = 0.5) -> int | None:
         """The node whose child is leading now (an open interval with a recent beat)."""

@@ -11,24 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from celery_leader.testing.cluster import ElectorCluster, pid_alive
+from celery_leader.testing.cluster import ElectorCluster, wait_dead
 
 pytestmark = pytest.mark.processes
 
 LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
 
 
-def _wait_dead(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.02)
-    return not pid_alive(pid)
-
-
 def _open_interval(cluster: ElectorCluster, node: int):
-    mine = [iv for iv in cluster.intervals() if iv.node == cluster.identity(node)]
+    mine = cluster.terms(node)
     assert mine, f"node{node} never led"
     return mine[-1]
 
@@ -45,7 +36,7 @@ def test_kill_terminate_pause_never_two_leaders(tmp_path: Path) -> None:
         time.sleep(0.5)  # mid-term, several renewals in
         child = _open_interval(cluster, i).pid
         cluster.kill(i)
-        assert _wait_dead(child, 5), "the child of a SIGKILLed `run` outlived it"
+        assert wait_dead(child, 5), "the child of a SIGKILLed `run` outlived it"
         j = cluster.wait_for_leader(timeout=20, exclude={i})
 
         # 2. SIGTERM the new leader: graceful release, a standby takes over at once

@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from celery_leader.testing.cluster import ElectorCluster, pid_alive
+from celery_leader.testing.cluster import ElectorCluster, wait_dead
 
 from .conftest import Servers, git
 
 pytestmark = pytest.mark.processes
 
 LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_three_electors_on_git_daemon(git_servers: Servers, tmp_path: Path) -> None:
@@ -39,9 +30,9 @@ def test_three_electors_on_git_daemon(git_servers: Servers, tmp_path: Path) -> N
         # 1. SIGKILL the leader's `run`: its child dies with it, a standby takes over after the lease
         i = cluster.wait_for_leader(timeout=20)
         time.sleep(0.5)
-        child = [iv for iv in cluster.intervals() if iv.node == cluster.identity(i)][-1].pid
+        child = cluster.terms(i)[-1].pid
         cluster.kill(i)
-        assert _wait_dead(child, 5), "the child of a SIGKILLed `run` outlived it"
+        assert wait_dead(child, 5), "the child of a SIGKILLed `run` outlived it"
         j = cluster.wait_for_leader(timeout=20, exclude={i})
 
         # 2. SIGTERM the new leader: it stops its child and releases (holder "" pushed)
