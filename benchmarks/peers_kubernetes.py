@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import summary, table, write_results
+from benchmarks.kubernetes import NAMESPACE, _start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "bench-scale.md"
-NAMESPACE = "bench"
 PROFILES: dict[str, dict[str, tuple[float, float, float]]] = {
     "default": {"kubernetes-client": (17.0, 15.0, 5.0), "celery-leader": (15.0, 10.0, 2.0)},
     "matched": {"kubernetes-client": (3.0, 2.0, 1.0), "celery-leader": (3.0, 2.0, 1.0)},
@@ -118,21 +118,6 @@ def candidate(argv: list[str]) -> int:
 
 
 # --- the benchmark ------------------------------------------------------------------------------
-
-
-def _start_server(workdir: Path) -> tuple[subprocess.Popen[str], Path]:
-    kubeconfig = workdir / "kubeconfig"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.kubernetes.apiserver", "--namespace", NAMESPACE, "--kubeconfig", str(kubeconfig)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline() if proc.stdout else ""
-    if "listening" not in line:
-        proc.kill()
-        raise SystemExit(f"the Lease API server did not start: {line!r}")
-    return proc, kubeconfig
 
 
 def _events(path: Path) -> list[tuple[float, str, str]]:
