@@ -91,16 +91,20 @@ def library_handover(directory: Path, n: int) -> list[float]:
     return out
 
 
-def cli_handover(workdir: Path, n: int) -> tuple[list[float], dict[str, Any]]:
-    lock_dir = workdir / "locks-graceful"
+def _failovers(workdir: Path, label: str, n: int, stop: str, settle: float) -> tuple[list[float], dict[str, Any]]:
+    """``n`` rounds: stop the leader (``terminate`` or ``kill``), wait for the next, restart it.
+
+    Returns the gaps without a leader, from the children's own logs, and the term counts.
+    """
+    lock_dir = workdir / f"locks-{label}"
     lock_dir.mkdir()
-    cluster = ElectorCluster(f"file://{lock_dir}", "graceful", n=3, workdir=workdir / "graceful",
+    cluster = ElectorCluster(f"file://{lock_dir}", label, n=3, workdir=workdir / label,
                              lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)  # fmt: skip
     with cluster:
         for _ in range(n):
             i = cluster.wait_for_leader(timeout=20)
-            time.sleep(0.3)
-            cluster.terminate(i)
+            time.sleep(settle)
+            getattr(cluster, stop)(i)
             cluster.wait_exit(i, 15)
             cluster.wait_for_leader(timeout=20, exclude={i})
             cluster.restart(i)
@@ -109,25 +113,15 @@ def cli_handover(workdir: Path, n: int) -> tuple[list[float], dict[str, Any]]:
     return [gap for _, _, gap in report.gaps], {"terms": len(report.intervals), "overlaps": len(report.overlaps)}
 
 
+def cli_handover(workdir: Path, n: int) -> tuple[list[float], dict[str, Any]]:
+    """SIGTERM of the leader's ``run``: seconds until the next child starts."""
+    return _failovers(workdir, "graceful", n, "terminate", 0.3)
+
+
 def crash_takeover(workdir: Path, n: int) -> tuple[list[float], dict[str, Any]]:
-    lock_dir = workdir / "locks-crash"
-    lock_dir.mkdir()
-    cluster = ElectorCluster(f"file://{lock_dir}", "crash", n=3, workdir=workdir / "crash",
-                             lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)  # fmt: skip
-    with cluster:
-        for _ in range(n):
-            i = cluster.wait_for_leader(timeout=20)
-            time.sleep(0.5)
-            cluster.kill(i)
-            cluster.wait_exit(i, 15)
-            cluster.wait_for_leader(timeout=20, exclude={i})
-            cluster.restart(i)
-    report = cluster.check()
-    report.assert_safe()
-    return [gap / LEASE for _, _, gap in report.gaps], {
-        "terms": len(report.intervals),
-        "overlaps": len(report.overlaps),
-    }
+    """SIGKILL of the leader's ``run``: time until the next child starts, over the lease."""
+    gaps, info = _failovers(workdir, "crash", n, "kill", 0.5)
+    return [gap / LEASE for gap in gaps], info
 
 
 def _cpu_ticks(pid: int) -> int:
