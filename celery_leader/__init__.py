@@ -1,7 +1,9 @@
 """celery-leader: leader election so that exactly one scheduler instance does the work."""
 
 from .core import Timing
+from .aio import AsyncElection
 from .election import Election, Leadership, default_identity
+from .errors import CeleryLeaderError, NotLeader, RecordDecodeError, RegressionError, StaleTokenError
 from .lock import (
     Backend,
     BackendUnavailable,
@@ -19,6 +21,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Election",
+    "AsyncElection",
+    "CeleryLeaderError",
+    "NotLeader",
+    "RecordDecodeError",
+    "RegressionError",
+    "StaleTokenError",
     "Leadership",
     "Timing",
     "default_identity",

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .errors import BackendUnavailable, ConfigurationError, Conflict, LockError
 from .record import LeaderRecord
 
 __all__ = [
@@ -29,25 +30,6 @@ __all__ = [
     "Lock",
     "Backend",
 ]
-
-
-class LockError(Exception):
-    """Base class of the errors a backend raises."""
-
-
-class Conflict(LockError):
-    """Lost a compare-and-swap race (the object exists, or its version moved on). Normal."""
-
-
-class BackendUnavailable(LockError):
-    """The backend could not be reached or did not answer in time. Retried."""
-
-
-class ConfigurationError(LockError, ValueError):
-    """The configuration cannot work (bad URL, missing bucket, no permission).
-
-    Raised at start-up; the message names the fix.
-    """
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from .errors import RecordDecodeError
+
 __all__ = [
     "LeaderRecord",
     "RecordDecodeError",
@@ -31,10 +33,6 @@ KEY_RENEW = "renewTime"
 KEY_TRANSITIONS = "leaderTransitions"
 KEY_PREFERRED = "preferredHolder"
 _KNOWN = {KEY_HOLDER, KEY_LEASE_MS, KEY_ACQUIRE, KEY_RENEW, KEY_TRANSITIONS, KEY_PREFERRED}
-
-
-class RecordDecodeError(ValueError):
-    """The stored bytes are not a leader record."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
+from celery_leader.errors import RegressionError
 from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from celery_leader.record import LeaderRecord, decode_or_placeholder, encode_record
 
@@ -171,10 +172,6 @@ class _Pool:
 
 
 ABSENT = "absent:"
-
-
-class RegressionError(Exception):
-    """The fence already holds a token at or above the one being written."""
 
 
 @dataclass(frozen=True)

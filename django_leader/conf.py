@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_leader.core import Timing
+from celery_leader.errors import SettingsError
 
 __all__ = ["DEFAULTS", "LeaderSettings", "leader_settings", "SettingsError"]
 
@@ -31,10 +32,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _NUMBERS = ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
-
-
-class SettingsError(ValueError):
-    """``LEADER_ELECTION`` is malformed (wrong type, unknown key)."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from celery_leader.election import Election, Leadership
+from celery_leader.errors import NotLeader
 from celery_leader.lock import ConfigurationError, LockError
 
 from .conf import leader_settings
@@ -69,15 +70,6 @@ class LeadershipLost(BaseException):
 
     def __init__(self, message: str = "leadership lost") -> None:
         super().__init__(message)
-
-
-class NotLeader(Exception):
-    """Another instance leads (``skip``), or this one was not elected within the wait timeout."""
-
-    def __init__(self, message: str, *, holder: str | None = None, skipped: bool = False) -> None:
-        super().__init__(message)
-        self.holder = holder
-        self.skipped = skipped
 
 
 def active_elections() -> list[Election]:

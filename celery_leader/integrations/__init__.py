@@ -1,0 +1,7 @@
+"""Framework integrations, one module (or small package) per framework.
+
+Each one is thin: it builds an :class:`celery_leader.Election` (or
+:class:`celery_leader.AsyncElection`) and decides, right before the framework does
+its periodic work, whether this process is the confirmed leader. Nothing here is
+imported by the engine; importing an integration imports its framework.
+"""

@@ -1,0 +1,1 @@
+"""Celery: the beat scheduler (:mod:`.beat`) and singleton worker queues (:mod:`.worker`)."""

@@ -1,0 +1,181 @@
+"""URL text helpers shared by every backend: redaction and query options.
+
+:func:`redact` works on the raw text, not on a parsed URL, because the URLs that leak
+secrets are exactly the ones a parser misreads: a password holding an unencoded ``/``,
+``?`` or ``#`` (common in cloud secrets) moves the host, path and query around.
+
+:class:`UrlOptions` parses ``?key=value`` options once, with one message format for
+every backend: ``<scheme>:// option ?key= must be <what>, got '<value>'``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
+
+from .errors import ConfigurationError
+
+__all__ = ["redact", "UrlOptions", "SECRET_OPTION"]
+
+#: query option names whose values are secrets
+SECRET_OPTION = re.compile(r"pass|secret|token|credential|key|auth", re.IGNORECASE)
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+MASK = "***"
+
+
+def redact(url: object) -> str:
+    """``url`` as text with its credentials masked; safe to print, log or raise.
+
+    Everything between ``://`` and the *last* ``@`` is user information: the user name
+    (up to the first ``:``) is kept and the rest masked; user information without a
+    ``:`` is masked whole (it may be a token). Query options whose name looks secret
+    (``password``, ``secret_key``, ``token``...) have their values masked. Anything
+    that is not text is shown by its type only.
+    """
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    match = _SCHEME.match(url)
+    if match is None:
+        # not a URL at all: it may still be "user:password@host"
+        return _mask_userinfo(url, 0)
+    return _mask_userinfo(url, match.end())
+
+
+def _mask_userinfo(text: str, start: int) -> str:
+    at = text.rfind("@", start)
+    if at >= 0:
+        userinfo = text[start:at]
+        user, sep, _ = userinfo.partition(":")
+        masked = f"{user}:{MASK}" if sep and "/" not in user and "?" not in user else MASK
+        text = text[:start] + masked + text[at:]
+        query_from = start + len(masked) + 1
+    else:
+        query_from = start
+    q = text.find("?", query_from)
+    if q < 0:
+        return text
+    base, query = text[: q + 1], text[q + 1 :]
+    fragment = ""
+    if "#" in query:
+        query, _, frag = query.partition("#")
+        fragment = "#" + frag
+    parts = []
+    for item in query.split("&"):
+        key, sep, value = item.partition("=")
+        parts.append(f"{key}={MASK}" if sep and SECRET_OPTION.search(key) else item)
+    return base + "&".join(parts) + fragment
+
+
+class UrlOptions:
+    """The ``?key=value`` options of one URL, checked against the keys a backend knows.
+
+    Read each option with :meth:`text`, :meth:`seconds`, :meth:`flag` or
+    :meth:`integer`; :meth:`rest` returns what was not read (to pass on to a client
+    library). Unknown keys and repeated keys are refused at construction.
+    """
+
+    def __init__(self, query: str, *, scheme: str, known: Iterable[str]) -> None:
+        self.scheme = scheme
+        self.known = tuple(sorted(set(known)))
+        self._values: dict[str, str] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            if key not in self.known:
+                raise ConfigurationError(
+                    f"unknown {scheme}:// option ?{_shown(key)}=; known options: {', '.join(self.known) or 'none'}"
+                )
+            if key in self._values:
+                raise ConfigurationError(f"{scheme}:// option ?{key}= is given twice; give it once")
+            self._values[key] = value
+        self._read: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def _raw(self, key: str) -> str | None:
+        self._read.add(key)
+        return self._values.get(key)
+
+    def _bad(self, key: str, what: str, raw: str) -> ConfigurationError:
+        shown = MASK if SECRET_OPTION.search(key) else repr(_shown(raw))
+        return ConfigurationError(f"{self.scheme}:// option ?{key}= must be {what}, got {shown}")
+
+    def text(self, key: str, default: str | None = None, *, allow_empty: bool = False) -> str | None:
+        """The option as text; an empty value is the default unless ``allow_empty``."""
+        raw = self._raw(key)
+        if raw is None or (raw == "" and not allow_empty):
+            return default
+        return raw
+
+    def seconds(
+        self, key: str, default: float | None, *, minimum: float = 0.0, maximum: float = 86400.0
+    ) -> float | None:
+        """A finite number of seconds in ``[minimum, maximum]``."""
+        raw = self._raw(key)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and minimum <= value <= maximum):
+            raise self._bad(key, f"a number of seconds from {minimum:g} to {maximum:g}", raw)
+        return value
+
+    def integer(self, key: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+        """A whole number, optionally bounded."""
+        raw = self._raw(key)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise self._bad(key, "a whole number" + _range(minimum, maximum), raw) from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise self._bad(key, "a whole number" + _range(minimum, maximum), raw)
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        """``true/false``, ``1/0``, ``yes/no`` or ``on/off``."""
+        raw = self._raw(key)
+        if raw is None or raw == "":
+            return default
+        value = _FLAGS.get(raw.strip().lower())
+        if value is None:
+            raise self._bad(key, "true or false", raw)
+        return value
+
+    def choice(self, key: str, default: str | None, choices: Iterable[str]) -> str | None:
+        """One of ``choices``."""
+        raw = self._raw(key)
+        if raw is None or raw == "":
+            return default
+        allowed = tuple(choices)
+        if raw not in allowed:
+            raise self._bad(key, "one of " + ", ".join(allowed), raw)
+        return raw
+
+    def rest(self) -> dict[str, str]:
+        """The options not read by any of the methods above."""
+        return {k: v for k, v in self._values.items() if k not in self._read}
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """Printable, bounded echo of user input (no control characters reach a terminal)."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
