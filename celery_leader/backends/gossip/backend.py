@@ -40,9 +40,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgpack
 
-from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..serf import CLOSED, SerfClient, SerfError, SerfRPCError, as_query
+from ...lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ...record import LeaderRecord, decode_or_placeholder, encode_record
+from .serf import CLOSED, SerfClient, SerfError, SerfRPCError, as_query
 
 __all__ = ["GossipBackend", "GossipLock", "Acceptor", "QUERY_NAME"]
 
