@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from celery_leader.backends import kubernetes as k8s
+from celery_leader.backends.kubernetes import lease as k8s_lease
 from celery_leader.backends.kubernetes import PREFERRED_HOLDER_ANNOTATION, format_microtime, parse_microtime
 from celery_leader.election import Election
 from celery_leader.record import LeaderRecord
@@ -111,7 +111,7 @@ def test_preferred_holder_without_strategy_goes_to_an_annotation(apiserver, make
 
 
 def test_whole_seconds_rounded_up_with_one_warning(apiserver, make_lock, caplog) -> None:
-    k8s._warned_durations.discard(2.25)
+    k8s_lease._warned_durations.discard(2.25)
     lock = make_lock("celery-beat")
     with caplog.at_level(logging.WARNING, logger="celery_leader"):
         v = lock.create(LeaderRecord(holder="a", lease_duration=2.25, transitions=1), TIMEOUT)

@@ -38,7 +38,7 @@ __all__ = [
     "as_query",
 ]
 
-log = logging.getLogger("celery_leader.serf")
+log = logging.getLogger(__name__)
 
 _DONE = object()
 #: put into a shared query record queue when the connection breaks

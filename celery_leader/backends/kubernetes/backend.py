@@ -15,7 +15,6 @@ or drop fields they do not know, and we must write back every field we read
 from __future__ import annotations
 
 import collections
-import datetime as _dt
 import json
 import logging
 import math
@@ -23,8 +22,7 @@ import os
 import re
 import threading
 import time
-import uuid
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 # the extra is optional: the registry turns an ImportError here into the "pip install" to run
@@ -33,234 +31,27 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from ...lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ...errors import BackendUnavailable, ConfigurationError, Conflict
+from ...lock import Backend, Capabilities, Lock, Versioned
 from ...record import LeaderRecord
+from .events import EVENT_FLUSH_SECONDS, EVENTS, LeadershipEvents, watch_events
+from .lease import lease_body, lease_to_record, resource_version
 
-__all__ = [
-    "KubernetesBackend",
-    "KubernetesLock",
-    "format_microtime",
-    "parse_microtime",
-    "lease_to_record",
-    "record_to_spec",
-    "PREFERRED_HOLDER_ANNOTATION",
-]
+__all__ = ["KubernetesBackend", "KubernetesLock", "RBAC_VERBS"]
 
-log = logging.getLogger("celery_leader.backends.kubernetes")
+log = logging.getLogger(__name__)
 
 CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
-GROUP_VERSION = "coordination.k8s.io/v1"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 LEASE = LEASES + "/{name}"
-EVENTS = "/api/v1/namespaces/{namespace}/events"
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-#: where ``preferred_holder`` lives when the Lease has no ``strategy``: the API server
-#: rejects ``spec.preferredHolder`` without ``spec.strategy`` (422), and setting a
-#: strategy would hand the Lease to Kubernetes' coordinated leader election.
-PREFERRED_HOLDER_ANNOTATION = "celery-leader.io/preferred-holder"
-
-#: the spec fields that make up the leader record; every other spec field is kept as is
-SPEC_KEYS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "preferredHolder")
 RBAC_VERBS = ("get", "create", "update", "watch")
-#: how long close() waits for leadership events still being posted
-EVENT_FLUSH_SECONDS = 2.0
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_MICROTIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
-)
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _URL_OPTIONS = {"kubeconfig", "context", "events", "request_timeout", "field_manager"}
-_warned_durations: set[float] = set()
-_warn_guard = threading.Lock()
-
-
-# --- the Lease <-> LeaderRecord mapping (pure functions, unit-tested) ---
-
-
-def format_microtime(seconds: float) -> str:
-    """Unix seconds -> MicroTime as client-go writes it: ``2024-05-01T10:00:00.123456Z``.
-
-    Formatted by hand from integer microseconds: the client's own datetime serialisation
-    drops the zone of naive datetimes and the fraction when microsecond == 0.
-    """
-    micros = int(round(seconds * 1_000_000))
-    stamp = _EPOCH + _dt.timedelta(microseconds=micros)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond:06d}Z"
-
-
-def parse_microtime(value: str) -> float:
-    """MicroTime (or any RFC 3339 time) -> Unix seconds, exact to the microsecond."""
-    m = _MICROTIME_RE.match(value)
-    if not m:
-        raise ValueError(f"not an RFC 3339 time: {value[:40]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    frac = (m.group(7) or "").ljust(6, "0")[:6]
-    zone = m.group(8)
-    if zone in ("Z", "z"):
-        tz = _dt.timezone.utc
-    else:
-        sign = 1 if zone[0] == "+" else -1
-        tz = _dt.timezone(sign * _dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-    stamp = _dt.datetime(year, month, day, hour, minute, second, int(frac), tzinfo=tz)
-    micros = (stamp - _EPOCH) // _dt.timedelta(microseconds=1)
-    return micros / 1_000_000
-
-
-def lease_seconds(duration: float) -> int:
-    """The engine's lease duration as whole seconds, rounded up (never stored shorter)."""
-    whole = max(1, int(math.ceil(round(duration, 6))))
-    if whole != duration and duration > 0:
-        with _warn_guard:
-            first = duration not in _warned_durations
-            _warned_durations.add(duration)
-        if first:
-            log.warning(
-                "a Kubernetes Lease stores whole seconds: lease_duration=%s is stored as "
-                "leaseDurationSeconds=%d (rounded up, as other candidates must wait at least that long); "
-                "configure a whole number of seconds to avoid this",
-                duration,
-                whole,
-            )
-    return whole
-
-
-def _int_field(spec: dict[str, Any], key: str) -> int | None:
-    value = spec.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"spec.{key} is {type(value).__name__}, expected an integer")
-    return value
-
-
-def lease_to_record(obj: Any) -> LeaderRecord:
-    """A Lease object (dict as the API returns it) -> LeaderRecord.
-
-    Never raises: a Lease we cannot interpret becomes :meth:`LeaderRecord.undecodable`
-    (held by an unknown holder), keeping its ``leaseTransitions`` when that is readable
-    so that the fencing token never goes down.
-    """
-    spec: Any = obj.get("spec") if isinstance(obj, dict) else None
-    if spec is None:
-        spec = {}
-    transitions_hint = 0
-    try:
-        if not isinstance(spec, dict):
-            raise ValueError(f"spec is {type(spec).__name__}, expected an object")
-        with_transitions = spec.get("leaseTransitions")
-        if isinstance(with_transitions, int) and not isinstance(with_transitions, bool) and with_transitions > 0:
-            transitions_hint = with_transitions
-        holder = spec.get("holderIdentity")
-        if holder is None:
-            holder = ""
-        if not isinstance(holder, str):
-            raise ValueError(f"spec.holderIdentity is {type(holder).__name__}, expected a string")
-        duration = _int_field(spec, "leaseDurationSeconds")
-        if duration is None:
-            if holder:
-                # client-go would read 0 and take it over at once; we cannot know how long
-                # this holder believes it holds, so it is held until unchanged for our own lease
-                raise ValueError("held Lease without spec.leaseDurationSeconds")
-            duration = 0
-        if duration < 0 or (holder and duration == 0):
-            raise ValueError(f"spec.leaseDurationSeconds is {duration}")
-        transitions = _int_field(spec, "leaseTransitions") or 0
-        if transitions < 0:
-            raise ValueError("spec.leaseTransitions is negative")
-        times: dict[str, float] = {}
-        for key in ("acquireTime", "renewTime"):
-            value = spec.get(key)
-            if value is None:
-                times[key] = 0.0
-            elif isinstance(value, str):
-                times[key] = parse_microtime(value)
-            else:
-                raise ValueError(f"spec.{key} is {type(value).__name__}, expected a string")
-        preferred = spec.get("preferredHolder") or ""
-        if not preferred:
-            meta = obj.get("metadata") if isinstance(obj, dict) else None
-            annotations = meta.get("annotations") if isinstance(meta, dict) else None
-            preferred = annotations.get(PREFERRED_HOLDER_ANNOTATION, "") if isinstance(annotations, dict) else ""
-        if not isinstance(preferred, str):
-            raise ValueError("spec.preferredHolder is not a string")
-    except ValueError as exc:
-        size = len(json.dumps(spec, default=str))
-        return LeaderRecord.undecodable(size, f"Lease is not a leader record: {exc}").evolve(transitions=transitions_hint)
-    extra = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
-    return LeaderRecord(
-        holder=holder,
-        lease_duration=float(duration),
-        acquire_time=times["acquireTime"],
-        renew_time=times["renewTime"],
-        transitions=transitions,
-        preferred_holder=preferred,
-        extra=extra,
-    )
-
-
-def record_to_spec(record: LeaderRecord, base: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
-    """LeaderRecord -> (Lease spec, preferred-holder annotation value or None).
-
-    ``base`` is the spec last read: fields that are not part of the record (``strategy``,
-    fields of a newer server) are written back unchanged, overlaid by ``record.extra``.
-    """
-    spec: dict[str, Any] = {k: v for k, v in (base or {}).items() if k not in SPEC_KEYS}
-    spec.update({k: v for k, v in record.extra.items() if k not in SPEC_KEYS})
-    spec["holderIdentity"] = record.holder
-    spec["leaseDurationSeconds"] = lease_seconds(record.lease_duration)
-    if record.acquire_time > 0:
-        spec["acquireTime"] = format_microtime(record.acquire_time)
-    if record.renew_time > 0:
-        spec["renewTime"] = format_microtime(record.renew_time)
-    spec["leaseTransitions"] = int(record.transitions)
-    annotation = None
-    if record.preferred_holder:
-        if spec.get("strategy"):
-            spec["preferredHolder"] = record.preferred_holder
-        else:
-            annotation = record.preferred_holder
-    return spec, annotation
-
-
-def _body(
-    namespace: str, name: str, record: LeaderRecord, base: dict[str, Any] | None, resource_version: str | None
-) -> dict[str, Any]:
-    """The whole Lease to send: ``base`` (as read) with the record's spec; metadata kept."""
-    obj: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
-    obj["apiVersion"] = GROUP_VERSION
-    obj["kind"] = "Lease"
-    meta = obj.setdefault("metadata", {})
-    meta["name"] = name
-    meta["namespace"] = namespace
-    if resource_version is None:
-        meta.pop("resourceVersion", None)
-    else:
-        meta["resourceVersion"] = resource_version
-    spec, annotation = record_to_spec(record, obj.get("spec") if isinstance(obj.get("spec"), dict) else None)
-    obj["spec"] = spec
-    annotations = dict(meta.get("annotations") or {})
-    if annotation is None:
-        annotations.pop(PREFERRED_HOLDER_ANNOTATION, None)
-    else:
-        annotations[PREFERRED_HOLDER_ANNOTATION] = annotation
-    if annotations:
-        meta["annotations"] = annotations
-    else:
-        meta.pop("annotations", None)
-    obj.pop("status", None)
-    return obj
-
-
-def _rv(obj: Any) -> str | None:
-    """``metadata.resourceVersion`` of an API object, or None whatever the object looks like."""
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    value = meta.get("resourceVersion") if isinstance(meta, dict) else None
-    return str(value) if value else None
 
 
 # --- HTTP plumbing ---
@@ -309,7 +100,7 @@ class KubernetesLock(Lock):
     # --- cache ---
 
     def _remember(self, obj: dict[str, Any]) -> str:
-        version = _rv(obj)
+        version = resource_version(obj)
         if not version:
             raise BackendUnavailable(f"the API server returned Lease {self.name!r} without a resourceVersion")
         with self._guard:
@@ -340,7 +131,7 @@ class KubernetesLock(Lock):
         return Versioned(record, version)
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
-        body = _body(self.namespace, self.name, record, None, None)
+        body = lease_body(self.namespace, self.name, record, None, None)
         resp = self._backend._call("POST", LEASES, self.namespace, None, timeout=timeout, body=body)
         if resp.status == 409:
             raise Conflict(f"Lease {self.namespace}/{self.name} already exists")
@@ -367,7 +158,7 @@ class KubernetesLock(Lock):
             if base is None:  # pragma: no cover - evicted by 16 concurrent writes
                 raise Conflict(f"Lease {self.namespace}/{self.name} is changing fast; read it again")
         previous = lease_to_record(base)
-        body = _body(self.namespace, self.name, record, base, expected_version)
+        body = lease_body(self.namespace, self.name, record, base, expected_version)
         resp = self._backend._call(
             "PUT", LEASE, self.namespace, self.name, timeout=max(0.001, deadline - time.monotonic()), body=body
         )
@@ -412,7 +203,7 @@ class KubernetesLock(Lock):
                     if resp.status == 404:
                         return
                     self._backend._check(resp, "get", self.name)
-                    if _rv(resp.data) != version:
+                    if resource_version(resp.data) != version:
                         return
                     start = None
             except BackendUnavailable as exc:
@@ -440,10 +231,10 @@ class KubernetesLock(Lock):
         with self._guard:
             self._watches.add(raw)
         try:
-            for event in _events(raw):
+            for event in watch_events(raw):
                 kind = event.get("type")
                 obj = event.get("object") if isinstance(event.get("object"), dict) else {}
-                rv = _rv(obj)
+                rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED"):
                     if rv is not None and rv != version:
                         self._remember(obj)
@@ -482,19 +273,6 @@ class KubernetesLock(Lock):
 
     def describe(self) -> str:
         return f"Kubernetes Lease {self.namespace}/{self.name}"
-
-
-def _events(raw: Any) -> Iterator[dict[str, Any]]:
-    """JSON lines of a watch stream, as they arrive."""
-    buffer = b""
-    for chunk in raw.stream(amt=None, decode_content=False):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    yield event
 
 
 class KubernetesBackend(Backend):
@@ -539,8 +317,7 @@ class KubernetesBackend(Backend):
         self.request_timeout = request_timeout
         self.field_manager = field_manager
         self._closed = False
-        self._event_guard = threading.Lock()
-        self._event_threads: list[threading.Thread] = []
+        self._leadership_events = LeadershipEvents(self._post_event, field_manager) if events else None
 
     @classmethod
     def from_url(cls, url: str) -> KubernetesBackend:
@@ -706,68 +483,20 @@ class KubernetesBackend(Backend):
     def _leadership_event(
         self, lock: KubernetesLock, previous: LeaderRecord | None, record: LeaderRecord, obj: Any
     ) -> None:
-        """Emit client-go's ``LeaderElection`` Event on a change of holder (best effort, off-thread)."""
-        if not self.events:
-            return
-        before = previous.holder if previous is not None and not previous.decode_error else ""
-        if record.holder == before:
-            return
-        messages = []
-        if before:
-            messages.append(f"{before} stopped leading")
-        if record.holder:
-            messages.append(f"{record.holder} became leader")
-        meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
-        involved = {
-            "apiVersion": GROUP_VERSION,
-            "kind": "Lease",
-            "name": lock.name,
-            "namespace": lock.namespace,
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        }
-        reporter = record.holder or before
-        thread = threading.Thread(
-            target=self._post_events, args=(involved, messages, reporter), name="celery-leader-k8s-event", daemon=True
-        )
-        with self._event_guard:
-            self._event_threads = [t for t in self._event_threads if t.is_alive()] + [thread]
-        thread.start()
+        """client-go's ``LeaderElection`` Event on a change of holder, when ``events=true``."""
+        if self._leadership_events is not None:
+            self._leadership_events.holder_changed(lock.namespace, lock.name, previous, record, obj)
 
-    def _post_events(self, involved: dict[str, Any], messages: list[str], reporter: str) -> None:
-        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for message in messages:
-            event = {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": involved["namespace"]},
-                "involvedObject": involved,
-                "reason": "LeaderElection",
-                "message": message,
-                "type": "Normal",
-                "source": {"component": self.field_manager},
-                "reportingComponent": self.field_manager,
-                "reportingInstance": reporter[:128],
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-            }
-            try:
-                resp = self._call("POST", EVENTS, involved["namespace"], None, timeout=EVENT_FLUSH_SECONDS, body=event)
-                if not 200 <= resp.status < 300:
-                    log.debug("LeaderElection event not recorded: HTTP %s %s", resp.status, resp.message)
-            except BackendUnavailable as exc:
-                log.debug("LeaderElection event not recorded: %s", exc)
+    def _post_event(self, namespace: str, event: dict[str, Any], timeout: float) -> tuple[int, str]:
+        resp = self._call("POST", EVENTS, namespace, None, timeout=timeout, body=event)
+        return resp.status, resp.message
 
     def close(self) -> None:
         if self._closed:
             return
-        # let a pending "stopped leading" event go out (bounded): close follows a release
-        deadline = time.monotonic() + EVENT_FLUSH_SECONDS
-        with self._event_guard:
-            pending = list(self._event_threads)
-        for thread in pending:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._leadership_events is not None:
+            # let a pending "stopped leading" event go out (bounded): close follows a release
+            self._leadership_events.flush(EVENT_FLUSH_SECONDS)
         self._closed = True
         if self._own_client:
             try:
