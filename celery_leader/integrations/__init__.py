@@ -4,4 +4,6 @@ Each one is thin: it builds an :class:`celery_leader.Election` (or
 :class:`celery_leader.AsyncElection`) and decides, right before the framework does
 its periodic work, whether this process is the confirmed leader. Nothing here is
 imported by the engine; importing an integration imports its framework.
+
+Queues: :mod:`.huey` (Huey consumers). See docs/integrations.md.
 """
