@@ -13,7 +13,12 @@ adds one, so a row deleted and created again never reuses a version a stale cand
 Fencing tokens survive a deleted row: :class:`~django_leader.models.LeaseFence` keeps the
 highest token per name, raised in the same short transaction as each acquisition (renewals
 and releases of the writer's own term stay one statement). Reads lift tokens to the fence
-and report a deleted row as a free record with the version ``absent:<fence>``.
+and report a deleted row as a free record with the version ``absent:<fence>``. The lock
+logic is shared with ``postgresql://`` (:mod:`celery_leader.backends.sql`).
+
+On PostgreSQL, followers wait on ``LISTEN`` (one connection per backend) and a writer that
+changes the holder sends ``NOTIFY`` after its write has landed, so a release is seen at
+once; elsewhere followers poll every ``retry_period``.
 
 The backend keeps its *own* small pool of connections (made from ``DATABASES[alias]``),
 separate from Django's per-thread ones: the election thread never touches the request or
@@ -31,21 +36,23 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
-from celery_leader.errors import RegressionError
-from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from celery_leader.record import LeaderRecord, decode_or_placeholder, encode_record
+from celery_leader.backends.sql import Listener, SqlLock, Tables, Watchdog, channel_for
+from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
 
-__all__ = ["DjangoBackend", "DjangoLock", "ensure_django"]
+__all__ = ["DjangoBackend", "DjangoLock", "DjangoPostgresLock", "ensure_django"]
 
 log = logging.getLogger("celery_leader.django")
 
 CAPABILITIES = Capabilities(linearizable=True, watch=False, partition_safe=True)
+#: on PostgreSQL, LISTEN/NOTIFY wakes followers at once
+PG_CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 MAX_IDLE = 4
 T = TypeVar("T")
+#: bounds the LISTEN connection's pings
+_WATCHDOG = Watchdog()
 
 # errors that mean "lost a race", whatever the driver calls them
 _RACE_PGCODES = {"40001", "40P01"}  # serialization failure, deadlock
@@ -171,172 +178,22 @@ class _Pool:
             self._discard(wrapper)
 
 
-ABSENT = "absent:"
-
-
-@dataclass(frozen=True)
-class _Tables:
-    lease: str
-    fence: str
-    vendor: str
-
-
-class DjangoLock(Lock):
-    """The lease row ``name``. Thread-safe: every call borrows a pooled connection."""
+class DjangoLock(SqlLock):
+    """The lease row ``name`` (see :mod:`celery_leader.backends.sql`). Thread-safe."""
 
     capabilities = CAPABILITIES
 
-    def __init__(self, backend: DjangoBackend, name: str) -> None:
-        self._backend = backend
-        self.name = name
-        #: the token this lock put into the fence (its own term): renewals of it skip the fence
-        self._written = -1
-
-    def get(self, timeout: float) -> Versioned | None:
-        found = self._backend._call(timeout, lambda cur, t: _fetch(cur, t, self.name))
-        text, version, fence = found
-        if text is None:
-            if fence is None:
-                return None
-            # the row was deleted by hand: free, and the next term counts from the fence
-            return Versioned(LeaderRecord(holder="", transitions=fence), f"{ABSENT}{fence}")
-        record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
-        if fence is not None and not record.decode_error and fence > record.transitions:
-            # rewritten with a lower token (by hand, or a foreign writer): never go below the fence
-            record = record.evolve(transitions=fence)
-        return Versioned(record, str(version))
-
-    def create(self, record: LeaderRecord, timeout: float) -> str:
-        return self._insert(record, timeout)
-
-    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
-        if isinstance(expected_version, str) and expected_version.startswith(ABSENT):
-            # the row was absent when read: insert it (unique name: one winner), above the fence
-            if not expected_version[len(ABSENT) :].isdigit():
-                raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
-            return self._insert(record, timeout)
-        try:
-            expected = int(expected_version)
-        except (TypeError, ValueError):
-            raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend") from None
-        raw = encode_record(record).decode()
-        token = int(record.transitions)
-
-        def conditional_update(cur: Any, t: _Tables) -> str:
-            cur.execute(
-                f"UPDATE {t.lease} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
-                [raw, expected + 1, record.holder, token, self.name, expected],
-            )
-            if cur.rowcount != 1:
-                raise Conflict(f"{self.name}: the stored version is no longer {expected}")
-            return str(expected + 1)
-
-        if token == self._written:
-            # a renewal (or the release) of this lock's own term: one statement in autocommit
-            return self._backend._call(timeout, conditional_update)
-        return self._fenced_write(conditional_update, record.holder, token, timeout, regression_is_conflict=False)
-
-    def _insert(self, record: LeaderRecord, timeout: float) -> str:
-        version = time.time_ns() // 1000
-        raw = encode_record(record).decode()
-        token = int(record.transitions)
-
-        def insert(cur: Any, t: _Tables) -> str:
-            cur.execute(
-                f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)",
-                [self.name, raw, version, record.holder, token],
-            )
-            return str(version)
-
-        return self._fenced_write(insert, record.holder, token, timeout, regression_is_conflict=True)
-
-    def _fenced_write(
-        self,
-        write: Callable[[Any, _Tables], str],
-        holder: str,
-        token: int,
-        timeout: float,
-        *,
-        regression_is_conflict: bool,
-    ) -> str:
-        """``write`` and raising the fence to ``token``, in one short transaction.
-
-        A token below the fence is refused; one equal to it may only continue the same term
-        (same holder as the row had, or a release), never start a new one.
-        """
-
-        def transaction(cur: Any, t: _Tables) -> str:
-            cur.execute("BEGIN IMMEDIATE" if t.vendor == "sqlite" else "BEGIN")
-            try:
-                cur.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
-                previous = cur.fetchone()
-                version = write(cur, t)
-                cur.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
-                row = cur.fetchone()
-                if row is None:
-                    cur.execute(f"INSERT INTO {t.fence} (name, token) VALUES (%s, %s)", [self.name, token])
-                elif int(row[0]) < token:
-                    cur.execute(f"UPDATE {t.fence} SET token = %s WHERE name = %s", [token, self.name])
-                elif int(row[0]) > token or not (holder == "" or (previous is not None and previous[0] == holder)):
-                    raise RegressionError(int(row[0]))
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            return version
-
-        try:
-            version = self._backend._call(timeout, transaction)
-        except RegressionError as exc:
-            fence = exc.args[0]
-            if regression_is_conflict:
-                raise Conflict(f"{self.name}: token {token} is not above the fence ({fence}); read again") from None
-            # The engine computes tokens from what it read, and get() lifts every token to the
-            # fence, so this happens only over a record it could not decode (it then counts from
-            # 0). Not Conflict: that would make it retry at once, forever; this backs off.
-            raise BackendUnavailable(
-                f"{self.name}: refused to write fencing token {token} for a new term: tokens up to {fence} were already "
-                "handed out and tokens never go backwards; the lease row probably holds something that "
-                "is not a leader record (delete that django_leader_lease row to recover: the fence stays)"
-            ) from None
-        self._written = token
-        return version
-
-    def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
-        """Store text as it is, bypassing the codec and the fence (tests of garbage and foreign records)."""
-        text = raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-        def put(cur: Any, t: _Tables) -> str:
-            text_found, version_found, _ = _fetch(cur, t, self.name)
-            version = (int(version_found) + 1) if text_found is not None else time.time_ns() // 1000
-            if text_found is not None:
-                cur.execute(
-                    f"UPDATE {t.lease} SET record = %s, version = %s WHERE name = %s", [text, version, self.name]
-                )
-            else:
-                cur.execute(
-                    f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, '', 0)",
-                    [self.name, text, version],
-                )
-            return str(version)
-
-        return self._backend._call(timeout, put)
+    def recover_hint(self) -> str:
+        return "delete that django_leader_lease row to recover: the fence stays"
 
     def describe(self) -> str:
         return f"django lease {self.name!r} in database {self._backend.alias!r}"
 
 
-def _fetch(cur: Any, t: _Tables, name: str) -> tuple[str | None, int | None, int | None]:
-    """(record, version, fence) in one round trip; ``None`` for what does not exist."""
-    cur.execute(
-        f"SELECT l.record, l.version, f.token FROM (SELECT %s AS name) n "
-        f"LEFT JOIN {t.lease} l ON l.name = n.name LEFT JOIN {t.fence} f ON f.name = n.name",
-        [name],
-    )
-    row = cur.fetchone()
-    if row is None:
-        return None, None, None
-    return row[0], (int(row[1]) if row[1] is not None else None), (int(row[2]) if row[2] is not None else None)
+class DjangoPostgresLock(DjangoLock):
+    """On PostgreSQL, followers wait on ``LISTEN`` instead of polling (notified handover)."""
+
+    capabilities = PG_CAPABILITIES
 
 
 class DjangoBackend(Backend):
@@ -367,7 +224,14 @@ class DjangoBackend(Backend):
         self._pool = _Pool(alias, settings_dict)
         self._table_name = Lease._meta.db_table
         self._fence_name = LeaseFence._meta.db_table
-        self._tables: _Tables | None = None
+        self._tables: Tables | None = None
+        #: LISTEN for instant handover on PostgreSQL (followers elsewhere poll)
+        self._postgresql = "postgresql" in settings_dict.get("ENGINE", "")
+        self._listener: Listener | None = None
+        if self._postgresql:
+            self._listener = Listener(
+                self._listen_connection, channel_for(self._table_name), watchdog=_WATCHDOG, label=f"django://{alias}"
+            )
 
     @classmethod
     def from_url(cls, url: str) -> DjangoBackend:
@@ -386,7 +250,18 @@ class DjangoBackend(Backend):
         return cls(alias)
 
     def lock(self, name: str) -> DjangoLock:
-        return DjangoLock(self, name)
+        return DjangoPostgresLock(self, name) if self._postgresql else DjangoLock(self, name)
+
+    def _listen_connection(self) -> Any:
+        """A driver connection (psycopg 3 or psycopg2, as Django uses) for LISTEN, in autocommit."""
+        from django.db.utils import load_backend
+
+        params = copy.deepcopy(self._pool.settings_dict)
+        params.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+        wrapper = load_backend(params["ENGINE"]).DatabaseWrapper(params, self.alias)
+        raw = wrapper.get_new_connection(wrapper.get_connection_params())
+        raw.autocommit = True
+        return raw
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -423,10 +298,11 @@ class DjangoBackend(Backend):
             finally:
                 self._pool.give(wrapper, healthy)
 
-    def _names(self, wrapper: Any) -> _Tables:
+    def _names(self, wrapper: Any) -> Tables:
         if self._tables is None:
             quote = wrapper.ops.quote_name
-            self._tables = _Tables(quote(self._table_name), quote(self._fence_name), wrapper.vendor)
+            channel = channel_for(self._table_name) if wrapper.vendor == "postgresql" else None
+            self._tables = Tables(quote(self._table_name), quote(self._fence_name), wrapper.vendor, channel)
         return self._tables
 
     @staticmethod
@@ -475,7 +351,7 @@ class DjangoBackend(Backend):
     def check(self, timeout: float = 5.0) -> None:
         """Reachable, and the ``django_leader`` migrations applied (else ConfigurationError naming the fix)."""
 
-        def probe(cur: Any, t: _Tables) -> None:
+        def probe(cur: Any, t: Tables) -> None:
             for table in (t.lease, t.fence):
                 cur.execute(f"SELECT COUNT(*) FROM {table} WHERE 1 = 0")
                 cur.fetchone()
@@ -483,6 +359,8 @@ class DjangoBackend(Backend):
         self._call(timeout, probe)
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self._pool.close()
 
     def describe(self) -> str:

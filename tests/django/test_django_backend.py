@@ -249,6 +249,29 @@ def test_election_handover_on_each_database(alias):
             b.stop()
 
 
+def test_on_postgresql_a_release_is_notified_not_polled(pg_alias):
+    """With a 60 s lease and a 30 s poll, only the NOTIFY of the release can wake the follower in time."""
+    name = unique("notified")
+    slow = dict(lease_duration=60.0, renew_deadline=40.0, retry_period=30.0)
+    backend = DjangoBackend.from_url(f"django://{pg_alias}")
+    assert type(backend.lock(name)).capabilities.watch
+    backend.close()
+    a = Election(name, url=f"django://{pg_alias}", identity="a", **slow)
+    b = Election(name, url=f"django://{pg_alias}", identity="b", **slow)
+    with a:
+        assert a.wait_until_leader(20)
+        b.start()
+        try:
+            deadline = time.monotonic() + 20
+            while b.leader != "a" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert b.leader == "a" and not b.is_leader  # b now waits on LISTEN
+            a.stop()
+            assert b.wait_until_leader(20), "the follower was not woken by the release's NOTIFY"
+        finally:
+            b.stop()
+
+
 # --- status, admin, leaderstatus, leader_only ------------------------------------------
 
 

@@ -1,0 +1,532 @@
+"""The SQL core shared by ``django://`` and ``postgresql://``: one lease row per election.
+
+Two tables (the names vary by backend, the columns do not):
+
+``lease``  ``name`` (unique), ``record`` (the Go seed's JSON), ``version`` (bigint, the
+           compare-and-swap counter), ``holder`` and ``token`` (copies for humans and queries)
+``fence``  ``name`` (unique), ``token``: the highest fencing token ever written per name;
+           it survives a deleted lease row, so tokens never go backwards.
+
+Compare-and-swap is one conditional statement in autocommit mode, so no transaction is ever
+held across a lease:
+
+* create-if-absent: ``INSERT`` of a unique ``name`` (``ON CONFLICT DO NOTHING`` on
+  PostgreSQL; a unique violation elsewhere), none inserted is :class:`Conflict`;
+* update: ``UPDATE ... SET version = expected + 1 WHERE name = %s AND version = expected``,
+  no row updated is :class:`Conflict`.
+
+A new row starts its version at the current time in microseconds and every write adds one,
+so a row deleted and created again never reuses a version a stale candidate holds. Starting
+a new term (a token this lock has not written) raises the fence in the same short
+transaction; renewals and releases of the writer's own term stay one statement.
+
+A backend provides ``_call(timeout, fn)``, which runs ``fn(cursor, tables)`` on a
+connection in autocommit mode and translates driver errors, and optionally a
+:class:`Listener` (PostgreSQL ``LISTEN``) for :meth:`SqlLock.wait_for_change`.
+Notifications are best effort: a writer sends one after its write has landed, only when
+the holder changes (renewals stay one statement), and a failed ``NOTIFY`` is logged, never
+raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
+
+from ..errors import BackendUnavailable, Conflict, RegressionError
+from ..lock import Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+
+__all__ = ["ABSENT", "Tables", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
+
+log = logging.getLogger("celery_leader.sql")
+
+ABSENT = "absent:"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Quoted table names, the SQL dialect, and the ``NOTIFY`` channel (PostgreSQL only)."""
+
+    lease: str
+    fence: str
+    vendor: str
+    channel: str | None = None
+
+
+class SqlBackend(Protocol):
+    _listener: Listener | None
+
+    def _call(self, timeout: float, fn: Callable[[Any, Tables], T]) -> T: ...
+
+
+def channel_for(table: str) -> str:
+    """The ``NOTIFY`` channel of a lease table (an identifier: at most 63 bytes)."""
+    channel = f"{table}_changes"
+    if len(channel.encode()) > 63:
+        channel = "celery_leader_" + hashlib.sha1(table.encode()).hexdigest()[:32]
+    return channel
+
+
+def fetch(cur: Any, t: Tables, name: str) -> tuple[str | None, int | None, int | None]:
+    """(record, version, fence) in one round trip; ``None`` for what does not exist."""
+    cur.execute(
+        f"SELECT l.record, l.version, f.token FROM (SELECT %s AS name) n "
+        f"LEFT JOIN {t.lease} l ON l.name = n.name LEFT JOIN {t.fence} f ON f.name = n.name",
+        [name],
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None, None, None
+    return row[0], (int(row[1]) if row[1] is not None else None), (int(row[2]) if row[2] is not None else None)
+
+
+class SqlLock(Lock):
+    """The lease row ``name``. Thread-safe: every call borrows a connection from the backend."""
+
+    #: the holder a deleted lease row reads as (its fence remains); "" reads it as free
+    vanished_holder: ClassVar[str] = ""
+
+    def __init__(self, backend: SqlBackend, name: str) -> None:
+        self._backend = backend
+        self.name = name
+        #: the token this lock put into the fence (its own term): renewals of it skip the fence
+        self._written = -1
+        #: the holder of this lock's last write: a renewal by the same holder sends no notification
+        self._written_holder: str | None = None
+
+    def recover_hint(self) -> str:
+        """How a human clears a row that blocks the fence (names the table)."""
+        return f"delete that lease row (name {self.name!r}) to recover: the fence stays"
+
+    # --- the contract ----------------------------------------------------------------------
+
+    def get(self, timeout: float) -> Versioned | None:
+        text, version, fence = self._backend._call(timeout, lambda cur, t: fetch(cur, t, self.name))
+        if text is None:
+            if fence is None:
+                return None
+            # the row was deleted by hand: the next term counts from the fence
+            return Versioned(LeaderRecord(holder=self.vanished_holder, transitions=fence), f"{ABSENT}{fence}")
+        record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
+        if fence is not None and not record.decode_error and fence > record.transitions:
+            # rewritten with a lower token (by hand, or a foreign writer): never go below the fence
+            record = record.evolve(transitions=fence)
+        return Versioned(record, str(version))
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        return self._insert(record, timeout)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        if isinstance(expected_version, str) and expected_version.startswith(ABSENT):
+            # the row was absent when read: insert it (unique name: one winner), above the fence
+            if not expected_version[len(ABSENT) :].isdigit():
+                raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
+            return self._insert(record, timeout)
+        try:
+            expected = int(expected_version)
+        except (TypeError, ValueError):
+            raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend") from None
+        raw = encode_record(record).decode()
+        token = int(record.transitions)
+        notify = record.holder != self._written_holder
+
+        def conditional_update(cur: Any, t: Tables) -> str:
+            cur.execute(
+                f"UPDATE {t.lease} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
+                [raw, expected + 1, record.holder, token, self.name, expected],
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"{self.name}: the stored version is no longer {expected}")
+            return str(expected + 1)
+
+        if token == self._written:
+            # a renewal (or the release) of this lock's own term: one statement in autocommit
+            version = self._backend._call(timeout, self._then_notify(conditional_update, notify))
+            self._written_holder = record.holder
+            return version
+        return self._fenced_write(conditional_update, record.holder, token, timeout, regression_is_conflict=False)
+
+    def _insert(self, record: LeaderRecord, timeout: float) -> str:
+        version = time.time_ns() // 1000
+        raw = encode_record(record).decode()
+        token = int(record.transitions)
+
+        def insert(cur: Any, t: Tables) -> str:
+            values = [self.name, raw, version, record.holder, token]
+            if t.vendor == "postgresql":
+                # no error for the losers: nothing in the server log, the transaction stays usable
+                cur.execute(
+                    f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    values,
+                )
+                if cur.rowcount != 1:
+                    raise Conflict(f"{self.name}: the lease exists")
+            else:
+                cur.execute(f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)", values)
+            return str(version)
+
+        return self._fenced_write(insert, record.holder, token, timeout, regression_is_conflict=True)
+
+    def _fenced_write(
+        self,
+        write: Callable[[Any, Tables], str],
+        holder: str,
+        token: int,
+        timeout: float,
+        *,
+        regression_is_conflict: bool,
+    ) -> str:
+        """``write`` and raising the fence to ``token``, in one short transaction.
+
+        A token below the fence is refused; one equal to it may only continue the same term
+        (same holder as the row had, or a release), never start a new one.
+        """
+
+        def transaction(cur: Any, t: Tables) -> str:
+            cur.execute("BEGIN IMMEDIATE" if t.vendor == "sqlite" else "BEGIN")
+            try:
+                cur.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
+                previous = cur.fetchone()
+                version = write(cur, t)
+                cur.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(f"INSERT INTO {t.fence} (name, token) VALUES (%s, %s)", [self.name, token])
+                elif int(row[0]) < token:
+                    cur.execute(f"UPDATE {t.fence} SET token = %s WHERE name = %s", [token, self.name])
+                elif int(row[0]) > token or not (holder == "" or (previous is not None and previous[0] == holder)):
+                    raise RegressionError(int(row[0]))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return version
+
+        try:
+            version = self._backend._call(timeout, self._then_notify(transaction, True))
+        except RegressionError as exc:
+            fence = exc.args[0]
+            if regression_is_conflict:
+                raise Conflict(f"{self.name}: token {token} is not above the fence ({fence}); read again") from None
+            # The engine computes tokens from what it read, and get() lifts every token to the
+            # fence, so this happens only over a record it could not decode (it then counts from
+            # 0). Not Conflict: that would make it retry at once, forever; this backs off.
+            raise BackendUnavailable(
+                f"{self.name}: refused to write fencing token {token} for a new term: tokens up to {fence} were already "
+                "handed out and tokens never go backwards; the lease row probably holds something that "
+                f"is not a leader record ({self.recover_hint()})"
+            ) from None
+        self._written = token
+        self._written_holder = holder
+        return version
+
+    def _then_notify(self, write: Callable[[Any, Tables], str], notify: bool) -> Callable[[Any, Tables], str]:
+        """``write``, then (best effort, after it landed) a ``NOTIFY`` for the listeners."""
+        if not notify or self._backend._listener is None:
+            return write
+
+        def written_then_notified(cur: Any, t: Tables) -> str:
+            version = write(cur, t)
+            try:
+                cur.execute("SELECT pg_notify(%s, %s)", [t.channel, f"{version} {self.name}"])
+            except Exception as exc:  # noqa: BLE001 - the write has landed: a lost notification only slows a follower
+                log.debug("%s: NOTIFY after a write failed: %s", self.name, exc)
+            return version
+
+        return written_then_notified
+
+    def _current_version(self, timeout: float) -> str | None:
+        text, version, fence = self._backend._call(timeout, lambda cur, t: fetch(cur, t, self.name))
+        if text is None:
+            return f"{ABSENT}{fence}" if fence is not None else None
+        return str(version)
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        listener = self._backend._listener
+        if listener is None:
+            time.sleep(max(0.0, timeout))
+            return
+        listener.wait(self, version, timeout)
+
+    def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
+        """Store text as it is, bypassing the codec and the fence (tests of garbage and foreign records)."""
+        text = raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+        def put(cur: Any, t: Tables) -> str:
+            text_found, version_found, _ = fetch(cur, t, self.name)
+            version = (int(version_found) + 1) if text_found is not None else time.time_ns() // 1000
+            if text_found is not None:
+                cur.execute(f"UPDATE {t.lease} SET record = %s, version = %s WHERE name = %s", [text, version, self.name])
+            else:
+                cur.execute(
+                    f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, '', 0)",
+                    [self.name, text, version],
+                )
+            return str(version)
+
+        return self._backend._call(timeout, self._then_notify(put, True))
+
+
+# --- bounding blocking driver calls -----------------------------------------------------
+
+
+class Watchdog:
+    """Shuts down the socket of a call that outlives its deadline, so the blocked driver returns.
+
+    Neither libpq nor psycopg bound a query on the client side; a server that stops
+    answering (or a network path that silently drops packets) would block the caller
+    forever. ``shutdown(2)`` on the connection's socket wakes the blocked read at once with
+    an error, on any driver; the connection is then dropped by the caller. One thread
+    serves every armed call and sleeps while none is armed.
+    """
+
+    def __init__(self, name: str = "celery-leader-sql-watchdog") -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._fired: set[int] = set()
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fileno: int, deadline: float) -> int:
+        with self._cond:
+            self._next += 1
+            ticket = self._next
+            self._armed[ticket] = (deadline, fileno)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            elif len(self._armed) == 1:
+                self._cond.notify()
+            return ticket
+
+    def disarm(self, ticket: int) -> bool:
+        """Forget ``ticket``; ``True`` if it had fired (its socket was shut down)."""
+        with self._cond:
+            self._armed.pop(ticket, None)
+            if ticket in self._fired:
+                self._fired.discard(ticket)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._armed:
+                    self._cond.wait(30.0)
+                    if not self._armed:
+                        # idle for long: end the thread (arm() starts another)
+                        self._thread = None
+                        return
+                now = time.monotonic()
+                due = [(ticket, fd) for ticket, (deadline, fd) in self._armed.items() if deadline <= now]
+                for ticket, fd in due:
+                    # under the lock: the caller cannot have given the connection to another call
+                    del self._armed[ticket]
+                    self._fired.add(ticket)
+                    _shutdown(fd)
+                if not due:
+                    earliest = min(deadline for deadline, _ in self._armed.values())
+                    self._cond.wait(min(max(0.0, earliest - now), 0.05))
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()  # closes the duplicate only; the driver still owns ``fd``
+
+
+# --- LISTEN ------------------------------------------------------------------------------
+
+
+class Listener:
+    """One ``LISTEN`` connection per backend, shared by every lock waiting for a change.
+
+    ``connect()`` returns a DB-API connection in autocommit mode (psycopg 3 or psycopg2).
+    A thread listens on the channel and wakes the waiters of the named lock; every
+    (re)connection wakes every waiter so that it re-reads (a notification may have been
+    lost). An idle connection is pinged every ``ping_interval`` under the watchdog: a server
+    that went silent is noticed and the thread reconnects.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        channel: str,
+        *,
+        watchdog: Watchdog,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 2.0,
+        label: str = "postgresql",
+    ) -> None:
+        self._connect = connect
+        self.channel = channel
+        self._watchdog = watchdog
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._label = label
+        self._cond = threading.Condition()
+        #: name -> (message number, version) of the last notification for a watched name
+        self._latest: dict[str, tuple[int, str]] = {}
+        self._messages = 0
+        self._counts: dict[str, int] = collections.Counter()
+        self._generation = 0
+        self.listening = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None
+
+    def ensure_running(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(target=self._run, name=f"celery-leader-{self._label}-listen", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = self._connect()
+                self._conn = conn
+                self._execute(conn, f'LISTEN "{self.channel}"')
+                backoff = 0.05
+                self.listening.set()
+                self._bump()
+                idle_since = time.monotonic()
+                while not self._stopping.is_set():
+                    got = _notifications(conn, 0.25)
+                    for channel, payload in got:
+                        if channel == self.channel:
+                            self._deliver(payload)
+                    if got:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= self._ping_interval:
+                        self._execute(conn, "SELECT 1")
+                        idle_since = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
+                if not self._stopping.is_set():
+                    log.debug("%s LISTEN connection lost: %s; reconnecting", self._label, exc)
+            finally:
+                self.listening.clear()
+                self._conn = None
+                self._bump()
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _execute(self, conn: Any, sql: str) -> None:
+        ticket = self._watchdog.arm(conn.fileno(), time.monotonic() + self._ping_timeout)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql)
+            finally:
+                cur.close()
+        finally:
+            if self._watchdog.disarm(ticket):
+                raise BackendUnavailable(f"{self._label} LISTEN connection: no answer within {self._ping_timeout:g} s")
+
+    def _bump(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def _deliver(self, payload: str) -> None:
+        version, _, name = payload.partition(" ")
+        with self._cond:
+            if self._counts.get(name):
+                self._messages += 1
+                self._latest[name] = (self._messages, version)
+                self._cond.notify_all()
+
+    def wait(self, lock: SqlLock, version: str | None, timeout: float) -> None:
+        """Return when ``lock``'s version differs from ``version``, or after ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        self.ensure_running()
+        # listen before reading, or a change between the read and the LISTEN is lost
+        self.listening.wait(min(max(0.0, timeout), 2.0))
+        name = lock.name
+        with self._cond:
+            self._counts[name] += 1
+            seen = self._messages  # only notifications after this one count
+        try:
+            while not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with self._cond:
+                    generation = self._generation
+                try:
+                    current = lock._current_version(min(left, 5.0))
+                except BackendUnavailable:
+                    # the server is away: a bounded pause, the engine decides what next
+                    self._stopping.wait(min(max(0.0, deadline - time.monotonic()), 0.25))
+                    continue
+                if current != version:
+                    return
+                with self._cond:
+                    while True:
+                        latest = self._latest.get(name)
+                        if latest is not None and latest[0] > seen and latest[1] != version:
+                            return
+                        if self._generation != generation or self._stopping.is_set():
+                            break  # reconnected: re-read, a notification may have been lost
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return
+                        self._cond.wait(left)
+        finally:
+            with self._cond:
+                self._counts[name] -= 1
+                if not self._counts[name]:
+                    del self._counts[name]
+                    self._latest.pop(name, None)
+
+
+def _notifications(conn: Any, timeout: float) -> list[tuple[str, str]]:
+    """Notifications received within ``timeout`` (psycopg 3 or psycopg2)."""
+    if callable(getattr(conn, "notifies", None)):  # psycopg 3
+        got = [(n.channel, n.payload) for n in conn.notifies(timeout=timeout, stop_after=1)]
+        if got:
+            got += [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+        return got
+    # psycopg2: notifications arrive on poll(); wait for the socket first
+    if not conn.notifies:
+        readable, _, _ = select.select([conn], [], [], timeout)
+        if readable:
+            conn.poll()
+    got = [(n.channel, n.payload) for n in conn.notifies]
+    del conn.notifies[:]
+    return got
