@@ -1,0 +1,136 @@
+"""RQ's cron scheduler, elected: three real ``celery-leader-rq cron`` processes and a worker.
+
+The leader is SIGKILLed, then SIGTERMed, then SIGSTOPped (and later resumed). Proof:
+every slot is enqueued once (no two enqueues closer than half the interval), fencing
+tokens never go backwards in enqueue order (so the resumed, deposed leader enqueued
+nothing), each failover is followed by an enqueue from the new term within a lease plus
+one interval (generous slack for a loaded machine), and the worker ran every job with its
+token in ``job.meta``.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rq.job import Job
+
+from .harness import LEADER, LEASE, REDIS_URL, RQ, TIMING, Fleet, wait_for
+
+pytestmark = pytest.mark.processes
+
+INTERVAL = 1
+SLACK = 8.0  # seconds on top of lease + interval: the machine is shared and slow
+
+
+def cron_config(path: Path, fleet: Fleet) -> Path:
+    config = path / f"cron_{fleet.tag.replace('-', '_')}.py"
+    config.write_text(
+        "from rq import cron\n"
+        "from tests.rq.jobs import record\n"
+        f"cron.register(record, {fleet.queue!r}, args=({str(fleet.record)!r},), interval={INTERVAL}, name={fleet.tag!r})\n"
+    )
+    return config
+
+
+def enqueues(fleet: Fleet) -> list[tuple[float, str, int | None]]:
+    """(enqueued at, job id, token) for every job the cron job enqueued, oldest first."""
+    entries = fleet.redis.zrange(f"rq:cron_job:{fleet.tag}:jobs", 0, -1, withscores=True)
+    ids = [raw.decode() for raw, _ in entries]
+    jobs = Job.fetch_many(ids, connection=fleet.redis) if ids else []
+    out = []
+    for (raw, score), job in zip(entries, jobs):
+        token = job.meta.get("celery_leader_token") if job is not None else None
+        out.append((score, raw.decode(), token))
+    return out
+
+
+def check_once_per_slot(rows: list[tuple[float, str, int | None]]) -> None:
+    times = [t for t, _, _ in rows]
+    close = [(a, b) for a, b in zip(times, times[1:]) if b - a < INTERVAL / 2]
+    assert not close, f"duplicate enqueues (closer than half the interval): {close}"
+    tokens = [tok for _, _, tok in rows]
+    assert all(tok is not None for tok in tokens), "a job was enqueued without a fencing token"
+    assert tokens == sorted(tokens), f"tokens went backwards (a deposed leader enqueued): {tokens}"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    fleet = Fleet(tmp_path, "cron")
+    yield fleet
+    fleet.cleanup()
+
+
+def candidate(fleet: Fleet, config: Path, i: int, *extra: str) -> str:
+    name = f"c{i}"
+    fleet.spawn(name, LEADER + ["cron", "--url", REDIS_URL, "--leader-name", f"{fleet.tag}.cron",
+                                "--identity", name, *TIMING, *extra, str(config)])
+    return name
+
+
+def test_three_cron_schedulers_one_enqueue_per_slot_through_kill_term_and_stop(fleet: Fleet, tmp_path: Path) -> None:
+    config = cron_config(tmp_path, fleet)
+    election = f"{fleet.tag}.cron"
+    fleet.elections.add(election)
+    fleet.spawn("worker", RQ + ["worker", "--url", REDIS_URL, "-w", "rq.SimpleWorker", fleet.queue])
+    started = [candidate(fleet, config, i) for i in range(3)]
+    wait_for("three enqueues", lambda: len(enqueues(fleet)) >= 3, timeout=60)
+
+    takeovers: dict[str, float] = {}
+    stopped = None
+    for n, sig in enumerate((signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP)):
+        leader = str(wait_for("a leader", lambda: fleet.holder(election)))
+        old_token = max(tok for _, _, tok in enqueues(fleet))
+        at = time.time()
+        fleet.signal(leader, sig)
+        wait_for("a new term enqueuing", lambda old=old_token: any(tok > old for _, _, tok in enqueues(fleet)), timeout=30)
+        first = min(t for t, _, tok in enqueues(fleet) if tok > old_token)
+        takeovers[signal.Signals(sig).name] = first - at
+        assert fleet.holder(election) != leader
+        if sig == signal.SIGSTOP:
+            stopped = leader
+        else:
+            fleet.wait_dead(leader)
+            started.append(candidate(fleet, config, 3 + n))
+
+    # the paused ex-leader wakes up believing nothing; it must find its term over
+    assert stopped is not None
+    fleet.signal(stopped, signal.SIGCONT)
+    count = len(enqueues(fleet))
+    wait_for("more enqueues after the resume", lambda: len(enqueues(fleet)) >= count + 3, timeout=30)
+    fleet.signal("c3", signal.SIGTERM)  # a standby leaving changes nothing
+    rows = enqueues(fleet)
+    check_once_per_slot(rows)
+    for name, took in takeovers.items():
+        assert took <= LEASE + INTERVAL + SLACK, f"takeover after {name} took {took:.1f}s: {takeovers}"
+    # the worker ran every enqueued job, each with the token it was enqueued with
+    wanted = {job_id: tok for _, job_id, tok in rows}
+    wait_for("the worker to run every job", lambda: wanted.keys() <= {r["id"] for r in fleet.runs()}, timeout=60)
+    ran = {r["id"]: r["token"] for r in fleet.runs()}
+    assert all(ran[job_id] == tok for job_id, tok in wanted.items())
+    assert len(fleet.runs()) == len({r["id"] for r in fleet.runs()})
+    print("takeovers", takeovers, "enqueues", len(rows), "tokens", sorted({tok for _, _, tok in rows}))
+
+
+def test_bad_configuration_is_one_line_without_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "cron_cfg.py"
+    config.write_text("from rq import cron\n")
+    argv = LEADER + ["cron", "--url", REDIS_URL, "--leader-url", "redis://user:s3cret@127.0.0.1:6379/0?bogus=1", str(config)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode != 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "bogus" in result.stderr and result.stderr.strip().startswith("Error:")
+
+    bad_timing = LEADER + ["cron", "--url", REDIS_URL, "--lease-duration", "1", "--renew-deadline", "2", str(config)]
+    result = subprocess.run(bad_timing, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "LEASE_DURATION" in result.stderr
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
