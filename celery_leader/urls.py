@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import overload
 from urllib.parse import parse_qsl
 
 from .errors import ConfigurationError
@@ -83,9 +84,8 @@ class UrlOptions:
         self._values: dict[str, str] = {}
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in self.known:
-                raise ConfigurationError(
-                    f"unknown {scheme}:// option ?{_shown(key)}=; known options: {', '.join(self.known) or 'none'}"
-                )
+                known_text = f"known options: {', '.join(self.known)}" if self.known else f"{scheme}:// takes no options"
+                raise ConfigurationError(f"unknown {scheme}:// option ?{_shown(key)}=; {known_text}")
             if key in self._values:
                 raise ConfigurationError(f"{scheme}:// option ?{key}= is given twice; give it once")
             self._values[key] = value
@@ -102,6 +102,11 @@ class UrlOptions:
         shown = MASK if SECRET_OPTION.search(key) else repr(_shown(raw))
         return ConfigurationError(f"{self.scheme}:// option ?{key}= must be {what}, got {shown}")
 
+    @overload
+    def text(self, key: str, default: str, *, allow_empty: bool = False) -> str: ...
+    @overload
+    def text(self, key: str, default: None = None, *, allow_empty: bool = False) -> str | None: ...
+
     def text(self, key: str, default: str | None = None, *, allow_empty: bool = False) -> str | None:
         """The option as text; an empty value is the default unless ``allow_empty``."""
         raw = self._raw(key)
@@ -109,10 +114,20 @@ class UrlOptions:
             return default
         return raw
 
+    @overload
     def seconds(
-        self, key: str, default: float | None, *, minimum: float = 0.0, maximum: float = 86400.0
+        self, key: str, default: float, *, minimum: float = ..., maximum: float = ..., positive: bool = ...
+    ) -> float: ...
+    @overload
+    def seconds(
+        self, key: str, default: None, *, minimum: float = ..., maximum: float = ..., positive: bool = ...
+    ) -> float | None: ...
+
+    def seconds(
+        self, key: str, default: float | None, *, minimum: float = 0.0, maximum: float = 86400.0,
+        positive: bool = False,
     ) -> float | None:
-        """A finite number of seconds in ``[minimum, maximum]``."""
+        """A finite number of seconds in ``[minimum, maximum]``; above 0 too if ``positive``."""
         raw = self._raw(key)
         if raw is None or raw == "":
             return default
@@ -120,9 +135,17 @@ class UrlOptions:
             value = float(raw)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and minimum <= value <= maximum):
-            raise self._bad(key, f"a number of seconds from {minimum:g} to {maximum:g}", raw)
+        if not (math.isfinite(value) and minimum <= value <= maximum and (value > 0 or not positive)):
+            low = "> 0" if positive and minimum <= 0 else f"from {minimum:g}"
+            raise self._bad(key, f"a number of seconds {low} up to {maximum:g}", raw)
         return value
+
+    @overload
+    def integer(self, key: str, default: int, *, minimum: int | None = ..., maximum: int | None = ...) -> int: ...
+    @overload
+    def integer(
+        self, key: str, default: None, *, minimum: int | None = ..., maximum: int | None = ...
+    ) -> int | None: ...
 
     def integer(self, key: str, default: int | None, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
         """A whole number, optionally bounded."""

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from celery_leader.backends.sql import Listener, SqlLock, Tables, Watchdog, channel_for
 from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
+from celery_leader.urls import UrlOptions
 
 __all__ = ["DjangoBackend", "DjangoLock", "DjangoPostgresLock", "ensure_django"]
 
@@ -238,7 +239,8 @@ class DjangoBackend(Backend):
         parts = urlsplit(url)
         if parts.scheme != "django":
             raise ConfigurationError(f"not a django:// URL: {url!r}")
-        if parts.query or parts.fragment or parts.username or parts.password or parts.port:
+        UrlOptions(parts.query, scheme="django", known=())  # refuses any option, naming it
+        if parts.fragment or parts.username or parts.password or parts.port:
             raise ConfigurationError(
                 f"django:// URLs take only a database alias (django://ALIAS, default 'default'), got {url!r}; "
                 "put connection options in settings.DATABASES"

@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - not POSIX
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 from ..registry import default_state_dir
+from ..urls import UrlOptions
 
 __all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
 
@@ -398,8 +399,9 @@ class FileBackend(Backend):
         parts = urlsplit(url)
         if parts.scheme.lower() != "file":
             raise ConfigurationError(f"not a file:// URL: {url!r}")
-        if parts.query or parts.fragment:
+        if parts.fragment:
             raise ConfigurationError(f"the file:// backend takes no options, got {url!r}; write file:///absolute/dir")
+        UrlOptions(parts.query, scheme="file", known=())  # refuses any option, naming it
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(
                 f"file:// URL {url!r} names host {parts.netloc!r}: the path must be absolute, "

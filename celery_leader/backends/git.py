@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dulwich.client import (
     GitClient,
@@ -55,6 +55,7 @@ from dulwich.repo import MemoryRepo, Repo
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, LockError, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..urls import UrlOptions
 
 __all__ = ["GitBackend", "GitLock"]
 
@@ -675,16 +676,6 @@ def _exists(transport: _RemoteTransport, ref: bytes, timeout: float) -> bytes | 
 # --- the backend ---
 
 
-def _seconds(value: str, option: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigurationError(f"?{option}={value!r} is not a number of seconds") from None
-    if not number > 0:
-        raise ConfigurationError(f"?{option}= must be > 0 seconds, got {value!r}")
-    return number
-
-
 class GitBackend(Backend):
     """Locks as refs in one git repository (see the module docstring)."""
 
@@ -707,17 +698,13 @@ class GitBackend(Backend):
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:
             raise ConfigurationError(f"not a git lock URL: {scheme}://; use one of {', '.join(s + '://' for s in SCHEMES)}")
-        options: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in OPTIONS:
-                raise ConfigurationError(f"unknown option ?{key}= in the git lock URL; known options: {', '.join(OPTIONS)}")
-            options[key] = value
+        options = UrlOptions(parts.query, scheme=scheme, known=OPTIONS)
         if parts.password is not None:
             raise ConfigurationError(
                 "do not put a password or token in the git lock URL (URLs end up in logs and process lists); put it in "
                 "an environment variable and name that variable with ?token_env=VAR"
             )
-        token_env = options.get("token_env") or None
+        token_env = options.text("token_env")
         if token_env is not None:
             if not _ENV_NAME.match(token_env):
                 raise ConfigurationError(f"?token_env= must name an environment variable, got {token_env!r}")
@@ -725,15 +712,12 @@ class GitBackend(Backend):
                 raise ConfigurationError("?token_env= is for git+https:// and git+http:// URLs; git+ssh:// uses ssh keys (?key=)")
             if not os.environ.get(token_env):
                 raise ConfigurationError(f"the environment variable {token_env} named by ?token_env= is not set or empty")
-        stale = _seconds(options["stale_lock"], "stale_lock") if "stale_lock" in options else None
-        probe_opt = options.get("probe", "1").lower()
-        if probe_opt not in ("0", "1", "true", "false", "yes", "no"):
-            raise ConfigurationError(f"?probe= takes 1 or 0, got {probe_opt!r}")
+        stale = options.seconds("stale_lock", None, positive=True)
         common: dict[str, Any] = dict(
-            ref_template=options.get("ref") or DEFAULT_REF,
-            path_template=options.get("path") or DEFAULT_PATH,
-            author=options.get("author") or DEFAULT_AUTHOR,
-            probe=probe_opt in ("1", "true", "yes"),
+            ref_template=options.text("ref", DEFAULT_REF),
+            path_template=options.text("path", DEFAULT_PATH),
+            author=options.text("author", DEFAULT_AUTHOR),
+            probe=options.flag("probe", True),
         )
         if not re.match(r"^[^<>\n]+ <[^<>\n]*>$", common["author"]):
             raise ConfigurationError(f"?author= must look like 'Name <email>', got {common['author']!r}")
@@ -763,11 +747,12 @@ class GitBackend(Backend):
                 raise ConfigurationError(f"the git lock URL needs the repository path: {scheme}://{parts.hostname}/path/to/repo.git")
             if "key" in options and scheme != "git+ssh":
                 raise ConfigurationError("?key= (an ssh private key file) applies to git+ssh:// only")
-            if "key" in options and not os.path.isfile(options["key"]):
-                raise ConfigurationError(f"?key={options['key']} is not a readable file")
+            key = options.text("key")
+            if key is not None and not os.path.isfile(key):
+                raise ConfigurationError(f"?key={key} is not a readable file")
             transport = _RemoteTransport(scheme, parts.hostname, port, path,
-                                         username=options.get("username") or parts.username,
-                                         token_env=token_env, key=options.get("key"))
+                                         username=options.text("username") or parts.username,
+                                         token_env=token_env, key=key)
             shown = transport.describe()
         return cls(transport, url_for_logs=shown, **common)
 

@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..urls import UrlOptions
 
 __all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
 
@@ -177,18 +178,6 @@ def _redact(url: str) -> str:
         netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
     query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe=":/*"), ""))
-
-
-def _float_option(options: dict[str, str], key: str, default: float | None) -> float | None:
-    if key not in options:
-        return default
-    try:
-        value = float(options[key])
-    except ValueError:
-        raise ConfigurationError(f"?{key}= must be a number of seconds, got {options[key]!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"?{key}= must be a number of seconds >= 0, got {options[key]!r}")
-    return value
 
 
 def _pubsub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -476,26 +465,14 @@ class RedisBackend(Backend):
         scheme = parts.scheme.lower()
         if scheme not in cls.schemes:
             raise ConfigurationError(f"not a Redis URL: {_redact(url)!r}; use redis://, rediss://, unix:// or redis+sentinel://")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - OWN_OPTIONS - REDIS_OPTIONS)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(unknown)} in the Redis URL {_redact(url)!r}; "
-                f"known: {', '.join(sorted(OWN_OPTIONS | REDIS_OPTIONS))}"
-            )
-        prefix = options.pop("prefix", DEFAULT_PREFIX)
+        options = UrlOptions(parts.query, scheme=scheme, known=OWN_OPTIONS | REDIS_OPTIONS)
+        prefix = options.text("prefix", DEFAULT_PREFIX, allow_empty=True)
         if not prefix:
-            raise ConfigurationError("?prefix= must not be empty (default: celery-leader:)")
-        gc_margin = _float_option(options, "gc_margin", DEFAULT_GC_MARGIN)
-        options.pop("gc_margin", None)
-        try:
-            max_connections = int(options.pop("max_connections", DEFAULT_MAX_CONNECTIONS))
-        except ValueError:
-            max_connections = 0
-        if max_connections < 1:
-            raise ConfigurationError("?max_connections= must be a whole number >= 1 (default 16)")
-        socket_timeout = _float_option(options, "socket_timeout", None)
-        connect_timeout = _float_option(options, "socket_connect_timeout", None)
+            raise ConfigurationError(f"{scheme}:// option ?prefix= must not be empty (default: {DEFAULT_PREFIX})")
+        gc_margin = options.seconds("gc_margin", DEFAULT_GC_MARGIN)
+        max_connections = options.integer("max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1)
+        socket_timeout = options.seconds("socket_timeout", None)
+        connect_timeout = options.seconds("socket_connect_timeout", None)
         common = dict(
             prefix=prefix,
             gc_margin=gc_margin,
@@ -507,14 +484,19 @@ class RedisBackend(Backend):
         no_retry = {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
         if scheme == "redis+sentinel":
             return cls._from_sentinel_url(url, parts, options, common, no_retry)
-        for key in OWN_OPTIONS - {"prefix", "gc_margin", "max_connections"}:
+        for key in sorted(OWN_OPTIONS - {"prefix", "gc_margin", "max_connections"}):
             if key in options:
-                raise ConfigurationError(f"?{key}= is only meaningful in a redis+sentinel:// URL")
+                raise ConfigurationError(f"{scheme}:// option ?{key}= is only meaningful in a redis+sentinel:// URL")
         if scheme == "unix" and not parts.path:
             raise ConfigurationError("a unix:// Redis URL needs the socket path: unix:///run/redis/redis.sock?db=0")
         if scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"the Redis URL {_redact(url)!r} has no host; write redis://host:6379/0")
-        passed = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(options)}" if options else "")
+        # redis-py reads the options we do not (db, ssl_*, client_name...) and the socket timeouts
+        forward = options.rest()
+        for key, seconds in (("socket_timeout", socket_timeout), ("socket_connect_timeout", connect_timeout)):
+            if seconds is not None:
+                forward[key] = repr(seconds)
+        passed = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(forward)}" if forward else "")
         try:
             kwargs = redis.connection.parse_url(passed)
         except ValueError as exc:
@@ -533,7 +515,7 @@ class RedisBackend(Backend):
 
     @classmethod
     def _from_sentinel_url(
-        cls, url: str, parts: Any, options: dict[str, str], common: dict[str, Any], no_retry: dict[str, Any]
+        cls, url: str, parts: Any, options: UrlOptions, common: dict[str, Any], no_retry: dict[str, Any]
     ) -> "RedisBackend":
         userinfo, _, hostlist = parts.netloc.rpartition("@")
         sentinels: list[tuple[str, int]] = []
@@ -549,12 +531,12 @@ class RedisBackend(Backend):
                 f"no sentinels in {_redact(url)!r}; write redis+sentinel://host1:26379,host2:26379/mymaster/0"
             )
         path = [unquote(p) for p in parts.path.split("/") if p]
-        service = options.pop("master", None) or options.pop("service_name", None) or (path[0] if path else None)
+        service = options.text("master") or options.text("service_name") or (path[0] if path else None)
         if not service:
             raise ConfigurationError(
                 f"no master name in {_redact(url)!r}; write redis+sentinel://host:26379/mymaster/0 (or ?master=mymaster)"
             )
-        db: str | None = options.pop("db", None) or (path[1] if len(path) > 1 else None)
+        db: str | None = options.text("db") or (path[1] if len(path) > 1 else None)
         kwargs: dict[str, Any] = {}
         if db is not None:
             try:
@@ -570,12 +552,9 @@ class RedisBackend(Backend):
         sentinel_kwargs: dict[str, Any] = {}
         for src, dst in (("sentinel_password", "password"), ("sentinel_username", "username")):
             if src in options:
-                sentinel_kwargs[dst] = options.pop(src)
-        ssl = options.pop("ssl", "").lower() in ("1", "true", "yes", "on")
-        for key, value in options.items():
-            if key in ("socket_timeout", "socket_connect_timeout"):
-                continue
-            kwargs[key] = value
+                sentinel_kwargs[dst] = options.text(src, allow_empty=True)
+        ssl = options.flag("ssl", False)
+        kwargs.update(options.rest())
         timeout = common["socket_timeout"] or 2.0
         sentinel_kwargs.update(
             socket_timeout=timeout,

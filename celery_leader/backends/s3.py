@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 try:
     import boto3
@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised through the registry
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..urls import UrlOptions
 
 __all__ = ["S3Backend", "S3Lock", "NONCE_KEY"]
 
@@ -297,22 +298,17 @@ class S3Backend(Backend):
             if not sep:
                 raise ConfigurationError("credentials in the URL must be s3://KEY:SECRET@BUCKET/ (percent-encoded)")
             access_key, secret_key = unquote(key), unquote(secret)
-        options: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in OPTIONS:
-                raise ConfigurationError(f"unknown s3:// option {key!r}; known options: {', '.join(OPTIONS)}")
-            options[key] = value
-        verify: bool | str | None = None
-        if "verify" in options:
-            raw = options["verify"]
-            verify = {"true": True, "1": True, "false": False, "0": False}.get(raw.lower(), raw)
+        options = UrlOptions(parts.query, scheme="s3", known=OPTIONS)
+        verify: bool | str | None = options.text("verify")
+        if isinstance(verify, str) and verify.lower() in ("true", "1", "false", "0"):
+            verify = options.flag("verify", True)  # else: the path of a CA bundle
         return cls(
             host,
             unquote(parts.path),
-            endpoint_url=options.get("endpoint_url") or None,
-            region=options.get("region") or None,
-            profile=options.get("profile") or None,
-            addressing_style=options.get("addressing_style") or None,
+            endpoint_url=options.text("endpoint_url"),
+            region=options.text("region"),
+            profile=options.text("profile"),
+            addressing_style=options.choice("addressing_style", None, ("path", "virtual", "auto")),
             verify=verify,
             access_key=access_key,
             secret_key=secret_key,

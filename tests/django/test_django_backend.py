@@ -45,7 +45,7 @@ def test_registry_opens_the_default_alias():
     "url, words",
     [
         ("django://nosuch", "settings.DATABASES"),
-        ("django://default?timeout=3", "only a database alias"),
+        ("django://default?timeout=3", "django:// takes no options"),
         ("django://user:pw@default", "only a database alias"),
         ("django://memory", "in-memory SQLite"),
     ],

@@ -42,8 +42,8 @@ def test_namespace_defaults_to_the_kubeconfig_context(kubeconfig) -> None:
         ("kubernetes://ns?kubeconfig={kc}&timeout=3", "unknown kubernetes:// option"),
         ("kubernetes://Bad_NS?kubeconfig={kc}", "not a Kubernetes namespace name"),
         ("kubernetes://ns?kubeconfig=/nonexistent/kubeconfig", "does not exist"),
-        ("kubernetes://ns?kubeconfig={kc}&events=maybe", "events=true"),
-        ("kubernetes://ns?kubeconfig={kc}&request_timeout=soon", "not a number"),
+        ("kubernetes://ns?kubeconfig={kc}&events=maybe", "events= must be true or false"),
+        ("kubernetes://ns?kubeconfig={kc}&request_timeout=soon", "request_timeout= must be a number of seconds"),
         ("kubernetes://ns?kubeconfig={kc}&context=nope", "nope"),
     ],
 )

@@ -28,10 +28,11 @@ import os
 import threading
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ...lock import Backend
+from ...urls import UrlOptions
 from .acceptor import Acceptor, release_acceptor, shared_acceptor
 from .proposer import CAPABILITIES, GossipLock
 from .serf import SerfClient, SerfError, SerfRPCError
@@ -46,30 +47,6 @@ START_AGENT_HINT = (
     "`serf agent -node=$(hostname) -bind=0.0.0.0:7946 -rpc-addr=127.0.0.1:7373` and join it to the "
     "others with `serf join OTHER:7946`"
 )
-
-
-def _seconds(params: dict[str, list[str]], key: str, default: float) -> float:
-    raw = params.get(key, [None])[-1]
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"gossip URL option {key}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise ConfigurationError(f"gossip URL option {key}={raw!r} must be > 0 seconds")
-    return value
-
-
-def _flag(params: dict[str, list[str]], key: str, default: bool) -> bool:
-    raw = params.get(key, [None])[-1]
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"gossip URL option {key}={raw!r}: use true or false")
 
 
 class GossipBackend(Backend):
@@ -145,28 +122,23 @@ class GossipBackend(Backend):
         parts = urlsplit(url)
         if parts.scheme != "gossip":
             raise ConfigurationError(f"not a gossip:// URL: {url!r}")
-        params = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(params) - set(cls.OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown gossip URL option(s) {', '.join(unknown)}; known: {', '.join(cls.OPTIONS)}"
-            )
-        members = [m.strip() for raw in params.get("members", []) for m in raw.split(",") if m.strip()]
+        options = UrlOptions(parts.query, scheme="gossip", known=cls.OPTIONS)
+        members = [m.strip() for m in (options.text("members") or "").split(",") if m.strip()]
         try:
             port = parts.port or DEFAULT_PORT
         except ValueError:
             raise ConfigurationError(f"gossip URL {parts.netloc!r} has a bad port") from None
-        auth = params.get("auth_key", [None])[-1] or (unquote(parts.password) if parts.password else None)
+        auth = options.text("auth_key") or (unquote(parts.password) if parts.password else None)
         return cls(
             parts.hostname or "127.0.0.1",
             port,
             members=members,
             auth_key=auth,
-            query_timeout=_seconds(params, "query_timeout", 1.0),
-            state_dir=params.get("state_dir", [None])[-1] or None,
-            acceptor=_flag(params, "acceptor", True),
-            poll_interval=_seconds(params, "poll_interval", 0.5),
-            resend=_seconds(params, "resend", 0.1),
+            query_timeout=options.seconds("query_timeout", 1.0, positive=True),
+            state_dir=options.text("state_dir"),
+            acceptor=options.flag("acceptor", True),
+            poll_interval=options.seconds("poll_interval", 0.5, positive=True),
+            resend=options.seconds("resend", 0.1, positive=True),
         )
 
     def client(self, configuring: bool = False, timeout: float = 2.0) -> SerfClient:

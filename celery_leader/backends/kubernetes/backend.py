@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 # the extra is optional: the registry turns an ImportError here into the "pip install" to run
 import urllib3
@@ -34,6 +34,7 @@ from kubernetes.config.config_exception import ConfigException
 from ...errors import BackendUnavailable, ConfigurationError, Conflict
 from ...lock import Backend, Capabilities, Lock, Versioned
 from ...record import LeaderRecord
+from ...urls import UrlOptions
 from .events import EVENT_FLUSH_SECONDS, EVENTS, LeadershipEvents, watch_events
 from .lease import lease_body, lease_to_record, resource_version
 
@@ -330,28 +331,14 @@ class KubernetesBackend(Backend):
                 f"{url!r}: a kubernetes:// URL names only the namespace (kubernetes://NAMESPACE); "
                 "the election name becomes the Lease name"
             )
-        options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        unknown = set(options) - _URL_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown kubernetes:// option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_URL_OPTIONS))}"
-            )
-        events = options.get("events", "false").lower()
-        if events not in ("1", "true", "yes", "0", "false", "no", ""):
-            raise ConfigurationError(f"events={events!r}: write events=true or events=false")
-        timeout = None
-        if options.get("request_timeout"):
-            try:
-                timeout = float(options["request_timeout"])
-            except ValueError:
-                raise ConfigurationError(f"request_timeout={options['request_timeout']!r} is not a number of seconds") from None
+        options = UrlOptions(parts.query, scheme=parts.scheme.lower(), known=_URL_OPTIONS)
         return cls(
             parts.netloc or None,
-            kubeconfig=options.get("kubeconfig") or None,
-            context=options.get("context") or None,
-            events=events in ("1", "true", "yes"),
-            request_timeout=timeout,
-            field_manager=options.get("field_manager") or "celery-leader",
+            kubeconfig=options.text("kubeconfig"),
+            context=options.text("context"),
+            events=options.flag("events", False),
+            request_timeout=options.seconds("request_timeout", None, positive=True),
+            field_manager=options.text("field_manager", "celery-leader"),
         )
 
     def lock(self, name: str) -> KubernetesLock:
