@@ -41,6 +41,8 @@ BUILTIN: dict[str, tuple[str, str | None]] = {
     "git+https": ("celery_leader.backends.git:GitBackend", "git"),
     "gossip": ("celery_leader.backends.gossip:GossipBackend", "gossip"),
     "django": ("django_leader.backend:DjangoBackend", "django"),
+    "postgresql": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
+    "postgres": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
 }
 
 

@@ -118,8 +118,9 @@ class SqlLock(Lock):
             # the row was deleted by hand: the next term counts from the fence
             return Versioned(LeaderRecord(holder=self.vanished_holder, transitions=fence), f"{ABSENT}{fence}")
         record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
-        if fence is not None and not record.decode_error and fence > record.transitions:
-            # rewritten with a lower token (by hand, or a foreign writer): never go below the fence
+        if fence is not None and fence > record.transitions:
+            # rewritten with a lower token (by hand, a foreign writer) or with garbage: the next
+            # term counts from the fence, so the engine can overwrite it once it is stale
             record = record.evolve(transitions=fence)
         return Versioned(record, str(version))
 

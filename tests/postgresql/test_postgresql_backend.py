@@ -1,0 +1,307 @@
+"""postgresql:// beyond the contract: URLs and secrets, tables and permissions, a deleted
+row, garbage, a hung server, killed sessions, NOTIFY handover between electors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+
+import pytest
+
+from celery_leader import Election
+from celery_leader.backends.postgresql import DEFAULT_TABLE, VANISHED_HOLDER, PostgresBackend, PostgresLock
+from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
+from celery_leader.registry import open_backend as registry_open
+from celery_leader.testing import sample_record
+
+FAST = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
+#: a follower with these can only take over quickly if a notification wakes it
+SLOW = dict(lease_duration=60.0, renew_deadline=40.0, retry_period=30.0)
+SECRET = "s3cr3t-Pa55/word"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# --- URLs, registry, secrets -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_registry_opens_both_schemes(scheme, pg_database):
+    backend = registry_open(f"{scheme}://postgres@127.0.0.1:5432/{pg_database}?table=cl_reg")
+    try:
+        assert isinstance(backend, PostgresBackend) and backend.table == "cl_reg"
+        backend.check(5.0)
+        assert backend.lock("x").get(5.0) is None
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("postgresql://postgres@127.0.0.1:5432", "names no database"),
+        ("postgresql://postgres@127.0.0.1:5432/db?tabel=x", "unknown postgresql:// option ?tabel="),
+        ("postgresql://postgres@127.0.0.1:5432/db?table=a;drop", "?table= must be NAME or SCHEMA.NAME"),
+        ("postgresql://postgres@127.0.0.1:5432/db?table=a.b.c", "?table= must be NAME or SCHEMA.NAME"),
+        ("postgresql://postgres@127.0.0.1:5432/db?connect_timeout=soon", "?connect_timeout= must be"),
+        ("postgresql://postgres@127.0.0.1:port/db", "cannot read"),
+        ("postgresql://postgres@127.0.0.1/db#frag", "no #fragment"),
+    ],
+)
+def test_bad_urls_name_the_fix(url, words):
+    with pytest.raises(ConfigurationError, match=words.replace("?", r"\?")) as info:
+        PostgresBackend.from_url(url)
+    assert "Traceback" not in str(info.value)
+
+
+def test_password_is_never_shown(proxy, pg_database):
+    url = f"postgresql://postgres:{SECRET.replace('/', '%2F')}@127.0.0.1:{proxy.port}/{pg_database}?sslpassword=also-secret"
+    backend = PostgresBackend.from_url(url)
+    try:
+        shown = [backend.describe(), backend.lock("x").describe()]
+        proxy.set_mode("blackhole")
+        with pytest.raises(BackendUnavailable) as info:
+            backend.lock("x").get(0.5)
+        shown.append(str(info.value))
+        with pytest.raises(ConfigurationError) as bad:
+            PostgresBackend.from_url(url.replace("sslpassword", "sslpasword"))
+        shown.append(str(bad.value))
+    finally:
+        backend.close()
+    for text in shown:
+        assert "s3cr3t" not in text and "Pa55" not in text and "also-secret" not in text, text
+        assert "***@" in text or "lease" in text or "option" in text
+
+
+def test_password_from_pgpassword_logs_in(make_role, db, pg_database, monkeypatch):
+    """libpq's rules: PGPASSWORD is used when the URL has none (trust auth here: accepted either way)."""
+    role = make_role()
+    db.execute(f"ALTER ROLE \"{role}\" PASSWORD 'from-env'")
+    db.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    backend = PostgresBackend.from_url(f"postgresql://{role}@127.0.0.1:5432/{pg_database}?table=cl_env")
+    try:
+        backend.check(5.0)
+        assert "from-env" not in backend.describe()
+    finally:
+        backend.close()
+
+
+# --- tables and permissions ------------------------------------------------------------
+
+
+def test_tables_are_created_on_first_use_with_the_documented_columns(pg_url, db, open_backend):
+    table = unique("cl_created").replace("-", "_")
+    backend = open_backend(f"{pg_url}?table={table}")
+    assert db.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is None
+    backend.lock("a").create(sample_record(), 5.0)
+    columns = {row[0] for row in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s", [table])}
+    assert columns == {"name", "record", "version", "holder", "token"}
+    assert db.execute("SELECT token FROM " + f'"{table}_fence"').fetchone()[0] == 3
+
+
+def test_role_without_create_gets_the_grant_to_run(make_role, pg_database, open_backend):
+    role = make_role()
+    backend = open_backend(f"postgresql://{role}@127.0.0.1:5432/{pg_database}?table=cl_nocreate")
+    with pytest.raises(ConfigurationError, match=rf'GRANT CREATE ON SCHEMA public TO "{role}".*docs/postgresql.md'):
+        backend.check(5.0)
+    with pytest.raises(ConfigurationError, match="GRANT CREATE"):
+        backend.lock("x").get(5.0)  # the same at runtime, not a retried "unavailable"
+
+
+def test_role_without_update_gets_the_grant_to_run(make_role, pg_url, pg_database, db, open_backend):
+    open_backend(f"{pg_url}?table=cl_readonly").check(5.0)  # created by the owner
+    role = make_role()
+    db.execute(f'GRANT SELECT ON cl_readonly, cl_readonly_fence TO "{role}"')
+    backend = open_backend(f"postgresql://{role}@127.0.0.1:5432/{pg_database}?table=cl_readonly")
+    with pytest.raises(ConfigurationError, match=rf'GRANT SELECT, INSERT, UPDATE ON "cl_readonly", "cl_readonly_fence" TO "{role}"'):
+        backend.check(5.0)
+    # granted by the owner: the same backend object works now
+    db.execute(f'GRANT SELECT, INSERT, UPDATE ON cl_readonly, cl_readonly_fence TO "{role}"')
+    backend.lock("x").create(sample_record(), 5.0)
+
+
+def test_a_revoked_update_at_runtime_is_a_configuration_error(make_role, pg_url, pg_database, db, open_backend):
+    open_backend(f"{pg_url}?table=cl_revoked").check(5.0)
+    role = make_role()
+    db.execute(f'GRANT SELECT, INSERT, UPDATE ON cl_revoked, cl_revoked_fence TO "{role}"')
+    lock = open_backend(f"postgresql://{role}@127.0.0.1:5432/{pg_database}?table=cl_revoked").lock("x")
+    version = lock.create(sample_record(), 5.0)
+    db.execute(f'REVOKE UPDATE ON cl_revoked FROM "{role}"')
+    with pytest.raises(ConfigurationError, match="GRANT SELECT, INSERT, UPDATE ON"):
+        lock.update(sample_record(), version, 5.0)
+
+
+def test_missing_database_or_role_is_a_configuration_error(pg_database, open_backend):
+    with pytest.raises(ConfigurationError, match="cannot log in"):
+        open_backend("postgresql://postgres@127.0.0.1:5432/no_such_db_celery_leader").check(5.0)
+    with pytest.raises(ConfigurationError, match="cannot log in"):
+        open_backend(f"postgresql://no_such_role_cl@127.0.0.1:5432/{pg_database}").check(5.0)
+
+
+# --- deleted rows, garbage, fence --------------------------------------------------------
+
+
+def test_a_deleted_row_reads_held_and_the_token_keeps_rising(pg_url, db):
+    name = unique("deleted")
+    with Election(name, url=pg_url, identity="first", **FAST) as first:
+        assert first.wait_until_leader(20)
+        token = first.token
+    db.execute(f"DELETE FROM {DEFAULT_TABLE} WHERE name = %s", [name])  # by hand; the fence stays
+    backend = PostgresBackend.from_url(pg_url)
+    try:
+        got = backend.lock(name).get(5.0)
+        # whoever held it may still believe it leads: held by nobody we know, for one lease
+        assert got.record.holder == VANISHED_HOLDER and got.version == f"absent:{token}"
+        with pytest.raises(Conflict, match="fence"):  # a candidate that never read the fence
+            backend.lock(name).create(sample_record(transitions=1), 5.0)
+        with Election(name, url=pg_url, identity="second", **FAST) as second:
+            assert second.wait_until_leader(20)
+            assert second.token == token + 1
+        db.execute(f"DELETE FROM {DEFAULT_TABLE} WHERE name = %s", [name])
+        with Election(name, url=pg_url, identity="third", **FAST) as third:
+            assert third.wait_until_leader(20)
+            assert third.token == token + 2
+    finally:
+        backend.close()
+
+
+def test_garbage_in_the_record_column_is_a_placeholder_then_replaced(pg_url, db):
+    name = unique("garbage")
+    backend = PostgresBackend.from_url(pg_url)
+    try:
+        backend.lock(name).create(sample_record(transitions=5), 5.0)
+        db.execute(f"UPDATE {DEFAULT_TABLE} SET record = %s, version = version + 1 WHERE name = %s", ["{\"holderIdentity\": [", name])
+        got = backend.lock(name).get(5.0)
+        assert got.record.decode_error and not got.record.is_free
+        with Election(name, url=pg_url, identity="after-garbage", **FAST) as election:
+            assert election.wait_until_leader(20)
+            token = election.token
+            assert token > 5  # the fence, not the unreadable record, sets the floor
+        record = json.loads(db.execute(f"SELECT record FROM {DEFAULT_TABLE} WHERE name = %s", [name]).fetchone()[0])
+        assert record["leaderTransitions"] == token and record["holderIdentity"] == ""  # released
+    finally:
+        backend.close()
+
+
+def test_a_failed_notify_never_fails_a_landed_write(pg_url, open_backend):
+    backend = open_backend(pg_url)
+    lock = backend.lock(unique("notify-fails"))
+    lock.get(5.0)
+    backend._tables = dataclasses.replace(backend._tables, channel="")  # pg_notify('') is an error
+    v1 = lock.create(sample_record(), 5.0)
+    v2 = lock.update(sample_record(holder="candidate-b"), v1, 5.0)
+    v3 = lock.update(sample_record(holder=""), v2, 5.0)
+    got = lock.get(5.0)
+    assert got.version == v3 and got.record.holder == ""
+
+
+# --- a hung server, killed sessions --------------------------------------------------------
+
+
+def test_hung_server_is_unavailable_within_the_timeout_and_the_connection_dropped(proxy, pg_database, open_backend):
+    backend = open_backend(f"postgresql://postgres@127.0.0.1:{proxy.port}/{pg_database}")
+    lock = backend.lock(unique("hung"))
+    version = lock.create(sample_record(), 5.0)
+    proxy.set_mode("blackhole")
+    # an established connection (watchdog), then fresh connects into the silence (helper thread)
+    for call in (lambda: lock.get(0.5), lambda: lock.update(sample_record(), version, 0.5), lambda: lock.get(0.5)):
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="no answer|no connection"):
+            call()
+        assert time.monotonic() - started < 2.5  # 0.5 s + generous slack on a loaded machine
+    proxy.set_mode("pass")
+    assert wait_for(lambda: _answers(lock), 10)
+    assert lock.get(5.0).version == version
+
+
+def _answers(lock: PostgresLock) -> bool:
+    try:
+        lock.get(1.0)
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _terminate_sessions(db) -> int:
+    others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    pids = [row[0] for row in db.execute(others).fetchall()]
+    for pid in pids:
+        db.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for(lambda: not {row[0] for row in db.execute(others).fetchall()} & set(pids), 10)
+    return len(pids)
+
+
+def test_killed_sessions_cost_no_failed_call_and_listen_comes_back(pg_url, db):
+    name = unique("killed")
+    backend = PostgresBackend.from_url(pg_url)
+    try:
+        lock = backend.lock(name)
+        version = lock.create(sample_record(), 5.0)
+        assert backend._listener is not None
+        backend._listener.ensure_running()
+        assert backend._listener.listening.wait(10)
+        assert _terminate_sessions(db) >= 2  # the pooled session and the LISTEN session
+        assert lock.get(2.0).version == version  # noticed, reconnected, answered
+        _terminate_sessions(db)
+        new = lock.update(sample_record(holder="after-kill"), version, 2.0)
+        assert lock.get(2.0).version == new
+    finally:
+        backend.close()
+    # an election whose LISTEN session is killed still hears the release
+    a = Election(name + "-e", url=pg_url, identity="a", **SLOW)
+    b = Election(name + "-e", url=pg_url, identity="b", **SLOW)
+    with a:
+        assert a.wait_until_leader(20)
+        b.start()
+        try:
+            assert wait_for(lambda: b.leader == "a")
+            _terminate_sessions(db)
+            time.sleep(0.5)  # the follower's listener reconnects and it re-reads
+            a.stop()
+            assert b.wait_until_leader(20), "the release was not heard after the LISTEN session was killed"
+        finally:
+            b.stop()
+
+
+# --- elections ---------------------------------------------------------------------------
+
+
+def test_three_electors_hand_over_through_notify(pg_url):
+    """60 s leases and 30 s polls: each handover within the wait is the release's NOTIFY."""
+    name = unique("three")
+    electors = {who: Election(name, url=pg_url, identity=who, **SLOW) for who in ("a", "b", "c")}
+    tokens: list[int] = []
+    try:
+        electors["a"].start()
+        assert electors["a"].wait_until_leader(20)
+        tokens.append(electors["a"].token)
+        for who in ("b", "c"):
+            electors[who].start()
+        assert wait_for(lambda: all(electors[w].leader == "a" for w in ("b", "c")))
+        remaining = {"b", "c"}
+        leader = "a"
+        for _ in range(2):
+            electors[leader].stop()
+            assert wait_for(lambda: sum(electors[w].is_leader for w in remaining) == 1), f"no takeover after {leader} left"
+            leader = next(w for w in remaining if electors[w].is_leader)
+            remaining.discard(leader)
+            tokens.append(electors[leader].token)
+            assert all(not electors[w].is_leader for w in remaining)
+        assert tokens == sorted(set(tokens)), tokens
+    finally:
+        for election in electors.values():
+            election.stop()
