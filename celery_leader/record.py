@@ -18,9 +18,21 @@ __all__ = [
     "LeaderRecord",
     "RecordDecodeError",
     "decode_record",
+    "decode_or_placeholder",
     "encode_record",
+    "printable",
     "ANY_HOLDER",
+    "MAX_RECORD_BYTES",
 ]
+
+#: a record is a few hundred bytes; anything longer than this is not one. Backends that
+#: can ask for a prefix read at most ``MAX_RECORD_BYTES + 1`` bytes.
+MAX_RECORD_BYTES = 64 * 1024
+#: times (Unix milliseconds) and lease durations must be below this: exact in a float,
+#: a JavaScript number and a Go int64, and far beyond any real date (year 287,396)
+MAX_MILLIS = 2**53
+#: the fencing token must fit a signed 64-bit integer (Go, SQL BIGINT, Redis)
+MAX_TRANSITIONS = 2**63
 
 #: ``preferred_holder`` value that asks the current holder to step down in favour of
 #: anybody (``celery-leader step-down`` without ``--to``).
@@ -93,7 +105,8 @@ def encode_record(record: LeaderRecord, **additional: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _int(doc: Mapping[str, Any], key: str) -> int:
+def _int(doc: Mapping[str, Any], key: str, limit: int) -> int:
+    """A whole number in ``[0, limit)``; a finite float is truncated as Go's JSON would not be."""
     value = doc.get(key, 0)
     if value is None:
         return 0
@@ -101,18 +114,50 @@ def _int(doc: Mapping[str, Any], key: str) -> int:
         raise RecordDecodeError(f"{key} is {type(value).__name__}, expected a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise RecordDecodeError(f"{key} is not finite")
+    if not -limit < value < limit:
+        raise RecordDecodeError(f"{key} is out of range (must be below 2^{limit.bit_length() - 1})")
     return int(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise RecordDecodeError(f"not JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RecordDecodeError(f"not JSON: number {text[:20]}... is too large")
+    return value
 
 
 def decode_record(raw: bytes | str, *, strip: tuple[str, ...] = ()) -> LeaderRecord:
     """Decode the Go seed's JSON. Raises :class:`RecordDecodeError` on anything else.
 
+    Never raises anything else, whatever the bytes: deep nesting, huge numbers, ``NaN``,
+    wrong types and more than :data:`MAX_RECORD_BYTES` are all ``RecordDecodeError``.
     ``strip`` names backend-private keys (a nonce, a version) not to carry in ``extra``.
     """
     try:
-        doc = json.loads(raw)
+        return _decode(raw, strip)
+    except RecordDecodeError:
+        raise
+    except RecursionError:
+        raise RecordDecodeError("not a record: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError, MemoryError, UnicodeError) as exc:
+        raise RecordDecodeError(f"not a record: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode(raw: bytes | str, strip: tuple[str, ...]) -> LeaderRecord:
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise RecordDecodeError(f"expected bytes, got {type(raw).__name__}")
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RecordDecodeError(f"larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        doc = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordDecodeError(f"not JSON: {exc}") from None
+        if isinstance(exc, RecordDecodeError):
+            raise
+        raise RecordDecodeError(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise RecordDecodeError(f"expected a JSON object, got {type(doc).__name__}")
     holder = doc.get(KEY_HOLDER, "")
@@ -120,28 +165,64 @@ def decode_record(raw: bytes | str, *, strip: tuple[str, ...] = ()) -> LeaderRec
         holder = ""
     if not isinstance(holder, str):
         raise RecordDecodeError(f"{KEY_HOLDER} is {type(holder).__name__}, expected a string")
-    preferred = doc.get(KEY_PREFERRED, "") or ""
+    preferred = doc.get(KEY_PREFERRED)
+    if preferred is None:
+        preferred = ""
     if not isinstance(preferred, str):
         raise RecordDecodeError(f"{KEY_PREFERRED} is not a string")
-    lease_ms = _int(doc, KEY_LEASE_MS)
-    transitions = _int(doc, KEY_TRANSITIONS)
+    lease_ms = _int(doc, KEY_LEASE_MS, MAX_MILLIS)
+    transitions = _int(doc, KEY_TRANSITIONS, MAX_TRANSITIONS)
+    acquire_ms = _int(doc, KEY_ACQUIRE, MAX_MILLIS)
+    renew_ms = _int(doc, KEY_RENEW, MAX_MILLIS)
     if lease_ms < 0 or transitions < 0:
         raise RecordDecodeError("negative lease duration or transitions")
     extra = {k: v for k, v in doc.items() if k not in _KNOWN and k not in strip}
     return LeaderRecord(
         holder=holder,
         lease_duration=lease_ms / 1000.0,
-        acquire_time=_int(doc, KEY_ACQUIRE) / 1000.0,
-        renew_time=_int(doc, KEY_RENEW) / 1000.0,
+        acquire_time=acquire_ms / 1000.0,
+        renew_time=renew_ms / 1000.0,
         transitions=transitions,
         preferred_holder=preferred,
         extra=extra,
     )
 
 
-def decode_or_placeholder(raw: bytes, *, strip: tuple[str, ...] = ()) -> LeaderRecord:
-    """Decode, or return an :meth:`LeaderRecord.undecodable` placeholder (logged once by the engine)."""
+def decode_or_placeholder(raw: bytes | str, *, strip: tuple[str, ...] = (), size: int | None = None) -> LeaderRecord:
+    """Decode, or return an :meth:`LeaderRecord.undecodable` placeholder (logged once by the engine).
+
+    Never raises. ``size`` is the stored size when ``raw`` is only a prefix of it (a
+    backend that read at most ``MAX_RECORD_BYTES + 1`` bytes).
+    """
+    length = size if size is not None else (len(raw) if isinstance(raw, (bytes, bytearray, str)) else 0)
+    if length > MAX_RECORD_BYTES:
+        return LeaderRecord.undecodable(length, f"larger than {MAX_RECORD_BYTES} bytes")
     try:
         return decode_record(raw, strip=strip)
     except RecordDecodeError as exc:
-        return LeaderRecord.undecodable(len(raw), str(exc))
+        return LeaderRecord.undecodable(length, str(exc))
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` safe to print or log: control and format characters (ESC, DEL, C1, U+2028,
+    lone surrogates...) as backslash escapes, and at most ``limit`` characters.
+
+    Holder names come from the lock store, which anybody with write access can fill: an
+    ESC sequence must not rewrite a terminal, a newline must not forge a log line.
+    """
+    value = text if isinstance(text, str) else str(text)
+    out = []
+    for ch in value[:limit]:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    if len(value) > limit:
+        out.append("...")
+    return "".join(out)

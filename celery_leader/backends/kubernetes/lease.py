@@ -16,7 +16,7 @@ import re
 import threading
 from typing import Any
 
-from ...record import LeaderRecord
+from ...record import MAX_MILLIS, MAX_TRANSITIONS, LeaderRecord
 
 __all__ = [
     "GROUP_VERSION",
@@ -98,12 +98,14 @@ def lease_seconds(duration: float) -> int:
     return whole
 
 
-def _int_field(spec: dict[str, Any], key: str) -> int | None:
+def _int_field(spec: dict[str, Any], key: str, limit: int) -> int | None:
     value = spec.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"spec.{key} is {type(value).__name__}, expected an integer")
+    if not -limit < value < limit:
+        raise ValueError(f"spec.{key} is out of range")
     return value
 
 
@@ -122,14 +124,18 @@ def lease_to_record(obj: Any) -> LeaderRecord:
         if not isinstance(spec, dict):
             raise ValueError(f"spec is {type(spec).__name__}, expected an object")
         with_transitions = spec.get("leaseTransitions")
-        if isinstance(with_transitions, int) and not isinstance(with_transitions, bool) and with_transitions > 0:
+        if (
+            isinstance(with_transitions, int)
+            and not isinstance(with_transitions, bool)
+            and 0 < with_transitions < MAX_TRANSITIONS
+        ):
             transitions_hint = with_transitions
         holder = spec.get("holderIdentity")
         if holder is None:
             holder = ""
         if not isinstance(holder, str):
             raise ValueError(f"spec.holderIdentity is {type(holder).__name__}, expected a string")
-        duration = _int_field(spec, "leaseDurationSeconds")
+        duration = _int_field(spec, "leaseDurationSeconds", MAX_MILLIS // 1000)
         if duration is None:
             if holder:
                 # client-go would read 0 and take it over at once; we cannot know how long
@@ -138,7 +144,7 @@ def lease_to_record(obj: Any) -> LeaderRecord:
             duration = 0
         if duration < 0 or (holder and duration == 0):
             raise ValueError(f"spec.leaseDurationSeconds is {duration}")
-        transitions = _int_field(spec, "leaseTransitions") or 0
+        transitions = _int_field(spec, "leaseTransitions", MAX_TRANSITIONS) or 0
         if transitions < 0:
             raise ValueError("spec.leaseTransitions is negative")
         times: dict[str, float] = {}
@@ -157,8 +163,12 @@ def lease_to_record(obj: Any) -> LeaderRecord:
             preferred = annotations.get(PREFERRED_HOLDER_ANNOTATION, "") if isinstance(annotations, dict) else ""
         if not isinstance(preferred, str):
             raise ValueError("spec.preferredHolder is not a string")
-    except ValueError as exc:
-        size = len(json.dumps(spec, default=str))
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # a year out of range, a zone offset of 99 hours, nesting too deep: not a record
+        try:
+            size = len(json.dumps(spec, default=str))
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            size = 0
         return LeaderRecord.undecodable(size, f"Lease is not a leader record: {exc}").evolve(transitions=transitions_hint)
     extra = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
     return LeaderRecord(
