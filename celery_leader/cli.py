@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from .election import Election, Leadership
 from .lock import ConfigurationError, Conflict, LockError
-from .record import ANY_HOLDER
+from .record import ANY_HOLDER, printable
 from .registry import ENV_URL, open_backend
 
 log = logging.getLogger("celery_leader.cli")
@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
         on_started_leading=runner,
-        on_new_leader=lambda who: log.info("%s leads %s", who, args.name),
+        on_new_leader=lambda who: log.info("%s leads %s", printable(who), args.name),
         observer=observer,
     )
     stop = threading.Event()
@@ -178,11 +178,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         rec = got.record
         info = {
             "name": args.name,
-            "holder": rec.holder or None,
+            "holder": (rec.holder if args.json else printable(rec.holder)) or None,
             "token": rec.transitions,
             "lease_duration": rec.lease_duration,
             "renewed_seconds_ago": round(time.time() - rec.renew_time, 3) if rec.renew_time else None,
-            "preferred_holder": rec.preferred_holder or None,
+            "preferred_holder": (rec.preferred_holder if args.json else printable(rec.preferred_holder)) or None,
             "state": "held" if rec.holder else "free",
         }
         if rec.decode_error:
@@ -213,17 +213,20 @@ def cmd_step_down(args: argparse.Namespace) -> int:
         else:
             print("could not mark the record: too many concurrent writes", file=sys.stderr)
             return 1
-        print(f"asked {old.holder} (token {old.transitions}) to step down" + (f" in favour of {args.to}" if args.to else ""))
+        print(
+            f"asked {printable(old.holder)} (token {old.transitions}) to step down"
+            + (f" in favour of {printable(args.to)}" if args.to else "")
+        )
         deadline = time.monotonic() + max(old.lease_duration, 1.0) + 2.0
         while time.monotonic() < deadline:
             now = lock.get(args.timeout)
             if now is not None and now.record.holder and now.record.transitions > old.transitions:
-                print(f"{now.record.holder} leads {args.name} (token {now.record.transitions})")
+                print(f"{printable(now.record.holder)} leads {args.name} (token {now.record.transitions})")
                 return 0
             time.sleep(0.05)
         now = lock.get(args.timeout)
         holder = now.record.holder if now else ""
-        print(f"no new term within the lease; holder now: {holder or 'nobody'}")
+        print(f"no new term within the lease; holder now: {printable(holder) or 'nobody'}")
         return 0 if holder != old.holder else 1
     finally:
         lock.close()

@@ -29,7 +29,7 @@ from enum import Enum
 from typing import Protocol
 
 from .lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
-from .record import ANY_HOLDER, LeaderRecord
+from .record import ANY_HOLDER, LeaderRecord, printable
 
 __all__ = [
     "Timing",
@@ -449,7 +449,7 @@ class ElectionCore:
                 self.last_written_version = obs.version
                 self.next_renew = now
             else:
-                who = self.observed_holder or "nobody"
+                who = printable(self.observed_holder or "nobody")
                 self._end_term(f"the lock now belongs to {who}")
 
     def write_done(self, version: str) -> None:

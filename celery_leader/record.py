@@ -188,12 +188,14 @@ def _decode(raw: bytes | str, strip: tuple[str, ...]) -> LeaderRecord:
     )
 
 
-def decode_or_placeholder(raw: bytes | str, *, strip: tuple[str, ...] = (), size: int | None = None) -> LeaderRecord:
+def decode_or_placeholder(raw: bytes | str | memoryview, *, strip: tuple[str, ...] = (), size: int | None = None) -> LeaderRecord:
     """Decode, or return an :meth:`LeaderRecord.undecodable` placeholder (logged once by the engine).
 
     Never raises. ``size`` is the stored size when ``raw`` is only a prefix of it (a
     backend that read at most ``MAX_RECORD_BYTES + 1`` bytes).
     """
+    if isinstance(raw, memoryview):  # a database driver's binary column
+        raw = raw.tobytes()
     length = size if size is not None else (len(raw) if isinstance(raw, (bytes, bytearray, str)) else 0)
     if length > MAX_RECORD_BYTES:
         return LeaderRecord.undecodable(length, f"larger than {MAX_RECORD_BYTES} bytes")

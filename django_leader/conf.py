@@ -9,6 +9,8 @@ Every key is optional::
         "LEASE_DURATION": 15.0,      # seconds (client-go defaults)
         "RENEW_DEADLINE": 10.0,
         "RETRY_PERIOD": 2.0,
+        "STATUS_PERMISSION": None,   # e.g. "django_leader.view_lease": the status view
+                                     # then answers 403 to users without it
     }
 """
 
@@ -29,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_DURATION": 15.0,
     "RENEW_DEADLINE": 10.0,
     "RETRY_PERIOD": 2.0,
+    "STATUS_PERMISSION": None,
 }
 
 _NUMBERS = ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
@@ -42,6 +45,7 @@ class LeaderSettings:
     lease_duration: float
     renew_deadline: float
     retry_period: float
+    status_permission: str | None = None
 
     def timing(self) -> Timing:
         """Validated timing (raises ConfigurationError naming the fix)."""
@@ -78,6 +82,12 @@ def leader_settings(raw: Any = None) -> LeaderSettings:
     for key in ("URL", "NAME"):
         if not isinstance(merged[key], str) or not merged[key].strip():
             raise SettingsError(f"LEADER_ELECTION[{key!r}] must be a non-empty string, got {merged[key]!r}")
+    permission = merged["STATUS_PERMISSION"]
+    if permission is not None and (not isinstance(permission, str) or permission.count(".") != 1):
+        raise SettingsError(
+            "LEADER_ELECTION['STATUS_PERMISSION'] must be None or a permission 'app_label.codename', "
+            f"e.g. 'django_leader.view_lease', got {permission!r}"
+        )
     if merged["IDENTITY"] is not None and not isinstance(merged["IDENTITY"], str):
         raise SettingsError(f"LEADER_ELECTION['IDENTITY'] must be a string or None, got {merged['IDENTITY']!r}")
     return LeaderSettings(
@@ -87,4 +97,5 @@ def leader_settings(raw: Any = None) -> LeaderSettings:
         lease_duration=float(merged["LEASE_DURATION"]),
         renew_deadline=float(merged["RENEW_DEADLINE"]),
         retry_period=float(merged["RETRY_PERIOD"]),
+        status_permission=permission,
     )

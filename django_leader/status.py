@@ -6,7 +6,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery_leader.record import decode_or_placeholder
+from celery_leader.record import LeaderRecord, decode_or_placeholder
 
 from .conf import leader_settings
 
@@ -23,10 +23,26 @@ def default_alias() -> str:
     return configured_alias() or "default"
 
 
+def row_record(text: object) -> LeaderRecord:
+    """The record in a lease row's text column; never raises (a placeholder for garbage).
+
+    Drivers hand back ``str``, or ``bytes``/``memoryview`` for binary collations.
+    """
+    if isinstance(text, memoryview):
+        text = text.tobytes()
+    if not isinstance(text, (str, bytes, bytearray)):
+        text = "" if text is None else str(text)
+    return decode_or_placeholder(text)
+
+
 def describe(name: str, text: str, version: int, now: float | None = None) -> dict[str, Any]:
-    """One lease as a JSON-able dict. ``state`` is a wall-clock estimate: held, expired?, free, garbage."""
+    """One lease as a JSON-able dict. ``state`` is a wall-clock estimate: held, expired?, free, garbage.
+
+    ``holder`` is the identity as stored (JSON and HTML escape it); terminals print
+    :func:`celery_leader.record.printable` of it.
+    """
     now = time.time() if now is None else now
-    record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
+    record = row_record(text)
     if record.decode_error:
         return {
             "name": name, "holder": None, "token": None, "renewed_seconds_ago": None, "lease_duration": 0.0,

@@ -4,6 +4,11 @@
 ``django://``; other backends have no listing) and the elections this process runs;
 ``GET .../<name>/`` one lease (404 if unknown). Add ``?leader=1`` to answer 503 unless this
 process currently leads that election (a readiness probe for "the active scheduler").
+
+The view shows identities (host names, process ids) and tokens. With
+``LEADER_ELECTION['STATUS_PERMISSION'] = "django_leader.view_lease"`` it answers 403 to
+users without that permission; a malformed ``LEADER_ELECTION`` answers 503 with the
+reason, never 500.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from .conf import SettingsError, leader_settings
 from .runner import active_elections
 from .status import configured_alias, lease_rows
 
@@ -40,8 +46,24 @@ def _local(name: str | None = None) -> list[dict]:
     ]
 
 
+def _refused(request: HttpRequest) -> JsonResponse | None:
+    """503 for unusable settings, 403 without the configured permission, else None."""
+    try:
+        permission = leader_settings().status_permission
+    except SettingsError as exc:
+        return JsonResponse({"error": f"LEADER_ELECTION is invalid: {exc}"}, status=503)
+    if permission is not None:
+        user = getattr(request, "user", None)
+        if user is None or not user.has_perm(permission):
+            return JsonResponse({"error": f"permission {permission} required"}, status=403)
+    return None
+
+
 @require_GET
 def status(request: HttpRequest) -> JsonResponse:
+    refused = _refused(request)
+    if refused is not None:
+        return refused
     rows, error = _stored()
     body: dict = {"elections": rows, "local": _local()}
     if error:
@@ -51,6 +73,9 @@ def status(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def election_status(request: HttpRequest, name: str) -> JsonResponse:
+    refused = _refused(request)
+    if refused is not None:
+        return refused
     rows, error = _stored(name)
     local = _local(name)
     if error and not local:

@@ -117,7 +117,7 @@ class SqlLock(Lock):
                 return None
             # the row was deleted by hand: the next term counts from the fence
             return Versioned(LeaderRecord(holder=self.vanished_holder, transitions=fence), f"{ABSENT}{fence}")
-        record = decode_or_placeholder(str(text).encode("utf-8", "surrogateescape"))
+        record = decode_or_placeholder(text)  # str, or bytes for a binary collation; never raises
         if fence is not None and fence > record.transitions:
             # rewritten with a lower token (by hand, a foreign writer) or with garbage: the next
             # term counts from the fence, so the engine can overwrite it once it is stale

@@ -40,6 +40,7 @@ from celery.utils.imports import symbol_by_name
 from ...core import Timing, validate_identity, validate_name
 from ...election import Election, Leadership, default_identity
 from ...lock import ConfigurationError
+from ...record import printable
 from ...registry import ENV_URL, default_url, open_backend
 
 __all__ = ["LeaderScheduler", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
@@ -358,7 +359,7 @@ class LeaderScheduler(Scheduler):
         lead = election.leadership
         if lead is None:
             holder = election.leader
-            self._note_state("standby", f" (leader: {holder})" if holder else " (no leader seen yet)")
+            self._note_state("standby", f" (leader: {printable(holder)})" if holder else " (no leader seen yet)")
             return standby_wait
         if lead.token != self._leader_term:
             try:

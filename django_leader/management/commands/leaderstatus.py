@@ -11,7 +11,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...conf import leader_settings
+from celery_leader.record import printable
+from celery_leader.urls import redact
+
+from ...conf import SettingsError, leader_settings
 from ...status import configured_alias, lease_rows
 
 
@@ -25,9 +28,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from django.db import DatabaseError
 
-        alias = options["database"] or configured_alias()
+        try:
+            alias = options["database"] or configured_alias()
+        except SettingsError as exc:
+            raise CommandError(f"{exc}; fix settings.LEADER_ELECTION or give --database ALIAS") from None
         if alias is None:
-            url = leader_settings().url
+            url = redact(leader_settings().url)
             raise CommandError(
                 f"LEADER_ELECTION['URL'] is {url}, not django://: the leases are not in this database; "
                 f"use: celery-leader status --url {url} --name NAME"
@@ -36,7 +42,7 @@ class Command(BaseCommand):
             rows = lease_rows(alias)
         except DatabaseError as exc:
             raise CommandError(
-                f"cannot read the lease table of database {alias!r} ({exc}); "
+                f"cannot read the lease table of database {alias!r} ({type(exc).__name__}: {printable(exc)}); "
                 f"run: python manage.py migrate django_leader --database {alias}"
             ) from exc
         if options["json"]:
@@ -51,7 +57,8 @@ class Command(BaseCommand):
             ago = "-" if row["renewed_seconds_ago"] is None else f"{row['renewed_seconds_ago']:.1f}s ago"
             token = "-" if row["token"] is None else str(row["token"])
             state = row["state"] + (f" ({row['error']})" if row.get("error") else "")
+            holder = printable(row["holder"]) if row["holder"] else "(free)"
             self.stdout.write(
-                f"{row['name']:<32} {row['holder'] or '(free)':<36} {token:>6} {ago:>10} "
+                f"{printable(row['name']):<32} {holder:<36} {token:>6} {ago:>10} "
                 f"{row['lease_duration']:>6.1f}s  {state}"
             )
