@@ -5,5 +5,6 @@ Each one is thin: it builds an :class:`celery_leader.Election` (or
 its periodic work, whether this process is the confirmed leader. Nothing here is
 imported by the engine; importing an integration imports its framework.
 
-Queues: :mod:`.huey` (Huey consumers), :mod:`.taskiq` (``taskiq scheduler``). See docs/integrations.md.
+Queues: :mod:`.huey` (Huey consumers), :mod:`.taskiq` (``taskiq scheduler``),
+:mod:`.periodiq` (Dramatiq's periodiq). See docs/integrations.md.
 """

@@ -1,0 +1,185 @@
+"""Dramatiq + periodiq: three real ``celery-leader-periodiq`` schedulers and a real
+``dramatiq`` worker on Redis; only the leader sends.
+
+Duplicates are counted from the worker side: the actor writes the slot and the fencing
+token from its message options (``tests/queues/periodiq_app.py``, 1-s slots).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import dramatiq
+import pendulum
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from periodiq import PeriodiqMiddleware, cron
+
+from celery_leader.errors import ConfigurationError
+from celery_leader.integrations import periodiq as leader_periodiq
+from tests.queues.harness import (
+    REDIS,
+    TIMING,
+    Fleet,
+    assert_tokens_follow_slots,
+    duplicates,
+    need_redis,
+    python,
+    runs,
+    wait_for,
+    wait_runs,
+)
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def queue() -> str:
+    need_redis()
+    return f"cl-periodiq-{uuid.uuid4().hex[:8]}"
+
+
+def schedulers(tmp: Path, queue: str) -> Fleet:
+    def argv(ident: str, identity: str) -> list[str]:
+        if ident == "w":
+            return [python(), "-m", "dramatiq", "tests.queues.periodiq_app", "-p", "1", "-t", "2"]
+        return [python(), "-m", "celery_leader.integrations.periodiq", "tests.queues.periodiq_app",
+                "--leader-url", REDIS, "--leader-name", f"periodiq.{queue}", "--leader-identity", identity,
+                *TIMING, "--slot-seconds", "1"]  # fmt: skip
+
+    env = {"PERIODIQ_TEST_QUEUE": queue, "PERIODIQ_TEST_LOG": str(tmp / "runs.log")}
+    return Fleet(tmp, f"periodiq.{queue}", argv, env)
+
+
+def test_failover_kill_stop_term_no_duplicates(tmp_path: Path, queue: str) -> None:
+    fleet = schedulers(tmp_path, queue)
+    log = tmp_path / "runs.log"
+    try:
+        fleet.spawn("w")
+        fleet.start(3)
+        first = fleet.leader()
+        wait_runs(log, 3)
+
+        fleet.signal(first, signal.SIGKILL)
+        second = fleet.leader(exclude=[first])
+        wait_runs(log, 2)
+
+        fleet.signal(second, signal.SIGSTOP)
+        third = fleet.leader(exclude=[first, second])
+        wait_runs(log, 2)
+        fleet.signal(second, signal.SIGCONT)  # wakes up past its lease: must not send
+        wait_runs(log, 3)
+
+        fleet.signal(third, signal.SIGTERM)  # periodiq itself has no SIGTERM handler
+        assert fleet.procs[third].wait(15) == 0
+        assert fleet.leader(exclude=[first, third]) == second
+        wait_runs(log, 3)
+    finally:
+        fleet.stop()
+    records = runs(log)
+    assert not duplicates(records), f"slots sent twice: {duplicates(records)}\n{fleet.output()}"
+    assert all(r["token"] is not None for r in records)
+    assert_tokens_follow_slots(records)
+    assert len({r["token"] for r in records}) >= 3
+    assert "released the lock" in fleet.output()
+
+
+# --- in-process: the loop's one-slot step against a stub broker ---------------------------
+
+
+@pytest.fixture
+def actors():  # noqa: ANN201
+    broker = StubBroker()
+    broker.add_middleware(PeriodiqMiddleware())
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(periodic=cron("*/5 * * * *"), broker=broker)
+    def every_five() -> None:
+        pass
+
+    @dramatiq.actor(periodic=cron("* * * * *"), broker=broker)
+    def every_minute() -> None:
+        pass
+
+    broker.declare_queue("default")
+    return broker, [every_five, every_minute]
+
+
+def make(queue: str, actors: list, identity: str = "me") -> leader_periodiq.LeaderPeriodiq:
+    return leader_periodiq.LeaderPeriodiq(actors, url=REDIS, name=f"periodiq.{queue}", identity=identity,
+                                          lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)  # fmt: skip
+
+
+def test_one_slot_sends_due_actors_once_with_options(queue: str, actors) -> None:  # noqa: ANN001
+    broker, declared = actors
+    sched = make(queue, declared)
+    later = pendulum.now().add(minutes=10).replace(second=0, microsecond=0)
+    slot = later.subtract(minutes=later.minute % 5)  # both actors due
+    assert sched.tick(slot) == 0  # not started: nothing
+    sched.start()
+    try:
+        wait_for(lambda: sched.election.is_leader, 10, "leadership")
+        assert sched.tick(slot) == 2
+        assert sched.tick(slot) == 0  # the same slot again in this term: nothing
+        assert sched.tick(slot.add(minutes=1)) == 1  # only every_minute
+        messages = broker.queues["default"].queue  # a deque of encoded messages
+        assert len(messages) == 3
+        message = dramatiq.Message.decode(messages[0])
+        assert leader_periodiq.message_token(message) == sched.election.token
+        assert leader_periodiq.message_slot(message) == slot.isoformat()
+        assert message.options["scheduled_at"] == str(slot)  # periodiq's middleware reads it
+
+        sched.election.step_down()
+        wait_for(lambda: not sched.election.is_leader, 10, "the step-down")
+        assert sched.tick(slot.add(minutes=2)) == 0  # fail closed
+    finally:
+        sched.close()
+
+
+def test_new_term_skips_the_slot_under_way(queue: str, actors) -> None:  # noqa: ANN001
+    _, declared = actors
+    sched = make(queue, declared)
+    sched.start()
+    try:
+        wait_for(lambda: sched.election.is_leader, 10, "leadership")
+        under_way = pendulum.now().replace(second=0, microsecond=0)
+        # the term began 30 s into that minute: the old leader may have sent it already
+        sched._term_started[sched.election.token] = under_way.add(seconds=30).timestamp()
+        assert sched.tick(under_way) == 0
+        assert sched.tick(under_way.add(minutes=1)) >= 1
+    finally:
+        sched.close()
+
+
+def test_configuration_errors(queue: str, actors) -> None:  # noqa: ANN001
+    _, declared = actors
+    with pytest.raises(ConfigurationError, match="no periodic actor"):
+        leader_periodiq.LeaderPeriodiq([], url=REDIS)
+    with pytest.raises(ConfigurationError, match="slot_seconds"):
+        leader_periodiq.LeaderPeriodiq(declared, url=REDIS, slot_seconds=7)
+    with pytest.raises(ConfigurationError) as info:
+        leader_periodiq.LeaderPeriodiq(declared, url="nope://admin:hunter2@127.0.0.1/")
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["tests.queues.periodiq_app", "--leader-url", "nope://admin:hunter2@127.0.0.1/"], "nope"),
+        (["tests.queues.periodiq_app", "--leader-url", REDIS, "--lease-duration", "1", "--renew-deadline", "2"],
+         "lease_duration"),
+        (["tests.queues.periodiq_app", "--leader-url", REDIS, "--slot-seconds", "7"], "slot_seconds"),
+        (["no_such_module_here", "--leader-url", REDIS], "cannot import"),
+    ],
+)
+def test_command_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
+    proc = subprocess.run([python(), "-m", "celery_leader.integrations.periodiq", *args], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+                          env={**__import__("os").environ, "PERIODIQ_TEST_LOG": str(tmp_path / "x")})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
