@@ -30,16 +30,17 @@ def record(path: str) -> None:
         os.close(fd)
 
 
-class _Scoped:
-    scheduled_jobs_key = f"clt-rq:{TAG}:scheduled_jobs"
-    scheduler_lock_key = f"clt-rq:{TAG}:scheduler_lock"
-    redis_scheduler_namespace_prefix = f"clt-rq:{TAG}:instance:"
-    scheduler_key = f"clt-rq:{TAG}:scheduler"
+def scoped_keys(tag: str) -> dict[str, str]:
+    """rq-scheduler's Redis keys, moved under ``tag``."""
+    return {
+        "scheduled_jobs_key": f"clt-rq:{tag}:scheduled_jobs",
+        "scheduler_lock_key": f"clt-rq:{tag}:scheduler_lock",
+        "redis_scheduler_namespace_prefix": f"clt-rq:{tag}:instance:",
+        "scheduler_key": f"clt-rq:{tag}:scheduler",
+    }
 
 
-class ScopedScheduler(_Scoped, LeaderScheduler):
-    """Ours, with this test's keys."""
-
-
-class PlainScopedScheduler(_Scoped, Scheduler):
-    """rq-scheduler's own (TTL lock), with this test's keys: the benchmark's peer."""
+#: ours, with this run's keys
+ScopedScheduler = type("ScopedScheduler", (LeaderScheduler,), {**scoped_keys(TAG), "__module__": __name__})
+#: rq-scheduler's own (TTL lock), with this run's keys: the benchmark's peer
+PlainScopedScheduler = type("PlainScopedScheduler", (Scheduler,), {**scoped_keys(TAG), "__module__": __name__})

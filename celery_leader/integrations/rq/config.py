@@ -21,6 +21,7 @@ Nothing here does I/O except :func:`open_lock_backend`, which only builds the cl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -80,6 +81,15 @@ class LeaderConfig:
     timing: Timing
     catch_up: str | None
     source: str  # where the URL came from, for the start-up log line
+    identity_default: bool = True  # made up here: a forked process makes its own
+
+    def for_this_process(self) -> LeaderConfig:
+        """In a forked child: a default identity names this process, not its parent.
+
+        (A scheduler process restarted by its worker must never reuse the identity of the
+        one before it, which may still be the holder on record.)
+        """
+        return replace(self, identity=default_identity()) if self.identity_default else self
 
     def describe_url(self) -> str:
         return redact(self.url) if self.url else "the RQ connection's Redis"
@@ -188,6 +198,7 @@ def leader_config(
         timing=timing,
         catch_up=catch_up,
         source=origin.get("URL", "default"),
+        identity_default=not merged.get("IDENTITY"),
     )
 
 
@@ -248,6 +259,14 @@ def redis_url_of(connection: Any) -> str:
         if options:
             url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in options.items())
     return url
+
+
+def check_url(config: LeaderConfig) -> None:
+    """Parse a configured lock URL now (no connection is made): a typo stops start-up."""
+    if config.url:
+        backend = open_lock_backend(config, None)
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 def open_lock_backend(config: LeaderConfig, connection: Any) -> Backend:

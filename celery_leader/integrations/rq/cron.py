@@ -36,7 +36,7 @@ from rq.utils import now
 
 from ...errors import ConfigurationError
 from ...lock import Backend
-from .config import LeaderConfig, leader_config, open_lock_backend, stamp, with_name
+from .config import LeaderConfig, check_url, leader_config, open_lock_backend, stamp, with_name
 from .guard import TermGuard
 
 __all__ = ["LeaderCronScheduler", "DEFAULT_NAME"]
@@ -72,6 +72,7 @@ class LeaderCronScheduler(CronScheduler):
         # configuration first and without I/O: a typo stops the command before anything runs
         self.leader_config: LeaderConfig = with_name(leader_config(explicit, rq_settings=rq_settings), DEFAULT_NAME)
         self.catch_up = self.leader_config.catch_up or "once"
+        check_url(self.leader_config)
         self._wake = threading.Event()
         self._guard: TermGuard | None = None
         self._backend: Backend | None = None

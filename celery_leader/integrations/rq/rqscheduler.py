@@ -28,7 +28,7 @@ from rq_scheduler import Scheduler
 from rq_scheduler.utils import get_next_scheduled_time, to_unix
 
 from ...lock import Backend
-from .config import LeaderConfig, election_name, leader_config, open_lock_backend, stamp, with_name
+from .config import LeaderConfig, check_url, election_name, leader_config, open_lock_backend, stamp, with_name
 from .guard import TermGuard
 
 __all__ = ["LeaderScheduler", "DEFAULT_NAME"]
@@ -50,6 +50,7 @@ class LeaderScheduler(Scheduler):
         if self.scheduled_jobs_key != Scheduler.scheduled_jobs_key:
             default = election_name(DEFAULT_NAME, self.scheduled_jobs_key)  # another schedule, another election
         self.leader_config: LeaderConfig = with_name(leader_config(explicit, rq_settings=rq_settings), default)
+        check_url(self.leader_config)
         self._guard: TermGuard | None = None
         self._backend: Backend | None = None
         self._wake = threading.Event()

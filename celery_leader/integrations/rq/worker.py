@@ -38,7 +38,7 @@ from rq.utils import current_timestamp, now, utcformat
 from rq.worker import SimpleWorker, SpawnWorker, Worker
 
 from ...lock import Backend
-from .config import LeaderConfig, election_name, leader_config, open_lock_backend, stamp
+from .config import LeaderConfig, check_url, election_name, leader_config, open_lock_backend, stamp
 from .guard import TermGuard
 
 __all__ = ["LeaderRQScheduler", "LeaderSchedulerMixin", "LeaderWorker", "LeaderSimpleWorker", "LeaderSpawnWorker"]
@@ -143,6 +143,7 @@ class LeaderRQScheduler(RQScheduler):
 
     def work(self) -> None:
         _die_with_parent()
+        self.leader_config = self.leader_config.for_this_process()
         self._install_signal_handlers()
         self.register_birth()
         try:
@@ -251,6 +252,7 @@ class LeaderSchedulerMixin:
         log_format: str = "%(asctime)s %(message)s",
     ) -> None:
         config = leader_config(self.leader_election)  # validated in the worker: a typo stops it here
+        check_url(config)
         me: Any = self
         level = logging_level if logging_level is not None else me.log.level
         setup_loghandlers(level=level, date_format=date_format, log_format=log_format, name="celery_leader")
