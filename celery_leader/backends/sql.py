@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import math
 import os
 import select
 import socket
@@ -288,9 +289,13 @@ class Watchdog:
     Neither libpq nor psycopg bound a query on the client side; a server that stops
     answering (or a network path that silently drops packets) would block the caller
     forever. ``shutdown(2)`` on the connection's socket wakes the blocked read at once with
-    an error, on any driver; the connection is then dropped by the caller. One thread
-    serves every armed call and sleeps while none is armed.
+    an error, on any driver; the caller then drops the connection. One thread serves every
+    armed call; arming wakes it only when the new deadline comes before its next planned
+    wake-up (so a renewal costs no thread switch), and it ends after a minute without calls.
     """
+
+    IDLE_TICK = 1.0
+    IDLE_EXIT = 60.0
 
     def __init__(self, name: str = "celery-leader-sql-watchdog") -> None:
         self._name = name
@@ -298,6 +303,7 @@ class Watchdog:
         self._armed: dict[int, tuple[float, int]] = {}
         self._fired: set[int] = set()
         self._next = 0
+        self._next_wake = math.inf
         self._thread: threading.Thread | None = None
 
     def arm(self, fileno: int, deadline: float) -> int:
@@ -305,10 +311,12 @@ class Watchdog:
             self._next += 1
             ticket = self._next
             self._armed[ticket] = (deadline, fileno)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
+                self._next_wake = deadline
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            elif len(self._armed) == 1:
+            elif deadline < self._next_wake:
+                self._next_wake = deadline
                 self._cond.notify()
             return ticket
 
@@ -322,24 +330,27 @@ class Watchdog:
             return False
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._armed:
-                    self._cond.wait(30.0)
-                    if not self._armed:
-                        # idle for long: end the thread (arm() starts another)
-                        self._thread = None
-                        return
+        idle_since = time.monotonic()
+        with self._cond:
+            while True:
                 now = time.monotonic()
-                due = [(ticket, fd) for ticket, (deadline, fd) in self._armed.items() if deadline <= now]
-                for ticket, fd in due:
-                    # under the lock: the caller cannot have given the connection to another call
-                    del self._armed[ticket]
-                    self._fired.add(ticket)
-                    _shutdown(fd)
-                if not due:
-                    earliest = min(deadline for deadline, _ in self._armed.values())
-                    self._cond.wait(min(max(0.0, earliest - now), 0.05))
+                for ticket, (deadline, fd) in list(self._armed.items()):
+                    if deadline <= now:
+                        # under the lock: the caller cannot have given the connection to another call
+                        del self._armed[ticket]
+                        self._fired.add(ticket)
+                        _shutdown(fd)
+                if self._armed:
+                    idle_since = now
+                    wake = min(min(deadline for deadline, _ in self._armed.values()), now + self.IDLE_TICK)
+                elif now - idle_since >= self.IDLE_EXIT:
+                    self._thread = None  # arm() starts another
+                    self._next_wake = math.inf
+                    return
+                else:
+                    wake = now + self.IDLE_TICK
+                self._next_wake = wake
+                self._cond.wait(max(0.0, wake - now))
 
 
 def _shutdown(fd: int) -> None:
