@@ -237,7 +237,9 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Produced by `{data['command']}` on {m['cores']} cores ({m['cpu']}), Python {m['python']}, {m['when']}, "
         f"against the PostgreSQL {data['server_version']} on 127.0.0.1:5432 (a throwaway database), while other "
-        "engineers' test suites shared the machine: absolute numbers follow the load, ratios are more stable. "
+        "engineers' test suites shared the machine (load average "
+        f"{data.get('loadavg_before', [float('nan')])[0]:.1f} before, {data.get('loadavg_after', [float('nan')])[0]:.1f} after): "
+        "absolute numbers follow the load, ratios are more stable. "
         "Raw numbers: `benchmarks/results/postgresql.json`. Kept short (about two minutes) on the shared CPU.",
         "",
         "## Renewal against the raw conditional UPDATE",
@@ -288,7 +290,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lease", type=float, default=6.0, help="lease of the crash runs (seconds)")
     parser.add_argument("--skip-django", action="store_true")
     args = parser.parse_args(argv)
-    data: dict[str, Any] = {"command": ("python -m benchmarks postgresql " + " ".join(argv)).strip()}
+    data: dict[str, Any] = {"command": ("python -m benchmarks postgresql " + " ".join(argv)).strip(), "loadavg_before": os.getloadavg()}
     with database() as url:
         with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres") as c:
             data["server_version"] = c.execute("SHOW server_version").fetchone()[0].split()[0]
@@ -310,6 +312,7 @@ def main(argv: list[str]) -> int:
             "samples": values,
             "timed_out": len(values) - len(done),
         }
+    data["loadavg_after"] = os.getloadavg()
     path = write_results(NAME, data)
     text = markdown({**data, "machine": machine()})
     print(text)
