@@ -133,7 +133,7 @@ def handovers(url: str, rounds: int) -> dict[str, Any]:
         leader = wait_until(lambda: next((e for e in nodes if e.is_leader), None), 30)
         for _ in range(rounds):
             # the followers are back in their wait (LISTEN) and know the leader
-            wait_until(lambda: all(e.leader == leader.identity for e in nodes if e is not leader), 10)
+            wait_until(lambda lead=leader: all(e.leader == lead.identity for e in nodes if e is not lead), 10)
             time.sleep(0.2)
             with guard:
                 started_at.clear()
