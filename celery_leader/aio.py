@@ -1,36 +1,78 @@
 """The asyncio driver: the same :class:`~celery_leader.core.ElectionCore`, as one task.
 
-Lock calls go through the lock's async methods (``aget``/``acreate``/``aupdate``/
-``await_for_change``; by default they run the blocking call in a thread). The leader's
-deadline is a ``loop.call_at`` timer, so the term ends on time even while a call hangs.
+Rules, so that no work outlives its term (docs/design.md, "asyncio callbacks"):
 
-``on_started_leading`` may be a coroutine function: it then runs as a task that is
-*cancelled* when the term ends (after ``leadership.lost`` is set), and a graceful release
-waits for it to finish, bounded by the term's deadline. Cancelling the election's own task
-(for example at loop shutdown) still releases the lock, within ``renew_deadline``.
+* The driver task never runs user code. Events are applied synchronously in the step
+  that made them; the term's work starts as its own task (or thread), and
+  ``on_new_leader`` / ``on_stopped_leading`` are delivered in order by a separate notifier
+  task, so a slow callback cannot delay a renewal.
+* ``on_started_leading`` as a coroutine function runs as a task that is *cancelled* when
+  the term ends (after ``leadership.lost``, an :class:`asyncio.Event`, is set). As a plain
+  function it runs in a thread of its own and gets a thread-driver
+  :class:`~celery_leader.election.Leadership` whose ``lost`` is a :class:`threading.Event`
+  (``while not lost.is_set(): ...`` works as in the thread driver). A term that already
+  ended never starts its work. A graceful release waits for the work to finish, bounded by
+  the term's deadline.
+* Blocking backend calls run in the driver's own bounded thread pool, never in the loop's
+  default executor, so hung calls cannot starve the application's ``asyncio.to_thread``.
+  Backends with a native async client (overriding ``aget``/``acreate``/``aupdate``) are
+  awaited directly.
+* The term ends at ``renew_deadline`` after the last successful write was sent, by a
+  ``loop.call_at`` timer, even while a call hangs. Cancelling the election's own task (for
+  example at loop shutdown) still releases the lock, within ``renew_deadline``.
+
+Limit: all of this needs a running loop. Code that blocks the loop delays the timer too;
+async work cannot run while the loop is blocked, but a plain ``on_started_leading``
+thread can: its ``lost`` is therefore also set by the process watchdog thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 import sys
+import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Update, Wait
-from .election import BaseElection, BaseLeadership
+from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
+from .errors import BackendUnavailable, ElectionStopped
+from .lock import Lock
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
 log = logging.getLogger("celery_leader")
 
+#: threads for the blocking backend calls of every asyncio election in this process
+CALL_POOL_SIZE = 32
+_CALL_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_CALL_POOL_GUARD = threading.Lock()
+
+
+def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The driver's own executor: bounded, and never the loop's default one."""
+    global _CALL_POOL
+    with _CALL_POOL_GUARD:
+        if _CALL_POOL is None:
+            _CALL_POOL = concurrent.futures.ThreadPoolExecutor(CALL_POOL_SIZE, thread_name_prefix="celery-leader-call")
+        return _CALL_POOL
+
 
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """A coroutine function (also through partial, or an object with ``async def __call__``)."""
+    call = type(fn).__call__ if not inspect.isroutine(fn) else None
+    return inspect.iscoroutinefunction(fn) or (call is not None and inspect.iscoroutinefunction(call))
 
 
 class AsyncLeadership(BaseLeadership):
@@ -39,13 +81,20 @@ class AsyncLeadership(BaseLeadership):
     def __init__(self, election: AsyncElection, term: int, token: int) -> None:
         super().__init__(election, term, token)
         self.lost = asyncio.Event()
+        #: the thread-side view handed to a plain ``on_started_leading``
+        self.threaded: Leadership | None = None
+
+    def _end(self, deadline: float) -> None:
+        super()._end(deadline)
+        if self.threaded is not None:
+            self.threaded._end(deadline)
 
 
 Callback = Callable[..., Any]
 
 
 class AsyncElection(BaseElection):
-    """Leader election in an event loop (no threads of its own).
+    """Leader election in an event loop.
 
     >>> async with AsyncElection("jobs", url="redis://localhost/0") as election:
     ...     await election.wait_until_leader()
@@ -54,42 +103,70 @@ class AsyncElection(BaseElection):
     def __init__(self, name: str, **options: Any) -> None:
         """Options: see :class:`~celery_leader.election.BaseElection`; callbacks may be coroutines."""
         super().__init__(name, **options)
-        self._work: asyncio.Task | None = None
+        self._leadership: AsyncLeadership | None = None
+        self._work: asyncio.Future | None = None  # the current term's work (a task, or a thread's future)
+        self._work_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
+        self._notifier: asyncio.Task | None = None
+        self._notices: asyncio.Queue | None = None
         # wake-ups: a flag plus the future the driver is waiting on (cheaper than an Event per wait)
         self._woken = False
         self._waiter: asyncio.Future | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task] = set()
+        self._stopped = False
+        # blocking calls go to our pool unless the backend has a native async client
+        kind = type(self.lock)
+        self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
 
     # --- public API --------------------------------------------------------------------
 
-    async def start(self) -> "AsyncElection":
-        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
+    async def start(self) -> AsyncElection:
+        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here.
+
+        An election runs once: ``start()`` after ``stop()`` raises :class:`ElectionStopped`.
+        """
+        if self._stopped or self._core.stop_requested:
+            raise ElectionStopped(f"election {self.name!r} was stopped; create a new AsyncElection to stand again")
         if self._task is None:
+            loop = asyncio.get_running_loop()
             if self.backend is not None:
-                await asyncio.to_thread(self.backend.check_once, self.timing.renew_deadline)
-            self._event_loop = asyncio.get_running_loop()
-            self._changed = asyncio.Condition()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"leader-election-{self.name}")
+                await loop.run_in_executor(_call_pool(), self.backend.check_once, self.timing.renew_deadline)
+            self._event_loop = loop
+            self._changed = asyncio.Event()
+            self._notices = asyncio.Queue()
+            self._notifier = loop.create_task(self._notify_loop(), name=f"leader-notify-{self.name}")
+            self._task = loop.create_task(self._run(), name=f"leader-election-{self.name}")
         return self
 
     async def stop(self) -> None:
-        """Stop; release the lock if held (bounded by ``renew_deadline``)."""
+        """Stop; release the lock if held (bounded by ``renew_deadline``).
+
+        Awaited from this election's own ``on_started_leading`` (or another callback) it
+        only requests the stop and returns: the release happens once the callback returns.
+        """
+        self._stopped = True
         self._core.request_stop()
         self._poke()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.timing.renew_deadline + self.timing.op_timeout + 1)
-            except asyncio.CancelledError:
-                pass
-            except asyncio.TimeoutError:
-                # as the thread driver: the release is bounded; the lease runs out by itself
-                log.warning("%s: the release did not finish in time; the lease will expire", self.name)
-        else:
+        if self._task is None:
             self._close()
+            return
+        current = asyncio.current_task()
+        if current is not None and current in (self._work_task, self._notifier):
+            return  # waiting here would wait for ourselves
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.timing.renew_deadline + self.timing.op_timeout + 1)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise
+        except asyncio.TimeoutError:
+            # as the thread driver: the release is bounded; the lease runs out by itself
+            log.warning("%s: the release did not finish in time; the lease will expire", self.name)
+        if self._notifier is not None:
+            # on_stopped_leading has run when stop() returns (bounded, as in the thread driver)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._notifier), 5.0)
 
     def step_down(self) -> None:
         self._core.request_step_down()
@@ -105,7 +182,8 @@ class AsyncElection(BaseElection):
         except RuntimeError:
             running = None
         if running is not loop:
-            loop.call_soon_threadsafe(self._poke)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._poke)
             return
         self._woken = True
         if self._waiter is not None and not self._waiter.done():
@@ -115,13 +193,12 @@ class AsyncElection(BaseElection):
         assert self._changed is not None, "start() the election first"
 
         async def until() -> None:
-            assert self._changed is not None
-            async with self._changed:
-                while not self._term_ready():
-                    if self._task is not None and self._task.done():
-                        return
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.25)
+            while not self._term_ready():
+                if self._task is not None and self._task.done():
+                    return
+                assert self._changed is not None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.25)
 
         try:
             await asyncio.wait_for(until(), timeout)
@@ -129,7 +206,7 @@ class AsyncElection(BaseElection):
             return False
         return self._term_ready()
 
-    async def __aenter__(self) -> "AsyncElection":
+    async def __aenter__(self) -> AsyncElection:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,20 +219,27 @@ class AsyncElection(BaseElection):
             await self._loop()
         except asyncio.CancelledError:
             # cancelled from outside: still release what we hold, then finish cancelling
+            self._stopped = True
             self._core.request_stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._loop(), self.timing.renew_deadline)
             raise
+        except Exception:  # pragma: no cover - the core is meant never to raise
+            log.exception("%s: election loop crashed; not leading", self.name)
+            self._core._end_term("internal error")
+            self._announce(self._core.pop_events())
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
-            await self._notify_changed()
+            self._changed_now()
+            if self._notices is not None:
+                self._notices.put_nowait(None)
             self._close()
 
     async def _loop(self) -> None:
         while True:
             action = self._core.next_action()
-            await self._announce(self._core.pop_events())
+            self._announce(self._core.pop_events())
             if isinstance(action, Finished):
                 return
             if isinstance(action, Wait):
@@ -165,14 +249,26 @@ class AsyncElection(BaseElection):
                 await self._await_work()
             await self._perform(action)
 
+    def _call(self, action: Read | Create | Update) -> Awaitable[Any]:
+        lock = self.lock
+        if self._native_async:
+            if isinstance(action, Read):
+                return lock.aget(action.timeout)
+            if isinstance(action, Create):
+                return lock.acreate(action.record, action.timeout)
+            return lock.aupdate(action.record, action.expected_version, action.timeout)
+        loop = asyncio.get_running_loop()
+        if isinstance(action, Read):
+            fn: Callable[[], Any] = functools.partial(lock.get, action.timeout)
+        elif isinstance(action, Create):
+            fn = functools.partial(lock.create, action.record, action.timeout)
+        else:
+            fn = functools.partial(lock.update, action.record, action.expected_version, action.timeout)
+        return loop.run_in_executor(_call_pool(), fn)
+
     async def _perform(self, action: Read | Create | Update) -> None:
         try:
-            if isinstance(action, Read):
-                call: Awaitable[Any] = self.lock.aget(action.timeout)
-            elif isinstance(action, Create):
-                call = self.lock.acreate(action.record, action.timeout)
-            else:
-                call = self.lock.aupdate(action.record, action.expected_version, action.timeout)
+            call = self._call(action)
             # the backend promises to honour the timeout; this bounds a broken one
             if sys.version_info >= (3, 11):
                 async with asyncio.timeout(action.timeout + 1.0):
@@ -180,35 +276,58 @@ class AsyncElection(BaseElection):
             else:  # pragma: no cover
                 result = await asyncio.wait_for(call, action.timeout + 1.0)
         except asyncio.TimeoutError as exc:
-            from .lock import BackendUnavailable
-
             self._core.failed(BackendUnavailable(f"no answer within {action.timeout} s: {exc}"))
-            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes to the core
             self._core.failed(exc)
-            return
-        if isinstance(action, Read):
-            self._core.read_done(result)
         else:
-            self._core.write_done(result)
-        if self._core.leading:
-            self._arm_deadline()
+            if isinstance(action, Read):
+                self._core.read_done(result)
+            else:
+                self._core.write_done(result)
+            if self._core.leading:
+                self._arm_deadline()
+        self._announce(self._core.pop_events())
 
     def _arm_deadline(self) -> None:
         loop = asyncio.get_running_loop()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         # the loop's clock is time.monotonic, the same clock as the core's
-        self._deadline_timer = loop.call_at(self._core.deadline, self._on_deadline)
+        self._deadline_timer = loop.call_at(self._core.term_end, self._on_deadline)
+        lead = self._leadership
+        if lead is not None and lead.threaded is not None:
+            # a plain on_started_leading runs in a thread: end it on time even if the loop is blocked
+            _WATCHDOG.arm(self._core.term_end, self)
 
     def _on_deadline(self) -> None:
+        """The loop's timer: end the term at its end, even while a call hangs."""
         if self._core.check_deadline():
-            task = asyncio.get_running_loop().create_task(self._announce(self._core.pop_events()))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._announce(self._core.pop_events())
             self._poke()
+
+    def _on_watchdog(self) -> None:
+        """The process watchdog (another thread): a blocked loop must not keep thread work going."""
+        lead = self._leadership
+        if lead is None or lead.threaded is None or lead.threaded.lost.is_set():
+            return
+        core = self._core
+        if core.term == lead.term and time.monotonic() < core.term_end:
+            return  # renewed meanwhile
+        log.warning("%s: the event loop did not end term %d on time; ending its thread work", self.name, lead.token)
+        lead.threaded._end(core.deadline)
+        loop = self._event_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._after_watchdog, lead)
+
+    def _after_watchdog(self, lead: AsyncLeadership) -> None:
+        if not self._core.check_deadline() and lead is self._leadership and not lead.lost.is_set():
+            # a renewal raced with the watchdog: the work is gone, so the term must end too
+            self._core.request_step_down()
+        self._announce(self._core.pop_events())
+        self._poke()
 
     async def _wait(self, action: Wait) -> None:
         timeout = action.until - time.monotonic()
@@ -233,41 +352,63 @@ class AsyncElection(BaseElection):
         self._core.wait_done()
 
     async def _await_work(self) -> None:
+        """Before a graceful release, let the ended term's work finish (bounded by its deadline)."""
         lead, work = self._leadership, self._work
         if work is None or work.done() or lead is None:
             return
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(work), max(0.0, lead.deadline - time.monotonic()))
+        if not work.done():
+            log.warning("%s: on_started_leading did not return before the lease deadline", self.name)
 
     # --- events ------------------------------------------------------------------------
 
-    async def _announce(self, events: list) -> None:
+    def _announce(self, events: list) -> None:
+        """Apply the core's events in the step that made them; never runs user code."""
+        started: list[AsyncLeadership] = []
         for event in events:
             if isinstance(event, StartedLeading):
                 lead = AsyncLeadership(self, event.term, event.token)
                 self._leadership = lead
-                if self.on_started_leading is not None:
-                    self._work = asyncio.get_running_loop().create_task(self._run_term(lead))
+                started.append(lead)
             elif isinstance(event, StoppedLeading):
                 lead = self._leadership
                 if lead is not None and lead.term == event.term:
-                    lead._final_deadline = self._core.deadline
-                    lead.lost.set()
-                    if self._work is not None and not self._work.done():
-                        self._work.cancel()
+                    lead._end(self._core.deadline)
+                    if self._work_task is not None and not self._work_task.done():
+                        self._work_task.cancel()
                 if self.on_stopped_leading is not None:
-                    await self._call(self.on_stopped_leading)
+                    self._notify(self.on_stopped_leading)
             elif isinstance(event, NewLeader) and self.on_new_leader is not None:
-                await self._call(self.on_new_leader, event.identity)
+                self._notify(self.on_new_leader, event.identity)
+        for lead in started:
+            if self.on_started_leading is not None and not lead.lost.is_set():
+                self._start_work(lead)
         if events:
-            await self._notify_changed()
+            self._changed_now()
+
+    def _start_work(self, lead: AsyncLeadership) -> None:
+        assert self.on_started_leading is not None
+        loop = asyncio.get_running_loop()
+        if _is_async(self.on_started_leading):
+            task = loop.create_task(self._run_term(lead), name=f"leader-term-{self.name}-{lead.token}")
+            self._work = self._work_task = task
+            return
+        # a plain function: a thread of its own, with a thread-safe view of the term
+        lead.threaded = Leadership(self, lead.term, lead.token)  # type: ignore[arg-type]
+        done = loop.create_future()
+        self._work, self._work_task = done, None
+        _WATCHDOG.arm(self._core.term_end, self)
+        threading.Thread(
+            target=self._run_thread_term, args=(lead, loop, done), name=f"leader-term-{self.name}-{lead.token}", daemon=True
+        ).start()
 
     async def _run_term(self, lead: AsyncLeadership) -> None:
         assert self.on_started_leading is not None
+        if not lead.is_valid():
+            return  # the term ended before its work could start
         try:
-            result = self.on_started_leading(lead)
-            if inspect.isawaitable(result):
-                await result
+            await self.on_started_leading(lead)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -275,18 +416,46 @@ class AsyncElection(BaseElection):
             if not lead.lost.is_set():
                 self.step_down()
 
-    async def _call(self, fn: Callback, *args: Any) -> None:
+    def _run_thread_term(self, lead: AsyncLeadership, loop: asyncio.AbstractEventLoop, done: asyncio.Future) -> None:
+        threaded = lead.threaded
+        assert self.on_started_leading is not None and threaded is not None
         try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                await result
+            if threaded.is_valid():
+                self.on_started_leading(threaded)
         except Exception:
-            log.exception("%s: leader callback raised", self.name)
-            if self.is_leader:
+            log.exception("%s: on_started_leading raised; ending this term", self.name)
+            if not threaded.lost.is_set():
                 self.step_down()
+        finally:
+            threaded.work_done.set()
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, done)
 
-    async def _notify_changed(self) -> None:
-        if self._changed is None:
-            return
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self, fn: Callback, *args: Any) -> None:
+        if self._notices is not None:
+            self._notices.put_nowait((fn, args))
+
+    async def _notify_loop(self) -> None:
+        """Deliver ``on_new_leader`` / ``on_stopped_leading`` in order, outside the driver."""
+        assert self._notices is not None
+        while True:
+            item = await self._notices.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: leader callback raised", self.name)
+                if self.is_leader:
+                    self.step_down()
+
+    def _changed_now(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            changed.set()
+            self._changed = asyncio.Event()

@@ -20,6 +20,7 @@ Safety, in short:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -50,6 +51,12 @@ __all__ = [
 
 log = logging.getLogger("celery_leader")
 
+#: the longest timing value accepted (seconds): a lease longer than a day is a typo, and an
+#: enormous one (``1e300``) would lock every other candidate out for ever
+MAX_SECONDS = 86400.0
+#: the shortest ``retry_period``: below this a candidate only burns CPU and backend calls
+MIN_RETRY_PERIOD = 0.01
+
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -79,12 +86,29 @@ class Timing:
     def __post_init__(self) -> None:
         for key in ("lease_duration", "renew_deadline", "retry_period"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigurationError(f"{key} must be a number of seconds greater than 0, got {value!r}")
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0 < value <= MAX_SECONDS
+            ):
+                raise ConfigurationError(
+                    f"{key} must be a finite number of seconds greater than 0 and at most {MAX_SECONDS:g} "
+                    f"(one day), got {value!r}"
+                )
+        if self.retry_period < MIN_RETRY_PERIOD:
+            raise ConfigurationError(
+                f"retry_period must be at least {MIN_RETRY_PERIOD} s, got {self.retry_period!r}; "
+                "a shorter period only burns CPU and backend calls"
+            )
+        for key in ("max_drift", "jitter"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigurationError(f"{key} must be a finite number, got {value!r}")
         if not 0 <= self.max_drift < 0.25:
             raise ConfigurationError(f"max_drift must be in [0, 0.25), got {self.max_drift!r}")
-        if self.jitter < 1.0:
-            raise ConfigurationError(f"jitter must be >= 1.0, got {self.jitter!r}")
+        if not 1.0 <= self.jitter <= 10.0:
+            raise ConfigurationError(f"jitter must be in [1.0, 10.0], got {self.jitter!r}")
         if not self.lease_duration > self.renew_deadline:
             raise ConfigurationError(
                 f"lease_duration ({self.lease_duration}) must be greater than renew_deadline "
@@ -258,15 +282,40 @@ class ElectionCore:
     def leading(self) -> bool:
         return self.phase is Phase.LEADING
 
+    @property
+    def term_end(self) -> float:
+        """When the current term ends unless a write succeeds first (monotonic).
+
+        ``renew_deadline`` after the send time of the last successful write, which is always
+        before the lease deadline (validated): the gap is the shutdown window in which the
+        term's work must stop. It holds even while a call is in flight.
+        """
+        return min(self.deadline, self.last_ok_sent + self.timing.renew_deadline)
+
     def is_leader(self) -> bool:
-        """Leading, and the local deadline has not passed (even if nobody noticed yet)."""
-        return self.phase is Phase.LEADING and self.clock.monotonic() < self.deadline
+        """Leading, and the term's end has not passed (even if nobody noticed yet)."""
+        return self.phase is Phase.LEADING and self.clock.monotonic() < self.term_end
 
     @property
     def observed_holder(self) -> str | None:
         if self.observed is None or self.observed.record.decode_error:
             return None
         return self.observed.record.holder or None
+
+    def may_hold(self) -> bool:
+        """Could the lock be ours right now (leading, releasing, a write in flight, our record)?
+
+        ``stop()`` waits for the driver to finish whenever this is true, so that it never
+        returns while the lock may still be held by this process.
+        """
+        if self.phase in (Phase.LEADING, Phase.RELEASING):
+            return True
+        flight = self._inflight
+        return (flight is not None and flight.kind != "read") or self._may_hold()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
 
     def pop_events(self) -> list[Event]:
         events, self.events = self.events, []
@@ -282,10 +331,15 @@ class ElectionCore:
             self._step_down_requested = True
 
     def check_deadline(self) -> bool:
-        """End the term if its deadline has passed; True if it did."""
-        if self.phase is Phase.LEADING and self.clock.monotonic() >= self.deadline:
-            self._end_term("the lease deadline passed before a renewal succeeded")
-            return True
+        """End the term if its end (:attr:`term_end`) has passed; True if it did."""
+        if self.phase is Phase.LEADING:
+            now = self.clock.monotonic()
+            if now >= self.deadline:
+                self._end_term("the lease deadline passed before a renewal succeeded")
+                return True
+            if now >= self.term_end:
+                self._end_term(f"no renewal succeeded for {self.timing.renew_deadline} s (renew_deadline)")
+                return True
         return False
 
     # --- the decision ----------------------------------------------------------------
@@ -394,7 +448,7 @@ class ElectionCore:
     def _timeout(self, now: float) -> float:
         timeout = self.timing.op_timeout
         if self.phase is Phase.LEADING:
-            timeout = min(timeout, max(0.001, self.deadline - now))
+            timeout = min(timeout, max(0.001, self.term_end - now))
         return timeout
 
     # --- release ---------------------------------------------------------------------
@@ -476,7 +530,8 @@ class ElectionCore:
         # an acquisition
         self.held = flight.record
         deadline = flight.sent_at + self.timing.safe_lease
-        if self.phase is Phase.FOLLOWING and not self._stop_requested and now < deadline:
+        gives_up = flight.sent_at + self.timing.renew_deadline
+        if self.phase is Phase.FOLLOWING and not self._stop_requested and now < min(deadline, gives_up):
             self.term = flight.term
             self.token = flight.record.transitions
             self.phase = Phase.LEADING

@@ -7,7 +7,12 @@ that user code can never delay a renewal:
   ``go OnStartedLeading(ctx)``); ``leadership.lost`` is set when the term ends.
 * ``on_stopped_leading()`` (once per started term) and ``on_new_leader(identity)`` run in
   order on a notifier thread.
-* A process-wide watchdog ends a term at its deadline even while a backend call hangs.
+* A process-wide watchdog ends a term at its end (``renew_deadline`` after the last
+  successful write was sent) even while a backend call hangs.
+* A term's :class:`Leadership` is created, and ended, under the election's mutex in the
+  same step as the core's state changes, so a term can never end before its Leadership
+  exists (its ``lost`` would then never be set). A term that has already ended never starts
+  its ``on_started_leading``.
 
 Before a *graceful* release (stop, step-down) the driver waits for the term's
 ``on_started_leading`` to return, up to the term's deadline, so the work has stopped
@@ -42,6 +47,7 @@ from .core import (
     Update,
     Wait,
 )
+from .errors import ElectionStopped
 from .lock import Backend, Lock
 from .registry import open_backend
 
@@ -74,14 +80,21 @@ class BaseLeadership:
 
     @property
     def deadline(self) -> float:
-        """Monotonic time by which this term ends unless renewed."""
+        """Monotonic time of the lease deadline: the work must have stopped by then.
+
+        While the term lasts this moves on with every renewal; once the term has ended it is
+        fixed, and the time left is the term's shutdown window.
+        """
         if self._final_deadline is not None:
             return self._final_deadline
         return self._election._core.deadline
 
     def is_valid(self) -> bool:
-        """Still leading right now (checks the deadline, not only the ``lost`` flag)."""
-        return not self.lost.is_set() and time.monotonic() < self.deadline
+        """Still leading right now (checks the term's end, not only the ``lost`` flag)."""
+        if self.lost.is_set() or self._final_deadline is not None:
+            return False
+        core = self._election._core
+        return core.term == self.term and time.monotonic() < core.term_end
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic()) if not self.lost.is_set() else 0.0
@@ -104,7 +117,7 @@ class Leadership(BaseLeadership):
 
 
 class _Watchdog:
-    """One thread for the process: calls ``election._on_deadline()`` at each leader deadline."""
+    """One thread for the process: calls ``election._on_watchdog()`` at each term's end."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -134,7 +147,7 @@ class _Watchdog:
             election = ref()
             if election is not None:
                 try:
-                    election._on_deadline()
+                    election._on_watchdog()
                 except Exception:  # pragma: no cover - never let the watchdog die
                     log.exception("watchdog callback failed")
 
@@ -254,7 +267,12 @@ class Election(BaseElection):
     # --- public API --------------------------------------------------------------------
 
     def start(self) -> Election:
-        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here."""
+        """Start electing. A configuration that cannot work raises :class:`ConfigurationError` here.
+
+        An election runs once: ``start()`` after ``stop()`` raises :class:`ElectionStopped`.
+        """
+        if self._core.stop_requested or self._finished.is_set():
+            raise ElectionStopped(f"election {self.name!r} was stopped; create a new Election to stand again")
         if self._thread is not None:
             return self
         if self.backend is not None:
@@ -266,19 +284,27 @@ class Election(BaseElection):
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the election; release the lock if held (bounded by ``renew_deadline``)."""
+        """Stop the election; release the lock if held (bounded by ``renew_deadline``).
+
+        Returns once the lock is released (or the bound has passed) whenever this process
+        may hold it: leading, releasing, or with an acquisition in flight. Called from this
+        election's own ``on_started_leading`` (or another callback) it only requests the
+        stop and returns at once: the release then happens when the callback returns.
+        """
         with self._mutex:
             self._core.request_stop()
+            may_hold = self._core.may_hold()
         self._wake.set()
         if self._thread is None:
             self._close()
             return
+        current = threading.current_thread()
+        if current in self._term_threads.values() or current is self._notifier:
+            return  # waiting here would wait for ourselves (the release awaits the callback)
         limit = self.timing.renew_deadline + self.timing.op_timeout + 1.0 if timeout is None else timeout
-        # a follower that holds nothing may be inside a watch wait; it ends by itself
-        if self._core.leading or self._core._may_hold() or self._core.phase.value == "releasing":
-            self._finished.wait(limit)
-        else:
-            self._finished.wait(min(limit, 0.2))
+        # a follower that holds nothing and has nothing in flight may be inside a watch wait:
+        # it cannot acquire any more (the stop is recorded) and ends by itself
+        self._finished.wait(limit if may_hold else min(limit, 0.2))
         notifier = self._notifier
         if self._finished.is_set() and notifier is not None and notifier is not threading.current_thread():
             notifier.join(5.0)  # on_stopped_leading has run when stop() returns
@@ -314,8 +340,7 @@ class Election(BaseElection):
             while True:
                 with self._mutex:
                     action = self._core.next_action()
-                    events = self._core.pop_events()
-                self._announce(events)
+                    self._announce(self._core.pop_events())
                 if isinstance(action, Finished):
                     break
                 if isinstance(action, Wait):
@@ -349,6 +374,7 @@ class Election(BaseElection):
             with self._mutex:
                 renewing = self._core.leading
                 self._core.failed(exc)
+                self._announce(self._core.pop_events())
             self._observe_call(action, started, ok=False, renewing=renewing)
             return
         with self._mutex:
@@ -358,7 +384,8 @@ class Election(BaseElection):
             else:
                 self._core.write_done(result)  # type: ignore[arg-type]
             if self._core.leading:
-                _WATCHDOG.arm(self._core.deadline, self)
+                _WATCHDOG.arm(self._core.term_end, self)
+            self._announce(self._core.pop_events())
         self._observe_call(action, started, ok=True, renewing=renewing)
 
     def _observe_call(self, action: object, started: float, *, ok: bool, renewing: bool) -> None:
@@ -393,29 +420,29 @@ class Election(BaseElection):
         if thread.is_alive():
             log.warning("%s: on_started_leading did not return before the lease deadline", self.name)
 
-    def _on_deadline(self) -> None:
+    def _on_watchdog(self) -> None:
         with self._mutex:
             if not self._core.check_deadline():
                 return
-            events = self._core.pop_events()
-        self._announce(events)
+            self._announce(self._core.pop_events())
         self._wake.set()
 
     # --- events and callbacks ----------------------------------------------------------
 
     def _announce(self, events: list) -> None:
+        """Apply the core's events. Called with ``_mutex`` held, in the step that made them.
+
+        Nothing here blocks or runs user code: the term's work starts in its own thread,
+        the other callbacks are queued for the notifier thread.
+        """
+        started: list[Leadership] = []
         for event in events:
             if isinstance(event, StartedLeading):
                 lead = Leadership(self, event.term, event.token)
                 self._leadership = lead
+                started.append(lead)
                 if self.observer is not None:
                     self._safe(self.observer.state_changed, self, True)
-                if self.on_started_leading is not None:
-                    t = threading.Thread(
-                        target=self._run_term, args=(lead,), name=f"leader-term-{self.name}-{event.token}", daemon=True
-                    )
-                    self._term_threads = {event.term: t}
-                    t.start()
             elif isinstance(event, StoppedLeading):
                 lead = self._leadership
                 if lead is not None and lead.term == event.term:
@@ -426,6 +453,13 @@ class Election(BaseElection):
                     self._notices.put(self.on_stopped_leading)
             elif isinstance(event, NewLeader) and self.on_new_leader is not None:
                 self._notices.put(functools.partial(self.on_new_leader, event.identity))
+        for lead in started:
+            if self.on_started_leading is not None and not lead.lost.is_set():
+                t = threading.Thread(
+                    target=self._run_term, args=(lead,), name=f"leader-term-{self.name}-{lead.token}", daemon=True
+                )
+                self._term_threads = {lead.term: t}
+                t.start()
         if events:
             with self._leading_changed:
                 self._leading_changed.notify_all()
@@ -433,6 +467,9 @@ class Election(BaseElection):
     def _run_term(self, lead: Leadership) -> None:
         try:
             assert self.on_started_leading is not None
+            if not lead.is_valid():
+                log.warning("%s: term %d ended before its work could start; not starting it", self.name, lead.token)
+                return
             self.on_started_leading(lead)
         except Exception:
             log.exception("%s: on_started_leading raised; ending this term", self.name)

@@ -15,7 +15,8 @@ same classes.
     ├── RecordDecodeError              stored bytes are not a leader record
     ├── NotLeader                      another instance leads, or none was elected in time
     ├── RegressionError                a write would not raise the fencing token
-    └── StaleTokenError                a fenced write carried a token below one already seen
+    ├── StaleTokenError                a fenced write carried a token below one already seen
+    └── ElectionStopped                start() of an election that was stopped (make a new one)
 
 ``ConfigurationError`` and ``RecordDecodeError`` are also ``ValueError``\\ s.
 ``django_leader.runner.LeadershipLost`` is deliberately a ``BaseException`` (like
@@ -36,6 +37,7 @@ __all__ = [
     "NotLeader",
     "RegressionError",
     "StaleTokenError",
+    "ElectionStopped",
 ]
 
 
@@ -93,3 +95,7 @@ class StaleTokenError(CeleryLeaderError):
         super().__init__(message)
         self.token = token
         self.seen = seen
+
+
+class ElectionStopped(CeleryLeaderError, RuntimeError):
+    """``start()`` of an election that was already stopped: an election runs once; make a new one."""

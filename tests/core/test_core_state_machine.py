@@ -286,6 +286,8 @@ def test_failed_renewals_end_the_term_at_renew_deadline_and_never_extend_it(cloc
     core.pop_events()
     while core.leading:
         action = core.next_action()
+        if not core.leading:
+            break  # the term ended when its renew deadline came
         if isinstance(action, Wait):
             clock.advance(action.until - clock.now)
             core.wait_done()
@@ -296,6 +298,38 @@ def test_failed_renewals_end_the_term_at_renew_deadline_and_never_extend_it(cloc
     assert clock.now - 1000.0 >= RD
     assert clock.now < deadline
     assert isinstance(core.pop_events()[0], StoppedLeading)
+
+
+def test_renew_deadline_ends_the_term_while_a_renewal_is_in_flight(clock):
+    """Issue 14.6: give up at (send time of the last successful write + renew_deadline), hung call or not."""
+    core = make(clock)
+    lead(core, "v1")
+    core.pop_events()
+    clock.advance(RP)
+    renew = core.next_action()
+    assert isinstance(renew, Update)
+    assert renew.timeout <= RD - RP  # never past the renew deadline either
+    clock.advance(RD - RP - 0.001)
+    assert core.is_leader() and not core.check_deadline()
+    clock.advance(0.001)  # renew_deadline after the last successful send; the call still hangs
+    assert not core.is_leader()
+    assert core.check_deadline()
+    (stopped,) = core.pop_events()
+    assert isinstance(stopped, StoppedLeading) and "renew_deadline" in stopped.reason
+    # the work's shutdown window is intact: the lease deadline is still ahead
+    assert core.deadline - clock.now == pytest.approx(L * (1 - 2 * 0.01) - RD)
+    core.write_done("v-late")  # the hung renewal lands late: no revival
+    assert not core.leading and not core.pop_events()
+
+
+def test_an_acquisition_answered_after_renew_deadline_does_not_lead(clock):
+    core = make(clock)
+    assert isinstance(core.next_action(), Read)
+    core.read_done(None)
+    assert isinstance(core.next_action(), Create)
+    clock.advance(RD)  # the answer comes when the term would already have to give up
+    core.write_done("v1")
+    assert not core.leading and not core.is_leader()
 
 
 def test_leader_stops_at_its_deadline_while_a_call_hangs(clock):
@@ -484,6 +518,16 @@ def test_garbage_is_held_for_a_local_lease_then_overwritten_above_tokens_seen(cl
         (dict(lease_duration=15, renew_deadline=2, retry_period=2), "1.2 x retry_period"),
         (dict(lease_duration=10, renew_deadline=9.9, retry_period=1, max_drift=0.01), "no time to stop"),
         (dict(max_drift=0.5), "max_drift"),
+        # not finite, absurdly long, or too short to be sane
+        (dict(lease_duration=float("inf")), "lease_duration must be a finite number"),
+        (dict(lease_duration=1e300, renew_deadline=10), "at most 86400"),
+        (dict(lease_duration=float("nan")), "lease_duration must be a finite number"),
+        (dict(lease_duration=86401, renew_deadline=10), "one day"),
+        (dict(renew_deadline=float("inf")), "renew_deadline must be a finite number"),
+        (dict(lease_duration=1, renew_deadline=0.6, retry_period=0.001), "at least 0.01"),
+        (dict(max_drift=float("nan")), "max_drift must be a finite number"),
+        (dict(jitter=float("inf")), "jitter must be a finite number"),
+        (dict(retry_period=True), "retry_period must be"),
     ],
 )
 def test_invalid_timing_is_refused_with_the_reason(kwargs, words):

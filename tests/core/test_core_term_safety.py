@@ -1,0 +1,344 @@
+"""No work outlives its term (issue 14): callbacks, the announce race, hung calls, lifecycle.
+
+Each test forces its race (slow constructors, late answers, hanging calls) instead of
+hoping for a scheduling accident, and checks the work's own record of when it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+
+import pytest
+
+from celery_leader import Election
+from celery_leader import election as election_module
+from celery_leader.aio import AsyncElection
+from celery_leader.backends.memory import MemoryBackend, MemoryLock
+from celery_leader.errors import BackendUnavailable, ElectionStopped
+from celery_leader.lock import Capabilities, Lock
+
+FAST = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
+
+
+@pytest.fixture
+def backend():
+    return MemoryBackend.from_url(f"memory://{uuid.uuid4().hex}")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+class Intervals:
+    """Work intervals as the work itself saw them (monotonic start and end)."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.items: list[list] = []  # [who, token, start, end or None]
+
+    def begin(self, who: str, token: int) -> list:
+        item = [who, token, time.monotonic(), None]
+        with self.guard:
+            self.items.append(item)
+        return item
+
+    @staticmethod
+    def end(item: list) -> None:
+        item[3] = time.monotonic()
+
+    def overlaps(self) -> list[tuple]:
+        with self.guard:
+            items = sorted(self.items, key=lambda i: i[2])
+        bad = []
+        for i, a in enumerate(items):
+            for b in items[i + 1 :]:
+                a_end = a[3] if a[3] is not None else float("inf")
+                if b[2] < a_end:
+                    bad.append((tuple(a), tuple(b)))
+        return bad
+
+    def running(self) -> list[list]:
+        with self.guard:
+            return [i for i in self.items if i[3] is None]
+
+
+class LoopThread:
+    """An event loop in a thread of its own (one candidate = one loop, as in separate processes)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# --- 1. asyncio: slow callbacks never delay the driver; an ended term never starts work ---
+
+
+def test_asyncio_slow_on_new_leader_neither_delays_renewals_nor_lets_work_outlive_its_term(backend):
+    record = Intervals()
+
+    async def slow_new_leader(identity: str) -> None:
+        await asyncio.sleep(1.5)  # longer than the lease
+
+    def work_for(who: str):
+        async def work(lead) -> None:
+            item = record.begin(who, lead.token)
+            try:
+                await lead.lost.wait()
+            finally:
+                Intervals.end(item)
+
+        return work
+
+    async def main() -> None:
+        a = AsyncElection("job", backend=backend, identity="a", on_new_leader=slow_new_leader,
+                          on_started_leading=work_for("a"), **FAST)  # fmt: skip
+        b = AsyncElection("job", backend=backend, identity="b", on_new_leader=slow_new_leader,
+                          on_started_leading=work_for("b"), **FAST)  # fmt: skip
+        await a.start()
+        await b.start()
+        assert await a.wait_until_leader(5) or await b.wait_until_leader(5)
+        await asyncio.sleep(2.5)  # many renewal periods, several slow callbacks
+        # renewals were never delayed: still the first term
+        leaders = [e for e in (a, b) if e.is_leader]
+        assert len(leaders) == 1 and leaders[0].token == 1
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+    assert record.items, "no term ever started its work"
+    assert not record.running(), f"work still running after stop(): {record.running()}"
+    assert not record.overlaps()
+
+
+# --- 2. asyncio: a plain on_started_leading runs in a thread with a thread-safe lost ------
+
+
+def test_asyncio_plain_on_started_leading_runs_in_a_thread_and_stops_with_its_term(backend):
+    record = Intervals()
+    kinds: list[str] = []
+
+    def work_for(who: str):
+        def work(lead) -> None:  # written as for the thread driver
+            kinds.append(type(lead.lost).__module__)
+            item = record.begin(who, lead.token)
+            escape = time.monotonic() + 4.0  # the old driver never set lost: do not hang the test
+            try:
+                while not lead.lost.is_set() and time.monotonic() < escape:
+                    time.sleep(0.01)
+            finally:
+                Intervals.end(item)
+
+        return work
+
+    la, lb = LoopThread(), LoopThread()
+    try:
+        a = AsyncElection("job", backend=backend, identity="a", on_started_leading=work_for("a"), **FAST)
+        b = AsyncElection("job", backend=backend, identity="b", on_started_leading=work_for("b"), **FAST)
+        la.run(a.start())
+        assert la.run(a.wait_until_leader(5))
+        lb.run(b.start())
+        time.sleep(2.0)  # a's loop must keep renewing while its work loops
+        assert a.is_leader and a.token == 1 and not b.is_leader
+        la.run(a.stop())
+        assert lb.run(b.wait_until_leader(5))
+        lb.run(b.stop())
+    finally:
+        la.close()
+        lb.close()
+    assert kinds and set(kinds) == {"threading"}
+    assert [i[:2] for i in record.items] == [["a", 1], ["b", 2]]
+    assert not record.running()
+    assert not record.overlaps()
+
+
+# --- 3. asyncio: hung backend calls never use the loop's default executor -----------------
+
+
+class HangingLock(Lock):
+    """Every call blocks (ignoring its timeout) until released: a broken client library."""
+
+    capabilities = Capabilities(linearizable=True, watch=False, partition_safe=True)
+
+    def __init__(self) -> None:
+        self.name = "job"
+        self.release = threading.Event()
+        self.calls = 0
+
+    def _hang(self):
+        self.calls += 1
+        self.release.wait(30)
+        raise BackendUnavailable("no answer")
+
+    def get(self, timeout):
+        return self._hang()
+
+    def create(self, record, timeout):
+        return self._hang()
+
+    def update(self, record, expected_version, timeout):
+        return self._hang()
+
+
+def test_asyncio_hung_calls_do_not_starve_the_applications_to_thread():
+    lock = HangingLock()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+        e = AsyncElection("job", lock=lock, **FAST)
+        await e.start()
+        try:
+            # more hung calls than the default executor has threads
+            for _ in range(200):
+                if lock.calls >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5.0) == 42
+        finally:
+            lock.release.set()
+            await e.stop()
+
+    asyncio.run(main())
+
+
+# --- 4. thread driver: a term's Leadership exists before the term can end -----------------
+
+
+def test_thread_driver_term_cannot_end_before_its_leadership_exists(backend, monkeypatch):
+    """Force the watchdog to fire while the driver is still creating the term's Leadership."""
+    real = election_module.Leadership
+    first = threading.Event()
+
+    class SlowLeadership(real):
+        def __init__(self, election, term, token):
+            if not first.is_set():
+                first.set()
+                # hold the driver here until the term is over (the watchdog fires meanwhile)
+                until = election._core.deadline + 0.3
+                while time.monotonic() < until:
+                    time.sleep(0.01)
+            super().__init__(election, term, token)
+
+    monkeypatch.setattr(election_module, "Leadership", SlowLeadership)
+    seen: list[list] = []
+
+    def work(lead) -> None:
+        item = [lead.token, lead.is_valid(), None]
+        seen.append(item)
+        item[2] = lead.lost.wait(5.0)
+
+    e = Election("job", backend=backend, identity="a", on_started_leading=work, **FAST)
+    with e:
+        assert first.wait(5)
+        assert wait_for(lambda: e.is_leader and e.token >= 2, timeout=10)  # it carries on with later terms
+    assert wait_for(lambda: seen and all(item[2] is not None for item in seen), timeout=10)
+    for token, valid_at_start, lost_seen in seen:
+        assert valid_at_start, f"term {token}'s work started after the term had ended"
+        assert lost_seen, f"term {token} ended but its lost was never set"
+
+
+# --- 9. lifecycle -------------------------------------------------------------------------
+
+
+class LateAnswerLock(MemoryLock):
+    """The acquisition lands at once, but its answer comes late."""
+
+    def __init__(self, backend: MemoryBackend, delay: float) -> None:
+        super().__init__(backend._store, "job")
+        self.delay = delay
+        self.in_flight = threading.Event()
+
+    def create(self, record, timeout):
+        version = super().create(record, timeout)
+        self.in_flight.set()
+        time.sleep(self.delay)
+        return version
+
+
+def test_stop_during_an_acquisition_returns_only_after_the_release(backend):
+    lock = LateAnswerLock(backend, delay=0.8)
+    e = Election("job", lock=lock, identity="a", **FAST).start()
+    assert lock.in_flight.wait(5)
+    e.stop()
+    got = backend.lock("job").get(1.0)
+    assert got is not None and got.record.holder == "", "stop() returned while this process held the lock"
+    assert not e.is_leader
+
+
+def test_start_after_stop_raises_in_both_drivers(backend):
+    e = Election("job", backend=backend, **FAST).start()
+    e.stop()
+    with pytest.raises(ElectionStopped, match="create a new Election"):
+        e.start()
+    never = Election("job", backend=backend, **FAST)
+    never.stop()
+    with pytest.raises(ElectionStopped):
+        never.start()
+
+    async def main() -> None:
+        a = AsyncElection("job", backend=backend, **FAST)
+        await a.start()
+        await a.stop()
+        with pytest.raises(ElectionStopped, match="create a new AsyncElection"):
+            await a.start()
+
+    asyncio.run(main())
+
+
+def test_stop_from_inside_on_started_leading_does_not_wait_for_the_lease_deadline(backend):
+    returned = threading.Event()
+    holder: list[Election] = []
+
+    def work(lead) -> None:
+        holder[0].stop()
+        returned.set()
+
+    e = Election("job", backend=backend, identity="a", on_started_leading=work,
+                 lease_duration=15, renew_deadline=10, retry_period=2)  # fmt: skip
+    holder.append(e)
+    e.start()
+    try:
+        assert returned.wait(5.0), "stop() inside the callback blocked (until the lease deadline)"
+        # the callback returned: the driver releases at once
+        assert wait_for(lambda: backend.lock("job").get(1.0).record.holder == "", timeout=5.0)
+    finally:
+        e.stop()
+
+
+def test_asyncio_stop_from_inside_on_started_leading_returns(backend):
+    async def main() -> None:
+        done = asyncio.Event()
+        box: list[AsyncElection] = []
+
+        async def work(lead) -> None:
+            await box[0].stop()
+            done.set()
+
+        e = AsyncElection("job", backend=backend, identity="a", on_started_leading=work,
+                          lease_duration=15, renew_deadline=10, retry_period=2)  # fmt: skip
+        box.append(e)
+        await e.start()
+        await asyncio.wait_for(done.wait(), 5.0)
+        await asyncio.wait_for(e._task, 5.0)  # released and finished without the lease deadline
+        got = backend.lock("job").get(1.0)
+        assert got is not None and got.record.holder == ""
+
+    asyncio.run(main())
