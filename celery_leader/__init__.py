@@ -14,6 +14,7 @@ from .lock import (
     LockError,
     Versioned,
 )
+from .once import once_per, run_once_per
 from .record import LeaderRecord
 from .registry import default_url, open_backend
 
@@ -41,4 +42,6 @@ __all__ = [
     "Versioned",
     "default_url",
     "open_backend",
+    "once_per",
+    "run_once_per",
 ]

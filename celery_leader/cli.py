@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from .election import Election, Leadership
 from .lock import ConfigurationError, Conflict, LockError
+from .once import Slot, mark_done
 from .record import ANY_HOLDER, printable
 from .registry import ENV_URL, open_backend
 
@@ -46,13 +47,22 @@ def _child_setup(parent: int) -> None:
 class Runner:
     """Runs the command during each term (called as ``on_started_leading``)."""
 
-    def __init__(self, command: Sequence[str], grace: float, on_exit: threading.Event) -> None:
+    def __init__(
+        self, command: Sequence[str], grace: float, on_exit: threading.Event, slot: Slot | None = None
+    ) -> None:
         self.command = list(command)
         self.grace = grace
         self.on_exit = on_exit
         self.exit_code: int | None = None
+        #: ``--once-per``/``--slot``: skip a slot already done; mark it after a successful run
+        self.slot = slot
 
     def __call__(self, lead: Leadership) -> None:
+        if self.slot is not None and self.slot.done_in(lead.record):
+            log.info("slot %s is already done; not running %s", self.slot, self.command[0])
+            self.exit_code = 0
+            self.on_exit.set()
+            return
         env = dict(os.environ)
         env.update(
             CELERY_LEADER_TOKEN=str(lead.token),
@@ -75,6 +85,11 @@ class Runner:
         if proc.poll() is not None and not lead.lost.is_set():
             self.exit_code = proc.returncode
             log.info("%s exited with %s while leading; stepping down", self.command[0], proc.returncode)
+            if self.slot is not None:
+                if proc.returncode == 0:
+                    mark_done(lead, self.slot)
+                else:
+                    log.warning("slot %s stays open: %s failed", self.slot, self.command[0])
             self.on_exit.set()
             return
         self._stop(proc, lead)
@@ -120,9 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ConfigurationError("give the command to run after --, e.g. celery-leader run --name beat -- celery beat")
+    slot = Slot.make(args.once_per, args.slot) if args.once_per is not None or args.slot is not None else None
     backend = open_backend(args.url)
     child_exited = threading.Event()
-    runner = Runner(command, args.grace, child_exited)
+    runner = Runner(command, args.grace, child_exited, slot)
     observer = None
     if args.health_port is not None:
         try:
@@ -156,14 +172,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         server = serve(election, args.health_host, args.health_port, observer)
     log.info("%s standing by for %r on %s", election.identity, args.name, backend.describe())
+    if slot is not None and _slot_done_before_start(election, slot):
+        backend.close()
+        return 0
     election.start()
     while not stop.is_set() and not child_exited.is_set():
-        stop.wait(0.5)
+        stop.wait(0.2 if slot is not None else 0.5)
+        if slot is not None and not election.is_leader and _slot_over(election, slot):
+            break
     election.stop()
     if server is not None:
         server.shutdown()
     backend.close()
     return runner.exit_code if child_exited.is_set() and runner.exit_code is not None else 0
+
+
+def _slot_done_before_start(election: Election, slot: Slot) -> bool:
+    try:
+        seen = election.lock.get(election.timing.op_timeout)
+    except LockError:
+        return False  # the election will retry and tell
+    if seen is not None and slot.done_in(seen.record):
+        log.info("slot %s is already done; nothing to run", slot)
+        return True
+    return False
+
+
+def _slot_over(election: Election, slot: Slot) -> bool:
+    """A standby with ``--once-per``: stop waiting once the slot is done or has ended."""
+    if slot.done_in(election.record):
+        log.info("slot %s was done by %s; nothing to run", slot, election.leader or "another candidate")
+        return True
+    if slot.ends is not None and time.time() >= slot.ends:
+        log.info("slot %s ended while %s was leading; not running it", slot, election.leader or "another candidate")
+        return True
+    return False
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -249,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     _timing_args(run)
     run.add_argument("--grace", type=float, default=10.0, metavar="S",
                      help="seconds between SIGTERM and SIGKILL (never past the lease deadline)")
+    run.add_argument("--once-per", default=None, metavar="PERIOD",
+                     help="cron on every host: run at most once per slot of PERIOD (e.g. 1h, 15m, 1d; UTC-aligned) "
+                     "across all candidates; a standby exits 0 once the slot is done")
+    run.add_argument("--slot", default=None, metavar="KEY",
+                     help="like --once-per, with an explicit slot key (e.g. $(date +%%F) for a local day)")
     run.add_argument("--health-port", type=int, default=None, metavar="P", help="serve /healthz and /metrics")
     run.add_argument("--health-host", default="127.0.0.1", help="address for --health-port (default 127.0.0.1)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")

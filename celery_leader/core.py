@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from .lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
 from .record import ANY_HOLDER, LeaderRecord, printable
@@ -230,6 +230,8 @@ class _InFlight:
     sent_at: float
     term: int
     record: LeaderRecord | None = None
+    #: the extra-key request (see :meth:`ElectionCore.request_extra`) this write carries
+    extra_seq: int = 0
 
 
 @dataclass
@@ -275,6 +277,10 @@ class ElectionCore:
         self._failures = 0
         self._unanswered_writes: list[LeaderRecord] = []
         self._reported_garbage: str | None = None
+        # extra record keys the leader was asked to write (once-per-slot marks)
+        self._extra_pending: dict[str, Any] = {}
+        self._extra_requested = 0
+        self.extra_written = 0
 
     # --- queries ---------------------------------------------------------------------
 
@@ -329,6 +335,21 @@ class ElectionCore:
     def request_step_down(self) -> None:
         if self.phase is Phase.LEADING:
             self._step_down_requested = True
+
+    def request_extra(self, updates: Mapping[str, Any]) -> int | None:
+        """Ask the leader to write ``updates`` into the record's extra keys at once.
+
+        The keys go out with the next renewal, which is sent now: a compare-and-swap
+        against our own last write, so it lands only while nobody else has written.
+        Returns a request number; :attr:`extra_written` reaches it once a write carrying
+        the keys succeeded in this term. ``None`` when not leading.
+        """
+        if self.phase is not Phase.LEADING:
+            return None
+        self._extra_pending.update(updates)
+        self._extra_requested += 1
+        self.next_renew = min(self.next_renew, self.clock.monotonic())
+        return self._extra_requested
 
     def check_deadline(self) -> bool:
         """End the term if its end (:attr:`term_end`) has passed; True if it did."""
@@ -387,8 +408,10 @@ class ElectionCore:
         if now < self.next_renew:
             return Wait(self.next_renew)
         record = held.evolve(renew_time=self.clock.time(), lease_duration=self.timing.lease_duration)
+        if self._extra_pending:
+            record = record.evolve(extra={**held.extra, **self._extra_pending})
         assert self.last_written_version is not None
-        self._inflight = _InFlight("renew", now, self.term, record)
+        self._inflight = _InFlight("renew", now, self.term, record, extra_seq=self._extra_requested)
         return Update(record, self.last_written_version, self._timeout(now))
 
     def _follower_action(self, now: float) -> Action:
@@ -526,6 +549,10 @@ class ElectionCore:
                 self.deadline = flight.sent_at + self.timing.safe_lease
                 self.last_ok_sent = flight.sent_at
                 self.next_renew = flight.sent_at + self.timing.retry_period
+                if flight.extra_seq > self.extra_written:
+                    self.extra_written = flight.extra_seq
+                    if flight.extra_seq == self._extra_requested:
+                        self._extra_pending.clear()
             return
         # an acquisition
         self.held = flight.record
@@ -539,6 +566,8 @@ class ElectionCore:
             self.last_ok_sent = flight.sent_at
             self.next_renew = flight.sent_at + self.timing.retry_period
             self._step_down_requested = False
+            self._extra_pending.clear()
+            self.extra_written = self._extra_requested
             self.events.append(StartedLeading(self.term, self.token))
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
 
@@ -632,6 +661,7 @@ class ElectionCore:
             return
         self.phase = Phase.FOLLOWING
         self._need_read = True
+        self._extra_pending.clear()
         # an involuntary end: do not start a new term before the old one's work is surely over
         self._no_acquire_before = max(self._no_acquire_before, self.deadline)
         self.events.append(StoppedLeading(self.term, reason))

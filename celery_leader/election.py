@@ -99,6 +99,11 @@ class BaseLeadership:
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic()) if not self.lost.is_set() else 0.0
 
+    @property
+    def record(self) -> Any:
+        """The record as this term last wrote or read it (its ``extra`` holds e.g. the last slot)."""
+        return self._election._core.held
+
     def _end(self, deadline: float) -> None:
         self._final_deadline = deadline
         self.lost.set()
@@ -114,6 +119,35 @@ class Leadership(BaseLeadership):
         super().__init__(election, term, token)
         self.lost = threading.Event()
         self.work_done = threading.Event()
+
+    def set_extra(self, updates: dict[str, Any], timeout: float | None = None) -> bool:
+        """Write extra record keys while this term lasts; True once a write carrying them landed.
+
+        The keys go out at once with a renewal, a compare-and-swap against this term's own
+        last write, so they can only land while this term still holds the lock. They are
+        kept with the record from then on (renewals, releases and later terms copy them).
+        False if the term ended first (or ``timeout`` passed): then nothing may have been
+        written.
+        """
+        election = self._election
+        core = election._core
+        with election._mutex:
+            if core.term != self.term:
+                return False
+            seq = core.request_extra(updates)
+        if seq is None:
+            return False
+        election._wake.set()
+        limit = None if timeout is None else time.monotonic() + timeout
+        with election._leading_changed:
+            while not (core.term == self.term and core.extra_written >= seq):
+                if self.lost.is_set() or core.term != self.term:
+                    return False
+                left = self.deadline - time.monotonic() if limit is None else min(limit, self.deadline) - time.monotonic()
+                if left <= 0:
+                    return False
+                election._leading_changed.wait(min(left, 0.25))
+        return True
 
 
 class _Watchdog:
@@ -209,6 +243,12 @@ class BaseElection:
         if self._core.leading:
             return self.identity
         return self._core.observed_holder
+
+    @property
+    def record(self) -> Any:
+        """The :class:`~celery_leader.record.LeaderRecord` last read or written (``None``: none yet)."""
+        observed = self._core.observed
+        return observed.record if observed is not None else None
 
     @property
     def token(self) -> int | None:
@@ -383,6 +423,7 @@ class Election(BaseElection):
                 self._core.read_done(result)  # type: ignore[arg-type]
             else:
                 self._core.write_done(result)  # type: ignore[arg-type]
+                self._leading_changed.notify_all()  # set_extra() waits for its write
             if self._core.leading:
                 _WATCHDOG.arm(self._core.term_end, self)
             self._announce(self._core.pop_events())

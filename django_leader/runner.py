@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from celery_leader.election import Election, Leadership
 from celery_leader.errors import NotLeader
 from celery_leader.lock import ConfigurationError, LockError
+from celery_leader.once import Slot, mark_done
 
 from .conf import leader_settings
 
@@ -144,8 +145,11 @@ def _probe_before_skip(elected: Election) -> str | None:
         probe.close()
 
 
-def _wait_for_term(elected: Election, timeout: float | None, skip: bool, stale: str | None = None) -> None:
-    """Block until leading; in skip mode give up (skipped) as soon as another live holder is seen."""
+def _wait_for_term(
+    elected: Election, timeout: float | None, skip: bool, stale: str | None = None, slot: Slot | None = None
+) -> None:
+    """Block until leading; in skip mode give up (skipped) as soon as another live holder is seen;
+    with a slot, give up (skipped) once the slot is done or over."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         asked = time.monotonic()
@@ -156,7 +160,11 @@ def _wait_for_term(elected: Election, timeout: float | None, skip: bool, stale: 
         holder = elected.leader
         if skip and holder not in (None, elected.identity, stale):
             raise NotLeader(f"{holder} leads {elected.name!r}", holder=holder, skipped=True)
+        if slot is not None and slot.done_in(elected.record):
+            raise NotLeader(f"slot {slot} is already done", holder=holder, skipped=True)
         if deadline is not None and time.monotonic() > deadline:
+            if slot is not None:
+                raise NotLeader(f"slot {slot} ended while {holder or 'another instance'} led", holder=holder, skipped=True)
             raise NotLeader(f"not elected leader of {elected.name!r} within {timeout} s", holder=holder)
 
 
@@ -228,6 +236,7 @@ def run_as_leader(
     identity: str | None = None,
     hard_stop: bool = True,
     hold: float = 0.0,
+    slot: Slot | None = None,
 ) -> T:
     """Call ``fn`` once this process leads election ``name``; renew while it runs; release after.
 
@@ -235,6 +244,9 @@ def run_as_leader(
     ``wait_timeout``: raise :class:`NotLeader` if not elected in time (default: wait forever).
     ``hold``: keep the lease (renewing) until ``hold`` seconds after ``fn`` started, so that
     instances started a little later (cron on hosts with skewed clocks) skip a fast job.
+    ``slot`` (:class:`~celery_leader.once.Slot`): once per slot across hosts: skip (raise
+    :class:`NotLeader` with ``skipped=True``) when the slot is already marked done, wait while
+    the slot lasts otherwise, and mark it done after ``fn`` returns, before the release.
     Raises :class:`LeadershipLost` if leadership ends before ``fn`` returns.
     """
     outer = current_leadership()
@@ -253,7 +265,12 @@ def run_as_leader(
         # a standby takes over at once instead of after a lease; exit status 143 as for the default
         previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if skip:
+        if slot is not None:
+            seen = _read_quietly(elected)
+            if seen is not None and slot.done_in(seen.record):
+                raise NotLeader(f"slot {slot} is already done", skipped=True)
+            stale, timeout = None, wait_timeout if wait_timeout is not None else slot.seconds_left()
+        elif skip:
             stale = _probe_before_skip(elected)
             # an expired holder is seen afresh by the election: it waits one more lease
             timeout = (2 if stale else 1) * elected.timing.lease_duration + 4 * elected.timing.op_timeout
@@ -261,7 +278,7 @@ def run_as_leader(
             stale, timeout = None, wait_timeout
         elected.start()
         try:
-            _wait_for_term(elected, timeout, skip, stale)
+            _wait_for_term(elected, timeout, skip, stale, slot)
         except NotLeader as exc:
             if skip and not exc.skipped:
                 raise NotLeader(f"could not acquire the free lease of {name!r} (is the backend reachable?)") from exc
@@ -274,10 +291,14 @@ def run_as_leader(
             lead = elected.leadership
         if lead is None:
             raise LeadershipLost(f"lost leadership of {name!r} before the code started")
+        if slot is not None and slot.done_in(lead.record):
+            raise NotLeader(f"slot {slot} is already done", skipped=True)
         log.info("%s: leading as %s with token %d", name, elected.identity, lead.token)
         started = time.monotonic()
         with _interrupt_on_loss(lead, hard_stop):
             result = fn()
+        if slot is not None:
+            mark_done(lead, slot)
         if hold > 0 and lead.is_valid():
             log.info("%s: holding the lease for %.1f s more", name, hold - (time.monotonic() - started))
             lead.lost.wait(max(0.0, hold - (time.monotonic() - started)))
@@ -286,6 +307,13 @@ def run_as_leader(
         elected.stop()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _read_quietly(elected: Election) -> Any:
+    try:
+        return elected.lock.get(elected.timing.op_timeout)
+    except LockError:
+        return None  # the election retries and tells
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -221,3 +221,45 @@ def test_command_failure_is_the_exit_status_and_releases(procs, tmp_path):
 
     rows = lease_rows("default", name)
     assert rows and rows[0]["state"] == "free", rows
+
+
+def stops(log: Path) -> list[str]:
+    if not log.exists():
+        return []
+    return [ev["node"] for ev in map(json.loads, log.read_text().splitlines()) if ev["e"] == "stop"]
+
+
+@pytest.mark.parametrize("mode", [["--slot", "2026-11-29"], ["--once-per", "1d"]])
+def test_once_per_three_cron_hosts_run_the_job_once(procs, tmp_path, mode):
+    name = "once-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    first = procs(runasleader(name, "a", log, *mode) + ["--seconds", "1.5"], tmp_path / "a.out")
+    wait_for(lambda: starts(log), 30, "the first host")
+    second = procs(runasleader(name, "b", log, *mode) + ["--seconds", "0"], tmp_path / "b.out")  # during the run
+    assert first.wait(30) == 0, (tmp_path / "a.out").read_text()
+    third = procs(runasleader(name, "c", log, *mode) + ["--seconds", "0"], tmp_path / "c.out")  # after it
+    for node, proc in (("b", second), ("c", third)):
+        assert proc.wait(30) == 0, (tmp_path / f"{node}.out").read_text()
+        assert "is already done" in (tmp_path / f"{node}.out").read_text()
+    assert [ev["node"] for ev in starts(log)] == ["a"]
+
+
+def test_once_per_host_killed_mid_run_leaves_the_slot_to_the_next(procs, tmp_path):
+    name = "once-kill-" + uuid.uuid4().hex[:8]
+    log = tmp_path / "work.log"
+    dead = procs(runasleader(name, "dead", log, "--slot", "s"), tmp_path / "dead.out")
+    wait_for(lambda: starts(log), 30, "the first host")
+    standby = procs(runasleader(name, "next", log, "--slot", "s") + ["--seconds", "0.1"], tmp_path / "next.out")
+    time.sleep(0.3)
+    dead.kill()
+    assert standby.wait(30) == 0, (tmp_path / "next.out").read_text()
+    later = procs(runasleader(name, "later", log, "--slot", "s") + ["--seconds", "0"], tmp_path / "later.out")
+    assert later.wait(30) == 0
+    assert [ev["node"] for ev in starts(log)] == ["dead", "next"]
+    assert stops(log) == ["next"]
+
+
+def test_once_per_bad_period_is_a_one_line_error(procs, tmp_path):
+    out = subprocess.run(manage("runasleader", "--once-per", "soon", "work", str(tmp_path / "log")),
+                         env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "not a duration" in out.stderr and "Traceback" not in out.stderr
