@@ -1,7 +1,7 @@
 """celery-leader: leader election so that exactly one scheduler instance does the work."""
 
-from .core import Timing
 from .aio import AsyncElection
+from .core import Timing
 from .election import Election, Leadership, default_identity
 from .errors import CeleryLeaderError, NotLeader, RecordDecodeError, RegressionError, StaleTokenError
 from .lock import (

@@ -216,3 +216,25 @@ def test_python_and_client_go_candidates_respect_each_other(apiserver, k8s_url) 
     go2.crash()
     final = apiserver.lease(NAMESPACE, "celery-beat")["spec"]
     assert final["holderIdentity"] == "go-2" and final["leaseTransitions"] == taken["leaseTransitions"] + 1
+
+
+def test_the_last_once_per_slot_lives_in_an_annotation(apiserver, make_lock) -> None:
+    # the API server drops unknown spec fields: an extra key in the spec would be lost
+    from celery_leader.backends.kubernetes.lease import LAST_SLOT_ANNOTATION
+    from celery_leader.once import LAST_SLOT_KEY
+
+    lock = make_lock("cron-job")
+    version = lock.create(LeaderRecord(holder="a", lease_duration=5, transitions=1), TIMEOUT)
+    version = lock.update(
+        LeaderRecord(holder="a", lease_duration=5, transitions=1, extra={LAST_SLOT_KEY: "2026-11-29T06:00:00Z/1h"}),
+        version,
+        TIMEOUT,
+    )
+    stored = apiserver.lease(NAMESPACE, "cron-job")
+    assert stored["metadata"]["annotations"] == {LAST_SLOT_ANNOTATION: "2026-11-29T06:00:00Z/1h"}
+    assert LAST_SLOT_KEY not in stored["spec"]
+    got = lock.get(TIMEOUT)
+    assert got.record.extra[LAST_SLOT_KEY] == "2026-11-29T06:00:00Z/1h"
+    # a release (holder "") keeps it, as every write that carries the record's extras does
+    lock.update(got.record.evolve(holder=""), got.version, TIMEOUT)
+    assert lock.get(TIMEOUT).record.extra[LAST_SLOT_KEY] == "2026-11-29T06:00:00Z/1h"

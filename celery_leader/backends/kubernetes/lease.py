@@ -16,6 +16,7 @@ import re
 import threading
 from typing import Any
 
+from ...once import LAST_SLOT_KEY
 from ...record import MAX_MILLIS, MAX_TRANSITIONS, LeaderRecord
 
 __all__ = [
@@ -39,6 +40,9 @@ GROUP_VERSION = "coordination.k8s.io/v1"
 #: rejects ``spec.preferredHolder`` without ``spec.strategy`` (422), and setting a
 #: strategy would hand the Lease to Kubernetes' coordinated leader election.
 PREFERRED_HOLDER_ANNOTATION = "celery-leader.io/preferred-holder"
+#: the last completed once-per slot (a Lease spec has no room for unknown fields: the API
+#: server drops them, so this extra key lives in an annotation)
+LAST_SLOT_ANNOTATION = "celery-leader.io/last-slot"
 
 #: the spec fields that make up the leader record; every other spec field is kept as is
 SPEC_KEYS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "preferredHolder")
@@ -171,6 +175,11 @@ def lease_to_record(obj: Any) -> LeaderRecord:
             size = 0
         return LeaderRecord.undecodable(size, f"Lease is not a leader record: {exc}").evolve(transitions=transitions_hint)
     extra = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    slot = annotations.get(LAST_SLOT_ANNOTATION) if isinstance(annotations, dict) else None
+    if isinstance(slot, str):
+        extra[LAST_SLOT_KEY] = slot
     return LeaderRecord(
         holder=holder,
         lease_duration=float(duration),
@@ -189,7 +198,7 @@ def record_to_spec(record: LeaderRecord, base: dict[str, Any] | None = None) -> 
     fields of a newer server) are written back unchanged, overlaid by ``record.extra``.
     """
     spec: dict[str, Any] = {k: v for k, v in (base or {}).items() if k not in SPEC_KEYS}
-    spec.update({k: v for k, v in record.extra.items() if k not in SPEC_KEYS})
+    spec.update({k: v for k, v in record.extra.items() if k not in SPEC_KEYS and k != LAST_SLOT_KEY})
     spec["holderIdentity"] = record.holder
     spec["leaseDurationSeconds"] = lease_seconds(record.lease_duration)
     if record.acquire_time > 0:
@@ -227,6 +236,11 @@ def lease_body(
         annotations.pop(PREFERRED_HOLDER_ANNOTATION, None)
     else:
         annotations[PREFERRED_HOLDER_ANNOTATION] = annotation
+    slot = record.extra.get(LAST_SLOT_KEY)
+    if isinstance(slot, str):
+        annotations[LAST_SLOT_ANNOTATION] = slot
+    else:
+        annotations.pop(LAST_SLOT_ANNOTATION, None)
     if annotations:
         meta["annotations"] = annotations
     else:

@@ -23,8 +23,8 @@ from typing import Any
 
 from celery import bootsteps
 
-from .beat import leader_config
 from ...election import Election, Leadership
+from .beat import leader_config
 
 __all__ = ["LeaderQueues", "install", "parse_queues"]
 

@@ -1,4 +1,4 @@
-"""The cron job: run it as ``manage.py runasleader --skip nightly`` from cron on every host."""
+"""The cron job: run it as ``manage.py runasleader --once-per 1d nightly`` from cron on every host."""
 
 from typing import Any
 
@@ -9,7 +9,7 @@ from django_leader.runner import current_leadership
 
 
 class Command(BaseCommand):
-    help = "Record one nightly run (meant to be started through runasleader --skip)."
+    help = "Record one nightly run (meant to be started through runasleader --once-per)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         lead = current_leadership()

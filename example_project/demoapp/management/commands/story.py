@@ -2,7 +2,7 @@
 
 Starts two Celery workers, two ``celery beat -S leader`` (django-celery-beat's schedule),
 two APScheduler runners (guarded) and, every few seconds, the cron job on two "hosts"
-(``runasleader --skip --hold``). After a third of the time it SIGKILLs the beat and the
+(``runasleader --once-per``). After a third of the time it SIGKILLs the beat and the
 APScheduler runner that lead; the standbys take over. At the end it prints every run from
 the database with the instance and fencing token, checks that no two instances ever ran
 the same kind of work at the same time, and exits non-zero if they did.
@@ -103,7 +103,7 @@ class Command(BaseCommand):
                 if now >= next_cron:
                     next_cron += cron_every
                     for host in ("cron-a", "cron-b"):
-                        argv = manage + ["runasleader", "--skip", "--hold", str(cron_every / 2), "nightly"]
+                        argv = manage + ["runasleader", "--once-per", f"{cron_every:g}s", "nightly"]
                         cron.append(spawn(host, argv))
                 if not killed and now - started > options["seconds"] / 3:
                     killed = True
