@@ -98,7 +98,17 @@ REDIS_OPTIONS = {
     "ssl_min_version",
 }
 
-# KEYS: lock, fence. Returns {raw or false, fence transitions or false}.
+# The server's own clock: TIME (ms) and this server process's run_id (a restart or a
+# failed-over replica has another one, and then nothing is concluded from time).
+CLOCK_LUA = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+"""
+
+# KEYS: lock, fence. Returns {raw or false, fence transitions or false, the server time of
+# the last write (ms), its lease (ms), the version it wrote, the run_id that wrote it,
+# the server time now (ms), the run_id now}.
 READ_SCRIPT = """
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'string' and t ~= 'none' then
@@ -106,14 +116,18 @@ if t ~= 'string' and t ~= 'none' then
 end
 local raw = false
 if t == 'string' then raw = redis.call('GET', KEYS[1]) end
-return {raw, redis.call('HGET', KEYS[2], 'transitions')}
+""" + CLOCK_LUA + """
+local f = redis.call('HMGET', KEYS[2], 'transitions', 'written_ms', 'lease_ms', 'written_version', 'server')
+return {raw, f[1], f[2], f[3], f[4], f[5], tostring(now_ms), run_id}
 """
 
 # KEYS: lock, fence. ARGV: expected version ('' = create; 'g:<sha1>' = over undecodable
 # content; 'absent:<n>' = over a vanished key), record JSON, its transitions,
-# expiry in ms, channel, name. Returns {1, version} | {0, current version} (conflict) |
-# {-1, fence} (the token would not be above the fence).
+# expiry in ms, channel, name, lease in ms. Returns {1, version} | {0, current version}
+# (conflict) | {-1, fence} (the token would not be above the fence). Each write records
+# the server's clock, the lease and the version written with the fence (cold start).
 WRITE_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'string' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE celery-leader lock key holds a ' .. t)
@@ -147,9 +161,16 @@ if (not fence) or transitions > fence then
   redis.call('HSET', KEYS[2], 'transitions', transitions)
 end
 local version = redis.sha1hex(stored)
+""" + CLOCK_LUA + """
+redis.call('HSET', KEYS[2], 'written_ms', now_ms, 'lease_ms', ARGV[7], 'written_version', version, 'server', run_id)
 redis.call('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
 return {1, version}
 """
+
+def cold_start_margin_ms(lease_ms: int) -> int:
+    """Server time beyond the last lease before a record counts as over: 10 % of it, >= 1 s."""
+    return max(1000, lease_ms // 10)
+
 
 READ_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 WRITE_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
@@ -326,22 +347,68 @@ class RedisLock(Lock):
         self.key = backend.prefix + "lock:" + name
         self.fence_key = backend.prefix + "fence:" + name
         self._closed = False
+        self._reported_free: float | None = None
 
-    def _read(self, timeout: float) -> tuple[bytes | None, int | None]:
-        raw, fence = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [], timeout, self)
-        return raw, (int(fence) if fence is not None else None)
+    def _read(self, timeout: float) -> tuple[bytes | None, int | None, float | None]:
+        """(raw, fence, seconds since the last term's lease ended by the server's clock or None)."""
+        got = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [], timeout, self)
+        raw, fence = got[0], got[1]
+        return raw, (int(fence) if fence is not None else None), self._lease_over_for(raw, got)
+
+    def _lease_over_for(self, raw: bytes | None, got: list[Any]) -> float | None:
+        """How long ago the last write's lease ran out, judged by the Redis server's clock alone.
+
+        Only when the server that recorded the last write is the one answering now (same
+        run_id: no restart, no failover), and the stored record is the one that write left
+        (or the key has vanished). The last writer's term ended no later than its lease
+        after it *sent* that write, which is before the server ran it; so once the server's
+        clock has moved on by the lease plus a margin (for clock rate and small steps)
+        since, no term of that record can still be running. ``None``: not provably over.
+        """
+        try:
+            written_ms, lease_ms, written_version, server, now_ms, run_id = (
+                None if v is None else _text(v) for v in got[2:8]
+            )
+        except (TypeError, ValueError):  # an older server-side script: conclude nothing
+            return None
+        if not (written_ms and lease_ms and server and run_id and now_ms) or server != run_id:
+            return None
+        if raw is not None and hashlib.sha1(raw).hexdigest() != written_version:
+            return None  # somebody else's write (a hand edit, a foreign writer) came since
+        try:
+            over_for = (int(now_ms) - int(written_ms) - int(lease_ms) - cold_start_margin_ms(int(lease_ms))) / 1000.0
+        except ValueError:
+            return None
+        return over_for if over_for > 0 else None
+
+    def _log_free_since(self, record: LeaderRecord, over_for: float, written_at: float) -> None:
+        if self._reported_free != written_at:
+            self._reported_free = written_at
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(written_at)) + " UTC"
+            log.info(
+                "%s: no leader since %s (%s's lease ended %.1f s ago by the Redis server's clock); free to take over",
+                self.name,
+                since,
+                record.holder or "the last holder",
+                over_for,
+            )
 
     def _current_version(self, timeout: float) -> str | None:
-        raw, fence = self._read(timeout)
+        raw, fence, _ = self._read(timeout)
         if raw is not None:
             return _version_of(raw, decode_or_placeholder(raw, strip=(SEQ_KEY,)))
         return f"{ABSENT}{fence}" if fence is not None else None
 
     def get(self, timeout: float) -> Versioned | None:
-        raw, fence = self._read(timeout)
+        raw, fence, over_for = self._read(timeout)
         if raw is None:
             if fence is None:
                 return None
+            if over_for is not None:
+                # the key expired long after the last term's lease ended: free, at once
+                free = LeaderRecord(holder="", transitions=fence)
+                self._log_free_since(free, over_for, time.time() - over_for)
+                return Versioned(free, f"{ABSENT}{fence}")
             # Deleted, expired or evicted. Whoever held it may still believe it leads (a hand
             # delete, an eviction), so it reads as held by an unknown holder: candidates wait
             # one lease from now, then take it with a token above the fence.
@@ -351,6 +418,11 @@ class RedisLock(Lock):
             # the key was rewritten with a lower token (by hand, or a foreign writer): never
             # let the next term go below a token already handed out
             record = record.evolve(transitions=fence)
+        if over_for is not None and record.holder and not record.decode_error:
+            # held on paper, but the server's clock says that lease ended long ago (all
+            # candidates stopped or crashed): free; the compare-and-swap is on this version
+            self._log_free_since(record, over_for, time.time() - over_for)
+            record = record.evolve(holder="", preferred_holder="")
         return Versioned(record, _version_of(raw, record))
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
@@ -368,7 +440,8 @@ class RedisLock(Lock):
             WRITE_SCRIPT,
             WRITE_SHA,
             [self.key, self.fence_key],
-            [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name],
+            [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name,
+             int(math.ceil(max(0.0, record.lease_duration) * 1000))],
             timeout,
             self,
         )
