@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from celery_leader.backends.kubernetes import lease as k8s_lease
 from celery_leader.backends.kubernetes import PREFERRED_HOLDER_ANNOTATION, format_microtime, parse_microtime
+from celery_leader.backends.kubernetes import lease as k8s_lease
 from celery_leader.election import Election
 from celery_leader.record import LeaderRecord
 
