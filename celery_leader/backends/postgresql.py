@@ -400,7 +400,7 @@ class PostgresBackend(Backend):
                         cur.execute("COMMIT")
                     except psycopg.Error as exc:
                         cur.execute("ROLLBACK")
-                        if getattr(exc, "sqlstate", None) == "23505":
+                        if getattr(exc, "sqlstate", None) in ("23505", "42P07"):
                             pass  # created by another candidate at the same moment
                         elif getattr(exc, "sqlstate", None) == "42501":
                             raise ConfigurationError(

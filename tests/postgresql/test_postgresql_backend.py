@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 import uuid
 
@@ -305,3 +306,48 @@ def test_three_electors_hand_over_through_notify(pg_url):
     finally:
         for election in electors.values():
             election.stop()
+
+
+# --- the shared LISTEN loop on either driver ---------------------------------------------
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_listener_hears_notifications_on_both_drivers_and_survives_a_kill(driver, pg_url, pg_database, db):
+    """django:// listens with whatever driver Django uses (psycopg 3 or psycopg2)."""
+    from celery_leader.backends.sql import Listener, Watchdog
+
+    module = pytest.importorskip(driver)
+
+    def connect():
+        conn = module.connect(host="127.0.0.1", port=5432, user="postgres", dbname=pg_database, connect_timeout=5)
+        conn.autocommit = True
+        return conn
+
+    backend = PostgresBackend.from_url(pg_url)
+    lock = backend.lock(unique("listen"))
+    version = lock.create(sample_record(), 5.0)
+    listener = Listener(connect, backend._tables.channel, watchdog=Watchdog(), ping_interval=0.5, label=driver)
+    backend._listener.stop()
+    backend._listener = listener  # the lock's writes notify this listener's channel
+    woke = []
+    try:
+        for round_ in range(2):
+            waiter = threading.Thread(target=lambda v=version: woke.append(lock.wait_for_change(v, 20.0) or time.monotonic()))
+            waiter.start()
+            assert listener.listening.wait(10)
+            time.sleep(0.3)
+            assert waiter.is_alive(), "woke without a change"
+            version = lock.update(sample_record(holder=f"h{round_}"), version, 5.0)  # holder changes: NOTIFY
+            waiter.join(10)
+            assert not waiter.is_alive(), f"{driver}: the NOTIFY did not wake the waiter"
+            # the LISTEN session is killed: the loop notices, reconnects, and the next round still works
+            generation = listener._generation
+            killed = db.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name <> 'celery-leader' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+            assert killed == 1
+            assert wait_for(lambda g=generation: listener._generation >= g + 2 and listener.listening.is_set())
+    finally:
+        listener.stop()
+        backend.close()
