@@ -7,7 +7,10 @@ scheduler. They are read, first match wins, from:
 1. explicit arguments (command-line flags, constructor keywords, a ``leader_election``
    class attribute on a subclass);
 2. ``LEADER_ELECTION`` in RQ's settings module (``rq ... -c settings``);
-3. ``settings.LEADER_ELECTION`` of a configured Django project (django-rq);
+3. in a configured Django project (django-rq): ``settings.RQ["LEADER_ELECTION"]`` (all
+   keys), then django_leader's ``settings.LEADER_ELECTION`` (``URL``, ``IDENTITY`` and the
+   timing; its ``NAME`` becomes a prefix, ``NAME.rq.cron``, so that RQ's elections never
+   share a name with django_leader's own; other keys are django_leader's business);
 4. the environment: ``CELERY_LEADER_URL``, ``CELERY_LEADER_LEASE_DURATION``,
    ``CELERY_LEADER_RENEW_DEADLINE``, ``CELERY_LEADER_RETRY_PERIOD``,
    ``CELERY_LEADER_CATCH_UP``.
@@ -81,6 +84,7 @@ class LeaderConfig:
     timing: Timing
     catch_up: str | None
     source: str  # where the URL came from, for the start-up log line
+    prefix: str | None = None  # from django_leader's NAME: put before the integration's default name
     identity_default: bool = True  # made up here: a forked process makes its own
 
     def for_this_process(self) -> LeaderConfig:
@@ -95,21 +99,31 @@ class LeaderConfig:
         return redact(self.url) if self.url else "the RQ connection's Redis"
 
 
-def _django_settings() -> Mapping[str, Any] | None:
-    """``settings.LEADER_ELECTION`` when a Django project is configured, else None (never configures one)."""
-    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
-        return None
+_SHARED_WITH_DJANGO = ("URL", "IDENTITY", "LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
+
+
+def _django_layers() -> list[tuple[str, dict[str, Any]]]:
+    """The Django settings layers when a project is configured (never configures one)."""
     try:
         from django.conf import settings
     except ImportError:
-        return None
+        return []
     try:
         if not settings.configured:
-            return None
-        raw = getattr(settings, "LEADER_ELECTION", None)
+            return []
+        rq_settings = getattr(settings, "RQ", None) or {}
+        shared = getattr(settings, "LEADER_ELECTION", None) or {}
     except Exception:  # noqa: BLE001 - a broken settings module is Django's error to report
-        return None
-    return raw if raw is not None else None
+        return []
+    layers = []
+    if isinstance(rq_settings, Mapping) and rq_settings.get("LEADER_ELECTION") is not None:
+        layers.append(("settings.RQ", _check_mapping(rq_settings["LEADER_ELECTION"], "settings.RQ['LEADER_ELECTION']")))
+    if isinstance(shared, Mapping):
+        values = {k: shared[k] for k in _SHARED_WITH_DJANGO if shared.get(k) is not None}
+        if isinstance(shared.get("NAME"), str) and shared["NAME"].strip():
+            values["PREFIX"] = shared["NAME"].strip()
+        layers.append(("settings.LEADER_ELECTION", values))
+    return layers
 
 
 def _check_mapping(raw: Any, where: str) -> dict[str, Any]:
@@ -147,9 +161,7 @@ def leader_config(
             ("RQ settings", _check_mapping(rq_settings.get("LEADER_ELECTION"), "LEADER_ELECTION in the RQ settings"))
         )
     if use_django:
-        django_raw = _django_settings()
-        if django_raw is not None:
-            layers.append(("Django settings", _check_mapping(django_raw, "settings.LEADER_ELECTION")))
+        layers.extend(_django_layers())
     layers.append(("environment", _env_values(env)))
 
     merged: dict[str, Any] = {}
@@ -178,6 +190,12 @@ def leader_config(
     if url is not None and (not isinstance(url, str) or not url.strip()):
         raise ConfigurationError(f"LEADER_ELECTION['URL'] must be a lock URL such as redis://host:6379/0, got {redact(url)!r}")
     name = merged.get("NAME")
+    prefix = merged.get("PREFIX") if name is None else None
+    if prefix is not None:
+        try:
+            validate_name(prefix)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{exc} (settings.LEADER_ELECTION['NAME'])") from None
     if name is not None:
         try:
             validate_name(name)
@@ -199,11 +217,15 @@ def leader_config(
         catch_up=catch_up,
         source=origin.get("URL", "default"),
         identity_default=not merged.get("IDENTITY"),
+        prefix=prefix,
     )
 
 
 def with_name(config: LeaderConfig, default: str) -> LeaderConfig:
-    return config if config.name else replace(config, name=default)
+    """The configured name, else ``default`` (after django_leader's NAME, if there is one)."""
+    if config.name:
+        return config
+    return replace(config, name=f"{config.prefix}.{default}" if config.prefix else default)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -105,7 +105,8 @@ class LeaderRQScheduler(RQScheduler):
 
     def queue_elections(self) -> dict[str, str]:
         """queue name -> election name."""
-        prefix = self.leader_config.name or DEFAULT_PREFIX
+        conf = self.leader_config
+        prefix = conf.name or (f"{conf.prefix}.{DEFAULT_PREFIX}" if conf.prefix else DEFAULT_PREFIX)
         return {queue: election_name(prefix, queue) for queue in sorted(self._queue_names)}
 
     def start_elections(self) -> None:

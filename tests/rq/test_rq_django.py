@@ -1,0 +1,54 @@
+"""django-rq: ``manage.py rqcron_leader`` reads Django settings; two real candidates, the leader SIGKILLed."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import LEASE, Fleet, wait_for
+from .test_rq_cron import INTERVAL, SLACK, check_once_per_slot, enqueues
+
+pytestmark = pytest.mark.processes
+
+if importlib.util.find_spec("django_rq") is None:  # importing it needs configured settings
+    pytest.skip("django-rq is not installed (pip install 'celery-leader[django-rq]')", allow_module_level=True)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    fleet = Fleet(tmp_path, "dj")
+    fleet.env["DJANGO_SETTINGS_MODULE"] = "tests.rq.django_settings"
+    yield fleet
+    fleet.cleanup()
+
+
+def test_rqcron_leader_from_django_settings_survives_a_kill(fleet: Fleet, tmp_path: Path) -> None:
+    config = tmp_path / f"dj_cron_{fleet.tag.replace('-', '_')}.py"
+    config.write_text(
+        "from rq import cron\nfrom tests.rq.jobs import record\n"
+        f"cron.register(record, {fleet.queue!r}, args=({str(fleet.record)!r},), interval={INTERVAL}, name={fleet.tag!r})\n"
+    )
+    election = f"{fleet.tag}.rq.cron"  # LEADER_ELECTION['NAME'] as the prefix
+    fleet.elections.add(election)
+    for i in range(2):
+        fleet.spawn(f"d{i}", [sys.executable, "-m", "django", "rqcron_leader", str(config)])
+    wait_for("two enqueues", lambda: len(enqueues(fleet)) >= 2, timeout=60)
+    banner = next(line for line in fleet.log("d0").splitlines() if "standing for" in line)
+    assert f"standing for {election} on redis://127.0.0.1:6379/0 (lease 1.0s, retry 0.2s, catch-up skip)" in banner
+
+    holder = str(wait_for("a leader", lambda: fleet.holder(election)))
+    leader = next(name for name, proc in fleet.procs.items() if f"-{proc.pid}-" in holder)
+    old = max(tok for _, _, tok in enqueues(fleet))
+    at = time.time()
+    fleet.signal(leader, signal.SIGKILL)
+    wait_for("the standby to enqueue", lambda: any(tok > old for _, _, tok in enqueues(fleet)), timeout=30)
+    first = min(t for t, _, tok in enqueues(fleet) if tok > old)
+    assert first - at <= LEASE + INTERVAL + SLACK
+    count = len(enqueues(fleet))
+    wait_for("two more", lambda: len(enqueues(fleet)) >= count + 2, timeout=30)
+    check_once_per_slot(enqueues(fleet))
