@@ -43,6 +43,7 @@ BUILTIN: dict[str, tuple[str, str | None]] = {
     "django": ("django_leader.backend:DjangoBackend", "django"),
     "postgresql": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
     "postgres": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
+    "etcd": ("celery_leader.backends.etcd:EtcdBackend", None),
 }
 
 

@@ -1,0 +1,858 @@
+"""``etcd://[user:password@]host:2379[,host2:2379]/PREFIX``: leases in etcd v3.
+
+The backend speaks etcd's v3 HTTP/JSON gateway (``/v3/kv/txn``, ``/v3/watch``,
+``/v3/auth/authenticate``; etcd >= 3.4) with the standard library's ``http.client``, so
+that every call is bounded by the timeout the engine gives it, several cluster members
+can be listed, and user/password authentication works. Why not a client library: see
+docs/etcd.md ("Why no client library").
+
+Layout, under the URL's path (the key prefix, default ``/celery-leader``):
+
+``<prefix>/lock/<name>``
+    the record as the Go seed's JSON (unknown keys preserved).
+``<prefix>/fence/<name>``
+    the highest fencing token ever written, as decimal text. It is written in the same
+    transaction as the lock key and never deleted by us, so tokens never go backwards
+    even if the lock key is deleted by hand.
+
+Every write is one transaction that compares the ``mod_revision`` of both keys with the
+ones the writer read (0: absent), so nothing can come between the check and the write.
+The version handed to the engine is ``"<lock mod_revision>:<fence mod_revision>:<fence
+value>"`` (``g`` in front when the lock key held something undecodable): every put gives
+a new revision, so identical records still get new versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import http.client
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..urls import UrlOptions, redact
+
+__all__ = ["EtcdBackend", "EtcdLock", "VANISHED_HOLDER", "DEFAULT_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+#: raft: a write is acknowledged once a quorum has it, reads are linearizable, and the
+#: minority side of a partition can neither read nor write.
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+
+DEFAULT_PORT = 2379
+DEFAULT_PREFIX = "/celery-leader"
+#: the holder a vanished lock key reads as (its fence remains): nobody's identity
+VANISHED_HOLDER = "(lock key vanished)"
+#: a record is < 512 bytes; anything larger than this is not one of ours
+MAX_RECORD = 64 * 1024
+#: an answer larger than this is not an answer to our small requests
+MAX_RESPONSE = 4 * 1024 * 1024
+#: at most this long for one TCP/TLS connect, so that a dead member leaves time for the next
+DEFAULT_CONNECT_TIMEOUT = 1.0
+#: a pooled connection idle for longer is not reused for a write (it may have been closed)
+MAX_IDLE = 30.0
+OPTIONS = ("tls", "cacert", "cert", "key", "connect_timeout")
+_GRANTS = (
+    "grant the user a role with read-write permission on the prefix, e.g. "
+    "etcdctl role grant-permission ROLE --prefix=true readwrite {prefix}/"
+)
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class _Unavailable(BackendUnavailable):
+    """The member did not answer (timeout, reset): rotate to the next member for later calls."""
+
+
+class _NotSent(_Unavailable):
+    """The request never reached the member (connect failed): safe to send elsewhere at once."""
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class _State:
+    """What one read saw: the lock key's value and revision, the fence's, and the store's revision."""
+
+    raw: bytes | None
+    lock_mod: int
+    fence_mod: int
+    fence: int
+    revision: int
+
+
+def _version(state: _State, record: LeaderRecord | None) -> str | None:
+    if state.raw is None and not state.fence_mod:
+        return None
+    garbage = "g" if record is not None and record.decode_error else ""
+    return f"{garbage}{state.lock_mod}:{state.fence_mod}:{state.fence}"
+
+
+def _parse_version(version: str) -> tuple[bool, int, int, int] | None:
+    """(strict, lock mod_revision, fence mod_revision, fence) or None if not one of ours."""
+    strict = version.startswith("g")
+    parts = version[1:].split(":") if strict else version.split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        lock_mod, fence_mod, fence = (int(p) for p in parts)
+    except ValueError:
+        return None
+    if min(lock_mod, fence_mod, fence) < 0:
+        return None
+    return strict or lock_mod == 0, lock_mod, fence_mod, fence
+
+
+class EtcdLock(Lock):
+    """One election's lock in etcd. Thread-safe; shares its backend's connections."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: "EtcdBackend", name: str) -> None:
+        if not name:
+            raise ConfigurationError("the election name must not be empty")
+        self._backend = backend
+        self.name = name
+        self.key = f"{backend.prefix}/lock/{name}"
+        self.fence_key = f"{backend.prefix}/fence/{name}"
+        self._closed = False
+        self._watches: set[http.client.HTTPConnection] = set()
+        self._guard = threading.Lock()
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _read(self, timeout: float) -> _State:
+        """Both keys in one transaction without conditions: one consistent snapshot."""
+        reply = self._backend.call(
+            "kv/txn",
+            {"success": [{"request_range": {"key": _b64(self.key)}}, {"request_range": {"key": _b64(self.fence_key)}}]},
+            timeout,
+            idempotent=True,
+        )
+        responses = reply.get("responses") or []
+        try:
+            lock_kvs = (responses[0].get("response_range") or {}).get("kvs") or []
+            fence_kvs = (responses[1].get("response_range") or {}).get("kvs") or []
+            revision = int((reply.get("header") or {}).get("revision", 0))
+            raw = _unb64(lock_kvs[0].get("value", "")) if lock_kvs else None
+            lock_mod = int(lock_kvs[0]["mod_revision"]) if lock_kvs else 0
+            fence_mod = int(fence_kvs[0]["mod_revision"]) if fence_kvs else 0
+            fence_raw = _unb64(fence_kvs[0].get("value", "")) if fence_kvs else b""
+        except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BackendUnavailable(f"{self.describe()}: unexpected answer from etcd ({exc!r})") from None
+        fence = 0
+        if fence_kvs:
+            try:
+                fence = int(fence_raw.decode("ascii"), 10)
+            except (UnicodeDecodeError, ValueError):
+                # not written by us: the next write replaces it with a proper number
+                log.warning("%s: fence key %r holds no number; treating it as 0", self.name, self.fence_key)
+            fence = max(0, fence)
+        return _State(raw, lock_mod, fence_mod, fence, revision)
+
+    def get(self, timeout: float) -> Versioned | None:
+        state = self._read(timeout)
+        if state.raw is None:
+            if not state.fence_mod:
+                return None
+            # Deleted by hand. Whoever held it may still believe it leads, so it reads as held
+            # by an unknown holder: candidates wait one lease, then take it above the fence.
+            record = LeaderRecord(holder=VANISHED_HOLDER, transitions=state.fence)
+            return Versioned(record, _version(state, record) or "")
+        if len(state.raw) > MAX_RECORD:
+            record = LeaderRecord.undecodable(len(state.raw), "too large for a leader record")
+        else:
+            record = decode_or_placeholder(state.raw)
+        if state.fence > record.transitions:
+            # rewritten with a lower token (by hand, a foreign writer): count on from the fence
+            record = record.evolve(transitions=state.fence)
+        return Versioned(record, _version(state, record) or "")
+
+    # --- writing ----------------------------------------------------------------------
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        # both keys absent; a fence without a lock key is a vanished lock: get() shows it
+        return self._write(record, 0, 0, record.transitions, timeout, "the lock exists")
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        parsed = _parse_version(expected_version or "")
+        if parsed is None:
+            raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
+        strict, lock_mod, fence_mod, fence = parsed
+        if record.transitions < fence or (strict and record.transitions <= fence):
+            # Not Conflict (the engine would retry at once, forever): the writer has not seen
+            # the last token. BackendUnavailable backs off; a candidate that read the lifted
+            # record writes a proper token.
+            raise BackendUnavailable(
+                f"{self.name}: refused to write fencing token {record.transitions}: the fence "
+                f"{self.fence_key!r} is at {fence} and tokens never go backwards"
+            )
+        return self._write(record, lock_mod, fence_mod, max(fence, record.transitions), timeout, "the stored version moved on")
+
+    def _write(self, record: LeaderRecord, lock_mod: int, fence_mod: int, fence: int, timeout: float, why: str) -> str:
+        body = {
+            "compare": [
+                {"key": _b64(self.key), "target": "MOD", "mod_revision": str(lock_mod), "result": "EQUAL"},
+                {"key": _b64(self.fence_key), "target": "MOD", "mod_revision": str(fence_mod), "result": "EQUAL"},
+            ],
+            "success": [
+                {"request_put": {"key": _b64(self.key), "value": _b64(encode_record(record))}},
+                {"request_put": {"key": _b64(self.fence_key), "value": _b64(str(fence))}},
+            ],
+        }
+        reply = self._backend.call("kv/txn", body, timeout, idempotent=False)
+        if not reply.get("succeeded"):
+            raise Conflict(f"{self.name}: {why}")
+        try:
+            revision = int(reply["header"]["revision"])
+        except (KeyError, TypeError, ValueError):
+            raise BackendUnavailable(f"{self.describe()}: etcd answered a write without a revision") from None
+        # both puts of one transaction get the transaction's revision
+        return f"{revision}:{revision}:{fence}"
+
+    # --- watching ---------------------------------------------------------------------
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        """Read; if unchanged, watch the lock key from the next revision until a change or the timeout."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        state = self._read(timeout)
+        record = None
+        if state.raw is not None:
+            record = decode_or_placeholder(state.raw) if len(state.raw) <= MAX_RECORD else LeaderRecord.undecodable(
+                len(state.raw), "too large"
+            )
+        if _version(state, record) != version or self._closed:
+            return
+        body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
+        try:
+            for line in self._backend.stream("watch", body, deadline, self._watches, self._guard, lambda: self._closed):
+                result = line.get("result") or {}
+                if result.get("events") or result.get("canceled") or line.get("error"):
+                    # a change, or the watch was refused (compacted, permission): re-read either way
+                    if result.get("canceled") and result.get("cancel_reason"):
+                        log.debug("%s: watch canceled: %s", self.name, result.get("cancel_reason"))
+                    return
+                if self._closed:
+                    return
+        except BackendUnavailable:
+            if self._closed:
+                return  # close() aborted the watch
+            raise
+
+    def close(self) -> None:
+        self._closed = True
+        with self._guard:
+            watches, self._watches = list(self._watches), set()
+        for conn in watches:
+            _abort(conn)
+
+    def describe(self) -> str:
+        return f"etcd key {self.key!r} at {self._backend.describe()}"
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """Close a connection another thread may be reading from (shutdown wakes the reader)."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
+class EtcdBackend(Backend):
+    """An etcd v3 cluster (one or more members listed in the URL); one set of connections for all locks.
+
+    URL options: ``tls`` (``true`` for https; implied by the file options), ``cacert``
+    (CA bundle that signed the members' certificates), ``cert`` and ``key`` (client
+    certificate), ``connect_timeout`` (seconds, cap for one connect, default 1).
+    User and password come from the URL's user information and are never shown.
+    """
+
+    schemes = ("etcd",)
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        endpoints: list[tuple[str, int]],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        url: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ConfigurationError("no etcd endpoints; write etcd://host:2379[,host2:2379]/PREFIX")
+        if (username is None) != (password is None):
+            raise ConfigurationError("give both the etcd user and the password (etcd://USER:PASSWORD@host:2379/), or neither")
+        prefix = "/" + prefix.strip("/") if prefix.strip("/") else DEFAULT_PREFIX
+        self.endpoints = [_Endpoint(h, p) for h, p in endpoints]
+        self.prefix = prefix
+        self._username = username
+        self._password = password
+        self._tls = tls
+        self.connect_timeout = connect_timeout
+        self.url = url or self._default_url()
+        self._preferred = 0
+        self._token: str | None = None
+        self._auth_disabled = False
+        self._auth_guard = threading.Lock()
+        self._idle: dict[_Endpoint, collections.deque[tuple[http.client.HTTPConnection, float]]] = {
+            e: collections.deque() for e in self.endpoints
+        }
+        self._idle_guard = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._locks: weakref.WeakSet[EtcdLock] = weakref.WeakSet()
+
+    def _default_url(self) -> str:
+        user = f"{self._username}:***@" if self._username else ""
+        return f"etcd://{user}{','.join(str(e) for e in self.endpoints)}{self.prefix}"
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str) -> "EtcdBackend":
+        shown = redact(url)
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "etcd":
+            raise ConfigurationError(f"not an etcd:// URL: {shown!r}")
+        if parts.fragment:
+            raise ConfigurationError(f"the etcd URL {shown!r} has a '#' part; percent-encode '#' in a password as %23")
+        options = UrlOptions(parts.query, scheme="etcd", known=OPTIONS)
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, sep, secret = userinfo.partition(":")
+            if not sep or not user:
+                raise ConfigurationError(
+                    f"the etcd URL {shown!r} needs both user and password: etcd://USER:PASSWORD@host:2379/ "
+                    "(percent-encode special characters)"
+                )
+            username, password = unquote(user), unquote(secret)
+        endpoints: list[tuple[str, int]] = []
+        for item in hostlist.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            endpoints.append(_parse_host(item, shown))
+        if not endpoints:
+            raise ConfigurationError(f"no etcd host in {shown!r}; write etcd://host:2379[,host2:2379]/PREFIX")
+        cacert = options.text("cacert")
+        cert = options.text("cert")
+        key = options.text("key")
+        use_tls = options.flag("tls", bool(cacert or cert))
+        connect_timeout = options.seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.01, maximum=60.0)
+        if (cert is None) != (key is None):
+            raise ConfigurationError("give both ?cert= and ?key= for a client certificate, or neither")
+        if (cacert or cert) and not use_tls:
+            raise ConfigurationError("?cacert=/?cert= need TLS; drop ?tls=false")
+        context = _tls_context(cacert, cert, key) if use_tls else None
+        return cls(
+            endpoints,
+            prefix=unquote(parts.path),
+            username=username,
+            password=password,
+            tls=context,
+            connect_timeout=float(connect_timeout or DEFAULT_CONNECT_TIMEOUT),
+            url=url,
+        )
+
+    def lock(self, name: str) -> EtcdLock:
+        if self._closed:
+            raise ConfigurationError("this etcd backend is closed")
+        lock = EtcdLock(self, name)
+        self._locks.add(lock)
+        return lock
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    # --- start-up check ---------------------------------------------------------------
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Reachable, etcd >= 3.4, credentials accepted, read and write permitted on the prefix."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.001, deadline - time.monotonic())
+
+        try:
+            version = self.call("version", None, left(), idempotent=True, method="GET", auth=False)
+        except BackendUnavailable as exc:
+            hint = self._protocol_mismatch(left())
+            if hint:
+                raise ConfigurationError(hint) from None
+            raise exc from None
+        server = str(version.get("etcdserver", ""))
+        try:
+            numbers = tuple(int(p) for p in server.split(".")[:2])
+        except ValueError:
+            numbers = ()
+        if len(numbers) != 2:
+            raise ConfigurationError(f"{self.describe()} does not look like etcd (GET /version said {version!r})")
+        if numbers < (3, 4):
+            raise ConfigurationError(
+                f"etcd at {self.describe()} is version {server}; this backend needs etcd >= 3.4 (its /v3 JSON gateway)"
+            )
+        probe = f"{self.prefix}/lock/.celery-leader-probe"
+        self.call("kv/range", {"key": _b64(probe)}, left(), idempotent=True)
+        # a write that cannot succeed (no key has mod_revision -1) is still permission-checked
+        self.call(
+            "kv/txn",
+            {
+                "compare": [{"key": _b64(probe), "target": "MOD", "mod_revision": "-1", "result": "EQUAL"}],
+                "success": [{"request_put": {"key": _b64(probe), "value": ""}}],
+            },
+            left(),
+            idempotent=True,
+        )
+
+    def _protocol_mismatch(self, timeout: float) -> str | None:
+        """Why a member did not answer, if it speaks TLS and we do not, or the other way round."""
+        for endpoint in self.endpoints:
+            try:
+                with socket.create_connection((endpoint.host, endpoint.port), timeout=min(timeout, self.connect_timeout)) as raw:
+                    raw.settimeout(min(timeout, 2.0))
+                    if self._tls is None:
+                        probe = ssl.create_default_context()
+                        probe.check_hostname = False
+                        probe.verify_mode = ssl.CERT_NONE
+                        try:
+                            probe.wrap_socket(raw, server_hostname=endpoint.host).close()
+                        except ssl.SSLError as exc:
+                            if "CERTIFICATE_REQUIRED" not in str(exc) and "certificate required" not in str(exc):
+                                continue
+                        return f"etcd at {self.describe()} speaks TLS; add ?tls=true (and ?cacert=/path/ca.pem) to the URL"
+                    raw.sendall(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
+                    answer = raw.recv(4096)
+                    if answer.startswith(b"HTTP/") and b"etcdserver" in answer:
+                        return f"etcd at {self.describe()} does not speak TLS; drop ?tls=true and the TLS file options"
+            except OSError:
+                continue
+        return None
+
+    # --- calls ------------------------------------------------------------------------
+
+    def call(
+        self,
+        path: str,
+        body: Any,
+        timeout: float,
+        *,
+        idempotent: bool,
+        method: str = "POST",
+        auth: bool = True,
+    ) -> dict[str, Any]:
+        """One request to the cluster within ``timeout``; errors mapped to the contract's.
+
+        Members are tried from the preferred one; a member that cannot be connected to is
+        skipped at once; one that does not answer makes the call fail and the next call go
+        to the next member (a write is never sent twice within one call).
+        """
+        if self._closed:
+            raise BackendUnavailable(f"{self.describe()} is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        reauthenticated = False
+        while True:
+            headers = {"Content-Type": "application/json"}
+            if auth:
+                token = self._auth_token(deadline)
+                if token:
+                    headers["Authorization"] = token
+            data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+            status, reply = self._send(method, path if path == "version" else "v3/" + path, data, headers, deadline, idempotent)
+            if status == 200:
+                if not isinstance(reply, dict):
+                    raise BackendUnavailable(f"etcd at {self.describe()} answered {path} with {type(reply).__name__}")
+                return reply
+            message = str(reply.get("message") or reply.get("error") or "") if isinstance(reply, dict) else ""
+            if "invalid auth token" in message and auth and self._username and not reauthenticated:
+                # simple tokens expire (--auth-token-ttl) and die with a member restart
+                with self._auth_guard:
+                    self._token = None
+                reauthenticated = True
+                continue
+            raise self._error(path, status, reply, message)
+
+    def _error(self, path: str, status: int, reply: Any, message: str) -> Exception:
+        code = reply.get("code") if isinstance(reply, dict) else None
+        where = f"etcd at {self.describe()}"
+        if "user name is empty" in message:
+            return ConfigurationError(
+                f"{where} has authentication enabled; put the credentials in the URL: "
+                "etcd://USER:PASSWORD@host:2379/PREFIX"
+            )
+        if "authentication failed" in message or "invalid user ID or password" in message:
+            return ConfigurationError(f"{where} refused the user name or password; fix them in the URL")
+        if code == 7 or "permission denied" in message:
+            return ConfigurationError(
+                f"{where}: permission denied for {path} under {self.prefix!r}; " + _GRANTS.format(prefix=self.prefix)
+            )
+        if status == 404:
+            return ConfigurationError(
+                f"{where} has no /v3/{path} endpoint (HTTP 404); is it etcd >= 3.4 with its client URL, not the peer URL?"
+            )
+        if status == 400 and "HTTP request to an HTTPS server" in str(reply):
+            return ConfigurationError(f"{where} speaks TLS; add ?tls=true (and ?cacert=/path/ca.pem) to the URL")
+        if code in (14, 4, 8, 10, 13) or status >= 500 or "no leader" in message or "timed out" in message:
+            return BackendUnavailable(f"{where}: {message or status}")
+        if code == 3 and path == "kv/txn" and "too large" in message:
+            return ConfigurationError(f"{where}: {message}")
+        return BackendUnavailable(f"{where} answered {path} with HTTP {status}: {message or _short(reply)}")
+
+    def _auth_token(self, deadline: float) -> str | None:
+        if not self._username or self._auth_disabled:
+            return None
+        with self._auth_guard:
+            if self._token is not None:
+                return self._token
+        status, reply = self._send(
+            "POST",
+            "v3/auth/authenticate",
+            json.dumps({"name": self._username, "password": self._password}).encode(),
+            {"Content-Type": "application/json"},
+            deadline,
+            True,
+        )
+        message = str(reply.get("message") or reply.get("error") or "") if isinstance(reply, dict) else ""
+        if status == 200 and isinstance(reply, dict) and reply.get("token"):
+            with self._auth_guard:
+                self._token = str(reply["token"])
+                return self._token
+        if "authentication is not enabled" in message:
+            log.warning("etcd at %s does not have authentication enabled; the URL's credentials are not used", self.describe())
+            self._auth_disabled = True
+            return None
+        raise self._error("auth/authenticate", status, reply, message)
+
+    def _send(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str], deadline: float, idempotent: bool
+    ) -> tuple[int, Any]:
+        n = len(self.endpoints)
+        first = self._preferred
+        last_error: BackendUnavailable | None = None
+        for i in range(n):
+            endpoint = self.endpoints[(first + i) % n]
+            if deadline - time.monotonic() <= 0:
+                break
+            try:
+                return self._exchange(endpoint, method, path, data, headers, deadline, idempotent)
+            except _NotSent as exc:
+                last_error = exc
+                self._rotate(endpoint)
+                continue
+            except _Unavailable:
+                self._rotate(endpoint)
+                raise
+        if last_error is not None:
+            raise BackendUnavailable(str(last_error)) from None
+        raise BackendUnavailable(f"no time left to call etcd at {self.describe()}")
+
+    def _rotate(self, failed: _Endpoint) -> None:
+        """Later calls start at the member after ``failed`` (if it is still the preferred one)."""
+        n = len(self.endpoints)
+        if n > 1 and self.endpoints[self._preferred % n] == failed:
+            self._preferred = (self._preferred + 1) % n
+            log.debug("etcd: %s failed; next calls go to %s", failed, self.endpoints[self._preferred])
+
+    def _exchange(
+        self,
+        endpoint: _Endpoint,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        deadline: float,
+        idempotent: bool,
+    ) -> tuple[int, Any]:
+        conn, reused = self._checkout(endpoint, deadline, for_write=not idempotent)
+        try:
+            try:
+                return self._roundtrip(conn, method, path, data, headers, deadline, endpoint)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not (reused and idempotent) or deadline - time.monotonic() <= 0:
+                    raise
+            # a pooled connection the member had closed: once more on a new one (reads only)
+            conn.close()
+            conn = self._connect(endpoint, deadline)
+            return self._roundtrip(conn, method, path, data, headers, deadline, endpoint)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            raise _Unavailable(f"etcd member {endpoint} closed the connection: {exc}") from None
+        except TimeoutError:
+            raise _Unavailable(f"etcd member {endpoint} did not answer in time") from None
+        except ssl.SSLError as exc:
+            raise self._tls_error(exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Unavailable(f"etcd member {endpoint}: {exc!r}") from None
+        finally:
+            self._checkin(endpoint, conn, healthy=bool(getattr(conn, "_celery_leader_ok", False)))
+
+    def _roundtrip(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        deadline: float,
+        endpoint: _Endpoint,
+    ) -> tuple[int, Any]:
+        conn._celery_leader_ok = False  # type: ignore[attr-defined]
+        self._settimeout(conn, deadline)
+        conn.request(method, "/" + path, body=data, headers=headers)
+        self._settimeout(conn, deadline)
+        resp = conn.getresponse()
+        self._settimeout(conn, deadline)
+        raw = resp.read(MAX_RESPONSE + 1)
+        if len(raw) > MAX_RESPONSE:
+            raise _Unavailable(f"etcd member {endpoint} sent an answer over {MAX_RESPONSE} bytes")
+        conn._celery_leader_ok = not resp.will_close  # type: ignore[attr-defined]
+        try:
+            reply = json.loads(raw) if raw else {}
+        except ValueError:
+            reply = {"error": raw[:200].decode("utf-8", "replace")}
+        return resp.status, reply
+
+    def _settimeout(self, conn: http.client.HTTPConnection, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        conn.timeout = left
+        if conn.sock is not None:
+            conn.sock.settimeout(left)
+
+    def _tls_error(self, exc: ssl.SSLError) -> Exception:
+        text = str(exc)
+        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+            return ConfigurationError(
+                f"the TLS certificate of etcd at {self.describe()} is not trusted ({exc.reason or text}); "
+                "give the CA that signed it: ?cacert=/path/to/ca.pem"
+            )
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+            return ConfigurationError(f"etcd at {self.describe()} does not speak TLS; drop ?tls=true and the file options")
+        if "CERTIFICATE_REQUIRED" in text or "certificate required" in text or "BAD_CERTIFICATE" in text:
+            return ConfigurationError(
+                f"etcd at {self.describe()} wants a client certificate; give ?cert=/path/client.pem&key=/path/client-key.pem"
+            )
+        return _Unavailable(f"TLS with etcd at {self.describe()} failed: {text}")
+
+    # --- connections ------------------------------------------------------------------
+
+    def _new_connection(self, endpoint: _Endpoint, timeout: float) -> http.client.HTTPConnection:
+        if self._tls is not None:
+            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout, context=self._tls)
+        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
+
+    def _connect(self, endpoint: _Endpoint, deadline: float) -> http.client.HTTPConnection:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _NotSent(f"no time left to connect to etcd member {endpoint}")
+        conn = self._new_connection(endpoint, min(left, self.connect_timeout))
+        try:
+            conn.connect()
+        except ssl.SSLError as exc:
+            conn.close()
+            raise self._tls_error(exc) from None
+        except (TimeoutError, OSError) as exc:
+            conn.close()
+            raise _NotSent(f"cannot connect to etcd member {endpoint}: {exc}") from None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def _checkout(self, endpoint: _Endpoint, deadline: float, *, for_write: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """A pooled connection (for a write, not one idle for long: it is never resent), or a new one."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        now = time.monotonic()
+        with self._idle_guard:
+            idle = self._idle[endpoint]
+            while idle:
+                conn, since = idle.pop()
+                if not for_write or now - since < MAX_IDLE:
+                    return conn, True
+                conn.close()
+        return self._connect(endpoint, deadline), False
+
+    def _checkin(self, endpoint: _Endpoint, conn: http.client.HTTPConnection, *, healthy: bool) -> None:
+        if healthy and not self._closed and self._pid == os.getpid():
+            with self._idle_guard:
+                self._idle[endpoint].append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's sockets (never use or close them)."""
+        with self._idle_guard:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._idle = {e: collections.deque() for e in self.endpoints}
+
+    def stream(
+        self,
+        path: str,
+        body: Any,
+        deadline: float,
+        registry: set[http.client.HTTPConnection],
+        guard: threading.Lock,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the JSON messages of a streaming request (a watch) until ``deadline``.
+
+        Uses its own connection (registered in ``registry`` so that ``close()`` can abort it).
+        A member that cannot be reached raises :class:`BackendUnavailable`; the deadline
+        passing ends the iteration quietly.
+        """
+        headers = {"Content-Type": "application/json"}
+        token = self._auth_token(deadline)
+        if token:
+            headers["Authorization"] = token
+        endpoint = self.endpoints[self._preferred % len(self.endpoints)]
+        try:
+            conn = self._connect(endpoint, deadline)
+        except _NotSent:
+            self._rotate(endpoint)
+            raise
+        with guard:
+            registry.add(conn)
+        try:
+            if cancelled():
+                return  # closed while connecting: close() may have missed this connection
+            try:
+                self._settimeout(conn, deadline)
+                conn.request("POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers)
+                self._settimeout(conn, deadline)
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    raw = resp.read(MAX_RESPONSE)
+                    try:
+                        reply = json.loads(raw)
+                    except ValueError:
+                        reply = {}
+                    message = str(reply.get("message") or "") if isinstance(reply, dict) else ""
+                    raise self._error(path, resp.status, reply, message)
+                buffer = b""
+                decoder = json.JSONDecoder()
+                while True:
+                    self._settimeout(conn, deadline)
+                    chunk = resp.read1(65536)
+                    if not chunk:
+                        raise _Unavailable(f"etcd member {endpoint} ended the watch stream")
+                    buffer += chunk
+                    if len(buffer) > MAX_RESPONSE:
+                        yield {"error": "watch message too large"}
+                        return
+                    while True:
+                        text = buffer.lstrip()
+                        if not text:
+                            buffer = b""
+                            break
+                        try:
+                            message, end = decoder.raw_decode(text.decode("utf-8"))
+                        except (ValueError, UnicodeDecodeError):
+                            buffer = text
+                            break  # incomplete: read more
+                        buffer = text.decode("utf-8")[end:].encode("utf-8")
+                        if isinstance(message, dict):
+                            yield message
+            except TimeoutError:
+                return  # the deadline: no change seen
+            except ssl.SSLError as exc:
+                raise self._tls_error(exc) from None
+            except (OSError, http.client.HTTPException) as exc:
+                if self._closed:
+                    return
+                raise _Unavailable(f"etcd watch on {endpoint} failed: {exc!r}") from None
+        finally:
+            with guard:
+                registry.discard(conn)
+            _abort(conn)
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for lock in list(self._locks):
+            lock.close()
+        with self._idle_guard:
+            pools, self._idle = self._idle, {e: collections.deque() for e in self.endpoints}
+        if self._pid != os.getpid():
+            return  # the parent's sockets: not ours to close
+        for idle in pools.values():
+            for conn, _ in idle:
+                conn.close()
+
+
+def _short(reply: Any) -> str:
+    text = json.dumps(reply) if not isinstance(reply, str) else reply
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _parse_host(item: str, shown: str) -> tuple[str, int]:
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, ""
+    if not host:
+        raise ConfigurationError(f"bad etcd address {item!r} in {shown!r}; write host:2379")
+    if not port_text:
+        return host, DEFAULT_PORT
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"bad port in etcd address {item!r} in {shown!r}; write host:2379")
+    return host, port
+
+
+def _tls_context(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=cacert)
+        if cert and key:
+            context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"TLS file not found: {exc.filename}; fix ?cacert=, ?cert= or ?key=") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot load the TLS files given in ?cacert=/?cert=/?key= ({exc})") from None
+    return context
