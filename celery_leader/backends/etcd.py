@@ -279,17 +279,13 @@ class EtcdLock(Lock):
 
 
 def _abort(conn: http.client.HTTPConnection) -> None:
-    """Close a connection another thread may be reading from (shutdown wakes the reader)."""
+    """Wake a thread reading from ``conn`` (it sees the end of the stream and closes it itself)."""
     sock = conn.sock
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - closing is best effort
-        pass
 
 
 class EtcdBackend(Backend):
@@ -617,7 +613,8 @@ class EtcdBackend(Backend):
             raise _Unavailable(f"etcd member {endpoint} did not answer in time") from None
         except ssl.SSLError as exc:
             raise self._tls_error(exc) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # (http.client raises ValueError on a chunked answer cut in the middle)
             raise _Unavailable(f"etcd member {endpoint}: {exc!r}") from None
         finally:
             self._checkin(endpoint, conn, healthy=bool(getattr(conn, "_celery_leader_ok", False)))
@@ -772,6 +769,8 @@ class EtcdBackend(Backend):
                     self._settimeout(conn, deadline)
                     chunk = resp.read1(65536)
                     if not chunk:
+                        if self._closed or cancelled():
+                            return
                         raise _Unavailable(f"etcd member {endpoint} ended the watch stream")
                     buffer += chunk
                     if len(buffer) > MAX_RESPONSE:
@@ -794,14 +793,16 @@ class EtcdBackend(Backend):
                 return  # the deadline: no change seen
             except ssl.SSLError as exc:
                 raise self._tls_error(exc) from None
-            except (OSError, http.client.HTTPException) as exc:
-                if self._closed:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # (a chunked stream cut in the middle can also raise ValueError in http.client)
+                if self._closed or cancelled():
                     return
                 raise _Unavailable(f"etcd watch on {endpoint} failed: {exc!r}") from None
         finally:
             with guard:
                 registry.discard(conn)
             _abort(conn)
+            conn.close()
 
     # --- housekeeping -----------------------------------------------------------------
 
