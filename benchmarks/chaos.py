@@ -1,6 +1,6 @@
 """Fault injection: does it ever give two leaders, and how long is there none?
 
-``python -m benchmarks chaos [--backend file|redis] [--duration S] [--seed N] [-n N]``
+``python -m benchmarks chaos [--backend file|redis|postgresql] [--duration S] [--seed N] [-n N]``
 
 N candidates run through ``celery-leader run`` (their child logs each term with its
 token). Faults are injected at random, one at a time, each followed by recovery:
@@ -9,6 +9,9 @@ token). Faults are injected at random, one at a time, each followed by recovery:
 * ``term``: SIGTERM the leader (graceful release); restarted later;
 * ``pause``: SIGSTOP the leader and its child past the lease, then SIGCONT;
 * ``server``: the backend server killed and restarted (Redis, with AOF fsync always);
+* ``sessions``: every session of the candidates' database ended by ``pg_terminate_backend``
+  (PostgreSQL: the shared server is not ours to kill; this is what a restart, a failover
+  or an idle-session reaper does to the clients);
 * ``blackhole``: the leader's own connections to the backend silently dropped (a TCP
   proxy per candidate holds every byte) for longer than the lease, while the others
   still reach the backend: the leader must stop by its deadline, a follower take over;
@@ -107,6 +110,29 @@ class RedisServer:
             self.proc.wait(10)
 
 
+class PgDatabase:
+    """A throwaway database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        import psycopg
+
+        self.name = f"celery_leader_chaos_{uuid.uuid4().hex[:8]}"
+        self._admin = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True)
+        self._admin.execute(f'CREATE DATABASE "{self.name}"')
+
+    def terminate_sessions(self) -> int:
+        row = self._admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", [self.name]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def drop(self) -> None:
+        self._admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin.close()
+
+
 def _leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float) -> float:
     """Seconds from the fault until a leader ran again (0 if leadership was not interrupted)."""
     t = fault.at
@@ -122,7 +148,9 @@ def _leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float
 
 
 @contextlib.contextmanager
-def _environment(backend: str, workdir: Path, n: int) -> Iterator[tuple[list[str], RedisServer | None, list[TcpProxy]]]:
+def _environment(
+    backend: str, workdir: Path, n: int
+) -> Iterator[tuple[list[str], RedisServer | PgDatabase | None, list[TcpProxy]]]:
     if backend == "file":
         d = workdir / "locks"
         d.mkdir()
@@ -139,7 +167,17 @@ def _environment(backend: str, workdir: Path, n: int) -> Iterator[tuple[list[str
                 p.close()
             server.kill()
         return
-    raise SystemExit(f"unknown backend {backend!r}: choose file or redis")
+    if backend == "postgresql":
+        database = PgDatabase()
+        proxies = [TcpProxy(5432) for _ in range(n)]
+        try:
+            yield [f"postgresql://postgres@127.0.0.1:{p.port}/{database.name}" for p in proxies], database, proxies
+        finally:
+            for p in proxies:
+                p.close()
+            database.drop()
+        return
+    raise SystemExit(f"unknown backend {backend!r}: choose file, redis or postgresql")
 
 
 def run_chaos(
@@ -157,7 +195,10 @@ def run_chaos(
     rng = random.Random(seed)
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="celery-leader-chaos-")) if workdir is None else workdir
-    allowed = ["kill", "term", "pause"] + (["server", "blackhole", "delay"] if backend == "redis" else [])
+    allowed = ["kill", "term", "pause"] + {
+        "redis": ["server", "blackhole", "delay"],
+        "postgresql": ["sessions", "blackhole", "delay"],
+    }.get(backend, [])
     if kinds:
         allowed = [k for k in allowed if k in kinds]
     poll = retry * 1.2
@@ -187,8 +228,14 @@ def run_chaos(
                     fault.detail = lease * rng.uniform(1.5, 3.0)
                     fault.bound = lease + poll + SLACK
                     cluster.pause(leader, fault.detail)
+                elif kind == "sessions":
+                    assert isinstance(server, PgDatabase)
+                    # the pools retry once on a fresh connection: leadership should survive
+                    fault.bound = lease + poll + SLACK
+                    server.terminate_sessions()
+                    time.sleep(lease)
                 elif kind == "server":
-                    assert server is not None
+                    assert isinstance(server, RedisServer)
                     fault.detail = rng.uniform(0.2, 2.0) * lease
                     fault.bound = fault.detail + lease + poll + SLACK
                     server.kill()
@@ -224,13 +271,13 @@ def run_chaos(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks chaos", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", action="append", choices=["file", "redis"], help="repeatable; default both")
+    parser.add_argument("--backend", action="append", choices=["file", "redis", "postgresql"], help="repeatable; default all")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults per backend")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("-n", type=int, default=3, help="candidates")
     args = parser.parse_args(argv)
     results = []
-    for backend in args.backend or ["file", "redis"]:
+    for backend in args.backend or ["file", "redis", "postgresql"]:
         result = run_chaos(backend, args.duration, args.seed, args.n)
         results.append(result)
         rows = []

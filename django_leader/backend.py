@@ -227,7 +227,8 @@ class DjangoBackend(Backend):
         self._fence_name = LeaseFence._meta.db_table
         self._tables: Tables | None = None
         #: LISTEN for instant handover on PostgreSQL (followers elsewhere poll)
-        self._postgresql = "postgresql" in settings_dict.get("ENGINE", "")
+        engine = str(settings_dict.get("ENGINE", ""))
+        self._postgresql = "postgresql" in engine or "postgis" in engine
         self._listener: Listener | None = None
         if self._postgresql:
             self._listener = Listener(

@@ -405,9 +405,15 @@ class Listener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
+        self._pid = os.getpid()
 
     def ensure_running(self) -> None:
         with self._cond:
+            if self._pid != os.getpid():
+                # forked: the parent's thread is not here and its connection is not ours
+                # (never close it: that would end the parent's session)
+                self._pid, self._thread, self._conn = os.getpid(), None, None
+                self.listening.clear()
             if self._thread is None and not self._stopping.is_set():
                 self._thread = threading.Thread(target=self._run, name=f"celery-leader-{self._label}-listen", daemon=True)
                 self._thread.start()

@@ -34,3 +34,16 @@ def test_chaos_redis_backend(tmp_path):
     _check(result)
     kinds = {f.kind for f in result.faults}
     assert kinds & {"server", "blackhole", "delay"} or len(result.faults) < 4
+
+
+@pytest.mark.processes
+def test_chaos_postgresql_backend(tmp_path):
+    psycopg = pytest.importorskip("psycopg", reason="pip install 'celery-leader[postgresql]'")
+    try:
+        psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5).close()
+    except psycopg.Error as exc:
+        unavailable(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
+    result = run_chaos("postgresql", DURATION, workdir=tmp_path)
+    _check(result)
+    kinds = {f.kind for f in result.faults}
+    assert kinds & {"sessions", "blackhole", "delay"} or len(result.faults) < 4
