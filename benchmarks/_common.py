@@ -1,11 +1,14 @@
-"""Small shared pieces for the benchmarks: percentiles, the machine, result files."""
+"""Small shared pieces for the benchmarks: percentiles, the machine, result files, peers."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,3 +68,22 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+#: how to install every peer the benchmarks compare against
+BENCH_EXTRA = "pip install -e '.[bench]'"
+
+
+def peer_missing(name: str, module: str) -> str | None:
+    """One line saying that the peer tool ``name`` is skipped, or None if ``module`` imports here."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a missing parent package
+        found = False
+    return None if found else f"skipped {name}: not installed ({BENCH_EXTRA})"
+
+
+def script(name: str) -> str:
+    """A console script of this interpreter's environment (a venv's bin/), else from PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.access(beside, os.X_OK) else (shutil.which(name) or name)

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS, summary, table, write_results
+from benchmarks._common import RESULTS, peer_missing, summary, table, write_results
 
 INTERVAL = 1.0
 BROKER = "redis://127.0.0.1:6379/0"
@@ -196,6 +196,10 @@ def main(argv: list[str]) -> int:
     for first, kind in ((0, "sigkill"), (1, "sigterm")):
         if args.redbeat_default_failovers:
             scenarios.append((f"redbeat-default-{kind}", 1, args.default_cap, defaults, False, first))
+    missing = peer_missing("celery-redbeat", "redbeat")
+    if missing:
+        print(missing, flush=True)
+        scenarios = [sc for sc in scenarios if "redbeat" not in sc[0]]
     all_scenarios = list(scenarios)
     if args.only:
         wanted = set(args.only.split(","))

@@ -28,6 +28,10 @@ DB_NAME = f"django_leader_bench_{uuid.uuid4().hex[:8]}"
 def _configure(tmp: str) -> None:
     from django.conf import settings
 
+    with contextlib.suppress(ImportError):  # Django's MySQL backend on PyMySQL (wheels only)
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
     settings.configure(
         INSTALLED_APPS=["django_leader"],
         USE_TZ=True,
@@ -87,14 +91,14 @@ def _database(kind: str) -> Iterator[Callable[[], Any]]:
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
             admin.close()
         return
-    import MySQLdb
+    import pymysql
 
-    admin = MySQLdb.connect(host="127.0.0.1", user="root", passwd="")
+    admin = pymysql.connect(host="127.0.0.1", user="root", password="")
     admin.autocommit(True)
     admin.cursor().execute(f"CREATE DATABASE `{DB_NAME}`")
 
     def raw_maria() -> Any:
-        conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", db=DB_NAME)
+        conn = pymysql.connect(host="127.0.0.1", user="root", password="", database=DB_NAME)
         conn.autocommit(True)
         return conn
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks._common import table, write_results
+from benchmarks._common import peer_missing, table, write_results
 
 CANDIDATE = r"""
 import sys, time, redis, redis_lock
@@ -103,6 +103,10 @@ def main(argv: list[str]) -> int:
          lambda s: redis_lock_takeover({"expire": 15, "auto_renewal": True}, s, args.cap)),
         ("celery-leader run, defaults (lease 15 s)", lambda s: ours_takeover(s, args.cap)),
     ]  # fmt: skip
+    missing = peer_missing("python-redis-lock", "redis_lock")
+    if missing:
+        print(missing, flush=True)
+        setups = [s for s in setups if not s[0].startswith("python-redis-lock")]
     for label, measure in setups:
         kill, term = measure(signal.SIGKILL), measure(signal.SIGTERM)
         raw[label] = {"sigkill_s": kill, "sigterm_s": term}

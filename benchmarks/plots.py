@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, peer_missing
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "img"
 #: keys of a list element that name it better than its index
@@ -337,6 +337,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    missing = peer_missing("the plots (matplotlib)", "matplotlib")
+    if missing:
+        print(missing)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     groups, used, skipped = collect(args.results)
     drawn: list[str] = []

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from benchmarks._common import summary, table, write_results
+from benchmarks._common import peer_missing, script, summary, table, write_results
 from celery_leader import Election
 from celery_leader.backends.redis import WRITE_SCRIPT, WRITE_SHA, RedisBackend
 from celery_leader.record import LeaderRecord, encode_record
@@ -307,7 +307,7 @@ class Contender:
             )
             if self.profile == "matched":
                 env.update(SINGLE_BEAT_LOCK_TIME="15", SINGLE_BEAT_HEARTBEAT_INTERVAL="2")
-            argv = [shutil.which("single-beat") or "single-beat", *sleeper]
+            argv = [script("single-beat"), *sleeper]
         return argv, env
 
     def owner(self) -> bytes | None:
@@ -366,6 +366,12 @@ def side_by_side(port: int, reps: int, cap: float) -> list[dict[str, Any]]:
         ("single-beat", "default"),
         ("single-beat", "matched"),
     ]
+    modules = {"redbeat": "redbeat", "single-beat": "singlebeat"}
+    for tool in sorted(set(modules) & {t for t, _ in plan}):
+        reason = peer_missing(tool, modules[tool])
+        if reason:
+            print(reason, flush=True)
+            plan = [(t, p) for t, p in plan if t != tool]
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         for tool, profile in plan:
             for sig in (signal.SIGKILL, signal.SIGTERM):

@@ -85,12 +85,12 @@ def pg_alias():
 @pytest.fixture(scope="session")
 def maria_alias():
     try:
-        import MySQLdb
+        import pymysql
     except ImportError as exc:
-        unavailable(f"mysqlclient not installed: {exc}")
+        unavailable(f"PyMySQL not installed: {exc}")
     try:
-        admin = MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", connect_timeout=5)
-    except MySQLdb.Error as exc:
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+    except pymysql.Error as exc:
         unavailable(f"MariaDB on 127.0.0.1:3306 not reachable: {exc}")
     admin.autocommit(True)
     cur = admin.cursor()

@@ -4,8 +4,14 @@ The database names come from the environment so that the test session and the pr
 it starts share them; ``conftest.py`` sets unique ones per session.
 """
 
+import contextlib
 import os
 import tempfile
+
+with contextlib.suppress(ImportError):  # Django's MySQL backend on PyMySQL: it installs from a wheel
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
 
 SECRET_KEY = "django-leader-tests-only"
 DEBUG = False
