@@ -13,8 +13,8 @@ class TestMemoryLock(LockContract):
         return MemoryBackend.from_url(f"memory://{uuid.uuid4().hex}")
 
     @pytest.fixture
-    def make_lock(self, backend):
-        return backend.lock
+    def backend_url(self, backend):
+        return f"memory://{backend.namespace}"  # backends of one namespace share its locks
 
     @pytest.fixture
     def write_raw(self, backend):

@@ -9,7 +9,6 @@ import pytest
 from django.db import connections
 
 from celery_leader.testing import LockContract
-from django_leader.backend import DjangoBackend
 
 
 def _stall(alias: str):
@@ -27,9 +26,9 @@ def _stall(alias: str):
         cur = conn.cursor()
         cur.execute("LOCK TABLE django_leader_lease IN ACCESS EXCLUSIVE MODE")  # inside a transaction
         return lambda: (conn.rollback(), conn.close())
-    import MySQLdb
+    import pymysql
 
-    conn = MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", db=settings["NAME"])
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=settings["NAME"])
     cur = conn.cursor()
     cur.execute("LOCK TABLES django_leader_lease WRITE")
     return lambda: (cur.execute("UNLOCK TABLES"), conn.close())
@@ -37,17 +36,8 @@ def _stall(alias: str):
 
 class TestDjangoLockContract(LockContract):
     @pytest.fixture
-    def make_lock(self, alias):
-        opened: list[DjangoBackend] = []
-
-        def make(name: str):
-            backend = DjangoBackend.from_url(f"django://{alias}")
-            opened.append(backend)
-            return backend.lock(name)
-
-        yield make
-        for backend in opened:
-            backend.close()
+    def backend_url(self, alias):
+        return f"django://{alias}"
 
     @pytest.fixture
     def write_raw(self, make_lock):

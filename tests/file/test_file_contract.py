@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_leader.backends.file import FileBackend, FileLock
+from celery_leader.backends.file import FileBackend
 from celery_leader.testing import LockContract
 
 from .conftest import flock_held_by_other_process
@@ -15,17 +15,8 @@ from .conftest import flock_held_by_other_process
 
 class TestFileLock(LockContract):
     @pytest.fixture
-    def make_lock(self, backend: FileBackend):
-        opened: list[FileLock] = []
-
-        def make(name: str) -> FileLock:
-            lock = backend.lock(name)  # a new descriptor, so a new flock owner: a real race
-            opened.append(lock)
-            return lock
-
-        yield make
-        for lock in opened:
-            lock.close()
+    def backend_url(self, lock_dir: Path) -> str:
+        return f"file://{lock_dir}"  # every lock a new descriptor, so a new flock owner: a real race
 
     @pytest.fixture
     def write_raw(self, lock_dir: Path):

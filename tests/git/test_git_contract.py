@@ -24,17 +24,8 @@ class _GitContract(LockContract):
         return git_servers.new_repo("contract")
 
     @pytest.fixture
-    def make_lock(self, git_servers: Servers, contract_repo: Path) -> Iterator:
-        opened: list[GitBackend] = []
-
-        def make(name: str) -> GitLock:
-            backend = GitBackend.from_url(git_servers.url(self.transport, contract_repo))
-            opened.append(backend)
-            return backend.lock(name)
-
-        yield make
-        for backend in opened:
-            backend.close()
+    def backend_url(self, git_servers: Servers, contract_repo: Path) -> str:
+        return git_servers.url(self.transport, contract_repo)
 
     @pytest.fixture
     def write_raw(self, contract_repo: Path):

@@ -35,19 +35,15 @@ class TestGossipLock(LockContract):
     race_rounds = 3
 
     @pytest.fixture
-    def make_lock(self, cluster, voters):
-        opened: list[GossipBackend] = []
+    def new_backend(self, cluster, voters):
+        """Each new backend on the next agent in turn, sharing that agent's acceptor."""
         turn = itertools.count()
 
-        def make(name):
+        def new():
             i = next(turn) % len(cluster.agents)
-            backend = GossipBackend.from_url(cluster.agents[i].url(cluster.names, voters[i].acceptor.store.dir))
-            opened.append(backend)
-            return backend.lock(name)
+            return GossipBackend.from_url(cluster.agents[i].url(cluster.names, voters[i].acceptor.store.dir))
 
-        yield make
-        for b in opened:
-            b.close()
+        return new
 
     @pytest.fixture
     def write_raw(self, voters):

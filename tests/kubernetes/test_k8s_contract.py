@@ -70,6 +70,11 @@ def _write_raw(server: LeaseAPIServer, name: str, raw: bytes) -> None:
 
 class TestKubernetesLock(LockContract):
     race_clients = 6
+    lease_resolution = 1.0  # a Lease stores whole seconds, rounded up
+
+    @pytest.fixture
+    def backend_url(self, k8s_url: str) -> str:
+        return k8s_url
 
     @pytest.fixture
     def write_raw(self, apiserver: LeaseAPIServer):

@@ -12,6 +12,7 @@ import pytest
 
 from celery_leader.backends.kubernetes import RBAC_VERBS
 from celery_leader.testing.cluster import ElectorCluster
+from celery_leader.testing.failover import kill_term_stop
 
 from .conftest import NAMESPACE
 
@@ -32,30 +33,7 @@ def _assert_tokens_increase(report) -> None:
 
 def test_kill_terminate_pause_never_two_leaders(apiserver, k8s_url, tmp_path: Path) -> None:
     apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
-    with _cluster(k8s_url, tmp_path / "run") as cluster:
-        i = cluster.wait_for_leader(timeout=20)
-        time.sleep(0.5)
-        cluster.kill(i)  # SIGKILL: no release, the others wait out the lease
-        j = cluster.wait_for_leader(timeout=20, exclude={i})
-        time.sleep(0.5)
-        cluster.terminate(j)  # SIGTERM: release, a follower sees it through its watch
-        assert cluster.wait_exit(j, 15) == 0, "`run` did not exit cleanly on SIGTERM"
-        k = cluster.wait_for_leader(timeout=20, exclude={i, j})
-        cluster.restart(i)
-        cluster.restart(j)
-        time.sleep(0.5)
-        cluster.pause(k, seconds=LEASE * 2.5)  # SIGSTOP past the lease, then SIGCONT
-        resumed = time.time()
-        m = cluster.wait_for_leader(timeout=20, exclude={k})
-        time.sleep(1.0)
-        assert cluster.current_leader() == m
-    report = cluster.check()
-    _assert_tokens_increase(report)
-    assert len(report.intervals) >= 4, report.summary()
-    graceful = next(g for a, b, g in report.gaps if a.node == cluster.identity(j) and b.node == cluster.identity(k))
-    assert graceful < LEASE, f"the release was not seen before the lease ran out ({graceful:.3f}s)\n{report.summary()}"
-    paused = [iv for iv in report.intervals if iv.node == cluster.identity(k) and iv.start < resumed][-1]
-    assert paused.end < resumed + 1.0, f"the resumed node's child ran on for {paused.end - resumed:.3f}s"
+    kill_term_stop(k8s_url, workdir=tmp_path / "run")
     assert apiserver.lease(NAMESPACE, "beat")["spec"]["leaseDurationSeconds"] == 1
 
 

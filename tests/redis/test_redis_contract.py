@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from celery_leader.backends.redis import RedisBackend
 from celery_leader.testing import LockContract
 
 from .conftest import RedisServer
@@ -16,9 +15,8 @@ from .conftest import RedisServer
 
 class TestRedisLock(LockContract):
     @pytest.fixture
-    def make_lock(self, prefix: str, open_backend: Callable[[str], RedisBackend]):
-        # a new client (backend, pool, pub/sub connection) for every lock: races between clients
-        return lambda name: open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}").lock(name)
+    def backend_url(self, prefix: str) -> str:
+        return f"redis://127.0.0.1:6379/0?prefix={prefix}"
 
     @pytest.fixture
     def write_raw(self, prefix: str, shared_redis: redis.Redis):

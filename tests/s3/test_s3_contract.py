@@ -20,19 +20,15 @@ class _S3Contract(LockContract):
         return request.getfixturevalue(self.server_fixture)
 
     @pytest.fixture
-    def make_lock(self, server, prefix):
-        """Every lock through its own backend (its own clients and connections), proven safe first."""
-        opened: list[S3Backend] = []
+    def new_backend(self, server, prefix):
+        """A backend with its own clients and connections, proven safe first."""
 
-        def make(name: str):
+        def new() -> S3Backend:
             backend = S3Backend.from_url(server.url(prefix))
             backend.ensure_safe(time.monotonic() + 10.0)
-            opened.append(backend)
-            return backend.lock(name)
+            return backend
 
-        yield make
-        for backend in opened:
-            backend.close()
+        return new
 
     @pytest.fixture
     def write_raw(self, server, prefix):

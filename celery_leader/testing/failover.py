@@ -1,0 +1,113 @@
+"""The process failover scenario every backend runs, importable by plugin authors.
+
+:func:`kill_term_stop` starts ``n`` ``celery-leader run`` processes on one lock URL and
+puts the leader through the three ways a process stops leading: SIGKILL (no release: the
+others wait out the lease), SIGTERM (release: a follower takes over without waiting for
+the lease) and SIGSTOP past its lease (frozen, then resumed: its work must be stopped the
+moment it wakes). It asserts what must hold on every backend and returns what happened, so
+that a backend's test can add its own checks (what the server stored, extra faults)::
+
+    from celery_leader.testing.failover import kill_term_stop
+
+    @pytest.mark.processes
+    def test_failover(tmp_path):
+        kill_term_stop("myscheme://...", workdir=tmp_path)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .cluster import ElectorCluster, Interval, Report, wait_dead
+
+__all__ = ["Failover", "kill_term_stop"]
+
+
+@dataclass
+class Failover:
+    """What :func:`kill_term_stop` did; nodes are indexes into ``cluster``."""
+
+    cluster: ElectorCluster
+    report: Report
+    killed: int
+    terminated: int
+    paused: int
+    successor: int
+    #: wall-clock time at which the paused node was resumed
+    resumed: float
+    #: seconds from the end of the SIGTERMed leader's term to the start of the next term
+    graceful_gap: float
+
+
+def kill_term_stop(
+    url: str,
+    *,
+    workdir: Path,
+    name: str = "beat",
+    n: int = 3,
+    lease_duration: float = 1.0,
+    renew_deadline: float = 0.6,
+    retry_period: float = 0.2,
+    timeout: float = 20.0,
+    then: Callable[[ElectorCluster], None] | None = None,
+) -> Failover:
+    """SIGKILL the leader, SIGTERM the next one, SIGSTOP the third past its lease.
+
+    ``then(cluster)`` runs afterwards with the cluster still up (more faults: a server
+    frozen, stopped, restarted). Asserted here: never two leaders, tokens strictly
+    increasing, the SIGKILLed ``run``'s child dies with it, ``run`` exits 0 on SIGTERM and
+    stops its child gently, the release is seen before the lease runs out, and the resumed
+    node's child is stopped as soon as it wakes.
+    """
+    with ElectorCluster(
+        url, name, n=n, workdir=workdir, lease_duration=lease_duration, renew_deadline=renew_deadline,
+        retry_period=retry_period,
+    ) as cluster:  # fmt: skip
+        # 1. SIGKILL: no release; the child must die with its `run`, a standby waits out the lease
+        killed = cluster.wait_for_leader(timeout=timeout)
+        time.sleep(0.5)  # mid-term, several renewals in
+        child = cluster.terms(killed)[-1].pid
+        cluster.kill(killed)
+        assert wait_dead(child, 5), "the child of a SIGKILLed `run` outlived it"
+        terminated = cluster.wait_for_leader(timeout=timeout, exclude={killed})
+
+        # 2. SIGTERM: `run` stops its child, releases and exits 0
+        time.sleep(0.5)
+        cluster.terminate(terminated)
+        assert cluster.wait_exit(terminated, 15) == 0, "`run` did not exit cleanly on SIGTERM"
+        paused = cluster.wait_for_leader(timeout=timeout, exclude={killed, terminated})
+
+        # 3. the others back (and caught up with the leader's renewals), then the leader
+        #    frozen past its lease and resumed
+        cluster.restart(killed)
+        cluster.restart(terminated)
+        time.sleep(lease_duration + 0.5)
+        cluster.pause(paused, seconds=lease_duration * 2.5)
+        resumed = time.time()
+        successor = cluster.wait_for_leader(timeout=timeout, exclude={paused})
+        time.sleep(1.0)  # the resumed node notices and stands by while the new one leads
+        assert cluster.current_leader() == successor
+        if then is not None:
+            then(cluster)
+
+    report = cluster.check()
+    report.assert_safe()
+    tokens = [iv.token for iv in sorted(report.intervals, key=lambda iv: iv.start)]
+    assert tokens == sorted(set(tokens)), f"tokens not strictly increasing: {tokens}\n{report.summary()}"
+    assert len(report.intervals) >= 4, report.summary()
+
+    def terms(node: int) -> list[Interval]:
+        return [iv for iv in report.intervals if iv.node == cluster.identity(node)]
+
+    termed = terms(terminated)[0]  # its first term is the one SIGTERM ended
+    assert termed.stopped_cleanly, "the SIGTERMed node's child was not stopped gently"
+    after = next(iv for iv in report.intervals if iv.start > termed.start)
+    graceful = after.start - termed.end
+    assert graceful < lease_duration, f"the release was not seen before the lease ran out ({graceful:.3f}s)\n{report.summary()}"
+    frozen = [iv for iv in terms(paused) if iv.start < resumed][-1]
+    assert frozen.end < resumed + 1.0, f"the resumed node's child ran on for {frozen.end - resumed:.3f}s"
+    assert frozen.token < max(iv.token for iv in terms(successor))
+    return Failover(cluster, report, killed, terminated, paused, successor, resumed, graceful)
