@@ -47,7 +47,7 @@ from .lock import Lock
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
-log = logging.getLogger("celery_leader")
+log = logging.getLogger(__name__)
 
 #: threads for the blocking backend calls of every asyncio election in this process
 CALL_POOL_SIZE = 32

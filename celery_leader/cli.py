@@ -27,7 +27,7 @@ from .once import Slot, mark_done
 from .record import ANY_HOLDER, printable
 from .registry import ENV_URL, open_backend
 
-log = logging.getLogger("celery_leader.cli")
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 

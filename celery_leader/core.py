@@ -49,7 +49,7 @@ __all__ = [
     "validate_name",
 ]
 
-log = logging.getLogger("celery_leader")
+log = logging.getLogger(__name__)
 
 #: the longest timing value accepted (seconds): a lease longer than a day is a typo, and an
 #: enormous one (``1e300``) would lock every other candidate out for ever

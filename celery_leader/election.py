@@ -53,7 +53,7 @@ from .registry import open_backend
 
 __all__ = ["Election", "Leadership", "default_identity"]
 
-log = logging.getLogger("celery_leader")
+log = logging.getLogger(__name__)
 
 
 def default_identity() -> str:

@@ -31,6 +31,8 @@ __all__ = [
     "Backend",
 ]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -163,7 +165,7 @@ class Backend(abc.ABC):
         try:
             self.check(timeout)
         except BackendUnavailable as exc:
-            logging.getLogger("celery_leader").warning("%s is not reachable yet: %s", self.describe(), exc)
+            log.warning("%s is not reachable yet: %s", self.describe(), exc)
             return
         self._checked = True
 

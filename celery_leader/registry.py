@@ -18,7 +18,7 @@ from .lock import Backend, ConfigurationError
 
 __all__ = ["open_backend", "available_schemes", "default_url", "default_state_dir", "backend_class"]
 
-log = logging.getLogger("celery_leader")
+log = logging.getLogger(__name__)
 
 GROUP = "celery_leader.backends"
 ENV_URL = "CELERY_LEADER_URL"

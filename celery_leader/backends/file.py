@@ -40,7 +40,7 @@ from ..urls import UrlOptions
 
 __all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
 
-log = logging.getLogger("celery_leader.backends.file")
+log = logging.getLogger(__name__)
 
 CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 

@@ -59,7 +59,7 @@ from ..urls import UrlOptions
 
 __all__ = ["GitBackend", "GitLock"]
 
-log = logging.getLogger("celery_leader.backends.git")
+log = logging.getLogger(__name__)
 
 CAPABILITIES = Capabilities(linearizable=True, watch=False, partition_safe=True)
 

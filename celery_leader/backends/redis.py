@@ -60,7 +60,7 @@ from ..urls import UrlOptions
 
 __all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
 
-log = logging.getLogger("celery_leader.redis")
+log = logging.getLogger(__name__)
 
 #: one primary: every acknowledged write is seen by every later read; a partition can only
 #: make it unreachable, never let two sides write.

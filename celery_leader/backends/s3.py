@@ -45,7 +45,7 @@ from ..urls import UrlOptions
 
 __all__ = ["S3Backend", "S3Lock", "NONCE_KEY"]
 
-log = logging.getLogger("celery_leader.s3")
+log = logging.getLogger(__name__)
 
 #: capabilities: the server decides every race (conditional writes), S3 reads are strongly
 #: consistent; no watch, so followers poll and wake at the expiry moment.

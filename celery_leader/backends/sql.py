@@ -48,7 +48,7 @@ from ..record import LeaderRecord, decode_or_placeholder, encode_record
 
 __all__ = ["ABSENT", "Tables", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
 
-log = logging.getLogger("celery_leader.sql")
+log = logging.getLogger(__name__)
 
 ABSENT = "absent:"
 T = TypeVar("T")

@@ -36,7 +36,7 @@ from ..lock import ConfigurationError
 
 __all__ = ["guard", "LeaderGuard", "LeaderJobStore", "is_leader", "current_token"]
 
-log = logging.getLogger("celery_leader.apscheduler")
+log = logging.getLogger(__name__)
 
 _GUARDS: dict[str, Any] = {}
 _GUARDS_LOCK = threading.Lock()

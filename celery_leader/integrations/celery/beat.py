@@ -45,7 +45,7 @@ from ...registry import ENV_URL, default_url, open_backend
 
 __all__ = ["LeaderScheduler", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
 
-log = logging.getLogger("celery_leader.beat")
+log = logging.getLogger(__name__)
 
 #: message headers added to every task beat sends (the task can check its fencing token)
 HEADER_TOKEN = "celery_leader_token"

@@ -28,7 +28,7 @@ from .beat import leader_config
 
 __all__ = ["LeaderQueues", "install", "parse_queues"]
 
-log = logging.getLogger("celery_leader.worker")
+log = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 0.1
 

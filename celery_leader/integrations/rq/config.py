@@ -53,7 +53,7 @@ __all__ = [
     "sent_token",
 ]
 
-log = logging.getLogger("celery_leader.rq")
+log = logging.getLogger(__name__)
 
 #: keys of ``job.meta`` stamped on every job a leader enqueues (the names of beat's headers)
 META_TOKEN = "celery_leader_token"

@@ -41,7 +41,7 @@ from .guard import TermGuard
 
 __all__ = ["LeaderCronScheduler", "DEFAULT_NAME"]
 
-log = logging.getLogger("celery_leader.rq")
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "rq.cron"
 

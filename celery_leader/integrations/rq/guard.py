@@ -25,7 +25,7 @@ from .config import LeaderConfig
 
 __all__ = ["TermGuard"]
 
-log = logging.getLogger("celery_leader.rq")
+log = logging.getLogger(__name__)
 
 
 class TermGuard:

@@ -33,7 +33,7 @@ from .guard import TermGuard
 
 __all__ = ["LeaderScheduler", "DEFAULT_NAME"]
 
-log = logging.getLogger("celery_leader.rq")
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "rq.rqscheduler"
 

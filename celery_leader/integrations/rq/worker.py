@@ -43,7 +43,7 @@ from .guard import TermGuard
 
 __all__ = ["LeaderRQScheduler", "LeaderSchedulerMixin", "LeaderWorker", "LeaderSimpleWorker", "LeaderSpawnWorker"]
 
-log = logging.getLogger("celery_leader.rq")
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "rq.scheduler"
 #: due jobs moved per pipeline; leadership is confirmed again before each batch
