@@ -45,7 +45,7 @@ from .sql import Listener, SqlLock, Tables, Watchdog, channel_for
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
 
-log = logging.getLogger("celery_leader.postgresql")
+log = logging.getLogger(__name__)
 
 #: one primary: a write acknowledged is seen by every later read; a partition can only make
 #: it unreachable. (A read replica or asynchronous failover is not: point the URL at the primary.)
@@ -223,9 +223,10 @@ class PostgresBackend(Backend):
             raise ConfigurationError(f"postgresql:// URLs take no #fragment: {redact(url)}")
         options = UrlOptions(parts.query, scheme="postgresql", known=("table", *LIBPQ_OPTIONS))
         table = options.text("table", DEFAULT_TABLE) or DEFAULT_TABLE
-        if "connect_timeout" in options:
-            options.seconds("connect_timeout", None, minimum=1, maximum=300)
+        connect_timeout = options.seconds("connect_timeout", None, minimum=1, maximum=300)
         conninfo = dict(options.rest())
+        if connect_timeout is not None:  # read above, so not in rest(): libpq takes whole seconds
+            conninfo["connect_timeout"] = str(math.ceil(connect_timeout))
         try:
             userinfo, _, hostport = parts.netloc.rpartition("@")
             if userinfo:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import pytest
 
-from celery_leader.backends.etcd import EtcdBackend
 from celery_leader.testing import LockContract
 
 from .conftest import EtcdCluster
@@ -15,9 +14,8 @@ from .conftest import EtcdCluster
 
 class TestEtcdLock(LockContract):
     @pytest.fixture
-    def make_lock(self, etcd_server: EtcdCluster, prefix: str, open_backend: Callable[[str], EtcdBackend]):
-        # a new client (backend and connections) for every lock: races between clients
-        return lambda name: open_backend(etcd_server.url(prefix)).lock(name)
+    def backend_url(self, etcd_server: EtcdCluster, prefix: str) -> str:
+        return etcd_server.url(prefix)
 
     @pytest.fixture
     def write_raw(self, etcd_server: EtcdCluster, prefix: str):

@@ -105,8 +105,8 @@ def _write_forever(directory: str) -> None:
     version, i = got.version, got.record.transitions
     while True:
         i += 1
-        # a big record makes the write window wide
-        version = lock.update(sample_record(transitions=i, extra={"padding": "x" * 200_000}), version, T)
+        # a big record (still under the 64 KiB a record may have) makes the write window wide
+        version = lock.update(sample_record(transitions=i, extra={"padding": "x" * 60_000}), version, T)
 
 
 def test_writer_killed_mid_write_leaves_a_whole_record_and_no_stuck_lock(lock_dir: Path) -> None:

@@ -68,6 +68,14 @@ def test_bad_urls_name_the_fix(url, words):
     assert "Traceback" not in str(info.value)
 
 
+def test_connect_timeout_from_the_url_reaches_libpq():
+    backend = PostgresBackend.from_url("postgresql://postgres@127.0.0.1:5432/db?connect_timeout=7.5")
+    try:
+        assert backend._conninfo["connect_timeout"] == "8"
+    finally:
+        backend.close()
+
+
 def test_password_is_never_shown(proxy, pg_database):
     url = f"postgresql://postgres:{SECRET.replace('/', '%2F')}@127.0.0.1:{proxy.port}/{pg_database}?sslpassword=also-secret"
     backend = PostgresBackend.from_url(url)

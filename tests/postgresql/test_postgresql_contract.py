@@ -11,9 +11,8 @@ from celery_leader.testing import LockContract
 
 class TestPostgresLock(LockContract):
     @pytest.fixture
-    def make_lock(self, pg_url, open_backend):
-        # a new backend (pool, LISTEN connection) for every lock: races between clients
-        return lambda name: open_backend(pg_url).lock(name)
+    def backend_url(self, pg_url):
+        return pg_url
 
     @pytest.fixture
     def write_raw(self, make_lock):

@@ -11,10 +11,15 @@ import os
 import time
 
 from rq import get_current_job
-from rq_scheduler import Scheduler
 
 from celery_leader.integrations.rq import sent_token
-from celery_leader.integrations.rq.rqscheduler import LeaderScheduler
+
+try:  # not in [all]: rq-scheduler's `crontab` and django-celery-beat's clash (tox -e rq-scheduler)
+    from rq_scheduler import Scheduler
+
+    from celery_leader.integrations.rq.rqscheduler import LeaderScheduler
+except ImportError:
+    Scheduler = LeaderScheduler = None  # type: ignore[assignment,misc]
 
 TAG = os.environ.get("CLT_RQ_TAG", "untagged")
 
@@ -40,7 +45,8 @@ def scoped_keys(tag: str) -> dict[str, str]:
     }
 
 
-#: ours, with this run's keys
-ScopedScheduler = type("ScopedScheduler", (LeaderScheduler,), {**scoped_keys(TAG), "__module__": __name__})
-#: rq-scheduler's own (TTL lock), with this run's keys: the benchmark's peer
-PlainScopedScheduler = type("PlainScopedScheduler", (Scheduler,), {**scoped_keys(TAG), "__module__": __name__})
+if Scheduler is not None:
+    #: ours, with this run's keys
+    ScopedScheduler = type("ScopedScheduler", (LeaderScheduler,), {**scoped_keys(TAG), "__module__": __name__})
+    #: rq-scheduler's own (TTL lock), with this run's keys: the benchmark's peer
+    PlainScopedScheduler = type("PlainScopedScheduler", (Scheduler,), {**scoped_keys(TAG), "__module__": __name__})
