@@ -1,19 +1,25 @@
 """``celery-leader``: run a command only while leader; inspect and move leadership; demo.
 
-``run`` owns the child process. It starts the child when this candidate is elected and
-stops it before anybody else can lead: SIGTERM when the term ends (lost, renewals failed
-for ``renew_deadline``, step-down, our own SIGTERM), SIGKILL after ``--grace`` but never
-later than the lease deadline. The child gets a parent-death signal, so it cannot outlive
-a SIGKILLed ``run``.
+``run`` owns the whole process tree of its command. For every term it starts a small
+supervisor (:mod:`celery_leader.supervise`: a child subreaper that dies with ``run``),
+which starts the command in a process group of its own. The tree is stopped before
+anybody else can lead: SIGTERM when the term ends (lost, renewals failed for
+``renew_deadline``, step-down, our own SIGTERM/SIGINT/SIGHUP), SIGKILL of the group and of
+every other descendant after ``--grace`` but never later than the lease deadline. When the
+command exits by itself, what it left behind is stopped before the lock is released. When
+``run`` is SIGKILLed, the supervisor's parent-death signal takes the tree with it. SIGTSTP
+(Ctrl-Z) ends the term and stops the command before ``run`` stops itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import json
 import logging
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -26,22 +32,17 @@ from .lock import ConfigurationError, Conflict, LockError
 from .once import Slot, mark_done
 from .record import ANY_HOLDER, printable
 from .registry import ENV_URL, open_backend
+from .supervise import KILL_TREE
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
+#: how long ``run`` waits for the supervisor to report its command's process group
+START_TIMEOUT = 30.0
 
 
-def _child_setup(parent: int) -> None:
-    """In the child, before exec: own process group, and die with the parent."""
-    os.setpgid(0, 0)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+def shell_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it: 128 + N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 class Runner:
@@ -56,6 +57,16 @@ class Runner:
         self.exit_code: int | None = None
         #: ``--once-per``/``--slot``: skip a slot already done; mark it after a successful run
         self.slot = slot
+        self._gate = threading.Lock()
+        self._active = 0
+
+    @property
+    def busy(self) -> bool:
+        """A term's command (or its supervisor) is running or being stopped."""
+        with self._gate:
+            return self._active > 0
+
+    # --- a term ---
 
     def __call__(self, lead: Leadership) -> None:
         if self.slot is not None and self.slot.done_in(lead.record):
@@ -69,22 +80,44 @@ class Runner:
             CELERY_LEADER_NAME=lead.name,
             CELERY_LEADER_IDENTITY=lead.identity,
         )
-        parent = os.getpid()
+        with self._gate:
+            self._active += 1
         try:
-            proc = subprocess.Popen(self.command, env=env, preexec_fn=lambda: _child_setup(parent))
+            self._run(lead, env)
+        finally:
+            with self._gate:
+                self._active -= 1
+
+    def _run(self, lead: Leadership, env: dict[str, str]) -> None:
+        report_r, report_w = os.pipe()
+        argv = [
+            sys.executable, "-m", "celery_leader.supervise", "--parent", str(os.getpid()),
+            "--grace", repr(self.grace), "--report", str(report_w), "--", *self.command,
+        ]  # fmt: skip
+        try:
+            # its own process group: terminal signals reach run, which decides
+            proc = subprocess.Popen(argv, env=env, pass_fds=(report_w,), process_group=0)
         except OSError as exc:
-            log.error("cannot start %s: %s", self.command[0], exc)
+            log.error("cannot start the supervisor for %s: %s", self.command[0], exc)
             self.exit_code = 127
             self.on_exit.set()
             return
-        log.info("leading with token %d: started %s (pid %d)", lead.token, self.command[0], proc.pid)
+        finally:
+            os.close(report_w)
+        group = self._read_group(report_r, proc)
+        if group is None and proc.poll() is None:
+            log.error("the supervisor of %s did not start it in time; stopping it", self.command[0])
+        else:
+            log.info("leading with token %d: started %s (pid %s)", lead.token, self.command[0], group)
         wake = threading.Event()
         threading.Thread(target=lambda: (proc.wait(), wake.set()), daemon=True).start()
         threading.Thread(target=lambda: (lead.lost.wait(), wake.set()), daemon=True).start()
-        wake.wait()
+        if group is not None:
+            wake.wait()
         if proc.poll() is not None and not lead.lost.is_set():
-            self.exit_code = proc.returncode
-            log.info("%s exited with %s while leading; stepping down", self.command[0], proc.returncode)
+            # the command exited by itself; the supervisor has stopped what it left behind
+            self.exit_code = shell_status(proc.returncode)
+            log.info("%s exited with %s while leading; stepping down", self.command[0], self.exit_code)
             if self.slot is not None:
                 if proc.returncode == 0:
                     mark_done(lead, self.slot)
@@ -92,31 +125,64 @@ class Runner:
                     log.warning("slot %s stays open: %s failed", self.slot, self.command[0])
             self.on_exit.set()
             return
-        self._stop(proc, lead)
+        self._stop(proc, group, lead)
 
-    def _stop(self, proc: subprocess.Popen, lead: Leadership) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` and never after the lease deadline."""
+    @staticmethod
+    def _read_group(fd: int, proc: subprocess.Popen) -> int | None:
+        """The command's pid (= its process group), as the supervisor reports it."""
+        data = b""
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while b"\n" not in data and time.monotonic() < deadline:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if ready:
+                    chunk = os.read(fd, 64)
+                    if not chunk:
+                        break  # the supervisor exited (or could not start the command)
+                    data += chunk
+                elif proc.poll() is not None:
+                    break
+        finally:
+            os.close(fd)
+        try:
+            return int(data.split(b"\n", 1)[0])
+        except ValueError:
+            return None
+
+    def _stop(self, proc: subprocess.Popen, group: int | None, lead: Leadership) -> None:
+        """SIGTERM to the tree, then SIGKILL after ``grace`` and never after the lease deadline."""
         kill_at = min(time.monotonic() + self.grace, lead.deadline)
-        self._signal(proc, signal.SIGTERM)
+        self._signal(proc.pid, signal.SIGTERM)  # the supervisor forwards it to the whole tree
         try:
             proc.wait(max(0.0, kill_at - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in time: SIGKILL", self.command[0])
-            self._signal(proc, signal.SIGKILL)
-            proc.wait()
-        # reap what the child left in its process group as well
-        self._signal(proc, signal.SIGKILL)
-        log.info("stopped %s (exit %s)", self.command[0], proc.returncode)
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(group, signal.SIGKILL)  # at once, by our own hand
+            self._signal(proc.pid, KILL_TREE)  # the supervisor kills the rest and exits
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a supervisor that does not react
+                proc.kill()
+                proc.wait()
+        log.info("stopped %s (exit %s)", self.command[0], shell_status(proc.returncode))
 
     @staticmethod
-    def _signal(proc: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
+    def _signal(pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _grace(text: str) -> float:
+    """``--grace``: finite seconds, 0 <= grace <= one day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grace must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"--grace must be finite seconds between 0 and 86400, got {text!r}")
+    return value
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
@@ -147,37 +213,60 @@ def cmd_run(args: argparse.Namespace) -> int:
             observer = ElectionMetrics.create()
         except ImportError:
             log.info("prometheus-client is not installed: /metrics is off (pip install 'celery-leader[metrics]')")
-    election = Election(
-        args.name,
-        backend=backend,
-        identity=args.identity,
-        lease_duration=args.lease_duration,
-        renew_deadline=args.renew_deadline,
-        retry_period=args.retry_period,
-        on_started_leading=runner,
-        on_new_leader=lambda who: log.info("%s leads %s", printable(who), args.name),
-        observer=observer,
-    )
+
+    def make_election(identity: str | None) -> Election:
+        return Election(
+            args.name,
+            backend=backend,
+            identity=identity,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+            on_started_leading=runner,
+            on_new_leader=lambda who: log.info("%s leads %s", printable(who), args.name),
+            observer=observer,
+        )
+
+    election = make_election(args.identity)
+    current = _Current(election)  # what /healthz reports, also after a SIGTSTP/SIGCONT
     stop = threading.Event()
+    pause = threading.Event()
+    wake = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_tstp(signum: int, frame: object) -> None:
+        pause.set()
+        wake.set()
+
+    # SIGHUP is a SIGTERM: the command gets SIGTERM and its grace, the lock is released
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGTSTP, on_tstp)
     server = None
     if args.health_port is not None:
         from .health import serve
 
-        server = serve(election, args.health_host, args.health_port, observer)
+        server = serve(current, args.health_host, args.health_port, observer)
     log.info("%s standing by for %r on %s", election.identity, args.name, backend.describe())
     if slot is not None and _slot_done_before_start(election, slot):
         backend.close()
         return 0
     election.start()
+    child_exited_wakes = threading.Thread(target=lambda: (child_exited.wait(), wake.set()), daemon=True)
+    child_exited_wakes.start()
     while not stop.is_set() and not child_exited.is_set():
-        stop.wait(0.2 if slot is not None else 0.5)
+        wake.wait(0.2 if slot is not None else 0.5)
+        wake.clear()
+        if pause.is_set() and not stop.is_set():
+            pause.clear()
+            _pause(election, runner)
+            # continued (SIGCONT): stand by again, with a new election and the same identity
+            election = current.election = make_election(election.identity)
+            election.start()
         if slot is not None and not election.is_leader and _slot_over(election, slot):
             break
     election.stop()
@@ -185,6 +274,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.shutdown()
     backend.close()
     return runner.exit_code if child_exited.is_set() and runner.exit_code is not None else 0
+
+
+class _Current:
+    """The election ``run`` uses right now (a new one after SIGTSTP/SIGCONT), for /healthz."""
+
+    def __init__(self, election: Election) -> None:
+        self.election = election
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.election, name)
+
+
+def _pause(election: Election, runner: Runner) -> None:
+    """SIGTSTP: end the term, stop the command and release, then stop ``run`` itself.
+
+    A stopped ``run`` can neither renew nor stop its command, so the command must not run
+    while ``run`` is stopped, and no backend call may be half done (a file lock's flock
+    held by a stopped process would block every other candidate). A SIGSTOP cannot be
+    caught: there the fencing token is the guard.
+    """
+    log.info("received SIGTSTP: ending the term and stopping the command before stopping")
+    election.stop()
+    timing = election.timing
+    bound = time.monotonic() + timing.lease_duration + runner.grace + timing.retry_period * 1.2 + timing.op_timeout + 1.0
+    while (runner.busy or not election._finished.is_set()) and time.monotonic() < bound:
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    log.info("continued: standing by again")
 
 
 def _slot_done_before_start(election: Election, slot: Slot) -> bool:
@@ -290,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command only while this candidate leads")
     _common_args(run)
     _timing_args(run)
-    run.add_argument("--grace", type=float, default=10.0, metavar="S",
+    run.add_argument("--grace", type=_grace, default=10.0, metavar="S",
                      help="seconds between SIGTERM and SIGKILL (never past the lease deadline)")
     run.add_argument("--once-per", default=None, metavar="PERIOD",
                      help="cron on every host: run at most once per slot of PERIOD (e.g. 1h, 15m, 1d; UTC-aligned) "
