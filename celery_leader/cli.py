@@ -327,31 +327,51 @@ def _slot_over(election: Election, slot: Slot) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import status as lock_status
+
     backend = open_backend(args.url)
+    lock = backend.lock(args.name)
     try:
-        got = backend.lock(args.name).get(args.timeout)
+        if args.watch:
+            return _watch_status(args, lock, lock_status)
+        if args.wait:
+            info = lock_status.observe(args.name, lock, args.timeout)
+        else:
+            info = lock_status.describe(args.name, lock.get(args.timeout))
     finally:
+        lock.close()
         backend.close()
-    if got is None:
-        info: dict[str, object] = {"name": args.name, "holder": None, "state": "no lock object yet"}
-    else:
-        rec = got.record
-        info = {
-            "name": args.name,
-            "holder": (rec.holder if args.json else printable(rec.holder)) or None,
-            "token": rec.transitions,
-            "lease_duration": rec.lease_duration,
-            "renewed_seconds_ago": round(time.time() - rec.renew_time, 3) if rec.renew_time else None,
-            "preferred_holder": (rec.preferred_holder if args.json else printable(rec.preferred_holder)) or None,
-            "state": "held" if rec.holder else "free",
-        }
-        if rec.decode_error:
-            info["state"] = f"unreadable: {rec.decode_error}"
     if args.json:
-        print(json.dumps(info))
+        print(info.as_json())
     else:
-        for key, value in info.items():
-            print(f"{key:20} {value}")
+        print(f"{printable(args.name)}: {info.line()}")
+        if info.state in ("held", "expired") and info.judged == "wall clock":
+            print("  (judged from the record's renewTime and this host's clock; --wait observes it for a lease)")
+    return 0
+
+
+def _watch_status(args: argparse.Namespace, lock: object, lock_status: object) -> int:
+    """``status --watch``: one line per change until SIGINT/SIGTERM (like ``kubectl get -w``)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def emit(info: object, error: str | None) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if error is not None:
+            print(json.dumps({"name": args.name, "state": "unreachable", "error": error}) if args.json
+                  else f"{stamp} {printable(args.name)}: unreachable: {error}", flush=True)
+        else:
+            print(info.as_json() if args.json else f"{stamp} {printable(args.name)}: {info.line()}", flush=True)  # type: ignore[attr-defined]
+
+    try:
+        lock_status.watch(args.name, lock, args.timeout, emit, stop, poll=args.interval)  # type: ignore[attr-defined]
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -421,7 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="print the current holder, token and last renewal")
     _common_args(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="one JSON object (per line with --watch); fields in docs/cli.md")
+    status.add_argument("--wait", action="store_true",
+                        help="judge expiry by observation: watch a held record for up to one lease")
+    status.add_argument("--watch", "-w", action="store_true",
+                        help="keep watching and print a line at every change (Ctrl-C to stop)")
+    status.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="with --watch on backends without notifications: poll every S seconds")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
 

@@ -41,7 +41,7 @@ def test_status_of_a_lock_nobody_created(lockdir):
 def test_url_comes_from_the_environment(lockdir):
     out = cli("status", "--name", "job", "--json", env={"CELERY_LEADER_URL": lockdir})
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["state"] == "no lock object yet"
+    assert json.loads(out.stdout)["state"] == "free" and json.loads(out.stdout)["exists"] is False
 
 
 @pytest.mark.parametrize(
