@@ -12,6 +12,13 @@ Two pieces, usable together or apart:
   out due jobs only while leading. Registered as ``leader`` in the
   ``apscheduler.jobstores`` entry-point group, so it can be named in configuration.
 
+A plain script stopped with SIGTERM would never call ``shutdown()``, and a standby would
+wait a full lease. So :func:`guard` installs SIGTERM/SIGINT handling (in the main thread,
+only where no handler of your own is installed; ``handle_signals=False`` to opt out):
+SIGTERM raises ``SystemExit(143)`` and SIGINT ``KeyboardInterrupt`` in the main thread, as
+``runasleader`` does, and at interpreter exit the scheduler is shut down (waiting for its
+running jobs) and the lock released, so a standby takes over at once.
+
 APScheduler cannot interrupt a running job. A job that must know whether it may still
 act calls :func:`is_leader` / :func:`current_token` (or checks the guard) and passes the
 token on as a fencing token.
@@ -20,8 +27,10 @@ token on as a fencing token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
+import signal
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -82,7 +91,13 @@ class LeaderGuard:
     """Makes ``scheduler`` process jobs only while this process leads ``name``."""
 
     def __init__(
-        self, scheduler: BaseScheduler, *, name: str = "apscheduler", catch_up: bool = False, **election: Any
+        self,
+        scheduler: BaseScheduler,
+        *,
+        name: str = "apscheduler",
+        catch_up: bool = False,
+        handle_signals: bool = True,
+        **election: Any,
     ) -> None:
         self.scheduler = scheduler
         self.name = name
@@ -94,7 +109,10 @@ class LeaderGuard:
             AsyncElection(name, **options, **callbacks) if self._async else Election(name, **options, **callbacks)
         )
         self._retry = self.election.timing.retry_period
+        self._previous_handlers: dict[int, Any] = {}
         self._install()
+        if handle_signals and not self._async:
+            self._install_signals()
         _register(name, self)
 
     # --- what jobs may ask -------------------------------------------------------------
@@ -135,6 +153,25 @@ class LeaderGuard:
         else:
             sched.pause()
             self._start_election()
+
+    def _install_signals(self) -> None:
+        """SIGTERM -> SystemExit(143), SIGINT -> KeyboardInterrupt; shut down cleanly at exit."""
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("guard() outside the main thread: no signal handlers installed")
+        else:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _terminate)
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        """At interpreter exit: shut the scheduler down (running jobs finish) and release."""
+        if self.scheduler.state != STATE_STOPPED:
+            log.info("exiting: shutting %s down and releasing %r", type(self.scheduler).__name__, self.name)
+            try:
+                self.scheduler.shutdown(wait=True)
+            except Exception:  # noqa: BLE001 - exiting anyway; the release below still runs
+                log.exception("scheduler shutdown failed")
+        self.close(wait=True)
 
     def _on_started(self, event: Any) -> None:
         self.scheduler.remove_listener(self._on_started)
@@ -182,11 +219,19 @@ class LeaderGuard:
     def _on_shutdown(self, event: Any) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Stop the election and release the lock (called on scheduler shutdown)."""
+    def close(self, wait: bool = False) -> None:
+        """Stop the election and release the lock (called on scheduler shutdown).
+
+        ``wait``: release before returning (thread driver); otherwise in a non-daemon
+        thread, so that the shutdown event handler returns at once.
+        """
         with _GUARDS_LOCK:
             if _GUARDS.get(self.name) is self:
                 del _GUARDS[self.name]
+        for sig, previous in list(self._previous_handlers.items()):
+            if signal.getsignal(sig) is _terminate and threading.current_thread() is threading.main_thread():
+                signal.signal(sig, previous)
+            self._previous_handlers.pop(sig, None)
         if isinstance(self.election, AsyncElection):
             try:
                 loop = asyncio.get_running_loop()
@@ -195,11 +240,32 @@ class LeaderGuard:
             if loop is not None:
                 loop.create_task(self.election.stop())
             return
+        if wait:
+            self.election.stop()
+            return
         threading.Thread(target=self.election.stop, name="celery-leader-apscheduler-stop", daemon=False).start()
 
     async def aclose(self) -> None:
         """Async variant for ``AsyncIOScheduler``: stop the election and wait for the release."""
         await self.election.stop()  # type: ignore[misc]
+
+
+def _job_store_plugin(kind: str) -> Any:
+    """The job store class registered as ``kind`` in ``apscheduler.jobstores`` (no scheduler needed)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="apscheduler.jobstores"):
+        if ep.name == kind:
+            return ep.load()
+    raise ConfigurationError(
+        f"no APScheduler job store is registered as {kind!r}: use memory, sqlalchemy, redis, mongodb, ... "
+        "or pass a job store instance"
+    )
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM in the main thread: unwind it (``finally`` blocks run; exit status 143)."""
+    raise SystemExit(128 + signum)
 
 
 def _is_asyncio(scheduler: BaseScheduler) -> bool:
@@ -214,14 +280,18 @@ def guard(
     url: str | None = None,
     name: str = "apscheduler",
     catch_up: bool = False,
+    handle_signals: bool = True,
     **timing: Any,
 ) -> LeaderGuard:
     """Run ``scheduler``'s jobs only on the leader of ``name``. Call before or after ``start()``.
 
     ``catch_up=False`` (default): runs that fell due while this process stood by are
     skipped on takeover (never twice); ``True``: APScheduler's misfire rules decide.
+    ``handle_signals=True`` (default; not for ``AsyncIOScheduler``): SIGTERM ends the main
+    thread with ``SystemExit(143)`` where no handler of yours is installed, and at exit the
+    scheduler is shut down and the lock released, so a standby takes over at once.
     """
-    return LeaderGuard(scheduler, name=name, url=url, catch_up=catch_up, **timing)
+    return LeaderGuard(scheduler, name=name, url=url, catch_up=catch_up, handle_signals=handle_signals, **timing)
 
 
 class LeaderJobStore(BaseJobStore):
@@ -242,14 +312,23 @@ class LeaderJobStore(BaseJobStore):
         self._options = _election_kwargs(election)
         self.election: Election | None = None
 
-    def start(self, scheduler: BaseScheduler, alias: str) -> None:
-        super().start(scheduler, alias)
+    def start(self, scheduler: BaseScheduler | None, alias: str) -> None:
+        """Start the inner store and the election.
+
+        ``scheduler`` may be ``None`` (as plain APScheduler stores allow, e.g. to use a store
+        on its own): the store then works the same, only nobody is woken up on election.
+        """
+        super().start(scheduler, alias)  # type: ignore[arg-type]
         if self.inner is None:
             spec = dict(self._inner_spec) if isinstance(self._inner_spec, dict) else {"type": self._inner_spec}
             kind = spec.pop("type")
-            self.inner = scheduler._create_plugin_instance("jobstore", kind, spec)
-        self.inner.start(scheduler, alias)
-        self.election = Election(self.name, on_started_leading=lambda lead: scheduler.wakeup(), **self._options)
+            if scheduler is not None:
+                self.inner = scheduler._create_plugin_instance("jobstore", kind, spec)
+            else:
+                self.inner = _job_store_plugin(kind)(**spec)
+        self.inner.start(scheduler, alias)  # type: ignore[arg-type]
+        wake = (lambda lead: scheduler.wakeup()) if scheduler is not None else None
+        self.election = Election(self.name, on_started_leading=wake, **self._options)
         self.election.start()
         _register(self.name, self.election)
 

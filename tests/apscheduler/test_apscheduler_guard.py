@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_leader import open_backend
+from celery_leader import ConfigurationError, open_backend
+from celery_leader.apscheduler import LeaderJobStore
 from celery_leader.testing.cluster import Interval, check_intervals
 from tests.servers import stop_process, unavailable
 
@@ -239,3 +240,34 @@ def test_leader_jobstore_registered_as_entry_point():
 
     eps = {ep.name: ep for ep in entry_points(group="apscheduler.jobstores")}
     assert eps["leader"].load() is LeaderJobStore
+
+
+def test_leader_jobstore_works_without_a_scheduler(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from apscheduler.job import Job
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    store = LeaderJobStore({"type": "memory"}, url=f"file://{tmp_path}", name="nosched", lease_duration=1.0,
+                           renew_deadline=0.6, retry_period=0.2)  # fmt: skip
+    store.start(None, "default")  # plain APScheduler stores accept this
+    try:
+        deadline = time.monotonic() + 10
+        while not store.is_leader:
+            assert time.monotonic() < deadline, "never led without a scheduler"
+            time.sleep(0.05)
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        job = Job(BackgroundScheduler(), id="j", func=print, trigger=IntervalTrigger(seconds=1), next_run_time=datetime.now(timezone.utc),
+                  executor="default", misfire_grace_time=1, coalesce=True, max_instances=1, name="j",
+                  args=(), kwargs={})  # fmt: skip
+        store.add_job(job)
+        assert [j.id for j in store.get_due_jobs(datetime.now(timezone.utc) + timedelta(seconds=1))] == ["j"]
+    finally:
+        store.shutdown()
+
+
+def test_leader_jobstore_refuses_an_unknown_inner_type_at_once(tmp_path):
+    store = LeaderJobStore({"type": "no-such-store"}, url=f"file://{tmp_path}", name="bad")
+    with pytest.raises(ConfigurationError, match="no APScheduler job store is registered as 'no-such-store'"):
+        store.start(None, "default")

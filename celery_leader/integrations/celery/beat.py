@@ -268,6 +268,7 @@ class LeaderScheduler(Scheduler):
         self._leader_mutex = threading.RLock()
         self._leader_term: int | None = None  # token of the term whose state is loaded
         self._leader_state: str | None = None
+        self._leader_state_key: str | None = None
         self._leader_closed = False
         self._leader_election = None
         super().__init__(*args, **kwargs)
@@ -332,11 +333,19 @@ class LeaderScheduler(Scheduler):
             return None
         return lead
 
-    def _note_state(self, state: str, detail: str = "") -> None:
-        if state != self._leader_state:
-            self._leader_state = state
-            level = logging.INFO if state == "leading" else logging.WARNING
-            log.log(level, "celery-leader: beat is %s%s", state, detail)
+    def _note_state(self, state: str, detail: str = "", level: int | None = None) -> None:
+        """One log line per change of state (or of the leader a standby sees).
+
+        INFO for the ordinary states (a standby at start-up is normal), WARNING when a
+        term ended (leading -> standby) or when ``level`` says so.
+        """
+        key = state + detail
+        if key == self._leader_state_key:
+            return
+        previous, self._leader_state, self._leader_state_key = self._leader_state, state, key
+        if level is None:
+            level = logging.WARNING if previous == "leading" and state != "leading" else logging.INFO
+        log.log(level, "celery-leader: beat is %s%s", state, detail)
 
     # --- scheduler overrides -------------------------------------------------------------
 
@@ -351,7 +360,7 @@ class LeaderScheduler(Scheduler):
             self._leader_closed = True  # a configuration does not fix itself
             return standby_wait
         except Exception:  # noqa: BLE001 - anything else may pass: try again next tick
-            self._note_state("standby", " (the election could not start; retrying)")
+            self._note_state("standby", " (the election could not start; retrying)", logging.WARNING)
             log.debug("celery-leader: starting the election failed", exc_info=True)
             return standby_wait
         if election is None:
@@ -359,7 +368,8 @@ class LeaderScheduler(Scheduler):
         lead = election.leadership
         if lead is None:
             holder = election.leader
-            self._note_state("standby", f" (leader: {printable(holder)})" if holder else " (no leader seen yet)")
+            if holder or self._leader_state is not None:  # at start-up, wait until the first read tells
+                self._note_state("standby", f" (leader: {printable(holder)})" if holder else " (no leader)")
             return standby_wait
         if lead.token != self._leader_term:
             try:

@@ -1,0 +1,68 @@
+"""SIGTERM to a plain guarded APScheduler script shuts it down cleanly and hands over at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.servers import stop_process
+
+from .test_apscheduler_guard import holder, wait_holder
+
+pytestmark = pytest.mark.processes
+
+
+def script(tmp: Path, url: str, ident: str, kind: str, *extra: str) -> subprocess.Popen:
+    err = open(tmp / f"{ident}.err", "ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "tests.apscheduler.plain_script", url, "aps", ident,
+                                 str(tmp / "runs.log"), kind, *extra], stdout=err, stderr=err)  # fmt: skip
+    finally:
+        err.close()
+
+
+@pytest.mark.parametrize("kind", ["blocking", "background"])
+def test_sigterm_releases_so_the_standby_takes_over_at_once(tmp_path, kind):
+    url = f"file://{tmp_path}"
+    first = script(tmp_path, url, "first", kind)
+    second = None
+    try:
+        assert wait_holder(url, "aps", set()) == "first"
+        second = script(tmp_path, url, "second", kind)
+        time.sleep(1.0)  # the standby is up and watching
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 143, (tmp_path / "first.err").read_text()
+        # well within the 30 s lease: the lock was released, not waited out
+        assert wait_holder(url, "aps", {"first"}, timeout=10) == "second"
+        assert "Traceback" not in (tmp_path / "first.err").read_text()
+        deadline = time.monotonic() + 20
+        while "2" not in tokens(tmp_path):  # the new leader runs the jobs, with the next token
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                stop_process(proc)
+    assert set(tokens(tmp_path)) == {"1", "2"}
+
+
+def tokens(tmp: Path) -> list[str]:
+    log = tmp / "runs.log"
+    return [line.split()[1] for line in log.read_text().splitlines() if line.count(" ") == 1] if log.exists() else []
+
+
+def test_opting_out_leaves_signals_alone(tmp_path):
+    url = f"file://{tmp_path}"
+    proc = script(tmp_path, url, "only", "blocking", "--no-signals")
+    try:
+        assert wait_holder(url, "aps", set()) == "only"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM  # killed by the default action: nothing released
+        assert holder(url, "aps") == "only"
+    finally:
+        stop_process(proc)
