@@ -272,9 +272,22 @@ class LeaderScheduler(Scheduler):
         self._leader_closed = False
         self._leader_election = None
         super().__init__(*args, **kwargs)
+        self._leader_colock: Any = None
         if getattr(self, "lock_key", None) and any(c.__name__ == "RedBeatScheduler" for c in type(self).__mro__):
-            # RedBeat: its own lock (renewed inside tick(), 25 minutes by default) is replaced
+            # RedBeat: its own lock (renewed inside tick(), 25 minutes by default) is replaced by
+            # the election; the leader still holds its key, so that plain RedBeat beats stay out
+            # during a rolling upgrade (celery_leader.integrations.celery.redbeat)
+            self._leader_colock = self._redbeat_colock(self.lock_key)
             self.lock_key = None
+
+    def _redbeat_colock(self, key: str) -> Any:
+        from redbeat.schedulers import get_redis
+
+        from .redbeat import RedBeatCoLock
+
+        timing: Timing = self._leader_conf["timing"]
+        ttl = max(3 * float(self.max_interval or 1.0), 2 * timing.lease_duration)
+        return RedBeatCoLock(get_redis(self.app), key, self._leader_conf["name"], ttl)
 
     # --- the election ------------------------------------------------------------------
 
@@ -366,7 +379,12 @@ class LeaderScheduler(Scheduler):
         if election is None:
             return standby_wait
         lead = election.leadership
+        if lead is not None and self._leader_colock is not None and not self._leader_colock.hold(lead.token):
+            self._note_state("waiting", " for RedBeat's own lock (held by a beat without celery-leader)", logging.WARNING)
+            return standby_wait
         if lead is None:
+            if self._leader_colock is not None:
+                self._leader_colock.release()
             holder = election.leader
             if holder or self._leader_state is not None:  # at start-up, wait until the first read tells
                 self._note_state("standby", f" (leader: {printable(holder)})" if holder else " (no leader)")
@@ -377,6 +395,8 @@ class LeaderScheduler(Scheduler):
             except Exception:  # noqa: BLE001 - an unreadable store means we cannot lead safely yet
                 log.exception("celery-leader: could not reload the schedule on takeover; not sending yet")
                 return standby_wait
+            self._note_state("leading", f" (token {lead.token})")
+        elif self._leader_state != "leading":
             self._note_state("leading", f" (token {lead.token})")
         return super().tick(*args, **kwargs)
 
@@ -497,6 +517,8 @@ class LeaderScheduler(Scheduler):
                     election.stop()
                 except Exception:  # noqa: BLE001
                     log.exception("celery-leader: stopping the election failed; the lease will expire")
+            if self._leader_colock is not None:
+                self._leader_colock.release()
 
     @property
     def info(self) -> str:
