@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 
 from .election import Election, Leadership
-from .lock import ConfigurationError, Conflict, LockError
+from .lock import ConfigurationError, Conflict, LockError, partition_warning
 from .once import Slot, mark_done
 from .record import ANY_HOLDER, printable
 from .registry import ENV_URL, open_backend
@@ -330,6 +330,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import status as lock_status
 
     backend = open_backend(args.url)
+    unsafe = partition_warning(backend)
+    if unsafe:
+        print(f"warning: {unsafe}", file=sys.stderr)
     lock = backend.lock(args.name)
     try:
         if args.watch:

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from .errors import BackendUnavailable, ConfigurationError, Conflict, LockError
@@ -26,6 +26,8 @@ __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
     "Capabilities",
+    "CAPABILITY_NAMES",
+    "partition_warning",
     "Versioned",
     "Lock",
     "Backend",
@@ -46,6 +48,10 @@ class Capabilities:
     linearizable: bool
     watch: bool
     partition_safe: bool
+
+
+#: the names ``open_backend(url, require=...)`` accepts
+CAPABILITY_NAMES = tuple(f.name for f in fields(Capabilities))
 
 
 @dataclass(frozen=True)
@@ -172,3 +178,15 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """The URL without secrets, for logs and banners."""
         return type(self).__name__
+
+
+def partition_warning(backend: Backend) -> str | None:
+    """One line to show (status, Django checks, start-up logs) when ``backend`` is not partition-safe."""
+    if backend.capabilities.partition_safe:
+        return None
+    return (
+        f"{backend.describe()} is not partition-safe: a failover or a network partition can let two "
+        "candidates both win a write (Redis Sentinel replicates asynchronously), so two leaders are possible "
+        "for a while; where that would do harm, use a partition-safe backend (a single redis://, "
+        "kubernetes://, etcd://, postgresql:// or django://)"
+    )

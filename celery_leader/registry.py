@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .lock import Backend, ConfigurationError
+from .lock import CAPABILITY_NAMES, Backend, ConfigurationError
 
 __all__ = ["open_backend", "available_schemes", "default_url", "default_state_dir", "backend_class"]
 
@@ -104,8 +105,18 @@ def backend_class(scheme: str) -> type[Backend]:
         ) from exc
 
 
-def open_backend(url: str | None = None) -> Backend:
-    """Make the backend for ``url`` (default: :func:`default_url`)."""
+def open_backend(url: str | None = None, *, require: Iterable[str] = ()) -> Backend:
+    """Make the backend for ``url`` (default: :func:`default_url`).
+
+    ``require`` names capabilities (``linearizable``, ``watch``, ``partition_safe``) the
+    backend must have; one that lacks any is refused with :class:`ConfigurationError`.
+    """
+    required = (require,) if isinstance(require, str) else tuple(require)
+    unknown = [c for c in required if c not in CAPABILITY_NAMES]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown capability {unknown[0]!r} in require=; known: {', '.join(CAPABILITY_NAMES)}"
+        )
     url = (url or "").strip() or default_url()
     scheme = urlsplit(url).scheme
     if not scheme:
@@ -115,5 +126,13 @@ def open_backend(url: str | None = None) -> Backend:
         )
     cls = backend_class(scheme)
     backend = cls.from_url(url)
+    missing = [c for c in required if not getattr(backend.capabilities, c)]
+    if missing:
+        shown = backend.describe()
+        backend.close()
+        raise ConfigurationError(
+            f"{shown} is not {' and not '.join(missing)}, which this use requires; choose a backend that is "
+            "(a single redis://, kubernetes://, etcd://, postgresql:// or django://)"
+        )
     log.debug("opened backend %s", backend.describe())
     return backend

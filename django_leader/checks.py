@@ -10,6 +10,8 @@
                        ``migrate``, which is the fix)
 ``django_leader.E005`` ``LEADER_ELECTION`` is malformed (not a dict, unknown key, wrong type)
 ``django_leader.E006`` ``NAME`` or ``IDENTITY`` is not usable
+``django_leader.W001`` the URL's backend is not partition-safe (Redis Sentinel): two
+                       leaders are possible for a while after a failover
 ==================== ============================================================
 
 No check opens a connection to a lock service or starts an election.
@@ -21,17 +23,17 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from celery_leader.core import validate_identity, validate_name
-from celery_leader.lock import ConfigurationError
+from celery_leader.lock import ConfigurationError, partition_warning
 
 from .conf import SettingsError, leader_settings
 
 HINT_SETTINGS = "Fix settings.LEADER_ELECTION (see docs/django.md)."
 
 
-def _settings_or_error() -> tuple[Any, list[Error]]:
+def _settings_or_error() -> tuple[Any, list[CheckMessage]]:
     try:
         return leader_settings(), []
     except SettingsError as exc:
@@ -39,7 +41,7 @@ def _settings_or_error() -> tuple[Any, list[Error]]:
 
 
 @register("django_leader")
-def check_leader_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_leader_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     conf, errors = _settings_or_error()
     if conf is None:
         return errors
@@ -66,7 +68,7 @@ def check_leader_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]
     return errors
 
 
-def _check_url(url: str) -> list[Error]:
+def _check_url(url: str) -> list[CheckMessage]:
     from celery_leader.registry import backend_class
 
     scheme = urlsplit(url).scheme
@@ -99,7 +101,10 @@ def _check_url(url: str) -> list[Error]:
         return [
             Error(f"LEADER_ELECTION['URL'] {url!r} is not usable: {exc}", hint=HINT_SETTINGS, id="django_leader.E001")
         ]
+    unsafe = partition_warning(backend)
     backend.close()
+    if unsafe:
+        return [Warning(f"LEADER_ELECTION['URL']: {unsafe}", hint="Fine where an overlap is harmless.", id="django_leader.W001")]
     return []
 
 

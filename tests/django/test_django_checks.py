@@ -158,3 +158,11 @@ def test_shell_starts_no_election(sqlite_alias):
 
 def test_models_and_migrations_agree():
     call_command("makemigrations", "django_leader", check=True, dry_run=True, verbosity=0)
+
+
+def test_a_backend_that_is_not_partition_safe_is_w001():
+    url = "redis+sentinel://:s3cret@127.0.0.1:1/mymaster/0"  # parsed only: nothing connects
+    with override_settings(LEADER_ELECTION={**GOOD, "URL": url}):
+        messages = [m for m in run_checks() if m.id and m.id.startswith("django_leader.")]
+    assert [m.id for m in messages] == ["django_leader.W001"], messages
+    assert "not partition-safe" in messages[0].msg and "s3cret" not in messages[0].msg

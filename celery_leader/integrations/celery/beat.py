@@ -39,7 +39,7 @@ from celery.utils.imports import symbol_by_name
 
 from ...core import Timing, validate_identity, validate_name
 from ...election import Election, Leadership, default_identity
-from ...lock import ConfigurationError
+from ...lock import ConfigurationError, partition_warning
 from ...record import printable
 from ...registry import ENV_URL, default_url, open_backend
 
@@ -138,6 +138,9 @@ def _check_url(url: str) -> str:
     except ConfigurationError as exc:
         raise ConfigurationError(f"celery-leader: leader_election_url {url!r} is not usable: {exc}") from None
     try:
+        unsafe = partition_warning(backend)
+        if unsafe:
+            log.warning("celery-leader: %s", unsafe)
         return backend.describe()
     finally:
         with contextlib.suppress(Exception):
