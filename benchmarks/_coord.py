@@ -21,29 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks._common import summary
+from benchmarks._common import HANDOVER_SETTINGS, RenewTimes, handover_seconds, summary, to_ms
 from celery_leader import Election
 from celery_leader.lock import Lock
 from celery_leader.record import LeaderRecord
 from celery_leader.registry import open_backend
 
 LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
-
-
-def _ms(values: list[float]) -> list[float]:
-    return [v * 1000.0 for v in values]
-
-
-class _RenewTimes:
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-
-    def renewed(self, election: Any, seconds: float, ok: bool) -> None:
-        if ok:
-            self.samples.append(seconds)
-
-    def state_changed(self, election: Any, leading: bool) -> None:
-        pass
 
 
 def renew_vs_raw(url: str, raw_cas: Callable[[], None], samples: int, pace: float = 0.01) -> dict[str, Any]:
@@ -76,7 +60,7 @@ def renew_vs_raw(url: str, raw_cas: Callable[[], None], samples: int, pace: floa
             lock.get(5.0)
             get_t.append(time.perf_counter() - t0)
             time.sleep(pace)
-    times = _RenewTimes()
+    times = RenewTimes()
     e = Election("bench-engine", backend=backend, identity="renewer", lease_duration=1.0, renew_deadline=0.6,
                  retry_period=pace, observer=times)  # fmt: skip
     with e:
@@ -85,12 +69,12 @@ def renew_vs_raw(url: str, raw_cas: Callable[[], None], samples: int, pace: floa
         while len(times.samples) < samples and time.monotonic() < deadline:
             time.sleep(0.05)
     backend.close()
-    raw_s, lib_s, engine_s = summary(_ms(raw_t)), summary(_ms(lib_t)), summary(_ms(times.samples[:samples]))
+    raw_s, lib_s, engine_s = summary(to_ms(raw_t)), summary(to_ms(lib_t)), summary(to_ms(times.samples[:samples]))
     return {
         "raw_cas_ms": raw_s,
         "lock_update_ms": lib_s,
         "engine_renew_ms": engine_s,
-        "get_ms": summary(_ms(get_t)),
+        "get_ms": summary(to_ms(get_t)),
         "update_over_raw_p50": lib_s["p50"] / raw_s["p50"],
         "engine_over_raw_p50": engine_s["p50"] / raw_s["p50"],
         "pace_s": pace,
@@ -98,52 +82,8 @@ def renew_vs_raw(url: str, raw_cas: Callable[[], None], samples: int, pace: floa
 
 
 def graceful_handovers(url: str, rounds: int) -> dict[str, Any]:
-    """``stop()`` of the leader (a release) to ``on_started_leading`` of a watching standby.
-
-    Retry period 2 s: a standby that polled instead of watching would show it (~1 s)."""
-    started_at: dict[str, float] = {}
-    cond = threading.Condition()
-    counter = iter(range(10**6))
-
-    def make() -> Election:
-        ident = f"h{next(counter)}"
-
-        def on_start(_lead: Any, ident: str = ident) -> None:
-            with cond:
-                started_at[ident] = time.perf_counter()
-                cond.notify_all()
-
-        return Election("bench-handover", url=url, identity=ident, lease_duration=10.0, renew_deadline=6.0,
-                        retry_period=2.0, on_started_leading=on_start).start()  # fmt: skip
-
-    nodes = [make() for _ in range(3)]
-    out: list[float] = []
-    try:
-        deadline = time.monotonic() + 30
-        leader = None
-        while leader is None and time.monotonic() < deadline:
-            leader = next((e for e in nodes if e.is_leader), None)
-            time.sleep(0.01)
-        if leader is None:
-            raise RuntimeError("no leader")
-        for _ in range(rounds):
-            time.sleep(0.3)  # the standbys are back in their watch
-            with cond:
-                started_at.clear()
-            t0 = time.perf_counter()
-            leader.stop(timeout=10)
-            nodes.remove(leader)
-            with cond:
-                if not cond.wait_for(lambda: bool(started_at), 20):
-                    raise RuntimeError("no takeover")
-                ident, t = next(iter(started_at.items()))
-            out.append(t - t0)
-            leader = next(e for e in nodes if e.identity == ident)
-            nodes.append(make())
-    finally:
-        for e in nodes:
-            e.stop(timeout=10)
-    return {"handover_ms": summary(_ms(out)), "settings": "lease 10 s, renew deadline 6 s, retry period 2 s; 3 candidates"}
+    """``stop()`` of the leader (a release) to ``on_started_leading`` of a watching standby."""
+    return {"handover_ms": summary(to_ms(handover_seconds(url, rounds))), "settings": HANDOVER_SETTINGS}
 
 
 _CANDIDATE = r"""

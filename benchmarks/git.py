@@ -36,20 +36,12 @@ from dulwich.repo import Repo
 from celery_leader.backends.git import DEFAULT_AUTHOR, GitBackend, _build
 from celery_leader.record import LeaderRecord, encode_record
 
-from ._common import summary, table, write_results
+from ._common import free_port, summary, table, write_results
 
 BRIDGE = Path(__file__).resolve().parents[1] / "tests" / "git" / "http_bridge.py"
 TIMEOUT = 10.0
 #: a short grace so that the server's own auto-gc (run by receive-pack) prunes within the run
 PRUNE_EXPIRE = "30.seconds.ago"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:
@@ -182,7 +174,7 @@ def main(argv: list[str]) -> int:
         print(f"size: {args.renewals} chained commits ...", file=sys.stderr)
         results["chained"] = chained_size(_init(root / "chained.git"), args.renewals)
         repo = _init(root / "locks.git")
-        dport, hport = _free_port(), _free_port()
+        dport, hport = free_port(), free_port()
         daemon = [os.path.join(exec_path, "git-daemon"), "--reuseaddr", f"--base-path={root}", "--export-all",
                   "--enable=receive-pack", "--listen=127.0.0.1", f"--port={dport}", str(root)]
         bridge = [sys.executable, str(BRIDGE), "--root", str(root), "--port", str(hport)]

@@ -26,16 +26,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psycopg
 
-from benchmarks._common import machine, summary, table, write_results
-from celery_leader import Election
+from benchmarks._common import handover_seconds, machine, summary, table, wait_until, write_results
 from celery_leader.backends.postgresql import DEFAULT_TABLE, PostgresBackend
 from celery_leader.record import LeaderRecord, encode_record
 
@@ -53,16 +51,6 @@ def database() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         admin.close()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.002) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return None
 
 
 # --- 1. renewal --------------------------------------------------------------------------
@@ -109,47 +97,7 @@ def renewal(url: str, n: int, warmup: int = 100) -> dict[str, Any]:
 
 
 def handovers(url: str, rounds: int) -> dict[str, Any]:
-    started_at: dict[str, float] = {}
-    guard = threading.Lock()
-    counter = iter(range(10**6))
-    name = f"handover-{uuid.uuid4().hex[:6]}"
-
-    def make() -> Election:
-        ident = f"h{next(counter)}"
-
-        def on_start(lead: Any, ident: str = ident) -> None:
-            with guard:
-                started_at[ident] = time.perf_counter()
-
-        e = Election(
-            name, url=url, identity=ident, lease_duration=10.0, renew_deadline=6.0, retry_period=2.0,
-            on_started_leading=on_start,
-        )  # fmt: skip
-        return e.start()
-
-    nodes = [make() for _ in range(3)]
-    times: list[float] = []
-    try:
-        leader = wait_until(lambda: next((e for e in nodes if e.is_leader), None), 30)
-        for _ in range(rounds):
-            # the followers are back in their wait (LISTEN) and know the leader
-            wait_until(lambda lead=leader: all(e.leader == lead.identity for e in nodes if e is not lead), 10)
-            time.sleep(0.2)
-            with guard:
-                started_at.clear()
-            t0 = time.perf_counter()
-            leader.stop(timeout=10)
-            nodes.remove(leader)
-            new = wait_until(lambda: next((e for e in nodes if e.is_leader), None), 30)
-            if new is None:
-                raise RuntimeError("no takeover after a release")
-            wait_until(lambda n=new: n.identity in started_at, 5)
-            times.append(started_at[new.identity] - t0)
-            leader = new
-            nodes.append(make())
-    finally:
-        for e in nodes:
-            e.stop(timeout=10)
+    times = handover_seconds(url, rounds, f"handover-{uuid.uuid4().hex[:6]}")
     return {"handover_s": summary(times), "samples": times}
 
 

@@ -17,7 +17,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import redis
 
-from benchmarks._common import peer_missing, script, summary, table, write_results
+from benchmarks._common import (
+    HANDOVER_SETTINGS,
+    RenewTimes,
+    free_port,
+    handover_seconds,
+    peer_missing,
+    script,
+    summary,
+    table,
+    wait_until,
+    write_results,
+)
 from celery_leader import Election
 from celery_leader.backends.redis import WRITE_SCRIPT, WRITE_SHA, RedisBackend
 from celery_leader.record import LeaderRecord, encode_record
@@ -37,15 +47,9 @@ from celery_leader.record import LeaderRecord, encode_record
 NAME = "redis"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def private_redis() -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -66,29 +70,7 @@ def private_redis() -> Iterator[int]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.002) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return None
-
-
 # --- 1. renew latency -------------------------------------------------------------------
-
-
-class _RenewTimes:
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-
-    def renewed(self, election: Any, seconds: float, ok: bool) -> None:
-        if ok:
-            self.samples.append(seconds)
-
-    def state_changed(self, election: Any, leading: bool) -> None:
-        pass
 
 
 def raw_round_trips(port: int, n: int, pace: float = 0.0) -> list[float]:
@@ -121,7 +103,7 @@ def raw_round_trips(port: int, n: int, pace: float = 0.0) -> list[float]:
 def renew_latency(port: int, samples: int) -> dict[str, Any]:
     tight = raw_round_trips(port, samples)
     raw_before = raw_round_trips(port, samples // 2, pace=0.01)
-    times = _RenewTimes()
+    times = RenewTimes()
     e = Election(
         "renew", url=f"redis://127.0.0.1:{port}/0", identity="renewer",
         lease_duration=1.0, renew_deadline=0.6, retry_period=0.01, observer=times,
@@ -147,45 +129,8 @@ def renew_latency(port: int, samples: int) -> dict[str, Any]:
 
 
 def graceful_handovers(port: int, rounds: int) -> dict[str, Any]:
-    url = f"redis://127.0.0.1:{port}/0"
-    started_at: dict[str, float] = {}
-    guard = threading.Lock()
-    counter = iter(range(10**6))
-
-    def make() -> Election:
-        ident = f"h{next(counter)}"
-
-        def on_start(lead: Any, ident: str = ident) -> None:
-            with guard:
-                started_at[ident] = time.perf_counter()
-
-        e = Election(
-            "handover", url=url, identity=ident, lease_duration=10.0, renew_deadline=6.0, retry_period=2.0,
-            on_started_leading=on_start,
-        )  # fmt: skip
-        return e.start()
-
-    nodes = [make() for _ in range(3)]
-    handovers: list[float] = []
-    try:
-        leader = wait_until(lambda: next((e for e in nodes if e.is_leader), None), 20)
-        for _ in range(rounds):
-            time.sleep(0.15)  # followers are back in their watch
-            with guard:
-                started_at.clear()
-            t0 = time.perf_counter()
-            leader.stop(timeout=10)
-            nodes.remove(leader)
-            new = wait_until(lambda: next((e for e in nodes if e.is_leader), None), 20)
-            assert new is not None, "no takeover"
-            wait_until(lambda n=new: n.identity in started_at, 5)
-            handovers.append(started_at[new.identity] - t0)
-            leader = new
-            nodes.append(make())
-    finally:
-        for e in nodes:
-            e.stop(timeout=10)
-    return {"handover_s": summary(handovers), "settings": "lease 10 s, renew_deadline 6 s, retry_period 2 s; 3 candidates"}
+    times = handover_seconds(f"redis://127.0.0.1:{port}/0", rounds, "handover")
+    return {"handover_s": summary(times), "settings": HANDOVER_SETTINGS}
 
 
 # --- 3. many elections ------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import boto3
 from botocore.config import Config
 
-from benchmarks._common import summary, table, write_results
+from benchmarks._common import summary, table, to_ms, write_results
 from celery_leader.backends.s3 import S3Backend, _no_expect_continue
 from celery_leader.record import LeaderRecord, encode_record
 from celery_leader.testing.cluster import ElectorCluster
@@ -56,10 +56,6 @@ def server(kind: str) -> Iterator[Any]:
         yield weed.start()
     finally:
         weed.stop()
-
-
-def _ms(values: list[float]) -> list[float]:
-    return [v * 1000.0 for v in values]
 
 
 def renew_latency(s3: Any, samples: int) -> dict[str, Any]:
@@ -115,13 +111,13 @@ def renew_latency(s3: Any, samples: int) -> dict[str, Any]:
             lock.get(OP_TIMEOUT)
             get_t.append(time.perf_counter() - t0)
     backend.close()
-    raw_s, lean_s, lib_s = summary(_ms(raw_t)), summary(_ms(lean_t)), summary(_ms(lib_t))
+    raw_s, lean_s, lib_s = summary(to_ms(raw_t)), summary(to_ms(lean_t)), summary(to_ms(lib_t))
     return {
         "raw_put_if_match_ms": raw_s,
         "raw_put_if_match_no_expect_ms": lean_s,
         "ratio_p50_vs_no_expect": lib_s["p50"] / lean_s["p50"],
         "renew_ms": lib_s,
-        "get_ms": summary(_ms(get_t)),
+        "get_ms": summary(to_ms(get_t)),
         "ratio_p50": lib_s["p50"] / raw_s["p50"],
         "ratio_mean": lib_s["mean"] / raw_s["mean"],
     }
