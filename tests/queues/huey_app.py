@@ -12,10 +12,13 @@ import os
 import time
 
 from huey import RedisHuey
+from huey.consumer import Scheduler
 
 from celery_leader.integrations.huey import LeaderScheduler, message_slot, message_token
 
 LeaderScheduler.periodic_task_seconds = int(os.environ.get("HUEY_TEST_SLOT", "1"))
+# plain ``huey_consumer`` (the benchmark's peers) checks periodic tasks as often
+Scheduler.periodic_task_seconds = LeaderScheduler.periodic_task_seconds
 
 huey = RedisHuey(os.environ.get("HUEY_TEST_NAME", "cl-huey-test"), url="redis://127.0.0.1:6379/0", results=False)
 

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from taskiq import Context, TaskiqDepends
+from taskiq import Context, TaskiqDepends, TaskiqScheduler
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq_redis import ListQueueBroker
 
@@ -32,3 +32,6 @@ scheduler = LeaderScheduler(
     name=f"taskiq.{QUEUE}", identity=os.environ.get("TASKIQ_TEST_IDENTITY"),
     lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
 )  # fmt: skip
+
+#: taskiq's own scheduler, for the benchmark's peers
+plain_scheduler = TaskiqScheduler(broker, sources=[LabelScheduleSource(broker)])
