@@ -24,6 +24,7 @@ loaded machine.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -78,6 +79,32 @@ def race(n: int, action) -> tuple[list[object], list[BaseException]]:
     return results, errors
 
 
+#: contents that once escaped decoders (RecursionError, OverflowError, NaN) or are too big
+HOSTILE = {
+    "deep-nesting": b"[" * 5000,
+    "huge-number": b'{"holderIdentity":"x","acquireTime":1' + b"0" * 400 + b"}",
+    "nan": b'{"holderIdentity":"x","leaseDurationMilliSeconds":NaN}',
+    "infinite-token": b'{"holderIdentity":"x","leaderTransitions":1e400}',
+    "token-too-big": b'{"holderIdentity":"x","leaderTransitions":9223372036854775808}',
+    "over-64KiB": b'{"holderIdentity":"' + b"x" * (65 * 1024) + b'"}',
+}
+
+
+def _json_bytes(st):  # type: ignore[no-untyped-def]
+    """Hypothesis strategy: JSON objects shaped like records, with hostile values."""
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=10,
+    )
+    keys = st.sampled_from(
+        ["holderIdentity", "leaseDurationMilliSeconds", "acquireTime", "renewTime", "leaderTransitions", "preferredHolder"]
+    )
+    return st.dictionaries(keys, values | st.integers(min_value=-(2**70), max_value=2**70), max_size=6).map(
+        lambda doc: json.dumps(doc).encode()
+    )
+
+
 class LockContract:
     """Behaviour every :class:`~celery_leader.lock.Lock` must show."""
 
@@ -88,6 +115,8 @@ class LockContract:
     #: the step in which stored lease durations come back, rounded up (seconds): the JSON
     #: record keeps milliseconds, a Kubernetes Lease whole seconds
     lease_resolution = 0.001
+    #: how many arbitrary byte strings the property test stores and reads back
+    hostile_examples = 20
 
     @pytest.fixture
     def name(self) -> str:
@@ -244,6 +273,43 @@ class LockContract:
         fixed = lock.get(TIMEOUT)
         assert fixed is not None and fixed.record.decode_error is None
         assert fixed.record.transitions == 9
+
+    @pytest.mark.parametrize("garbage", list(HOSTILE.values()), ids=list(HOSTILE))
+    def test_hostile_content_is_the_placeholder_and_can_be_replaced(self, lock: Lock, write_raw, name, garbage) -> None:
+        """Deep nesting, huge or non-finite numbers, oversized content: never an exception."""
+        try:
+            write_raw(name, garbage)
+        except Exception as exc:  # noqa: BLE001 - a store that refuses the bytes is fine too
+            pytest.skip(f"this backend cannot store these bytes: {type(exc).__name__}")
+        got = lock.get(TIMEOUT)
+        assert got is not None and got.record.decode_error and not got.record.is_free
+        lock.update(sample_record(transitions=max(9, got.record.transitions + 1)), got.version, TIMEOUT)
+        fixed = lock.get(TIMEOUT)
+        assert fixed is not None and fixed.record.decode_error is None
+
+    def test_arbitrary_bytes_read_as_a_record_or_the_placeholder(self, lock: Lock, write_raw, name) -> None:
+        """Property-based (Hypothesis, when installed): whatever is stored, ``get`` never raises."""
+        hypothesis = pytest.importorskip("hypothesis")
+        from hypothesis import strategies as st
+
+        @hypothesis.settings(
+            max_examples=self.hostile_examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(st.one_of(st.binary(max_size=300), _json_bytes(st)))
+        def check(raw: bytes) -> None:
+            try:
+                write_raw(name, raw)
+            except Exception:  # noqa: BLE001 - bytes the store itself refuses are not read back
+                return
+            got = lock.get(TIMEOUT)
+            assert got is not None and isinstance(got.record, LeaderRecord)
+            if got.record.decode_error is None:
+                encode_record(got.record)
+
+        check()
 
     def test_garbage_replacement_is_still_compare_and_swap(self, lock: Lock, write_raw, name) -> None:
         write_raw(name, b"garbage-1")
