@@ -31,8 +31,9 @@ from .election import Election, Leadership
 from .lock import ConfigurationError, Conflict, LockError, partition_warning
 from .once import Slot, mark_done
 from .record import ANY_HOLDER, printable
-from .registry import ENV_URL, open_backend
+from .registry import ENV_URL, ENV_URL_FILE, default_url, open_backend, read_url_file
 from .supervise import KILL_TREE
+from .urls import scrub
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Runner:
             self.on_exit.set()
             return
         env = dict(os.environ)
+        env.pop(ENV_URL, None)  # the lock URL may hold a password: the command does not need it
         env.update(
             CELERY_LEADER_TOKEN=str(lead.token),
             CELERY_LEADER_NAME=lead.name,
@@ -193,7 +195,12 @@ def _timing_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=None, help=f"lock URL (default: ${ENV_URL}, else a file:// directory)")
+    p.add_argument(
+        "--url", default=None,
+        help=f"lock URL (default: ${ENV_URL}, else the file ${ENV_URL_FILE} names, else a file:// directory); "
+        "a URL with a password is visible in ps: prefer --url-file",
+    )  # fmt: skip
+    p.add_argument("--url-file", default=None, metavar="PATH", help="read the lock URL from this file (a mounted secret)")
     p.add_argument("--name", required=True, help="election name")
 
 
@@ -473,14 +480,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
+    url = None
     try:
+        if getattr(args, "url_file", None):
+            if args.url:
+                raise ConfigurationError("give --url or --url-file, not both")
+            args.url = read_url_file(args.url_file)
+        if hasattr(args, "url"):
+            url = args.url = args.url or default_url()
         return args.func(args)
     except ConfigurationError as exc:
-        print(f"celery-leader: configuration error: {exc}", file=sys.stderr)
+        print(f"celery-leader: configuration error: {_one_line(scrub(exc, url))}", file=sys.stderr)
         return 2
     except LockError as exc:
-        print(f"celery-leader: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"celery-leader: {type(exc).__name__}: {_one_line(scrub(exc, url))}", file=sys.stderr)
         return 1
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line (no control characters reach the terminal)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,14 +14,14 @@ import math
 import re
 from collections.abc import Iterable
 from typing import overload
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["redact", "UrlOptions", "SECRET_OPTION"]
+__all__ = ["redact", "scrub", "ambiguous_userinfo", "UrlOptions", "SECRET_OPTION"]
 
 #: query option names whose values are secrets
-SECRET_OPTION = re.compile(r"pass|secret|token|credential|key|auth", re.IGNORECASE)
+SECRET_OPTION = re.compile(r"pass|pwd|secret|token|credential|key|auth|sig", re.IGNORECASE)
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 MASK = "***"
@@ -33,41 +33,100 @@ def redact(url: object) -> str:
     Everything between ``://`` and the *last* ``@`` is user information: the user name
     (up to the first ``:``) is kept and the rest masked; user information without a
     ``:`` is masked whole (it may be a token). Query options whose name looks secret
-    (``password``, ``secret_key``, ``token``...) have their values masked. Anything
-    that is not text is shown by its type only.
+    (``password``, ``secret_key``, ``token``...; percent-encoded names too) have their
+    values masked up to the next ``&``, ``#`` included. Control characters are escaped.
+    Anything that is not text is shown by its type only.
     """
+    return _redaction(url)[0]
+
+
+def _redaction(url: object) -> tuple[str, list[str]]:
+    """(the redacted text, the secret parts that were masked)."""
     if not isinstance(url, str):
-        return f"<{type(url).__name__}>"
+        return f"<{type(url).__name__}>", []
     match = _SCHEME.match(url)
-    if match is None:
-        # not a URL at all: it may still be "user:password@host"
-        return _mask_userinfo(url, 0)
-    return _mask_userinfo(url, match.end())
+    # not a URL at all: it may still be "user:password@host"
+    text, secrets = _mask_userinfo(url, 0 if match is None else match.end())
+    return _escape(text), secrets
 
 
-def _mask_userinfo(text: str, start: int) -> str:
+def _mask_userinfo(text: str, start: int) -> tuple[str, list[str]]:
+    secrets: list[str] = []
     at = text.rfind("@", start)
     if at >= 0:
         userinfo = text[start:at]
-        user, sep, _ = userinfo.partition(":")
-        masked = f"{user}:{MASK}" if sep and "/" not in user and "?" not in user else MASK
+        user, sep, password = userinfo.partition(":")
+        if sep and not any(ch in user for ch in "/?#"):
+            masked = f"{user}:{MASK}"
+            secrets.append(password)
+        else:
+            masked = MASK
+            secrets.append(userinfo)
         text = text[:start] + masked + text[at:]
         query_from = start + len(masked) + 1
     else:
         query_from = start
     q = text.find("?", query_from)
     if q < 0:
-        return text
+        return text, secrets
     base, query = text[: q + 1], text[q + 1 :]
-    fragment = ""
-    if "#" in query:
-        query, _, frag = query.partition("#")
-        fragment = "#" + frag
     parts = []
     for item in query.split("&"):
         key, sep, value = item.partition("=")
-        parts.append(f"{key}={MASK}" if sep and SECRET_OPTION.search(key) else item)
-    return base + "&".join(parts) + fragment
+        if sep and SECRET_OPTION.search(unquote_plus(key)):
+            parts.append(f"{key}={MASK}")
+            secrets.append(value)
+        else:
+            parts.append(item)
+    return base + "&".join(parts), secrets
+
+
+def _escape(text: str) -> str:
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def scrub(message: object, *urls: object) -> str:
+    """``message`` (an error from a parser or a client library) without the secrets of ``urls``.
+
+    Each raw URL in it becomes its :func:`redact`\\ ion, and every secret part that
+    :func:`redact` masks (as written, percent-decoded or percent-encoded) becomes ``***``.
+    Secrets shorter than four characters are only removed as part of a whole URL.
+    """
+    text = str(message)
+    for url in urls:
+        if not isinstance(url, str) or not url:
+            continue
+        masked, secrets = _redaction(url)
+        text = text.replace(url, masked).replace(repr(url)[1:-1], masked)
+        for secret in secrets:
+            for form in {secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""), repr(secret)[1:-1]}:
+                if len(form) >= 4:
+                    text = text.replace(form, MASK)
+    return text
+
+
+def ambiguous_userinfo(url: str) -> str | None:
+    """Why ``url`` cannot be parsed safely, or None.
+
+    A password with an unencoded ``/``, ``?`` or ``#`` moves the host, path and query
+    around (``redis://u:pa/ss@host`` has host ``u`` to every URL parser), so the
+    password would end up in a host name or an option and leak into messages. Such a URL
+    is refused, naming the fix; :func:`redact` still masks it correctly.
+    """
+    match = _SCHEME.match(url)
+    if match is None:
+        return None
+    start = match.end()
+    at = url.rfind("@", start)
+    if at < 0:
+        return None
+    if any(ch in url[start:at] for ch in "/?#"):
+        return (
+            f"the lock URL {redact(url)} has an '@' after a '/', '?' or '#': percent-encode reserved characters "
+            "in the user name and password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A), "
+            "and an '@' inside an option value as %40"
+        )
+    return None
 
 
 class UrlOptions:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from celery_leader.backends.sql import Listener, SqlLock, Tables, Watchdog, channel_for
 from celery_leader.lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
-from celery_leader.urls import UrlOptions
+from celery_leader.urls import UrlOptions, redact
 
 __all__ = ["DjangoBackend", "DjangoLock", "DjangoPostgresLock", "ensure_django"]
 
@@ -239,11 +239,11 @@ class DjangoBackend(Backend):
     def from_url(cls, url: str) -> DjangoBackend:
         parts = urlsplit(url)
         if parts.scheme != "django":
-            raise ConfigurationError(f"not a django:// URL: {url!r}")
+            raise ConfigurationError(f"not a django:// URL: {redact(url)!r}")
         UrlOptions(parts.query, scheme="django", known=())  # refuses any option, naming it
         if parts.fragment or parts.username or parts.password or parts.port:
             raise ConfigurationError(
-                f"django:// URLs take only a database alias (django://ALIAS, default 'default'), got {url!r}; "
+                f"django:// URLs take only a database alias (django://ALIAS, default 'default'), got {redact(url)!r}; "
                 "put connection options in settings.DATABASES"
             )
         alias = (parts.hostname or parts.path.strip("/")) or "default"

@@ -27,6 +27,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from celery_leader.core import validate_identity, validate_name
 from celery_leader.lock import ConfigurationError, partition_warning
+from celery_leader.urls import ambiguous_userinfo, redact, scrub
 
 from .conf import SettingsError, leader_settings
 
@@ -69,17 +70,22 @@ def check_leader_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 
 
 def _check_url(url: str) -> list[CheckMessage]:
-    from celery_leader.registry import backend_class
+    """E001/E003 for the URL; every message shows the URL redacted (it may hold a password)."""
+    from celery_leader.registry import backend_class, url_scheme
 
-    scheme = urlsplit(url).scheme
+    shown = redact(url)
+    scheme = url_scheme(url)
     if not scheme:
         return [
             Error(
-                f"LEADER_ELECTION['URL'] {url!r} has no scheme",
+                f"LEADER_ELECTION['URL'] {shown!r} has no scheme",
                 hint="Write e.g. django://default, redis://localhost:6379/0 or file:///var/lib/celery-leader.",
                 id="django_leader.E001",
             )
         ]
+    problem = ambiguous_userinfo(url)
+    if problem:
+        return [Error(f"LEADER_ELECTION['URL']: {problem}", hint=HINT_SETTINGS, id="django_leader.E001")]
     try:
         cls = backend_class(scheme)
     except ConfigurationError as exc:
@@ -90,16 +96,22 @@ def _check_url(url: str) -> list[CheckMessage]:
         # parsing only: backends open connections lazily
         backend = cls.from_url(url)
     except ConfigurationError as exc:
-        return [Error(f"LEADER_ELECTION['URL'] {url!r}: {exc}", hint=HINT_SETTINGS, id="django_leader.E001")]
+        return [Error(f"LEADER_ELECTION['URL'] {shown!r}: {scrub(exc, url)}", hint=HINT_SETTINGS, id="django_leader.E001")]
     except ImportError as exc:
         return [
             Error(
-                f"LEADER_ELECTION['URL'] {url!r}: {exc}", hint="Install the missing package.", id="django_leader.E003"
+                f"LEADER_ELECTION['URL'] {shown!r}: {scrub(exc, url)}",
+                hint="Install the missing package.",
+                id="django_leader.E003",
             )
         ]
     except Exception as exc:  # noqa: BLE001 - any failure to parse is a configuration error here
         return [
-            Error(f"LEADER_ELECTION['URL'] {url!r} is not usable: {exc}", hint=HINT_SETTINGS, id="django_leader.E001")
+            Error(
+                f"LEADER_ELECTION['URL'] {shown!r} is not usable: {scrub(exc, url)}",
+                hint=HINT_SETTINGS,
+                id="django_leader.E001",
+            )
         ]
     unsafe = partition_warning(backend)
     backend.close()
@@ -129,7 +141,10 @@ def check_lease_table(app_configs: Any = None, databases: Any = None, **kwargs: 
         conf = leader_settings()
     except SettingsError:
         return []
-    parts = urlsplit(conf.url)
+    try:
+        parts = urlsplit(conf.url)
+    except ValueError:
+        return []  # E001 reports it
     if parts.scheme != "django":
         return []
     alias = parts.netloc or parts.path.strip("/") or "default"

@@ -7,16 +7,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery_leader.record import LeaderRecord, decode_or_placeholder
+from celery_leader.registry import url_scheme
 
 from .conf import leader_settings
 
 
 def configured_alias() -> str | None:
     """The database of ``LEADER_ELECTION['URL']`` if it is django://, else ``None``."""
-    parts = urlsplit(leader_settings().url)
-    if parts.scheme == "django":
-        return parts.netloc or parts.path.strip("/") or "default"
-    return None
+    url = leader_settings().url
+    if url_scheme(url) != "django":
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return parts.netloc or parts.path.strip("/") or "default"
 
 
 def default_alias() -> str:

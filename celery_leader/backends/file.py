@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - not POSIX
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 from ..registry import default_state_dir
-from ..urls import UrlOptions
+from ..urls import UrlOptions, redact
 
 __all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
 
@@ -398,20 +398,20 @@ class FileBackend(Backend):
         """``file:///abs/dir`` (or ``file://localhost/abs/dir``); relative paths are refused."""
         parts = urlsplit(url)
         if parts.scheme.lower() != "file":
-            raise ConfigurationError(f"not a file:// URL: {url!r}")
+            raise ConfigurationError(f"not a file:// URL: {redact(url)!r}")
         if parts.fragment:
-            raise ConfigurationError(f"the file:// backend takes no options, got {url!r}; write file:///absolute/dir")
+            raise ConfigurationError(f"the file:// backend takes no options, got {redact(url)!r}; write file:///absolute/dir")
         UrlOptions(parts.query, scheme="file", known=())  # refuses any option, naming it
         if parts.netloc not in ("", "localhost"):
             raise ConfigurationError(
-                f"file:// URL {url!r} names host {parts.netloc!r}: the path must be absolute, "
+                f"file:// URL {redact(url)!r} names host {redact(parts.netloc)!r}: the path must be absolute, "
                 f"write file:///{parts.netloc}{parts.path} (three slashes) for an absolute path, "
                 "and only local directories are supported"
             )
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise ConfigurationError(
-                f"file:// URL {url!r} has a relative path; a lock directory must not depend on the working "
+                f"file:// URL {redact(url)!r} has a relative path; a lock directory must not depend on the working "
                 "directory: write file:///absolute/path (three slashes)"
             )
         if path != "/":

@@ -55,7 +55,7 @@ from dulwich.repo import MemoryRepo, Repo
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, LockError, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions
+from ..urls import UrlOptions, redact
 
 __all__ = ["GitBackend", "GitLock"]
 
@@ -724,7 +724,7 @@ class GitBackend(Backend):
         path = unquote(parts.path)
         if scheme == "git+file":
             if parts.netloc not in ("", "localhost"):
-                raise ConfigurationError(f"git+file:// URLs name a local path: git+file:///srv/locks.git, not host {parts.netloc!r}")
+                raise ConfigurationError(f"git+file:// URLs name a local path: git+file:///srv/locks.git, not host {redact(parts.netloc)!r}")
             if not path.startswith("/"):
                 raise ConfigurationError("git+file:// needs an absolute path: git+file:///srv/locks.git")
             for opt in ("token_env", "username", "key"):

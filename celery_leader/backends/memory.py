@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions
+from ..urls import UrlOptions, redact
 
 __all__ = ["MemoryBackend", "MemoryLock"]
 
@@ -110,7 +110,7 @@ class MemoryBackend(Backend):
     def from_url(cls, url: str) -> "MemoryBackend":
         parts = urlsplit(url)
         if parts.scheme != "memory":
-            raise ConfigurationError(f"not a memory:// URL: {url!r}")
+            raise ConfigurationError(f"not a memory:// URL: {redact(url)!r}")
         UrlOptions(parts.query, scheme="memory", known=())  # refuses any option, naming it
         return cls((parts.netloc + parts.path).strip("/"))
 

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 try:
     import redis
@@ -56,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions
+from ..urls import UrlOptions, redact
 
 __all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
 
@@ -188,17 +188,6 @@ def _version_of(raw: bytes, record: LeaderRecord) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
-    query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe=":/*"), ""))
 
 
 def _pubsub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -537,7 +526,7 @@ class RedisBackend(Backend):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in cls.schemes:
-            raise ConfigurationError(f"not a Redis URL: {_redact(url)!r}; use redis://, rediss://, unix:// or redis+sentinel://")
+            raise ConfigurationError(f"not a Redis URL: {redact(url)!r}; use redis://, rediss://, unix:// or redis+sentinel://")
         options = UrlOptions(parts.query, scheme=scheme, known=OWN_OPTIONS | REDIS_OPTIONS)
         prefix = options.text("prefix", DEFAULT_PREFIX, allow_empty=True)
         if not prefix:
@@ -553,6 +542,14 @@ class RedisBackend(Backend):
             socket_connect_timeout=connect_timeout,
             max_connections=max_connections,
         )
+        # options redis-py reads itself, checked now: a bad value would only fail at the first
+        # connection, over and over, while the election retries
+        passed_on = options.rest()
+        for key, allowed in (("protocol", ("2", "3")), ("ssl_cert_reqs", ("none", "optional", "required"))):
+            if key in passed_on and passed_on[key].strip().lower() not in allowed:
+                raise ConfigurationError(
+                    f"{scheme}:// option ?{key}= must be one of {', '.join(allowed)}, got {passed_on[key][:40]!r}"
+                )
         # each call sets its own socket timeouts; no hidden retries that would stretch them
         no_retry = {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
         if scheme == "redis+sentinel":
@@ -563,7 +560,7 @@ class RedisBackend(Backend):
         if scheme == "unix" and not parts.path:
             raise ConfigurationError("a unix:// Redis URL needs the socket path: unix:///run/redis/redis.sock?db=0")
         if scheme != "unix" and not parts.hostname:
-            raise ConfigurationError(f"the Redis URL {_redact(url)!r} has no host; write redis://host:6379/0")
+            raise ConfigurationError(f"the Redis URL {redact(url)!r} has no host; write redis://host:6379/0")
         # redis-py reads the options we do not (db, ssl_*, client_name...) and the socket timeouts
         forward = options.rest()
         for key, seconds in (("socket_timeout", socket_timeout), ("socket_connect_timeout", connect_timeout)):
@@ -573,13 +570,13 @@ class RedisBackend(Backend):
         try:
             kwargs = redis.connection.parse_url(passed)
         except ValueError as exc:
-            raise ConfigurationError(f"cannot parse the Redis URL {_redact(url)!r}: {exc}") from None
+            raise ConfigurationError(f"cannot parse the Redis URL {redact(url)!r}: {exc}") from None
         if scheme != "unix" and parts.path.strip("/") and "db" not in options:
             try:
                 int(parts.path.strip("/"))
             except ValueError:
                 raise ConfigurationError(
-                    f"the path of {_redact(url)!r} must be a database number (redis://host:6379/0)"
+                    f"the path of {redact(url)!r} must be a database number (redis://host:6379/0)"
                 ) from None
         kwargs.update(no_retry)
         pool = redis.ConnectionPool(**kwargs)
@@ -598,16 +595,16 @@ class RedisBackend(Backend):
             try:
                 sentinels.append((host, int(port)))
             except ValueError:
-                raise ConfigurationError(f"bad sentinel address {item!r} in {_redact(url)!r}; write host:26379") from None
+                raise ConfigurationError(f"bad sentinel address {item!r} in {redact(url)!r}; write host:26379") from None
         if not sentinels:
             raise ConfigurationError(
-                f"no sentinels in {_redact(url)!r}; write redis+sentinel://host1:26379,host2:26379/mymaster/0"
+                f"no sentinels in {redact(url)!r}; write redis+sentinel://host1:26379,host2:26379/mymaster/0"
             )
         path = [unquote(p) for p in parts.path.split("/") if p]
         service = options.text("master") or options.text("service_name") or (path[0] if path else None)
         if not service:
             raise ConfigurationError(
-                f"no master name in {_redact(url)!r}; write redis+sentinel://host:26379/mymaster/0 (or ?master=mymaster)"
+                f"no master name in {redact(url)!r}; write redis+sentinel://host:26379/mymaster/0 (or ?master=mymaster)"
             )
         db: str | None = options.text("db") or (path[1] if len(path) > 1 else None)
         kwargs: dict[str, Any] = {}
@@ -615,7 +612,7 @@ class RedisBackend(Backend):
             try:
                 kwargs["db"] = int(db)
             except ValueError:
-                raise ConfigurationError(f"database {db!r} in {_redact(url)!r} is not a number") from None
+                raise ConfigurationError(f"database {db!r} in {redact(url)!r} is not a number") from None
         if userinfo:
             user, _, password = userinfo.partition(":")
             if user:
@@ -648,7 +645,7 @@ class RedisBackend(Backend):
         return (SentinelRedisLock if self.sentinel else RedisLock)(self, name)
 
     def describe(self) -> str:
-        return _redact(self.url)
+        return redact(self.url)
 
     def gc_expiry_ms(self, lease_duration: float) -> int:
         """Garbage-collection expiry of a lock key: twice the lease plus the margin, >= 1 s."""

@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised through the registry
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions
+from ..urls import UrlOptions, redact, scrub
 
 __all__ = ["S3Backend", "S3Lock", "NONCE_KEY"]
 
@@ -169,7 +169,7 @@ class S3Lock(Lock):
                 return Versioned(LeaderRecord.undecodable(size, "object too large for a lock record"), version)
             raw = body.read(MAX_BODY + 1)
         except (bce.BotoCoreError, OSError) as exc:
-            raise BackendUnavailable(f"reading {self.describe()}: {exc}") from exc
+            raise BackendUnavailable(f"reading {self.describe()}: {scrub(exc, self.backend.endpoint_url)}") from exc
         finally:
             body.close()
         return Versioned(decode_or_placeholder(raw, strip=(NONCE_KEY,)), version)
@@ -261,7 +261,7 @@ class S3Backend(Backend):
             ep = urlsplit(endpoint_url)
             if ep.scheme not in ("http", "https") or not ep.hostname:
                 raise ConfigurationError(
-                    f"endpoint_url {endpoint_url!r} is not an http(s) URL; write e.g. ?endpoint_url=http://127.0.0.1:9000"
+                    f"endpoint_url {redact(endpoint_url)!r} is not an http(s) URL; write e.g. ?endpoint_url=http://127.0.0.1:9000"
                 )
         if addressing_style not in (None, "path", "virtual", "auto"):
             raise ConfigurationError(f"addressing_style must be path, virtual or auto, not {addressing_style!r}")
@@ -288,10 +288,10 @@ class S3Backend(Backend):
     def from_url(cls, url: str) -> S3Backend:
         parts = urlsplit(url)
         if parts.scheme != "s3":
-            raise ConfigurationError(f"not an s3:// URL: {url!r}")
+            raise ConfigurationError(f"not an s3:// URL: {redact(url)!r}")
         userinfo, _, host = parts.netloc.rpartition("@")
         if not host:
-            raise ConfigurationError(f"{url!r} names no bucket; write s3://BUCKET/PREFIX")
+            raise ConfigurationError(f"{redact(url)!r} names no bucket; write s3://BUCKET/PREFIX")
         access_key = secret_key = None
         if userinfo:
             key, sep, secret = userinfo.partition(":")
@@ -368,13 +368,13 @@ class S3Backend(Backend):
             raise self._translate(exc, operation) from exc
         except (bce.NoCredentialsError, bce.PartialCredentialsError) as exc:
             raise ConfigurationError(
-                f"no usable AWS credentials for {self.describe()} ({exc}); set AWS_ACCESS_KEY_ID and "
+                f"no usable AWS credentials for {self.describe()} ({scrub(exc, self.endpoint_url)}); set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ?profile=, or run with an instance/task role"
             ) from exc
         except bce.ParamValidationError as exc:
-            raise ConfigurationError(f"{operation} rejected its parameters: {exc}") from exc
+            raise ConfigurationError(f"{operation} rejected its parameters: {scrub(exc, self.endpoint_url)}") from exc
         except (bce.BotoCoreError, OSError) as exc:
-            raise BackendUnavailable(f"{operation} on {self.describe()} failed: {exc}") from exc
+            raise BackendUnavailable(f"{operation} on {self.describe()} failed: {scrub(exc, self.endpoint_url)}") from exc
         finally:
             _deadline.value = None
 
@@ -498,7 +498,7 @@ class S3Backend(Backend):
         log.debug("%s: conditional writes are enforced", self.describe())
 
     def _where(self) -> str:
-        return self.endpoint_url or f"AWS region {self.region}"
+        return redact(self.endpoint_url) if self.endpoint_url else f"AWS region {self.region}"
 
     def close(self) -> None:
         with self._guard:
@@ -511,5 +511,5 @@ class S3Backend(Backend):
                 log.debug("closing an S3 client failed", exc_info=True)
 
     def describe(self) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" at {redact(self.endpoint_url)}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"

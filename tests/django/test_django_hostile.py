@@ -130,3 +130,24 @@ def test_leaderstatus_with_a_non_django_url_does_not_print_the_password(sqlite_a
     assert "not django://" in message
     for part in ("s3cr", "/e?t#pw", "e?t"):
         assert part not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://leader:Sup3r/Secr?t#Pw@rd@127.0.0.1:6379/0",
+        "redis://leader:Sup3r%2FSecr%3Ft%23Pw%40rd@127.0.0.1:6379/0?no_such_option=1",
+        "s3://AKIAEXAMPLE:Sup3r%2FSecr%3Ft%23Pw%40rd@/prefix",
+        "gossip://:Sup3r%2FSecr%3Ft%23Pw%40rd@127.0.0.1:notaport?members=a",
+        "leader:Sup3r%2FSecr%3Ft%23Pw%40rd@127.0.0.1",
+        "redis://leader:Sup3r%2FSecr%3Ft%23Pw%40rd@[::1/13",
+    ],
+)
+def test_check_e001_does_not_show_the_password(url) -> None:
+    from django_leader.checks import check_leader_settings
+
+    with override_settings(LEADER_ELECTION={**SETTINGS, "URL": url}):
+        errors = check_leader_settings()
+    assert [e.id for e in errors] == ["django_leader.E001"], errors
+    for piece in ("Sup3r", "Secr", "Pw@rd", "%2FSecr"):
+        assert piece not in errors[0].msg and piece not in (errors[0].hint or "")

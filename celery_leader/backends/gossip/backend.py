@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ...lock import Backend
-from ...urls import UrlOptions
+from ...urls import UrlOptions, redact
 from .acceptor import Acceptor, release_acceptor, shared_acceptor
 from .proposer import CAPABILITIES, GossipLock
 from .serf import SerfClient, SerfError, SerfRPCError
@@ -121,13 +121,13 @@ class GossipBackend(Backend):
     def from_url(cls, url: str) -> "GossipBackend":
         parts = urlsplit(url)
         if parts.scheme != "gossip":
-            raise ConfigurationError(f"not a gossip:// URL: {url!r}")
+            raise ConfigurationError(f"not a gossip:// URL: {redact(url)!r}")
         options = UrlOptions(parts.query, scheme="gossip", known=cls.OPTIONS)
         members = [m.strip() for m in (options.text("members") or "").split(",") if m.strip()]
         try:
             port = parts.port or DEFAULT_PORT
         except ValueError:
-            raise ConfigurationError(f"gossip URL {parts.netloc!r} has a bad port") from None
+            raise ConfigurationError(f"gossip URL {redact(parts.netloc)!r} has a bad port") from None
         auth = options.text("auth_key") or (unquote(parts.password) if parts.password else None)
         return cls(
             parts.hostname or "127.0.0.1",

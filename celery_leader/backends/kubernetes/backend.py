@@ -34,7 +34,7 @@ from kubernetes.config.config_exception import ConfigException
 from ...errors import BackendUnavailable, ConfigurationError, Conflict
 from ...lock import Backend, Capabilities, Lock, Versioned
 from ...record import LeaderRecord
-from ...urls import UrlOptions
+from ...urls import UrlOptions, redact
 from .events import EVENT_FLUSH_SECONDS, EVENTS, LeadershipEvents, watch_events
 from .lease import lease_body, lease_to_record, resource_version
 
@@ -325,10 +325,10 @@ class KubernetesBackend(Backend):
         """``kubernetes://[NAMESPACE][?kubeconfig=PATH&context=NAME&events=true&request_timeout=S]``."""
         parts = urlsplit(url)
         if parts.scheme.lower() not in cls.schemes:
-            raise ConfigurationError(f"not a kubernetes:// URL: {url!r}")
+            raise ConfigurationError(f"not a kubernetes:// URL: {redact(url)!r}")
         if parts.path.strip("/"):
             raise ConfigurationError(
-                f"{url!r}: a kubernetes:// URL names only the namespace (kubernetes://NAMESPACE); "
+                f"{redact(url)!r}: a kubernetes:// URL names only the namespace (kubernetes://NAMESPACE); "
                 "the election name becomes the Lease name"
             )
         options = UrlOptions(parts.query, scheme=parts.scheme.lower(), known=_URL_OPTIONS)

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -42,6 +43,7 @@ from ...election import Election, Leadership, default_identity
 from ...lock import ConfigurationError, partition_warning
 from ...record import printable
 from ...registry import ENV_URL, default_url, open_backend
+from ...urls import redact, scrub
 
 __all__ = ["LeaderScheduler", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
 
@@ -90,7 +92,12 @@ def default_name(app: Any, suffix: str = "beat") -> str:
 
 def leader_config(app: Any, *, suffix: str = "beat") -> dict[str, Any]:
     """Read and validate the ``leader_election_*`` keys (no I/O). Errors name the key to fix."""
-    url = (_conf(app, "leader_election_url", "") or "").strip() or os.environ.get(ENV_URL, "").strip()
+    url = _conf(app, "leader_election_url", "") or ""
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"leader_election_url must be a lock URL string such as 'redis://host:6379/0', got {type(url).__name__}"
+        )
+    url = url.strip() or os.environ.get(ENV_URL, "").strip()
     from_default = not url
     url = url or default_url()
     name = _conf(app, "leader_election_name") or default_name(app)
@@ -136,7 +143,7 @@ def _check_url(url: str) -> str:
     try:
         backend = open_backend(url)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"celery-leader: leader_election_url {url!r} is not usable: {exc}") from None
+        raise ConfigurationError(f"leader_election_url {redact(url)} is not usable: {scrub(exc, url)}") from None
     try:
         unsafe = partition_warning(backend)
         if unsafe:
@@ -145,6 +152,34 @@ def _check_url(url: str) -> str:
     finally:
         with contextlib.suppress(Exception):
             backend.close()
+
+
+class _NoTraceback(logging.Filter):
+    """Celery logs what ends ``beat`` with its traceback: ours is a configuration message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ConfigurationError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _one_line_startup_errors() -> None:
+    """Make a :class:`ConfigurationError` that ends ``celery beat`` print as one line, not
+    at the bottom of Celery's traceback. Other exceptions keep their traceback."""
+    if getattr(sys.excepthook, "_celery_leader", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc, ConfigurationError):
+            print(f"celery-leader: configuration error: {' '.join(str(exc).split())}", file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    hook._celery_leader = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+    logging.getLogger("celery.beat").addFilter(_NoTraceback())
 
 
 def resolve_base(app: Any, explicit: Any = None) -> type[Scheduler]:
@@ -256,14 +291,22 @@ class LeaderScheduler(Scheduler):
             app = kwargs.get("app", args[0] if args else None)
             if app is None:
                 raise ConfigurationError("LeaderScheduler needs the Celery app (app=...)")
-            cls = _combined(resolve_base(app))
+            try:
+                cls = _combined(resolve_base(app))
+            except ConfigurationError:
+                _one_line_startup_errors()
+                raise
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         app = kwargs.get("app", args[0] if args else None)
         # configuration first, without I/O: a typo stops beat before anything is sent
-        self._leader_conf = leader_config(app)
-        self._leader_backend_desc = _check_url(self._leader_conf["url"])
+        try:
+            self._leader_conf = leader_config(app)
+            self._leader_backend_desc = _check_url(self._leader_conf["url"])
+        except ConfigurationError:
+            _one_line_startup_errors()
+            raise
         base = self._leader_base or _wrapped_base(type(self))
         self._leader_per_host = is_per_host(base)
         catch_up = self._leader_conf["catch_up"]
@@ -369,10 +412,11 @@ class LeaderScheduler(Scheduler):
         standby_wait = min(self._leader_conf["timing"].retry_period, self.max_interval or 1.0)
         try:
             election = self._ensure_election()
-        except ConfigurationError:
+        except ConfigurationError as exc:
             if not self._leader_embedded:
+                _one_line_startup_errors()
                 raise  # standalone beat: exit with the message; it never runs unguarded
-            log.exception("celery-leader: cannot start the election; this embedded beat stays on standby")
+            log.error("celery-leader: cannot start the election (%s); this embedded beat stays on standby", exc)
             self._leader_closed = True  # a configuration does not fix itself
             return standby_wait
         except Exception:  # noqa: BLE001 - anything else may pass: try again next tick
