@@ -217,3 +217,29 @@ def test_a_tick_longer_than_the_lease_keeps_leadership(ns, published):
         assert len(published) > count and {h[HEADER_TOKEN] for h in published} == {token}
     finally:
         sched.close()
+
+
+def test_a_standby_logs_at_info_once_and_a_lost_term_at_warning(ns, scheduler_for, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="celery_leader")
+    with Election("inproc.beat", url=f"memory://{ns}", identity="other", lease_duration=1.0,
+                  renew_deadline=0.6, retry_period=RETRY) as other:  # fmt: skip
+        assert other.wait_until_leader(5)
+        sched = scheduler_for()
+        tick_for(sched, 1.0)
+        lines = [r for r in caplog.records if "beat is" in r.getMessage()]
+        assert [(r.levelname, r.getMessage()) for r in lines] == [("INFO", "celery-leader: beat is standby (leader: other)")]
+        other.step_down()  # hands over to us
+        deadline = time.monotonic() + 10
+        while not (sched.election.is_leader and sched.election.leadership is not None) and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(sched.tick(), 0.05)))
+        tick_for(sched, 0.3)
+        sched.election.step_down()  # our term ends: that one is worth a warning
+        deadline = time.monotonic() + 5
+        while sched.election.is_leader and time.monotonic() < deadline:
+            time.sleep(0.02)
+        tick_for(sched, 0.5)
+    states = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records if "beat is" in r.getMessage()]
+    assert states[:3] == [("INFO", "celery-leader: beat is standby"), ("INFO", "celery-leader: beat is leading"),
+                          ("WARNING", "celery-leader: beat is standby")], states  # fmt: skip
