@@ -99,11 +99,18 @@ REDIS_OPTIONS = {
 }
 
 # The server's own clock: TIME (ms) and this server process's run_id (a restart or a
-# failed-over replica has another one, and then nothing is concluded from time).
+# failed-over replica has another one, and then nothing is concluded from time). Best
+# effort: an ACL user without TIME or INFO still works, only without the cold-start
+# shortcut (now_ms stays '' and nothing is concluded from time).
 CLOCK_LUA = """
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local now_ms = ''
+local run_id = ''
+local clock = redis.pcall('TIME')
+local info = redis.pcall('INFO', 'server')
+if type(clock) == 'table' and clock[1] and type(info) == 'string' then
+  now_ms = tostring(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+  run_id = string.match(info, 'run_id:(%x+)') or ''
+end
 """
 
 # KEYS: lock, fence. Returns {raw or false, fence transitions or false, the server time of
@@ -118,7 +125,7 @@ local raw = false
 if t == 'string' then raw = redis.call('GET', KEYS[1]) end
 """ + CLOCK_LUA + """
 local f = redis.call('HMGET', KEYS[2], 'transitions', 'written_ms', 'lease_ms', 'written_version', 'server')
-return {raw, f[1], f[2], f[3], f[4], f[5], tostring(now_ms), run_id}
+return {raw, f[1], f[2], f[3], f[4], f[5], now_ms, run_id}
 """
 
 # KEYS: lock, fence. ARGV: expected version ('' = create; 'g:<sha1>' = over undecodable
@@ -162,7 +169,11 @@ if (not fence) or transitions > fence then
 end
 local version = redis.sha1hex(stored)
 """ + CLOCK_LUA + """
-redis.call('HSET', KEYS[2], 'written_ms', now_ms, 'lease_ms', ARGV[7], 'written_version', version, 'server', run_id)
+if now_ms ~= '' and run_id ~= '' then
+  redis.call('HSET', KEYS[2], 'written_ms', now_ms, 'lease_ms', ARGV[7], 'written_version', version, 'server', run_id)
+else
+  redis.call('HDEL', KEYS[2], 'written_ms', 'lease_ms', 'written_version', 'server')
+end
 redis.call('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
 return {1, version}
 """

@@ -101,3 +101,20 @@ def test_nothing_is_concluded_without_the_same_server_and_record(prefix, open_ba
         shared_redis.hdel(lock.fence_key, "written_ms", "lease_ms", "written_version", "server")
     held = lock.get(5).record.holder
     assert held in ("crashed-host", "other-host")
+
+
+def test_the_documented_minimal_acl_still_works_without_the_shortcut(redis_server, open_backend):
+    """The ACL docs/redis.md names grants no TIME or INFO: writes work, nothing is concluded."""
+    redis_server.client().execute_command(
+        "ACL", "SETUSER", "leader", "on", ">pw", "~celery-leader:*", "&celery-leader:*",
+        "+@read", "+@write", "+@scripting", "+@pubsub", "+ping",
+    )  # fmt: skip
+    backend = open_backend(f"redis://leader:pw@127.0.0.1:{redis_server.port}/0")
+    backend.check(5)
+    lock = backend.lock("beat")
+    lock.create(LeaderRecord(holder="crashed-host", lease_duration=1.0, transitions=1), 5)
+    admin = redis_server.client()
+    fence = "celery-leader:fence:beat"
+    assert admin.hget(fence, "written_ms") is None  # no clock stored: TIME/INFO not allowed
+    time.sleep(2.5)  # past the lease and the margin: with the clock this would read as free
+    assert lock.get(5).record.holder == "crashed-host"
