@@ -326,15 +326,23 @@ def command_name(command: Any) -> str:
 
 
 def leader_only(
-    name: str | Callable[..., Any] | None = None, *, skip: bool = False, wait_timeout: float | None = None
+    name: str | Callable[..., Any] | None = None,
+    *,
+    skip: bool = False,
+    wait_timeout: float | None = None,
+    once_per: str | None = None,
 ) -> Any:
     """Decorate ``BaseCommand.handle`` so that the command runs only on the leader.
 
     The election is ``name`` (default ``<LEADER_ELECTION['NAME']>.<command name>``). By default
     it waits to be elected; ``skip=True`` returns at once (printing why) when another
-    instance leads, for cron on every host. Losing leadership raises ``CommandError`` with
+    instance leads. ``once_per="1h"`` (for cron on every host): at most once per slot across
+    all hosts, as ``runasleader --once-per``. Losing leadership raises ``CommandError`` with
     ``returncode`` 3.
     """
+    slot_period = once_per
+    if slot_period is not None:
+        Slot.every(slot_period)  # a bad period fails at import time, not in cron at 3 am
     from django.core.management.base import CommandError
 
     def decorate(handle: Callable[..., Any]) -> Callable[..., Any]:
@@ -343,7 +351,11 @@ def leader_only(
             election_name = name if isinstance(name, str) else f"{leader_settings().name}.{command_name(self)}"
             try:
                 return run_as_leader(
-                    lambda: handle(self, *args, **options), name=election_name, skip=skip, wait_timeout=wait_timeout
+                    lambda: handle(self, *args, **options),
+                    name=election_name,
+                    skip=skip,
+                    wait_timeout=wait_timeout,
+                    slot=Slot.every(slot_period) if slot_period is not None else None,
                 )
             except NotLeader as exc:
                 if exc.skipped:

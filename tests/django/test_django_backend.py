@@ -347,6 +347,25 @@ def test_leader_only_runs_in_process_and_skips_when_another_leads(sqlite_alias):
         assert "skipped: elsewhere is active" in err.getvalue()
 
 
+def test_leader_only_once_per_runs_once_per_slot(sqlite_alias):
+    from celery_leader.once import Slot
+
+    before = Slot.every("1h").key
+    first, second = io.StringIO(), io.StringIO()
+    call_command("hourly", stdout=first)
+    call_command("hourly", stdout=second, stderr=io.StringIO())
+    if Slot.every("1h").key != before:  # the hour turned between the two calls: a new slot
+        pytest.skip("an hour boundary fell between the calls")
+    assert first.getvalue().strip() == "ran" and second.getvalue() == ""
+
+
+def test_leader_only_refuses_a_bad_period_at_import():
+    from django_leader import leader_only
+
+    with pytest.raises(ConfigurationError, match="not a duration"):
+        leader_only(once_per="hourly")
+
+
 def test_status_with_leases_elsewhere_or_no_table(sqlite_alias):
     from django.core.management.base import CommandError
     from django.test.utils import override_settings
