@@ -6,5 +6,6 @@ its periodic work, whether this process is the confirmed leader. Nothing here is
 imported by the engine; importing an integration imports its framework.
 
 Queues: :mod:`.huey` (Huey consumers), :mod:`.taskiq` (``taskiq scheduler``),
-:mod:`.periodiq` (Dramatiq's periodiq). See docs/integrations.md.
+:mod:`.periodiq` (Dramatiq's periodiq),
+:mod:`.arq` (arq workers' cron jobs). See docs/integrations.md.
 """
