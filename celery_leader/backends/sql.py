@@ -46,7 +46,7 @@ from ..errors import BackendUnavailable, Conflict, RegressionError
 from ..lock import Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 
-__all__ = ["ABSENT", "Tables", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
+__all__ = ["ABSENT", "Tables", "Write", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,22 @@ class Tables:
     fence: str
     vendor: str
     channel: str | None = None
+
+
+@dataclass(frozen=True)
+class Write:
+    """One conditional write: its SQL (given the table names), parameters, the version it stores."""
+
+    sql: Callable[[Tables], str]
+    params: list[Any]
+    version: str
+    conflict: str  # the Conflict message when no row was written
+
+    def run(self, cur: Any, t: Tables) -> str:
+        cur.execute(self.sql(t), self.params)
+        if cur.rowcount != 1:
+            raise Conflict(self.conflict)
+        return self.version
 
 
 class SqlBackend(Protocol):
@@ -140,56 +156,36 @@ class SqlLock(Lock):
             raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend") from None
         raw = encode_record(record).decode()
         token = int(record.transitions)
-        notify = record.holder != self._written_holder
-
-        def conditional_update(cur: Any, t: Tables) -> str:
-            cur.execute(
-                f"UPDATE {t.lease} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
-                [raw, expected + 1, record.holder, token, self.name, expected],
-            )
-            if cur.rowcount != 1:
-                raise Conflict(f"{self.name}: the stored version is no longer {expected}")
-            return str(expected + 1)
-
+        write = Write(
+            lambda t: f"UPDATE {t.lease} SET record = %s, version = %s, holder = %s, token = %s WHERE name = %s AND version = %s",
+            [raw, expected + 1, record.holder, token, self.name, expected],
+            str(expected + 1),
+            f"{self.name}: the stored version is no longer {expected}",
+        )
         if token == self._written:
-            # a renewal (or the release) of this lock's own term: one statement in autocommit
-            version = self._backend._call(timeout, self._then_notify(conditional_update, notify))
+            # a renewal (or the release) of this lock's own term: one statement in autocommit;
+            # only a change of holder (the release) is worth a notification
+            notify = record.holder != self._written_holder
+            version = self._backend._call(timeout, self._then_notify(write.run, notify))
             self._written_holder = record.holder
             return version
-        return self._fenced_write(conditional_update, record.holder, token, timeout, regression_is_conflict=False)
+        return self._fenced_write(write, record.holder, token, timeout, regression_is_conflict=False)
 
     def _insert(self, record: LeaderRecord, timeout: float) -> str:
         version = time.time_ns() // 1000
         raw = encode_record(record).decode()
         token = int(record.transitions)
 
-        def insert(cur: Any, t: Tables) -> str:
-            values = [self.name, raw, version, record.holder, token]
-            if t.vendor == "postgresql":
-                # no error for the losers: nothing in the server log, the transaction stays usable
-                cur.execute(
-                    f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (name) DO NOTHING",
-                    values,
-                )
-                if cur.rowcount != 1:
-                    raise Conflict(f"{self.name}: the lease exists")
-            else:
-                cur.execute(f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)", values)
-            return str(version)
+        def sql(t: Tables) -> str:
+            insert = f"INSERT INTO {t.lease} (name, record, version, holder, token) VALUES (%s, %s, %s, %s, %s)"
+            # on PostgreSQL the losers get no error: nothing in the server log, the transaction stays usable
+            return insert + " ON CONFLICT (name) DO NOTHING" if t.vendor == "postgresql" else insert
 
-        return self._fenced_write(insert, record.holder, token, timeout, regression_is_conflict=True)
+        write = Write(sql, [self.name, raw, version, record.holder, token], str(version), f"{self.name}: the lease exists")
+        return self._fenced_write(write, record.holder, token, timeout, regression_is_conflict=True)
 
-    def _fenced_write(
-        self,
-        write: Callable[[Any, Tables], str],
-        holder: str,
-        token: int,
-        timeout: float,
-        *,
-        regression_is_conflict: bool,
-    ) -> str:
-        """``write`` and raising the fence to ``token``, in one short transaction.
+    def _transaction(self, write: Write, holder: str, token: int) -> Callable[[Any, Tables], str]:
+        """``write`` and raising the fence to ``token``, in one short transaction (a call for ``_call``).
 
         A token below the fence is refused; one equal to it may only continue the same term
         (same holder as the row had, or a release), never start a new one.
@@ -200,7 +196,7 @@ class SqlLock(Lock):
             try:
                 cur.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
                 previous = cur.fetchone()
-                version = write(cur, t)
+                version = write.run(cur, t)
                 cur.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
                 row = cur.fetchone()
                 if row is None:
@@ -215,8 +211,12 @@ class SqlLock(Lock):
                 raise
             return version
 
+        return transaction
+
+    def _fenced_write(self, write: Write, holder: str, token: int, timeout: float, *, regression_is_conflict: bool) -> str:
+        """Start a new term: the write and the fence in one transaction; then notify."""
         try:
-            version = self._backend._call(timeout, self._then_notify(transaction, True))
+            version = self._backend._call(timeout, self._then_notify(self._transaction(write, holder, token), True))
         except RegressionError as exc:
             fence = exc.args[0]
             if regression_is_conflict:

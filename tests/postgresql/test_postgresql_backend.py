@@ -206,6 +206,22 @@ def test_garbage_in_the_record_column_is_a_placeholder_then_replaced(pg_url, db)
         backend.close()
 
 
+def test_a_new_term_never_reuses_the_fence_token(pg_url, open_backend):
+    """Equal to the fence: only the same holder (or a release) may write it; a new holder may not."""
+    name = unique("reuse")
+    first = open_backend(pg_url).lock(name)
+    version = first.create(sample_record(holder="a", transitions=5), 5.0)
+    other = open_backend(pg_url).lock(name)
+    with pytest.raises(BackendUnavailable, match="refused to write fencing token 5"):
+        other.update(sample_record(holder="b", transitions=5), version, 5.0)
+    with pytest.raises(BackendUnavailable, match="refused to write fencing token 4"):
+        other.update(sample_record(holder="b", transitions=4), version, 5.0)
+    assert other.get(5.0).version == version, "nothing was written"
+    version = other.update(sample_record(holder="a", transitions=5), version, 5.0)  # the same term, continued
+    version = other.update(sample_record(holder="", transitions=5), version, 5.0)  # a release
+    other.update(sample_record(holder="b", transitions=6), version, 5.0)  # a new term: above the fence
+
+
 def test_a_failed_notify_never_fails_a_landed_write(pg_url, open_backend):
     backend = open_backend(pg_url)
     lock = backend.lock(unique("notify-fails"))
