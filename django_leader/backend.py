@@ -184,11 +184,15 @@ class DjangoLock(SqlLock):
 
     capabilities = CAPABILITIES
 
+    def __init__(self, backend: DjangoBackend, name: str) -> None:
+        super().__init__(backend, name)
+        self._alias = backend.alias
+
     def recover_hint(self) -> str:
         return "delete that django_leader_lease row to recover: the fence stays"
 
     def describe(self) -> str:
-        return f"django lease {self.name!r} in database {self._backend.alias!r}"
+        return f"django lease {self.name!r} in database {self._alias!r}"
 
 
 class DjangoPostgresLock(DjangoLock):
@@ -268,7 +272,7 @@ class DjangoBackend(Backend):
 
     # --- calls ---------------------------------------------------------------------------
 
-    def _call(self, timeout: float, fn: Callable[[Any, str], T]) -> T:
+    def _call(self, timeout: float, fn: Callable[[Any, Tables], T]) -> T:
         from django.db import DatabaseError, IntegrityError
 
         timeout = max(0.001, float(timeout))

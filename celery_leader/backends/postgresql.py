@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 try:
     import psycopg
+    from psycopg.conninfo import make_conninfo
     from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - registry turns this into the pip hint
     raise ImportError(exc.msg, name="psycopg") from exc
@@ -313,7 +314,7 @@ class PostgresBackend(Backend):
 
         def run() -> None:
             try:
-                conn = psycopg.connect(autocommit=True, **self._conninfo)
+                conn = psycopg.connect(make_conninfo(**self._conninfo), autocommit=True)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 box["error"] = exc
             else:

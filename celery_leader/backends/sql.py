@@ -267,7 +267,7 @@ class SqlLock(Lock):
 
         def put(cur: Any, t: Tables) -> str:
             text_found, version_found, _ = fetch(cur, t, self.name)
-            version = (int(version_found) + 1) if text_found is not None else time.time_ns() // 1000
+            version = (version_found + 1) if text_found is not None and version_found is not None else time.time_ns() // 1000
             if text_found is not None:
                 cur.execute(f"UPDATE {t.lease} SET record = %s, version = %s WHERE name = %s", [text, version, self.name])
             else:
