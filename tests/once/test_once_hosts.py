@@ -20,7 +20,7 @@ from celery_leader.once import LAST_SLOT_KEY, Slot
 
 FAST = ["--lease-duration", "1", "--renew-deadline", "0.6", "--retry-period", "0.2"]
 # the job: note its start, wait for the test's "go" file, note its end
-JOB = 'echo "start $CELERY_LEADER_TOKEN" >> "$1/log"; while [ ! -e "$1/go" ]; do sleep 0.05; done; echo end >> "$1/log"'
+JOB = 'echo $$ >> "$1/pids"; echo "start $CELERY_LEADER_TOKEN" >> "$1/log"; while [ ! -e "$1/go" ]; do sleep 0.05; done; echo end >> "$1/log"'
 
 
 def host(url: str, work: Path, *slot_args: str, python_api: bool = False) -> subprocess.Popen:
@@ -99,7 +99,7 @@ def test_a_host_killed_mid_run_leaves_the_slot_open_for_the_next(lock_url, tmp_p
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         if python_api:  # the job's own shell is not tied to the Python process: end it as a crash would
-            subprocess.run(["pkill", "-KILL", "-f", f"sh -c .* sh {tmp_path}$"], check=False)
+            os.kill(int((tmp_path / "pids").read_text().split()[0]), signal.SIGKILL)
         assert stored_slot(lock_url) is None
         wait_for(lambda: len(lines(tmp_path)) == 2)  # the standby took over after the lease and started it
         assert lines(tmp_path)[1].startswith("start ") and lines(tmp_path)[1] != "start 1"
