@@ -26,6 +26,7 @@ manages its own idle connections instead of redis-py's pool checkout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -57,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 from ..urls import UrlOptions, redact
+from .notify import ChangeNotifier
 
 __all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
 
@@ -210,128 +212,31 @@ def _pubsub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Notifier:
-    """One pub/sub connection per backend, shared by every lock waiting for a change.
+class _Notifier(ChangeNotifier):
+    """One pub/sub connection per backend on the prefix's channel (see :mod:`.notify`)."""
 
-    A thread listens on the prefix's channel and wakes the waiters of the named lock.
-    A reconnection wakes every waiter so that it re-reads (a message may have been lost).
-    """
+    label = "redis pub/sub"
 
     def __init__(self, backend: "RedisBackend") -> None:
+        super().__init__()
         self._backend = backend
-        self._cond = threading.Condition()
-        #: name -> (message number, version) of the last notification for a watched name
-        self._latest: dict[str, tuple[int, str]] = {}
-        self._messages = 0
-        self._counts: dict[str, int] = collections.Counter()
-        self._generation = 0
-        self.subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.subscribed = self.ready
 
-    def ensure_running(self) -> None:
-        with self._cond:
-            if self._thread is None and not self._stopping.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name=f"celery-leader-redis-pubsub-{id(self):x}", daemon=True
-                )
-                self._thread.start()
-
-    def stop(self, timeout: float = 0.5) -> None:
-        self._stopping.set()
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self._stopping.is_set():
-            pubsub = None
-            try:
-                pubsub = self._backend._pubsub_client().pubsub()
-                pubsub.subscribe(self._backend.channel)
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=0.25)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        backoff = 0.05
-                        self.subscribed.set()
-                        self._bump()
-                    elif message["type"] == "message":
-                        self._deliver(_text(message["data"]))
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
-                if not self._stopping.is_set():
-                    log.debug("redis pub/sub connection lost: %r; reconnecting", exc)
-            finally:
-                self.subscribed.clear()
-                self._bump()
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001
-                        pass
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 1.0)
-
-    def _bump(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-
-    def _deliver(self, data: str) -> None:
-        version, _, name = data.partition(" ")
-        with self._cond:
-            if self._counts.get(name):
-                self._messages += 1
-                self._latest[name] = (self._messages, version)
-                self._cond.notify_all()
-
-    def wait(self, lock: "RedisLock", version: str | None, timeout: float) -> None:
-        """Return when ``lock``'s version differs from ``version``, or after ``timeout``."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        self.ensure_running()
-        # subscribe before reading, or a change between the read and the subscription is lost
-        self.subscribed.wait(min(max(0.0, timeout), 2.0))
-        name = lock.name
-        with self._cond:
-            self._counts[name] += 1
-            seen = self._messages  # only notifications after this one count
+    def _listen(self) -> None:
+        pubsub = self._backend._pubsub_client().pubsub()
         try:
+            pubsub.subscribe(self._backend.channel)
             while not self._stopping.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                with self._cond:
-                    generation = self._generation
-                try:
-                    current = lock._current_version(left)
-                except BackendUnavailable:
-                    # the server is away: a bounded pause, the engine decides what next
-                    self._stopping.wait(min(max(0.0, deadline - time.monotonic()), 0.25))
+                message = pubsub.get_message(timeout=0.25)
+                if message is None:
                     continue
-                if current != version:
-                    return
-                with self._cond:
-                    while True:
-                        latest = self._latest.get(name)
-                        if latest is not None and latest[0] > seen and latest[1] != version:
-                            return
-                        if self._generation != generation or self._stopping.is_set():
-                            break  # reconnected: re-read, a message may have been lost
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return
-                        self._cond.wait(left)
+                if message["type"] == "subscribe":
+                    self._connected()
+                elif message["type"] == "message":
+                    self._deliver(_text(message["data"]))
         finally:
-            with self._cond:
-                self._counts[name] -= 1
-                if not self._counts[name]:
-                    del self._counts[name]
-                    self._latest.pop(name, None)
+            with contextlib.suppress(Exception):
+                pubsub.close()
 
 
 class RedisLock(Lock):
@@ -467,7 +372,7 @@ class RedisLock(Lock):
     def wait_for_change(self, version: str | None, timeout: float) -> None:
         if self._backend._pid != os.getpid():
             self._backend._after_fork()
-        self._backend._notifier.wait(self, version, timeout)
+        self._backend._notifier.wait(self.name, self._current_version, version, timeout)
 
     def close(self) -> None:
         self._closed = True
@@ -873,7 +778,7 @@ class RedisBackend(Backend):
         if self._closed:
             return
         self._closed = True
-        self._notifier.stop()
+        self._notifier.stop(0.5)
         with self._idle_guard:
             idle, self._idle = list(self._idle), collections.deque()
         for conn in idle:

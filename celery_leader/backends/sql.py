@@ -30,7 +30,7 @@ raised.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -45,6 +45,7 @@ from typing import Any, Callable, ClassVar, Protocol, TypeVar
 from ..errors import BackendUnavailable, Conflict, RegressionError
 from ..lock import Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from .notify import ChangeNotifier
 
 __all__ = ["ABSENT", "Tables", "Write", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
 
@@ -259,7 +260,7 @@ class SqlLock(Lock):
         if listener is None:
             time.sleep(max(0.0, timeout))
             return
-        listener.wait(self, version, timeout)
+        listener.wait(self.name, lambda left: self._current_version(min(left, 5.0)), version, timeout)
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
         """Store text as it is, bypassing the codec and the fence (tests of garbage and foreign records)."""
@@ -369,14 +370,13 @@ def _shutdown(fd: int) -> None:
 # --- LISTEN ------------------------------------------------------------------------------
 
 
-class Listener:
+class Listener(ChangeNotifier):
     """One ``LISTEN`` connection per backend, shared by every lock waiting for a change.
 
     ``connect()`` returns a DB-API connection in autocommit mode (psycopg 3 or psycopg2).
-    A thread listens on the channel and wakes the waiters of the named lock; every
-    (re)connection wakes every waiter so that it re-reads (a notification may have been
-    lost). An idle connection is pinged every ``ping_interval`` under the watchdog: a server
-    that went silent is noticed and the thread reconnects.
+    The waiting is :class:`~celery_leader.backends.notify.ChangeNotifier`'s; here: an idle
+    connection is pinged every ``ping_interval`` under the watchdog, so that a server that
+    went silent is noticed and the thread reconnects.
     """
 
     def __init__(
@@ -389,80 +389,41 @@ class Listener:
         ping_timeout: float = 2.0,
         label: str = "postgresql",
     ) -> None:
+        super().__init__()
         self._connect = connect
         self.channel = channel
         self._watchdog = watchdog
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._label = label
-        self._cond = threading.Condition()
-        #: name -> (message number, version) of the last notification for a watched name
-        self._latest: dict[str, tuple[int, str]] = {}
-        self._messages = 0
-        self._counts: dict[str, int] = collections.Counter()
-        self._generation = 0
-        self.listening = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.label = f"{label} LISTEN"
+        self.listening = self.ready
         self._conn: Any = None
-        self._pid = os.getpid()
 
-    def ensure_running(self) -> None:
-        with self._cond:
-            if self._pid != os.getpid():
-                # forked: the parent's thread is not here and its connection is not ours
-                # (never close it: that would end the parent's session)
-                self._pid, self._thread, self._conn = os.getpid(), None, None
-                self.listening.clear()
-            if self._thread is None and not self._stopping.is_set():
-                self._thread = threading.Thread(target=self._run, name=f"celery-leader-{self._label}-listen", daemon=True)
-                self._thread.start()
+    def _forked(self) -> None:
+        self._conn = None  # the parent's session: never close it from here
 
-    def stop(self, timeout: float = 1.0) -> None:
-        self._stopping.set()
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self._stopping.is_set():
-            conn = None
-            try:
-                conn = self._connect()
-                self._conn = conn
-                self._execute(conn, f'LISTEN "{self.channel}"')
-                backoff = 0.05
-                self.listening.set()
-                self._bump()
-                idle_since = time.monotonic()
-                while not self._stopping.is_set():
-                    got = _notifications(conn, 0.25)
-                    for channel, payload in got:
-                        if channel == self.channel:
-                            self._deliver(payload)
-                    if got:
-                        idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since >= self._ping_interval:
-                        self._execute(conn, "SELECT 1")
-                        idle_since = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
-                if not self._stopping.is_set():
-                    log.debug("%s LISTEN connection lost: %s; reconnecting", self._label, exc)
-            finally:
-                self.listening.clear()
-                self._conn = None
-                self._bump()
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:  # noqa: BLE001
-                        pass
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 1.0)
+    def _listen(self) -> None:
+        conn = self._connect()
+        self._conn = conn
+        try:
+            self._execute(conn, f'LISTEN "{self.channel}"')
+            self._connected()
+            idle_since = time.monotonic()
+            while not self._stopping.is_set():
+                got = _notifications(conn, 0.25)
+                for channel, payload in got:
+                    if channel == self.channel:
+                        self._deliver(payload)
+                if got:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= self._ping_interval:
+                    self._execute(conn, "SELECT 1")
+                    idle_since = time.monotonic()
+        finally:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _execute(self, conn: Any, sql: str) -> None:
         ticket = self._watchdog.arm(conn.fileno(), time.monotonic() + self._ping_timeout)
@@ -475,62 +436,6 @@ class Listener:
         finally:
             if self._watchdog.disarm(ticket):
                 raise BackendUnavailable(f"{self._label} LISTEN connection: no answer within {self._ping_timeout:g} s")
-
-    def _bump(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-
-    def _deliver(self, payload: str) -> None:
-        version, _, name = payload.partition(" ")
-        with self._cond:
-            if self._counts.get(name):
-                self._messages += 1
-                self._latest[name] = (self._messages, version)
-                self._cond.notify_all()
-
-    def wait(self, lock: SqlLock, version: str | None, timeout: float) -> None:
-        """Return when ``lock``'s version differs from ``version``, or after ``timeout``."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        self.ensure_running()
-        # listen before reading, or a change between the read and the LISTEN is lost
-        self.listening.wait(min(max(0.0, timeout), 2.0))
-        name = lock.name
-        with self._cond:
-            self._counts[name] += 1
-            seen = self._messages  # only notifications after this one count
-        try:
-            while not self._stopping.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                with self._cond:
-                    generation = self._generation
-                try:
-                    current = lock._current_version(min(left, 5.0))
-                except BackendUnavailable:
-                    # the server is away: a bounded pause, the engine decides what next
-                    self._stopping.wait(min(max(0.0, deadline - time.monotonic()), 0.25))
-                    continue
-                if current != version:
-                    return
-                with self._cond:
-                    while True:
-                        latest = self._latest.get(name)
-                        if latest is not None and latest[0] > seen and latest[1] != version:
-                            return
-                        if self._generation != generation or self._stopping.is_set():
-                            break  # reconnected: re-read, a notification may have been lost
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return
-                        self._cond.wait(left)
-        finally:
-            with self._cond:
-                self._counts[name] -= 1
-                if not self._counts[name]:
-                    del self._counts[name]
-                    self._latest.pop(name, None)
 
 
 def _notifications(conn: Any, timeout: float) -> list[tuple[str, str]]:

@@ -52,11 +52,13 @@ def kill_term_stop(
     renew_deadline: float = 0.6,
     retry_period: float = 0.2,
     timeout: float = 20.0,
+    env: dict[str, str] | None = None,
     then: Callable[[ElectorCluster], None] | None = None,
 ) -> Failover:
     """SIGKILL the leader, SIGTERM the next one, SIGSTOP the third past its lease.
 
-    ``then(cluster)`` runs afterwards with the cluster still up (more faults: a server
+    ``env`` is the processes' environment (default: this one's). ``then(cluster)`` runs
+    afterwards with the cluster still up (more faults: a server
     frozen, stopped, restarted). Asserted here: never two leaders, tokens strictly
     increasing, the SIGKILLed ``run``'s child dies with it, ``run`` exits 0 on SIGTERM and
     stops its child gently, the release is seen before the lease runs out, and the resumed
@@ -64,7 +66,7 @@ def kill_term_stop(
     """
     with ElectorCluster(
         url, name, n=n, workdir=workdir, lease_duration=lease_duration, renew_deadline=renew_deadline,
-        retry_period=retry_period,
+        retry_period=retry_period, env=env,
     ) as cluster:  # fmt: skip
         # 1. SIGKILL: no release; the child must die with its `run`, a standby waits out the lease
         killed = cluster.wait_for_leader(timeout=timeout)

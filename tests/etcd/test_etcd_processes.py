@@ -5,33 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from celery_leader.testing.cluster import ElectorCluster
+from celery_leader.testing.failover import kill_term_stop
 
 from .conftest import EtcdCluster
-
-LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
 
 
 @pytest.mark.processes
 def test_three_electors_kill_term_stop(etcd_server: EtcdCluster, prefix: str, tmp_path) -> None:
-    with ElectorCluster(
-        etcd_server.url(prefix), "beat", n=3, workdir=tmp_path, lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY
-    ) as c:
-        i = c.wait_for_leader(timeout=20)
-        c.kill(i)  # SIGKILL: no release, the others wait out the lease
-        j = c.wait_for_leader(timeout=20, exclude={i})
-        c.terminate(j)  # SIGTERM: graceful release, seen through the watch
-        k = c.wait_for_leader(timeout=20, exclude={i, j})
-        c.restart(i)
-        c.pause(k, seconds=2.5)  # frozen past its lease: someone else takes over
-        c.wait_for_leader(timeout=20, exclude={k})
-        report = c.check()
-    print(report.summary())
-    report.assert_safe()
-    tokens = [iv.token for iv in report.intervals]
-    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
-    assert len(report.intervals) >= 4
-    killed = next(iv for iv in report.intervals if iv.node == f"node{i}")
-    termed = next(iv for iv in report.intervals if iv.start > killed.start)
-    after_term = next(iv for iv in report.intervals if iv.start > termed.start)
-    assert after_term.start - termed.end < LEASE, report.summary()
+    print(kill_term_stop(etcd_server.url(prefix), workdir=tmp_path).report.summary())

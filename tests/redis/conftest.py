@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celery_leader.backends.redis import RedisBackend
+from tests.elections import elections  # noqa: F401 - the fixture, for the fault tests
 from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
 
 SHARED_PORT = 6379

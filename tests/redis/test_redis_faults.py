@@ -7,94 +7,13 @@ with generous waits.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
 
 from celery_leader import Election
 from celery_leader.backends.redis import VANISHED_HOLDER
+from tests.elections import LEASE, Watch, leader_of, wait_for
 
 from .conftest import RedisServer
-
-LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
-WAIT = 15.0
-
-
-class Watch:
-    """Samples every election's ``is_leader`` every 10 ms: overlaps and who led when."""
-
-    def __init__(self, elections: list[Election]) -> None:
-        self.elections = elections
-        self.samples: list[tuple[float, tuple[bool, ...], tuple[int | None, ...]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            leaders = tuple(e.is_leader for e in self.elections)
-            tokens = tuple(e.token for e in self.elections)
-            self.samples.append((time.monotonic(), leaders, tokens))
-            time.sleep(0.01)
-
-    def __enter__(self) -> "Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def overlaps(self) -> list[float]:
-        return [t for t, leaders, _ in self.samples if sum(leaders) > 1]
-
-    def leaders_between(self, start: float, end: float) -> set[int]:
-        return {i for t, leaders, _ in self.samples if start <= t <= end for i, lead in enumerate(leaders) if lead}
-
-    def tokens(self) -> list[int]:
-        """Tokens in the order terms were seen (each once)."""
-        seen: list[int] = []
-        for _, _, tokens in self.samples:
-            for tok in tokens:
-                if tok is not None and (not seen or seen[-1] != tok) and tok not in seen:
-                    seen.append(tok)
-        return seen
-
-
-@pytest.fixture
-def elections() -> Iterator[Callable[..., list[Election]]]:
-    made: list[Election] = []
-
-    def make(url: str, n: int = 2, name: str = "beat") -> list[Election]:
-        new = [
-            Election(name, url=url, identity=f"node{i}", lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)
-            for i in range(n)
-        ]
-        made.extend(new)
-        for e in new:
-            e.start()
-        return new
-
-    yield make
-    for e in made:
-        e.stop(timeout=5)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def leader_of(es: list[Election]) -> Election | None:
-    leading = [e for e in es if e.is_leader]
-    assert len(leading) <= 1, "two elections lead at once"
-    return leading[0] if leading else None
 
 
 def test_redis_killed_while_leading_then_back(redis_server_factory, elections) -> None:
