@@ -14,10 +14,10 @@ from celery_leader import Election
 from celery_leader.backends.redis import RedisBackend
 from celery_leader.lock import BackendUnavailable
 from celery_leader.testing import sample_record
+from tests.elections import LEASE, RENEW, RETRY, Watch, wait_for
 from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
 
 from .conftest import RedisServer
-from .test_redis_faults import LEASE, RENEW, RETRY, Watch, wait_for
 
 MASTER = "mymaster"
 
