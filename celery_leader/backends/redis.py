@@ -31,6 +31,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -56,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
     raise ImportError(exc.msg, name="redis") from exc
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
 from ..urls import UrlOptions, redact
 from .notify import ChangeNotifier
 
@@ -75,6 +76,17 @@ DEFAULT_PREFIX = "celery-leader:"
 DEFAULT_GC_MARGIN = 60.0
 DEFAULT_MAX_CONNECTIONS = 16
 SEQ_KEY = "celeryLeaderSeq"
+#: the commands the scripts and the notifier run (for ACL messages)
+ACL_COMMANDS = "+eval +evalsha +script|load +ping +type +get +getrange +strlen +set +del +hget +hmget +hset +hdel +hincrby +publish +subscribe"
+
+# KEYS: a scratch key and a fence under the prefix. The start-up check: every command the
+# scripts run, on keys under the prefix, is allowed (ACL key patterns and command rules).
+PROBE_SCRIPT = """
+redis.call('SET', KEYS[1], '1', 'PX', 10000)
+redis.call('HMGET', KEYS[2], 'transitions', 'writes')
+redis.call('DEL', KEYS[1])
+return 1
+"""
 ABSENT = "absent:"
 #: the holder a vanished lock key reads as (its fence remains): nobody's identity
 VANISHED_HOLDER = "(lock key vanished)"
@@ -115,24 +127,34 @@ if type(clock) == 'table' and clock[1] and type(info) == 'string' then
 end
 """
 
-# KEYS: lock, fence. Returns {raw or false, fence transitions or false, the server time of
-# the last write (ms), its lease (ms), the version it wrote, the run_id that wrote it,
-# the server time now (ms), the run_id now}.
+# KEYS: lock, fence. ARGV: the largest record size. Returns {raw or false, fence
+# transitions or false, the server time of the last write (ms), its lease (ms), the
+# version it wrote, the run_id that wrote it, the server time now (ms), the run_id now,
+# false or (for a value above the size) the SHA-1 of the whole value, raw being its start}.
 READ_SCRIPT = """
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'string' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE celery-leader lock key holds a ' .. t)
 end
 local raw = false
-if t == 'string' then raw = redis.call('GET', KEYS[1]) end
+local digest = false
+if t == 'string' then
+  if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+    -- not a record: send only what proves it, and the version of the whole value
+    raw = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[1]))
+    digest = redis.sha1hex(redis.call('GET', KEYS[1]))
+  else
+    raw = redis.call('GET', KEYS[1])
+  end
+end
 """ + CLOCK_LUA + """
 local f = redis.call('HMGET', KEYS[2], 'transitions', 'written_ms', 'lease_ms', 'written_version', 'server')
-return {raw, f[1], f[2], f[3], f[4], f[5], now_ms, run_id}
+return {raw, f[1], f[2], f[3], f[4], f[5], now_ms, run_id, digest}
 """
 
 # KEYS: lock, fence. ARGV: expected version ('' = create; 'g:<sha1>' = over undecodable
 # content; 'absent:<n>' = over a vanished key), record JSON, its transitions,
-# expiry in ms, channel, name, lease in ms. Returns {1, version} | {0, current version}
+# expiry in ms, channel, name, lease in ms. Returns {1, version[, PUBLISH error]} | {0, current version}
 # (conflict) | {-1, fence} (the token would not be above the fence). Each write records
 # the server's clock, the lease and the version written with the fence (cold start).
 WRITE_SCRIPT = """
@@ -141,7 +163,11 @@ local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'string' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE celery-leader lock key holds a ' .. t)
 end
-local fence = tonumber(redis.call('HGET', KEYS[2], 'transitions'))
+local fence_raw = redis.call('HGET', KEYS[2], 'transitions')
+local fence = tonumber(fence_raw)
+if fence_raw and not fence then
+  return redis.error_reply('BADFENCE celery-leader fence field transitions is not a number')
+end
 local current = ''
 if t == 'string' then
   current = redis.sha1hex(redis.call('GET', KEYS[1]))
@@ -176,7 +202,9 @@ if now_ms ~= '' and run_id ~= '' then
 else
   redis.call('HDEL', KEYS[2], 'written_ms', 'lease_ms', 'written_version', 'server')
 end
-redis.call('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
+-- the notification is best effort: the write above has landed whatever PUBLISH answers
+local published = redis.pcall('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
+if type(published) == 'table' and published.err then return {1, version, published.err} end
 return {1, version}
 """
 
@@ -187,6 +215,17 @@ def cold_start_margin_ms(lease_ms: int) -> int:
 
 READ_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 WRITE_SHA = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
+
+
+class _Oversized(bytes):
+    """The start of a value larger than any record; ``digest`` is the SHA-1 of all of it."""
+
+    digest: str
+
+    def __new__(cls, start: bytes, *, digest: str) -> "_Oversized":
+        obj = super().__new__(cls, start)
+        obj.digest = digest
+        return obj
 
 
 class _NoScript(Exception):
@@ -256,9 +295,28 @@ class RedisLock(Lock):
 
     def _read(self, timeout: float) -> tuple[bytes | None, int | None, float | None]:
         """(raw, fence, seconds since the last term's lease ended by the server's clock or None)."""
-        got = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [], timeout, self)
+        got = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [MAX_RECORD_BYTES], timeout, self)
         raw, fence = got[0], got[1]
-        return raw, (int(fence) if fence is not None else None), self._lease_over_for(raw, got)
+        if raw is not None and len(got) > 8 and got[8]:
+            raw = _Oversized(raw, digest=_text(got[8]))
+        return raw, self._fence_value(fence), self._lease_over_for(raw, got)
+
+    def _fence_value(self, fence: Any) -> int | None:
+        if fence is None:
+            return None
+        try:
+            return int(fence)
+        except ValueError:
+            raise self._backend._bad_fence(self) from None
+
+    def _version(self, raw: bytes) -> tuple[LeaderRecord, str]:
+        """The record (or placeholder) and version of stored bytes; for a value above the
+        size limit, ``raw`` is its start and the version the server's SHA-1 of all of it."""
+        if isinstance(raw, _Oversized):
+            record = LeaderRecord.undecodable(len(raw), f"larger than {MAX_RECORD_BYTES} bytes")
+            return record, "g:" + raw.digest
+        record = decode_or_placeholder(raw, strip=(SEQ_KEY,))
+        return record, _version_of(raw, record)
 
     def _lease_over_for(self, raw: bytes | None, got: list[Any]) -> float | None:
         """How long ago the last write's lease ran out, judged by the Redis server's clock alone.
@@ -301,7 +359,7 @@ class RedisLock(Lock):
     def _current_version(self, timeout: float) -> str | None:
         raw, fence, _ = self._read(timeout)
         if raw is not None:
-            return _version_of(raw, decode_or_placeholder(raw, strip=(SEQ_KEY,)))
+            return self._version(raw)[1]
         return f"{ABSENT}{fence}" if fence is not None else None
 
     def get(self, timeout: float) -> Versioned | None:
@@ -318,7 +376,7 @@ class RedisLock(Lock):
             # delete, an eviction), so it reads as held by an unknown holder: candidates wait
             # one lease from now, then take it with a token above the fence.
             return Versioned(LeaderRecord(holder=VANISHED_HOLDER, transitions=fence), f"{ABSENT}{fence}")
-        record = decode_or_placeholder(raw, strip=(SEQ_KEY,))
+        record, version = self._version(raw)
         if fence is not None and fence > record.transitions:
             # the key was rewritten with a lower token (by hand, or a foreign writer): never
             # let the next term go below a token already handed out
@@ -328,7 +386,7 @@ class RedisLock(Lock):
             # candidates stopped or crashed): free; the compare-and-swap is on this version
             self._log_free_since(record, over_for, time.time() - over_for)
             record = record.evolve(holder="", preferred_holder="")
-        return Versioned(record, _version_of(raw, record))
+        return Versioned(record, version)
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
         return self._write(record, "", timeout)
@@ -341,7 +399,7 @@ class RedisLock(Lock):
     def _write(self, record: LeaderRecord, expected: str, timeout: float) -> str:
         raw = encode_record(record)
         ttl_ms = self._backend.gc_expiry_ms(record.lease_duration)
-        status, value = self._backend._script(
+        reply = self._backend._script(
             WRITE_SCRIPT,
             WRITE_SHA,
             [self.key, self.fence_key],
@@ -350,8 +408,10 @@ class RedisLock(Lock):
             timeout,
             self,
         )
-        value = _text(value)
+        status, value = reply[0], _text(reply[1])
         if status == 1:
+            if len(reply) > 2 and reply[2]:
+                self._backend._publish_failed(_text(reply[2]))
             return value
         if status == 0:
             if not expected:
@@ -434,6 +494,7 @@ class RedisBackend(Backend):
         self._closed = False
         self._notifier = _Notifier(self)
         self._scripts_loaded: set[str] = set()
+        self._publish_warned = False
 
     # --- construction -------------------------------------------------------------------
 
@@ -672,16 +733,10 @@ class RedisBackend(Backend):
         upper = message.upper()
         if isinstance(exc, (ReadOnlyError, MasterDownError, TryAgainError)):
             return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
-        if isinstance(exc, NoPermissionError) or upper.startswith("NOPERM"):
-            scripts = "this backend needs Lua scripts (EVAL/EVALSHA) for compare-and-swap; " if (
-                "SCRIPT" in upper or "EVAL" in upper
-            ) else ""
-            return ConfigurationError(
-                f"the Redis user lacks a permission ({message}); {scripts}grant it the commands "
-                "EVAL EVALSHA SCRIPT GET SET HGET HSET HINCRBY TYPE PUBLISH SUBSCRIBE PING on the "
-                "prefix's keys and channel, for example: ACL SETUSER leader on >pw ~celery-leader:* "
-                "&celery-leader:* +@read +@write +@scripting +@pubsub +ping"
-            )
+        if isinstance(exc, NoPermissionError) or upper.startswith("NOPERM") or "USER EXECUTING THE SCRIPT CAN'T" in upper:
+            return self._acl_error(message)
+        if upper.startswith("BADFENCE") or "HASH VALUE IS NOT AN INTEGER" in upper:
+            return self._bad_fence(None)
         if upper.startswith(("NOAUTH", "WRONGPASS")):
             return ConfigurationError(
                 f"Redis at {self.describe()} needs authentication ({message}); put it in the URL: "
@@ -703,6 +758,53 @@ class RedisBackend(Backend):
             return BackendUnavailable(f"Redis at {self.describe()} cannot take writes now: {message}")
         return BackendUnavailable(f"Redis at {self.describe()} answered an error: {message}")
 
+    def acl_rules(self) -> str:
+        """Everything this backend needs, as the rules of ``ACL SETUSER``."""
+        return f"~{self.prefix}* &{self.prefix}* {ACL_COMMANDS}"
+
+    def _acl_error(self, message: str) -> ConfigurationError:
+        """NOPERM (or a script's ACL refusal) -> the rule to add, for keys, channel or command."""
+        upper = message.upper()
+        command = re.search(r"run the '([^']+)' command", message)
+        if "CHANNEL" in upper:
+            rule, what = f"&{self.prefix}*", f"the notification channel {self.channel!r}"
+        elif "KEY" in upper:
+            rule, what = f"~{self.prefix}*", f"the keys under {self.prefix!r}"
+        elif command:
+            rule, what = f"+{command.group(1).lower()}", f"the command {command.group(1).upper()}"
+        else:
+            rule, what = ACL_COMMANDS, "a command its scripts run"
+        scripts = "this backend needs Lua scripts (EVAL/EVALSHA) for compare-and-swap; " if (
+            "SCRIPT" in upper or "EVAL" in upper
+        ) and "USER EXECUTING THE SCRIPT" not in upper else ""
+        return ConfigurationError(
+            f"the Redis user lacks a permission for {what} ({message}); {scripts}add the ACL rule {rule} "
+            f"(ACL SETUSER <user> {rule}); everything this backend needs: {self.acl_rules()}"
+        )
+
+    def _bad_fence(self, lock: "RedisLock | None") -> ConfigurationError:
+        key = lock.fence_key if lock is not None else f"{self.prefix}fence:<name>"
+        error = ConfigurationError(
+            f"the fencing counter {key!r} at {self.describe()} holds a value that is not a whole number "
+            "(fields 'transitions' and 'writes'); another program wrote it. Set 'transitions' to the highest "
+            f"token ever handed out (HSET {key} transitions N) or choose another key prefix (?prefix=)"
+        )
+        error.bad_fence = True  # type: ignore[attr-defined]
+        return error
+
+    def _publish_failed(self, error: str) -> None:
+        """A write landed but its notification did not: standbys then notice by polling."""
+        if not self._publish_warned:
+            self._publish_warned = True
+            log.warning(
+                "%s: a write landed but its notification was refused (%s); standbys notice changes only by "
+                "polling until the Redis user may publish: add the ACL rule &%s* (ACL SETUSER <user> &%s*)",
+                self.describe(),
+                error,
+                self.prefix,
+                self.prefix,
+            )
+
     def _script(self, script: str, sha: str, keys: list[str], args: list[Any], timeout: float, lock: RedisLock) -> Any:
         """EVALSHA, loading the script on NOSCRIPT (a restarted or failed-over server)."""
         try:
@@ -713,6 +815,10 @@ class RedisBackend(Backend):
         except BackendUnavailable as exc:
             if "WRONGTYPE" in str(exc):
                 raise self._wrong_type(lock, timeout) from None
+            raise
+        except ConfigurationError as exc:
+            if getattr(exc, "bad_fence", False):
+                raise self._bad_fence(lock) from None
             raise
 
     def _wrong_type(self, lock: RedisLock, timeout: float) -> ConfigurationError:
@@ -756,6 +862,11 @@ class RedisBackend(Backend):
                 f"{self.describe()} is a read-only replica; point the URL at the primary, or use "
                 "redis+sentinel://sentinel:26379/mymaster/0 to follow failovers"
             )
+        # ACLs: the keys under the prefix, the commands the scripts run, and the channel
+        scratch = f"{self.prefix}check:{os.getpid()}-{time.monotonic_ns()}"
+        probe_keys = [scratch, f"{self.prefix}fence:celery-leader-check"]
+        self._call(left(), ("EVAL", PROBE_SCRIPT, len(probe_keys), *probe_keys))
+        self._call(left(), ("PUBLISH", self.channel, "check"))
         try:
             policy = self._call(left(), ("CONFIG", "GET", "maxmemory-policy"))
             maxmemory = self._call(left(), ("CONFIG", "GET", "maxmemory"))
