@@ -16,6 +16,7 @@ Markdown for ``docs/bench-postgresql.md``.
    ``django://`` with the same database server.
 3. Crash takeover: two ``celery-leader run`` processes; the holder's process group is
    SIGKILLed; the time runs to the row naming the other candidate.
+4. A hung server: calls through a black-holed TCP proxy, timed until BackendUnavailable.
 """
 
 from __future__ import annotations
@@ -164,6 +165,40 @@ def crash_takeover(url: str, lease: float) -> float | None:
         conn.close()
 
 
+# --- 4. a hung server --------------------------------------------------------------------
+
+
+def hung_server(rounds: int, timeout: float = 0.5) -> dict[str, Any]:
+    """How long a call takes to give up when the server stops answering (a TCP proxy that
+    holds every byte): on an open connection (the watchdog) and on a new one (the connect)."""
+    from benchmarks.tcpproxy import TcpProxy
+    from celery_leader.lock import BackendUnavailable
+
+    proxy = TcpProxy(5432)
+    backend = PostgresBackend.from_url(f"postgresql://postgres@127.0.0.1:{proxy.port}/{DB_NAME}")
+    lock = backend.lock("hung")
+    open_conn: list[float] = []
+    new_conn: list[float] = []
+    try:
+        for _ in range(rounds):
+            lock.get(5.0)  # an open, pooled connection
+            proxy.set_mode("blackhole")
+            for out in (open_conn, new_conn):
+                started = time.perf_counter()
+                try:
+                    lock.get(timeout)
+                except BackendUnavailable:
+                    out.append(time.perf_counter() - started)
+                else:
+                    raise RuntimeError("a call through a black hole answered")
+            proxy.set_mode("reset")
+            proxy.set_mode("pass")
+    finally:
+        backend.close()
+        proxy.close()
+    return {"timeout_s": timeout, "open_connection_s": summary(open_conn), "new_connection_s": summary(new_conn)}
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -180,6 +215,7 @@ def markdown(data: dict[str, Any]) -> str:
     if d:
         hand.append(["django:// (same server)", d["handover_s"]["n"], d["handover_s"]["p50"] * 1e3, d["handover_s"]["p99"] * 1e3, d["handover_s"]["max"] * 1e3])
     crash = c["takeover_s"]
+    hung = data.get("hung")
     lines = [
         "# postgresql:// backend benchmarks",
         "",
@@ -227,6 +263,23 @@ def markdown(data: dict[str, Any]) -> str:
         "renewal at its next read (every retry_period) and counts the lease from there: the takeover lands "
         "between (lease - retry_period) and (lease + 1.2 x retry_period) after the crash, one lease on average.",
     ]
+    if hung:
+        o, n = hung["open_connection_s"], hung["new_connection_s"]
+        lines += [
+            "",
+            "## A hung server",
+            "",
+            f"`get({hung['timeout_s']:g})` through `benchmarks/tcpproxy.py` switched to black-hole (connections stay "
+            f"open, nothing is forwarded), {o['n']} times each: first on the open pooled connection (the watchdog "
+            "shuts its socket down at the deadline), then on a new one (the connect is abandoned at the deadline).",
+            "",
+            table(
+                [["open connection", o["p50"], o["max"]], ["new connection", n["p50"], n["max"]]],
+                ["call", "p50 s until BackendUnavailable", "max s"],
+            ),
+            "",
+            "Target: the call's timeout + 0.5 s at most.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +289,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--handovers", type=int, default=40)
     parser.add_argument("--crashes", type=int, default=5)
     parser.add_argument("--lease", type=float, default=6.0, help="lease of the crash runs (seconds)")
+    parser.add_argument("--hung", type=int, default=20, help="calls into a hung server (each kind)")
     parser.add_argument("--skip-django", action="store_true")
     args = parser.parse_args(argv)
     data: dict[str, Any] = {"command": ("python -m benchmarks postgresql " + " ".join(argv)).strip(), "loadavg_before": os.getloadavg()}
@@ -249,6 +303,8 @@ def main(argv: list[str]) -> int:
         if not args.skip_django:
             print("graceful handovers on django://...", flush=True)
             data["django_handover"] = django_handovers(args.handovers)
+        print("hung server...", flush=True)
+        data["hung"] = hung_server(args.hung)
         print("crash takeovers...", flush=True)
         values = [crash_takeover(url, args.lease) for _ in range(args.crashes)]
         print("  ", [round(v, 3) if v else None for v in values], flush=True)
