@@ -43,12 +43,13 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float = 30.0, 
 
 
 class Fleet:
-    def __init__(self, workdir: Path, kind: str) -> None:
+    def __init__(self, workdir: Path, kind: str, redis_url: str = REDIS_URL) -> None:
         self.tag = f"clt-{kind}-{uuid.uuid4().hex[:8]}"
         self.workdir = workdir
         self.queue = self.tag
         self.record = workdir / "runs.jsonl"
-        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.redis_url = redis_url
+        self.redis = redis.Redis.from_url(redis_url)
         self.env = {
             **os.environ,
             "CLT_RQ_TAG": self.tag,
@@ -57,7 +58,7 @@ class Fleet:
         }
         self.env.pop("CELERY_LEADER_URL", None)
         self.procs: dict[str, subprocess.Popen] = {}
-        self.backend = open_backend(REDIS_URL)
+        self.backend = open_backend(redis_url)
         self.elections: set[str] = set()
 
     # --- processes -----------------------------------------------------------------------
