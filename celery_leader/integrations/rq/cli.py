@@ -130,7 +130,7 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
                       scheduler_class: str | None, verbose: bool, quiet: bool, **options: Any) -> None:
     """Starts rq-scheduler; only the elected one moves due jobs (options of `rqscheduler`)."""
     from redis import Redis
-    from rq_scheduler.utils import setup_loghandlers
+    from rq_scheduler.utils import setup_loghandlers  # type: ignore[import-untyped]
 
     from .rqscheduler import LeaderScheduler
 
@@ -146,7 +146,7 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
     level = "DEBUG" if verbose else "WARNING" if quiet else "INFO"
     setup_loghandlers(level)
     _log_to_console(level)
-    cls = LeaderScheduler
+    cls: Any = LeaderScheduler
     if scheduler_class:
         try:
             from rq.utils import import_attribute

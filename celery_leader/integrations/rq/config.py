@@ -105,7 +105,7 @@ _SHARED_WITH_DJANGO = ("URL", "IDENTITY", "LEASE_DURATION", "RENEW_DEADLINE", "R
 def _django_layers() -> list[tuple[str, dict[str, Any]]]:
     """The Django settings layers when a project is configured (never configures one)."""
     try:
-        from django.conf import settings
+        from django.conf import settings  # type: ignore[import-untyped]
     except ImportError:
         return []
     try:

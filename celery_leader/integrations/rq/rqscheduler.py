@@ -24,8 +24,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from rq_scheduler import Scheduler
-from rq_scheduler.utils import get_next_scheduled_time, to_unix
+from rq_scheduler import Scheduler  # type: ignore[import-untyped]
+from rq_scheduler.utils import get_next_scheduled_time, to_unix  # type: ignore[import-untyped]
 
 from ...lock import Backend
 from .config import LeaderConfig, check_url, election_name, leader_config, open_lock_backend, stamp, with_name

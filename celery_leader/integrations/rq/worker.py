@@ -81,7 +81,7 @@ class LeaderRQScheduler(RQScheduler):
         """Every worker runs a scheduler process; its elections decide which queues it moves."""
         self._acquired_locks = set(self._queue_names)
         self._scheduled_job_registries = []
-        self.lock_acquisition_time = datetime.now()
+        self.lock_acquisition_time = datetime.now()  # type: ignore[assignment]
         if auto_start and (not self._process or not self._process.is_alive()):
             self.start()
         return set(self._acquired_locks)
