@@ -17,4 +17,4 @@ LEADER_ELECTION = {
     "RETRY_PERIOD": 0.2,
 }
 # RQ-only keys
-RQ = {"LEADER_ELECTION": {"CATCH_UP": "skip"}}
+RQ = {"LEADER_ELECTION": {"CATCH_UP": "skip"}, "WORKER_CLASS": "celery_leader.integrations.rq.LeaderWorker"}

@@ -52,3 +52,23 @@ def test_rqcron_leader_from_django_settings_survives_a_kill(fleet: Fleet, tmp_pa
     count = len(enqueues(fleet))
     wait_for("two more", lambda: len(enqueues(fleet)) >= count + 2, timeout=30)
     check_once_per_slot(enqueues(fleet))
+
+
+def test_rqworker_with_scheduler_uses_the_leader_worker_from_settings(fleet: Fleet) -> None:
+    """``manage.py rqworker --with-scheduler --burst`` with RQ['WORKER_CLASS']: elected, then moves and runs."""
+    from datetime import datetime, timedelta, timezone
+
+    from rq import Queue
+
+    queue = Queue(fleet.queue, connection=fleet.redis)
+    due = datetime.now(timezone.utc) - timedelta(seconds=2)
+    ids = [queue.enqueue_at(due, "tests.rq.jobs.record", str(fleet.record)).id for _ in range(3)]
+    election = f"{fleet.tag}.rq.scheduler.{fleet.queue}"  # LEADER_ELECTION['NAME'] as the prefix
+    fleet.elections.add(election)
+    proc = fleet.spawn("w", [sys.executable, "-m", "django", "rqworker", "--with-scheduler", "--burst", fleet.queue])
+    assert proc.wait(60) == 0, fleet.log("w")
+    runs = fleet.runs()
+    assert sorted(r["id"] for r in runs) == sorted(ids)
+    assert {r["meta"]["celery_leader_election"] for r in runs} == {election}
+    assert all(r["token"] for r in runs)
+    assert fleet.holder(election) == ""  # released on the way out
