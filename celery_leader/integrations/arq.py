@@ -93,7 +93,7 @@ class LeaderWorker(Worker):
         self._term_started.setdefault(leadership.token, time.time())
         log.info("celery-leader: enqueueing the cron jobs here (token %d)", leadership.token)
 
-    def _new_leader(self, identity: str) -> None:
+    async def _new_leader(self, identity: str) -> None:
         if identity != self.leader.identity:
             log.info("celery-leader: %s now enqueues the cron jobs of %s", identity, self.leader.name)
 

@@ -176,7 +176,7 @@ class LeaderScheduler(TaskiqScheduler):
         self._term_started.setdefault(leadership.token, time.time())
         log.info("celery-leader: sending schedules (token %d)", leadership.token)
 
-    def _new_leader(self, identity: str) -> None:
+    async def _new_leader(self, identity: str) -> None:
         if identity != self.leader.identity:
             log.info("celery-leader: %s now sends the schedules of %s", identity, self.leader.name)
 
