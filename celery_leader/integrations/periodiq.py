@@ -15,8 +15,11 @@ or, from code, ``LeaderPeriodiq(actors, url=...).run()``.
   carry ``celery_leader_token``, ``celery_leader_slot`` and ``celery_leader_election``
   options; :func:`message_token` / :func:`message_slot` read them (with Dramatiq's
   ``CurrentMessage`` middleware, ``message_token(CurrentMessage.get_current_message())``).
-* Catch-up ``skip``: a new leader does not send the minute under way when its term began
-  (the old leader may have sent it), and one term sends each minute once.
+* Once per slot across leaders: before sending a minute's actors the leader writes that
+  minute into the lock record (extra key ``celeryLeaderPeriodiqSlot``, with the lock's own
+  compare-and-swap, :meth:`Leadership.set_extra`). A new leader reads it with the record it
+  acquired, so it sends the minute under way at once if its predecessor had not, and
+  never one its predecessor had started.
 * SIGTERM and SIGINT stop the loop and release the lock (periodiq itself dies on SIGTERM
   without any shutdown).
 """
@@ -29,7 +32,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 import pendulum
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 OPTION_TOKEN = "celery_leader_token"
 OPTION_SLOT = "celery_leader_slot"
 OPTION_ELECTION = "celery_leader_election"
+#: the lock record's extra key holding the last slot a leader started to send
+SLOT_KEY = "celeryLeaderPeriodiqSlot"
 
 
 def _options(message: Any) -> dict[str, Any]:
@@ -100,7 +104,6 @@ class LeaderPeriodiq:
                                            renew_deadline=renew_deadline, retry_period=retry_period)  # fmt: skip
         self.election: Election | None = None
         self._stop = threading.Event()
-        self._term_started: dict[int, float] = {}
         self._sent: tuple[int, Any] | None = None  # (token, last slot sent in that term)
 
     # --- life cycle ------------------------------------------------------------------
@@ -128,9 +131,12 @@ class LeaderPeriodiq:
         self.start()
         try:
             while not self._stop.is_set():
+                # at each slot boundary, and every retry period in between: a new leader
+                # sends the slot under way at once if nobody did
                 now = pendulum.now()
                 boundary = slot_start(now, self.slot_seconds).add(seconds=self.slot_seconds)
-                if self._stop.wait(max(0.0, (boundary - pendulum.now()).total_seconds())):
+                wait = min((boundary - now).total_seconds(), self.leader.timing.retry_period)
+                if self._stop.wait(max(0.0, wait)):
                     break
                 try:
                     self.tick(slot_start(pendulum.now(), self.slot_seconds))
@@ -146,7 +152,6 @@ class LeaderPeriodiq:
             election.stop()
 
     def _started(self, leadership: Leadership) -> None:
-        self._term_started.setdefault(leadership.token, time.time())
         log.info("celery-leader: sending periodic actors (token %d)", leadership.token)
 
     def _new_leader(self, identity: str) -> None:
@@ -156,19 +161,26 @@ class LeaderPeriodiq:
     # --- one slot --------------------------------------------------------------------
 
     def tick(self, slot: Any) -> int:
-        """Send the actors due in ``slot`` if leading and not done in this term; returns how many."""
+        """Send the actors due in ``slot`` if leading and no leader started it; returns how many."""
         election = self.election
         lead = election.leadership if election is not None else None
         if lead is None:
             return 0
-        began = self._term_started.setdefault(lead.token, time.time())
-        if slot.timestamp() < began:
-            log.info("celery-leader: not sending slot %s: it began before this term (catch-up skip)", slot)
-            return 0
         if self._sent is not None and self._sent[0] == lead.token and slot <= self._sent[1]:
             return 0
-        self._sent = (lead.token, slot)
+        key = slot.in_timezone("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+        marked = _marked(lead)
+        if marked is not None and marked >= key:
+            self._sent = (lead.token, slot)
+            return 0
         due = [a for a in self.actors if a.options["periodic"].validate(slot)]
+        if not due:
+            return 0
+        # write-ahead, with the lock's compare-and-swap: lands only while this term holds
+        if not lead.set_extra({SLOT_KEY: key}, timeout=self.leader.timing.renew_deadline):
+            log.warning("celery-leader: not sending slot %s: leadership ended before it was marked", slot)
+            return 0
+        self._sent = (lead.token, slot)
         sent = 0
         for actor in due:
             if not lead.is_valid():  # right before each message (fail closed)
@@ -181,6 +193,13 @@ class LeaderPeriodiq:
             )
             sent += 1
         return sent
+
+
+def _marked(lead: Leadership) -> str | None:
+    """The last slot a leader of this election started to send, from the lock record."""
+    record = getattr(lead, "record", None)
+    value = (getattr(record, "extra", None) or {}).get(SLOT_KEY)
+    return value if isinstance(value, str) else None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -139,19 +139,36 @@ def test_one_slot_sends_due_actors_once_with_options(queue: str, actors) -> None
         sched.close()
 
 
-def test_new_term_skips_the_slot_under_way(queue: str, actors) -> None:  # noqa: ANN001
-    _, declared = actors
-    sched = make(queue, declared)
-    sched.start()
+def test_the_slot_mark_moves_with_the_lock(queue: str, actors) -> None:  # noqa: ANN001
+    """A new leader sends the slot under way unless its predecessor marked it, never twice."""
+    broker, declared = actors
+    a, b = make(queue, declared, "a"), make(queue, declared, "b")
+    minute = pendulum.now().add(hours=1).replace(minute=0, second=0, microsecond=0)  # both actors due
     try:
-        wait_for(lambda: sched.election.is_leader, 10, "leadership")
-        under_way = pendulum.now().replace(second=0, microsecond=0)
-        # the term began 30 s into that minute: the old leader may have sent it already
-        sched._term_started[sched.election.token] = under_way.add(seconds=30).timestamp()
-        assert sched.tick(under_way) == 0
-        assert sched.tick(under_way.add(minutes=1)) >= 1
+        a.start()
+        wait_for(lambda: a.election.is_leader, 10, "a to lead")
+        assert a.tick(minute) == 2
+        record = leader_periodiq._marked(a.election.leadership)
+        assert record == minute.in_timezone("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+        b.start()
+        a.close()  # releases: b takes over inside the same minute
+        wait_for(lambda: b.election.is_leader, 10, "b to lead")
+        assert b.tick(minute) == 0  # a started it
+        assert b.tick(minute.add(minutes=1)) == 1
+        b.close()
+
+        c = make(queue, declared, "c")  # a third term: the mark came through the release
+        c.start()
+        try:
+            wait_for(lambda: c.election.is_leader, 10, "c to lead")
+            assert c.tick(minute.add(minutes=1)) == 0
+            assert c.tick(minute.add(minutes=2)) == 1  # not marked yet: sent at once
+        finally:
+            c.close()
+        assert len(broker.queues["default"].queue) == 4
     finally:
-        sched.close()
+        a.close()
+        b.close()
 
 
 def test_configuration_errors(queue: str, actors) -> None:  # noqa: ANN001
