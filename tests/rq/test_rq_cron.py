@@ -134,3 +134,31 @@ def test_bad_configuration_is_one_line_without_secrets(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_default_lock_is_rqs_own_redis_with_its_password_never_shown(tmp_path: Path) -> None:
+    """No lock URL anywhere: the lock goes to RQ's Redis (password included), and no log line shows it."""
+    import shutil
+
+    from tests.servers import free_port, running, unavailable
+
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server not found")
+    port, secret = free_port(), "s3cret-Pw/x"
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--requirepass", secret]
+    with running(argv, port):
+        fleet = Fleet(tmp_path, "pw", redis_url=f"redis://:{secret.replace('/', '%2F')}@127.0.0.1:{port}/0")
+        try:
+            config = cron_config(tmp_path, fleet)
+            fleet.spawn("c0", LEADER + ["cron", "--url", fleet.redis_url, *TIMING, str(config)])
+            wait_for("an enqueue", lambda: len(enqueues(fleet)) >= 1, timeout=60)
+            assert fleet.holder("rq.cron")  # the default name, in RQ's (password-protected) Redis
+            fleet.signal("c0", signal.SIGTERM)
+            fleet.wait_dead("c0")
+            text = fleet.log("c0")
+            assert "standing for rq.cron on redis://:***@127.0.0.1" in text
+            assert secret not in text and "s3cret" not in text
+        finally:
+            fleet.elections.add("rq.cron")
+            fleet.cleanup()
