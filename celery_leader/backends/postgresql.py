@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 from ..errors import RegressionError
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
 from ..urls import UrlOptions, redact
-from .sql import Listener, SqlLock, Tables, Watchdog, Write, channel_for
+from .sql import Listener, SqlLock, Tables, Watchdog, channel_for
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
 
@@ -145,46 +145,6 @@ class PostgresLock(SqlLock):
 
     def recover_hint(self) -> str:
         return f"delete that row: DELETE FROM {_quoted(self._pg.table)} WHERE name = '{self.name}'; the fence stays"
-
-    def _transaction(self, write: Write, holder: str, token: int) -> Callable[[Any, Tables], str]:
-        """The new term's transaction in two round trips instead of six (pipeline mode).
-
-        The first flight reads the previous holder, writes the row, raises the fence if the
-        token is above it (an upsert that leaves a higher or equal fence alone) and reads the
-        fence; the second commits or rolls back. The lease row is locked before the fence row
-        by every writer, so concurrent candidates queue on the lease row and never deadlock.
-        """
-        if not psycopg.Pipeline.is_supported():
-            return super()._transaction(write, holder, token)
-
-        def transaction(cur: Any, t: Tables) -> str:
-            conn = cur.connection
-            previous, written, raised, fence = (conn.cursor() for _ in range(4))
-            try:
-                with conn.pipeline():
-                    cur.execute("BEGIN")
-                    previous.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
-                    written.execute(write.sql(t), write.params)
-                    raised.execute(
-                        f"INSERT INTO {t.fence} AS f (name, token) VALUES (%s, %s) "
-                        "ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token WHERE f.token < EXCLUDED.token",
-                        [self.name, token],
-                    )
-                    fence.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
-                row = previous.fetchone()
-                highest = int(fence.fetchone()[0])
-                if written.rowcount != 1:
-                    raise Conflict(write.conflict)
-                if raised.rowcount != 1 and (highest > token or not (holder == "" or (row is not None and row[0] == holder))):
-                    raise RegressionError(highest)
-                cur.execute("COMMIT")
-            except BaseException:
-                if not conn.broken:
-                    cur.execute("ROLLBACK")
-                raise
-            return write.version
-
-        return transaction
 
     def describe(self) -> str:
         return f"postgresql lease {self.name!r} in {self._pg.table} at {self._pg.describe()}"

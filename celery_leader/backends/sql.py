@@ -193,6 +193,9 @@ class SqlLock(Lock):
         """
 
         def transaction(cur: Any, t: Tables) -> str:
+            conn = getattr(cur, "connection", None)
+            if t.vendor == "postgresql" and _can_pipeline(conn):
+                return self._pipelined(cur, conn, t, write, holder, token)
             cur.execute("BEGIN IMMEDIATE" if t.vendor == "sqlite" else "BEGIN")
             try:
                 cur.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
@@ -213,6 +216,44 @@ class SqlLock(Lock):
             return version
 
         return transaction
+
+    def _pipelined(self, cur: Any, conn: Any, t: Tables, write: Write, holder: str, token: int) -> str:
+        """The same transaction in two round trips instead of six (psycopg 3's pipeline mode).
+
+        The first flight reads the previous holder, writes the row, raises the fence if the
+        token is above it (an upsert that leaves a higher or equal fence alone) and reads the
+        fence; the second commits or rolls back. Every writer locks the lease row before the
+        fence row, so concurrent candidates queue on the lease row and never deadlock.
+        """
+        previous, written, raised, fence = (conn.cursor() for _ in range(4))
+        # under Django, translate driver errors as its own cursor does
+        wrap = getattr(getattr(cur, "db", None), "wrap_database_errors", None) or contextlib.nullcontext()
+        try:
+            with wrap, conn.pipeline():
+                cur.execute("BEGIN")
+                previous.execute(f"SELECT holder FROM {t.lease} WHERE name = %s", [self.name])
+                written.execute(write.sql(t), write.params)
+                raised.execute(
+                    f"INSERT INTO {t.fence} AS f (name, token) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token WHERE f.token < EXCLUDED.token",
+                    [self.name, token],
+                )
+                fence.execute(f"SELECT token FROM {t.fence} WHERE name = %s", [self.name])
+            row = previous.fetchone()
+            highest = int(fence.fetchone()[0])
+            if written.rowcount != 1:
+                raise Conflict(write.conflict)
+            if raised.rowcount != 1 and (highest > token or not (holder == "" or (row is not None and row[0] == holder))):
+                raise RegressionError(highest)
+            cur.execute("COMMIT")
+        except BaseException:
+            if not getattr(conn, "broken", False):
+                cur.execute("ROLLBACK")
+            raise
+        finally:
+            for c in (previous, written, raised, fence):
+                c.close()
+        return write.version
 
     def _fenced_write(self, write: Write, holder: str, token: int, timeout: float, *, regression_is_conflict: bool) -> str:
         """Start a new term: the write and the fence in one transaction; then notify."""
@@ -279,6 +320,24 @@ class SqlLock(Lock):
             return str(version)
 
         return self._backend._call(timeout, self._then_notify(put, True))
+
+
+_PIPELINE: bool | None = None
+
+
+def _can_pipeline(conn: Any) -> bool:
+    """A psycopg 3 connection whose libpq has pipeline mode (14+)."""
+    global _PIPELINE
+    if conn is None or not callable(getattr(conn, "pipeline", None)):
+        return False
+    if _PIPELINE is None:
+        try:
+            from psycopg import Pipeline
+
+            _PIPELINE = bool(Pipeline.is_supported())
+        except ImportError:
+            _PIPELINE = False
+    return _PIPELINE
 
 
 # --- bounding blocking driver calls -----------------------------------------------------
