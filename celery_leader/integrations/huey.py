@@ -22,9 +22,11 @@ How it differs from Huey's own scheduler (see docs/huey.md):
   and :func:`message_slot` in a ``context=True`` task). Huey messages have no headers.
 * Huey checks periodic tasks once every 60 s *counted from each consumer's start*, so a
   leader change in the middle of a minute could enqueue that minute twice or never. Here
-  the leader checks every scheduler tick and writes the last enqueued slot to Huey's own
-  storage before enqueueing it: a new leader does a minute its predecessor had not done
-  yet, and never one it had.
+  the leader checks every scheduler tick and, before enqueueing a slot, marks it in the
+  lock record (extra key ``celeryLeaderHueySlot``, written with the lock's own
+  compare-and-swap through :meth:`Leadership.set_extra`, so only a live term can write
+  it). A new leader reads the mark with the record it acquired: it does a minute its
+  predecessor had not started, and never one it had.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any
 
-from huey.constants import EmptyData
 from huey.consumer import Consumer, Scheduler
 
 from ..election import Election
@@ -49,6 +50,8 @@ __all__ = ["LeaderConsumer", "LeaderScheduler", "install", "message_token", "mes
 log = logging.getLogger(__name__)
 
 SLOT_FORMAT = "%Y%m%dT%H%M%S"
+#: the lock record's extra key holding the last slot a leader started to enqueue
+SLOT_KEY = "celeryLeaderHueySlot"
 _STAMP = re.compile(r"\.leader-(\d+)\.slot-(\d{8}T\d{6})$")
 
 
@@ -76,6 +79,13 @@ def slot_start(ts: datetime, seconds: int) -> datetime:
     return ts - timedelta(seconds=into_day % max(1, int(seconds)))
 
 
+def _marked(lead: Any) -> str | None:
+    """The last slot a leader of this election started to enqueue, from the lock record."""
+    record = getattr(lead, "record", None)
+    value = (getattr(record, "extra", None) or {}).get(SLOT_KEY)
+    return value if isinstance(value, str) and re.fullmatch(r"\d{8}T\d{6}", value) else None
+
+
 def default_name(huey: Any) -> str:
     return f"huey.{safe_name(str(getattr(huey, 'name', '') or ''), 'huey')}"
 
@@ -97,7 +107,7 @@ class LeaderScheduler(Scheduler):
         self._consumer_pid = consumer_pid
         self._gave_up = False
         self._state = ""
-        self._slot_key = f"celery-leader:{settings.name}:last-slot"
+        self._sent: tuple[int, str] | None = None  # (token, last slot enqueued in that term)
 
     # --- election --------------------------------------------------------------------
 
@@ -166,14 +176,21 @@ class LeaderScheduler(Scheduler):
         self._note("enqueued here", f" (token {lead.token})")
         slot_ts = slot_start(now or self.huey._get_timestamp(), self.periodic_task_seconds)
         slot = slot_ts.strftime(SLOT_FORMAT)
-        done = self._last_slot()
+        if self._sent is not None and self._sent[0] == lead.token and self._sent[1] >= slot:
+            return 0
+        done = _marked(lead)
         if done is not None and done >= slot:
+            self._sent = (lead.token, slot)
             return 0
         tasks = self.huey.read_periodic(slot_ts)
-        if not lead.is_valid():
+        if not tasks:
             return 0
-        # write-ahead: a leader that takes over later in this slot must not enqueue it again
-        self.huey.storage.put_data(self._slot_key, f"{slot} {lead.token}".encode())
+        # write-ahead, with the lock's compare-and-swap: a leader that takes over later in
+        # this slot must not enqueue it again, and a deposed one cannot write the mark
+        if not lead.set_extra({SLOT_KEY: slot}, timeout=self.settings.timing.renew_deadline):
+            log.warning("celery-leader: not enqueueing slot %s: leadership ended before it was marked", slot)
+            return 0
+        self._sent = (lead.token, slot)
         sent = 0
         for task in tasks:
             if not lead.is_valid():  # right before each message (fail closed)
@@ -184,14 +201,6 @@ class LeaderScheduler(Scheduler):
             self.huey.enqueue(task)
             sent += 1
         return sent
-
-    def _last_slot(self) -> str | None:
-        raw = self.huey.storage.peek_data(self._slot_key)
-        if raw is EmptyData or raw is None:
-            return None
-        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
-        slot = text.split(" ", 1)[0]
-        return slot if re.fullmatch(r"\d{8}T\d{6}", slot) else None
 
     def shutdown(self) -> None:
         election, self.election = self.election, None

@@ -219,19 +219,27 @@ def test_lost_leadership_between_slots_enqueues_nothing(queue: str) -> None:
         a.shutdown()
 
 
-def test_unreadable_slot_record_is_overwritten_not_fatal(queue: str) -> None:
+@pytest.mark.parametrize("garbage", [["not", "a", "slot"], 20260101, "99999999T999999x", "\x00" * 300])
+def test_unreadable_slot_mark_is_overwritten_not_fatal(queue: str, garbage: object) -> None:
+    from celery_leader import LeaderRecord, open_backend
+
     huey = MemoryHuey(queue)
 
     @huey.periodic_task(lambda ts: True)
     def job() -> None:
         pass
 
+    backend = open_backend(REDIS)
+    try:  # a record someone else wrote, with a mark this code cannot read
+        backend.lock(queue).create(LeaderRecord(extra={leader_huey.SLOT_KEY: garbage}), 2.0)
+    finally:
+        backend.close()
     a = _scheduler(huey, queue, "a")
-    huey.storage.put_data(f"celery-leader:{queue}:last-slot", b"\xff garbage \x00")
     try:
         a.initialize()
         wait_for(lambda: a.election.is_leader, 10, "a to lead")
         assert a.enqueue_leader_periodic(datetime(2026, 1, 1, 0, 0)) == 1
+        assert leader_huey._marked(a.election.leadership) == "20260101T000000"
     finally:
         a.shutdown()
 
