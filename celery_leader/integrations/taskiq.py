@@ -228,7 +228,7 @@ class LeaderScheduler(TaskiqScheduler):
         if not lead.is_valid():  # right before the message goes out (fail closed)
             log.warning("celery-leader: not sending %s: leadership ended", task.task_name)
             return
-        kicker = AsyncKicker(task.task_name, self.broker, task.labels).with_labels(
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(task.task_name, self.broker, task.labels).with_labels(
             schedule_id=task.schedule_id,
             **{LABEL_TOKEN: lead.token, LABEL_SLOT: slot_of(task, now).isoformat(), LABEL_ELECTION: lead.name},
         )
