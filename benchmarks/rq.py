@@ -7,7 +7,7 @@ rq-scheduler's keys are global, so they must not meet another run's), as real pr
 
 1. **Long enqueue cycle.** Two schedulers; the one that holds the lock stalls in the middle
    of one enqueue cycle (it loads a due job whose first load sleeps, see
-   ``benchmarks/_rq_support.py``) for longer than the lock's TTL, then finishes the cycle.
+   ``tests/rq/stall.py``) for longer than the lock's TTL, then finishes the cycle.
    * ``rq worker --with-scheduler`` (RQ's lock: ``interval + 60`` = 61 s; stall 70 s;
      ``--maintenance-interval 5 --worker-ttl 20`` so that the second worker retries the
      lock every 5 s: an idle worker runs its maintenance, where RQ retries the lock, only
@@ -63,7 +63,7 @@ def _fleet(workdir: Path, kind: str, url: str) -> Any:
 
     fleet = Fleet(workdir / kind, kind, redis_url=url)
     fleet.workdir.mkdir(parents=True, exist_ok=True)
-    fleet.env["BENCH_RQ_REDIS"] = url
+    fleet.env["CLT_RQ_REDIS"] = url
     return fleet
 
 
@@ -84,13 +84,13 @@ def long_cycle_worker(workdir: Path, url: str, ours: bool, stall: float) -> dict
     """Two ``rq worker --with-scheduler``; the scheduler holder stalls ``stall`` s mid-cycle."""
     from rq import Queue
 
-    from benchmarks._rq_support import KEY, STALL, SlowOnce
+    from tests.rq.stall import KEY, STALL, SlowOnce
 
     fleet = _fleet(workdir, f"cycle-worker-{'ours' if ours else 'rq'}", url)
     try:
         worker_class = "celery_leader.integrations.rq.LeaderSimpleWorker" if ours else "rq.SimpleWorker"
         argv = _py("-m", "rq.cli", "worker", "--url", url, "-w", worker_class, "--with-scheduler",
-                   "--serializer", "benchmarks._rq_support.SlowOnce", "--maintenance-interval", "5", "--worker-ttl", "20", fleet.queue)
+                   "--serializer", "tests.rq.stall.SlowOnce", "--maintenance-interval", "5", "--worker-ttl", "20", fleet.queue)
         fleet.spawn("a", argv)
         if ours:
             election = f"rq.scheduler.{fleet.queue}"
@@ -127,16 +127,16 @@ def long_cycle_rqscheduler(workdir: Path, url: str, ours: bool, stall: float) ->
     """Two rq-scheduler instances (``-i 1``); the lock holder stalls ``stall`` s mid-cycle."""
     from rq_scheduler import Scheduler
 
-    from benchmarks._rq_support import KEY, STALL
+    from tests.rq.stall import KEY, STALL
 
     fleet = _fleet(workdir, f"cycle-rqs-{'ours' if ours else 'rq'}", url)
     try:
         if ours:
             argv = _py("-m", "celery_leader.integrations.rq", "scheduler", "--url", url, "-i", "1",
-                       "-j", "benchmarks._rq_support.SlowJob")
+                       "-j", "tests.rq.stall.SlowJob")
         else:
             argv = _py("-m", "rq_scheduler.scripts.rqscheduler", "--url", url, "-i", "1",
-                       "-j", "benchmarks._rq_support.SlowJob")
+                       "-j", "tests.rq.stall.SlowJob")
         fleet.spawn("worker", _py("-m", "rq.cli", "worker", "--url", url, "-w", "rq.SimpleWorker", fleet.queue))
         fleet.spawn("a", argv)
         fleet.spawn("b", argv)

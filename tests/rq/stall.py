@@ -1,4 +1,4 @@
-"""Pieces the RQ benchmark loads into RQ's own processes: a one-shot slow enqueue cycle.
+"""A one-shot slow enqueue cycle, loaded into RQ's own processes by the RQ tests and benchmark.
 
 A job whose ``meta`` holds ``STALL`` makes the first process that loads it sleep that many
 seconds (once per job: a Redis ``SET NX`` decides who sleeps). That is the "enqueue cycle
@@ -28,7 +28,7 @@ KEY = "bench_stall_key"
 
 def _stall(meta: Any) -> None:
     if isinstance(meta, dict) and meta.get(STALL):
-        client = redis.Redis.from_url(os.environ.get("BENCH_RQ_REDIS", "redis://127.0.0.1:6379/0"))
+        client = redis.Redis.from_url(os.environ.get("CLT_RQ_REDIS", "redis://127.0.0.1:6379/0"))
         try:
             if client.set(str(meta[KEY]), str(os.getpid()), nx=True, ex=3600):
                 time.sleep(float(meta[STALL]))
