@@ -7,6 +7,13 @@ is replaced on every write, and a lock on a replaced inode excludes nobody). Wri
 temporary file in DIR, are fsynced, renamed over the lease file and the directory is
 fsynced, so a crash mid-write leaves either the old record or the new one, never a torn one.
 
+``NAME.lock`` also keeps the fence: the highest fencing token ever written
+(``{"leaderTransitions": N}``), raised under the exclusive flock before the lease file is
+written. It survives a deleted or garbled lease file: a vanished lease file reads as held by
+an unknown holder with the fence's token (version ``absent:N``), so candidates wait one
+lease and then take it with a higher token, while the old holder's next renewal fails its
+compare-and-swap and ends its term first; a token below the fence is never written.
+
 The version is the SHA-256 of the file's bytes. Every write carries a fresh 128-bit nonce,
 so no two writes share a version, even after the file was deleted and created again (no
 ABA), and bytes that are not ours (garbage, a hand edit) still get a version to
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -38,7 +46,7 @@ from ..record import LeaderRecord, decode_or_placeholder, encode_record
 from ..registry import default_state_dir
 from ..urls import UrlOptions, redact
 
-__all__ = ["FileBackend", "FileLock", "NONCE_KEY", "validate_name"]
+__all__ = ["FileBackend", "FileLock", "NONCE_KEY", "VANISHED_HOLDER", "validate_name"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,12 @@ CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
 #: backend-private key holding the per-write nonce; stripped on read, never in ``extra``
 NONCE_KEY = "celeryLeaderFileNonce"
+#: the holder a vanished lease file reads as (its lease is waited out, then taken above the fence)
+VANISHED_HOLDER = "(lease file vanished)"
+#: version prefix of a vanished lease file: ``absent:<fence>``
+ABSENT = "absent:"
+#: the fence in NAME.lock is one short JSON line
+_FENCE_MAX = 256
 LEASE_SUFFIX = ".lease.json"
 LOCK_SUFFIX = ".lock"
 TMP_SUFFIX = ".tmp"
@@ -290,16 +304,91 @@ class FileLock(Lock):
 
     # --- the Lock contract ---
 
+    # --- the fence (highest token ever written), kept in NAME.lock ---
+
+    @staticmethod
+    def _parse_fence(data: bytes) -> int | None:
+        text = data.strip()
+        if not text:
+            return None  # a NAME.lock from before the fence, or a fresh one
+        try:
+            value = json.loads(text)["leaderTransitions"]
+        except (ValueError, TypeError, KeyError):
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+            return value
+        log.warning("%s does not hold a readable fencing token; tokens continue from the lease file", "NAME.lock")
+        return None
+
+    def _read_fence(self) -> int:
+        """The fence, read through the flocked descriptor (0 when there is none yet)."""
+        fd = self._fd
+        if fd is None:  # pragma: no cover - always set while the flock is held
+            return 0
+        try:
+            return self._parse_fence(os.pread(fd, _FENCE_MAX, 0)) or 0
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read {self.lock_path}: {exc}") from None
+
+    def _peek_fence(self) -> int:
+        """The fence without the flock (for watches: a torn read only costs one early wake-up)."""
+        try:
+            with open(self.lock_path, "rb") as f:
+                return self._parse_fence(f.read(_FENCE_MAX)) or 0
+        except OSError:
+            return 0
+
+    def _raise_fence(self, token: int, fence: int) -> None:
+        """Store ``token`` as the fence if it is higher (under the exclusive flock, before the lease write)."""
+        if token <= fence:
+            return
+        fd = self._fd
+        assert fd is not None
+        data = (json.dumps({"leaderTransitions": int(token)}) + "\n").encode()
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot write the fencing token to {self.lock_path}: {exc}") from None
+
+    @staticmethod
+    def _vanished(fence: int) -> Versioned:
+        return Versioned(LeaderRecord(holder=VANISHED_HOLDER, transitions=fence), f"{ABSENT}{fence}")
+
+    def _refuse(self, record: LeaderRecord, fence: int) -> BackendUnavailable:
+        # not Conflict: the engine would retry at once, for ever; a candidate that has read
+        # the fence (get() lifts every token to it) writes a higher one
+        return BackendUnavailable(
+            f"{self.lease_path}: refused to write fencing token {record.transitions}: tokens up to {fence} "
+            f"were handed out already ({self.lock_path}) and tokens never go backwards"
+        )
+
+    # --- the Lock contract ---
+
     def get(self, timeout: float) -> Versioned | None:
         with self._locked(False, timeout):
             raw = self._read_raw()
-        return None if raw is None else self._decode(raw)
+            fence = self._read_fence()
+        if raw is None:
+            # deleted by hand, or never written: if a token was ever handed out, whoever holds
+            # it may still lead, so it reads as held (waited out for a lease, then taken above it)
+            return self._vanished(fence) if fence else None
+        got = self._decode(raw)
+        if fence > got.record.transitions:
+            # garbled, or rewritten with a lower token: never let the next term go below the fence
+            got = Versioned(got.record.evolve(transitions=fence), got.version)
+        return got
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
         raw = self._encode(record)
         with self._locked(True, timeout):
             if os.path.lexists(self.lease_path):
                 raise Conflict(f"{self.lease_path} exists")
+            fence = self._read_fence()
+            if fence:
+                raise Conflict(f"{self.lease_path} vanished after token {fence} was handed out")
+            self._raise_fence(record.transitions, fence)
             self._write(raw)
         return _version_of(raw)
 
@@ -307,10 +396,21 @@ class FileLock(Lock):
         raw = self._encode(record)
         with self._locked(True, timeout):
             current = self._read_raw()
-            if current is None:
-                raise Conflict(f"{self.lease_path} does not exist")
-            if _version_of(current) != expected_version:
-                raise Conflict(f"{self.lease_path} changed")
+            fence = self._read_fence()
+            if expected_version.startswith(ABSENT):
+                # taking over a vanished lease file: strictly above the fence
+                if current is not None or expected_version != f"{ABSENT}{fence}":
+                    raise Conflict(f"{self.lease_path} changed")
+                if record.transitions <= fence:
+                    raise self._refuse(record, fence)
+            else:
+                if current is None:
+                    raise Conflict(f"{self.lease_path} does not exist")
+                if _version_of(current) != expected_version:
+                    raise Conflict(f"{self.lease_path} changed")
+                if record.transitions < fence:
+                    raise self._refuse(record, fence)
+            self._raise_fence(record.transitions, fence)
             self._write(raw)
         return _version_of(raw)
 
@@ -329,7 +429,10 @@ class FileLock(Lock):
             raw = self._read_raw()
         except BackendUnavailable:
             return "unreadable"
-        return None if raw is None else _version_of(raw)
+        if raw is None:
+            fence = self._peek_fence()
+            return f"{ABSENT}{fence}" if fence else None
+        return _version_of(raw)
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
         """Poll ``stat`` (cheap, no flock) and read only when inode, mtime or size moved."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_leader.backends.file import NONCE_KEY, FileBackend, FileLock
+from celery_leader.backends.file import NONCE_KEY, VANISHED_HOLDER, FileBackend, FileLock
 from celery_leader.lock import BackendUnavailable, Conflict
 from celery_leader.testing import sample_record
 
@@ -75,7 +75,12 @@ def test_no_aba_after_delete_and_recreate(lock: FileLock, lock_dir: Path) -> Non
     (lock_dir / "beat.lease.json").unlink()
     with pytest.raises(Conflict):
         lock.update(rec, v1, T)
-    v2 = lock.create(rec, T)  # the very same record again
+    # the token survives in NAME.lock: the vanished file reads as held, at that token
+    got = lock.get(T)
+    assert got is not None and got.record.holder == VANISHED_HOLDER and got.record.transitions == rec.transitions
+    with pytest.raises(Conflict):
+        lock.create(rec, T)  # no fresh start below the fence
+    v2 = lock.update(rec.evolve(transitions=rec.transitions + 1), got.version, T)
     assert v2 != v1
     with pytest.raises(Conflict):
         lock.update(rec, v1, T)
@@ -177,7 +182,8 @@ def test_wait_for_change_sees_creation_and_deletion(lock: FileLock, backend: Fil
         assert got is not None
         threading.Timer(0.3, (lock_dir / "beat.lease.json").unlink).start()
         lock.wait_for_change(got.version, 10.0)
-        assert lock.get(T) is None
+        gone = lock.get(T)  # a token was handed out: the vanished file reads as held at it
+        assert gone is not None and gone.record.holder == VANISHED_HOLDER and gone.version != got.version
     finally:
         writer.close()
 
