@@ -372,9 +372,9 @@ class AsyncElection(BaseElection):
                 self._leadership = lead
                 started.append(lead)
             elif isinstance(event, StoppedLeading):
-                lead = self._leadership
-                if lead is not None and lead.term == event.term:
-                    lead._end(self._core.deadline)
+                ending = self._leadership
+                if ending is not None and ending.term == event.term:
+                    ending._end(self._core.deadline)
                     if self._work_task is not None and not self._work_task.done():
                         self._work_task.cancel()
                 if self.on_stopped_leading is not None:

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from . import supervise
 from .election import Election, Leadership
 from .lock import ConfigurationError, Conflict, LockError, partition_warning
 from .once import Slot, mark_done
@@ -93,7 +94,7 @@ class Runner:
     def _run(self, lead: Leadership, env: dict[str, str]) -> None:
         report_r, report_w = os.pipe()
         argv = [
-            sys.executable, "-m", "celery_leader.supervise", "--parent", str(os.getpid()),
+            sys.executable, "-I", "-S", supervise.__file__, "--parent", str(os.getpid()),
             "--grace", repr(self.grace), "--report", str(report_w), "--", *self.command,
         ]  # fmt: skip
         try:
@@ -112,8 +113,8 @@ class Runner:
         else:
             log.info("leading with token %d: started %s (pid %s)", lead.token, self.command[0], group)
         wake = threading.Event()
-        threading.Thread(target=lambda: (proc.wait(), wake.set()), daemon=True).start()
-        threading.Thread(target=lambda: (lead.lost.wait(), wake.set()), daemon=True).start()
+        threading.Thread(target=_then_set, args=(proc.wait, wake), daemon=True).start()
+        threading.Thread(target=_then_set, args=(lead.lost.wait, wake), daemon=True).start()
         if group is not None:
             wake.wait()
         if proc.poll() is not None and not lead.lost.is_set():
@@ -174,6 +175,12 @@ class Runner:
     def _signal(pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def _then_set(wait: Callable[[], object], event: threading.Event) -> None:
+    """In a helper thread: wait for something, then wake whoever waits on ``event``."""
+    wait()
+    event.set()
 
 
 def _grace(text: str) -> float:
@@ -263,8 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend.close()
         return 0
     election.start()
-    child_exited_wakes = threading.Thread(target=lambda: (child_exited.wait(), wake.set()), daemon=True)
-    child_exited_wakes.start()
+    threading.Thread(target=_then_set, args=(child_exited.wait, wake), daemon=True).start()
     while not stop.is_set() and not child_exited.is_set():
         wake.wait(0.2 if slot is not None else 0.5)
         wake.clear()

@@ -159,7 +159,8 @@ class _Watchdog:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, when: float, election: Election) -> None:
+    def arm(self, when: float, election: Any) -> None:
+        """Call ``election._on_watchdog()`` at ``when`` (monotonic); any driver with that method."""
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._seq), weakref.ref(election)))
             if self._thread is None or not self._thread.is_alive():
@@ -403,6 +404,7 @@ class Election(BaseElection):
 
     def _perform(self, action: Read | Create | Update) -> None:
         started = time.monotonic()
+        result: Any
         try:
             if isinstance(action, Read):
                 result = self.lock.get(action.timeout)
@@ -485,9 +487,9 @@ class Election(BaseElection):
                 if self.observer is not None:
                     self._safe(self.observer.state_changed, self, True)
             elif isinstance(event, StoppedLeading):
-                lead = self._leadership
-                if lead is not None and lead.term == event.term:
-                    lead._end(self._core.deadline)
+                ending = self._leadership
+                if ending is not None and ending.term == event.term:
+                    ending._end(self._core.deadline)
                 if self.observer is not None:
                     self._safe(self.observer.state_changed, self, False)
                 if self.on_stopped_leading is not None:

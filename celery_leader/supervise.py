@@ -1,6 +1,9 @@
 """The supervisor between ``celery-leader run`` and its command: it owns the whole tree.
 
-``python -m celery_leader.supervise --parent PID --grace S --report FD -- CMD ...``
+``python -I -S path/to/supervise.py --parent PID --grace S --report FD -- CMD ...``
+
+It imports nothing but the standard library (``run`` starts it by path with ``-I -S``, so
+its start-up adds as little as possible to a takeover).
 
 ``run`` starts this process for every term; it starts CMD and guarantees that no
 descendant of CMD outlives it, whichever way the term ends:
@@ -27,13 +30,11 @@ below us that exits, or a process started through a service manager, ``at``, ``s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 #: signal that means "kill the whole tree now" (also the parent-death signal)
 KILL_TREE = signal.SIGUSR1
+#: the signals the supervisor handles (blocked around the fork, default again in CMD)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, KILL_TREE)
 
 
 def prctl(option: int, value: int) -> bool:
@@ -136,17 +139,33 @@ class Supervisor:
             if pid == self.child and self.status is None:
                 self.status = status
 
+    def spawn(self) -> int:
+        """Fork and exec CMD in a process group of its own (signals blocked around the fork)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        pid = os.fork()
+        if pid == 0:  # the child: default signal handling, own group, exec
+            try:
+                for sig in HANDLED:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+                os.setpgid(0, 0)
+                os.execvp(self.command[0], self.command)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.write(2, f"celery-leader: cannot start {self.command[0]}: {exc.strerror or exc}\n".encode())
+                os._exit(127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126)
+            os._exit(126)  # pragma: no cover - execvp returns only by raising
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also here, so the group exists before we report it
+        self.child = pid
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        return pid
+
     def run(self, report_fd: int | None) -> int:
-        try:
-            proc = subprocess.Popen(self.command, process_group=0)
-        except OSError as exc:
-            print(f"celery-leader: cannot start {self.command[0]}: {exc.strerror or exc}", file=sys.stderr)
-            return 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-        self.child = proc.pid
-        proc.returncode = 0  # we reap it ourselves (waitpid(-1)); keep Popen from trying
+        pid = self.spawn()
         if report_fd is not None:
             with contextlib.suppress(OSError):
-                os.write(report_fd, f"{proc.pid}\n".encode())
+                os.write(report_fd, f"{pid}\n".encode())
                 os.close(report_fd)
         # wait for CMD itself, reaping adopted orphans on the way
         while self.status is None:
@@ -167,17 +186,23 @@ class Supervisor:
         return code  # pragma: no cover
 
 
+USAGE = "usage: supervise.py --parent PID [--grace S] [--report FD] -- CMD [ARGS...]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m celery_leader.supervise")
-    parser.add_argument("--parent", type=int, required=True, help="pid of celery-leader run")
-    parser.add_argument("--grace", type=float, default=10.0)
-    parser.add_argument("--report", type=int, default=None, help="fd to write CMD's pid (= its group) to")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command after --")
-    sup = Supervisor(command, args.grace)
+    args = list(sys.argv[1:] if argv is None else argv)
+    options: dict[str, str] = {}
+    while args and args[0] != "--":
+        if len(args) < 2 or args[0] not in ("--parent", "--grace", "--report"):
+            print(USAGE, file=sys.stderr)
+            return 2
+        options[args[0]] = args[1]
+        del args[:2]
+    command = args[1:]
+    if not command or "--parent" not in options:
+        print(USAGE, file=sys.stderr)
+        return 2
+    sup = Supervisor(command, float(options.get("--grace", "10")))
     signal.signal(signal.SIGTERM, sup.on_term)
     signal.signal(KILL_TREE, sup.on_kill_tree)
     # terminal signals are run's to handle; run decides when the command stops
@@ -185,9 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, sup.on_term)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, KILL_TREE)
-    if os.getppid() != args.parent:  # run died before the parent-death signal was set
+    if os.getppid() != int(options["--parent"]):  # run died before the parent-death signal was set
         return 137
-    return sup.run(args.report)
+    report = options.get("--report")
+    return sup.run(int(report) if report is not None else None)
 
 
 if __name__ == "__main__":  # pragma: no cover
