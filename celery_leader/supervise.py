@@ -95,6 +95,7 @@ class Supervisor:
         self.child: int | None = None
         self.status: int | None = None
         self.me = os.getpid()
+        self.terminating = False
 
     # --- signals ---
 
@@ -108,6 +109,7 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def on_term(self, signum: int, frame: object) -> None:
+        self.terminating = True  # before CMD started: it never starts
         self.signal_tree(signal.SIGTERM)
 
     def on_kill_tree(self, signum: int, frame: object) -> None:
@@ -139,9 +141,12 @@ class Supervisor:
             if pid == self.child and self.status is None:
                 self.status = status
 
-    def spawn(self) -> int:
+    def spawn(self) -> int | None:
         """Fork and exec CMD in a process group of its own (signals blocked around the fork)."""
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        if self.terminating:  # the term ended before CMD could start
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            return None
         pid = os.fork()
         if pid == 0:  # the child: default signal handling, own group, exec
             try:
@@ -163,6 +168,8 @@ class Supervisor:
 
     def run(self, report_fd: int | None) -> int:
         pid = self.spawn()
+        if pid is None:
+            return 128 + signal.SIGTERM
         if report_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(report_fd, f"{pid}\n".encode())
