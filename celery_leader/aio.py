@@ -89,6 +89,32 @@ class AsyncLeadership(BaseLeadership):
         if self.threaded is not None:
             self.threaded._end(deadline)
 
+    async def set_extra(self, updates: dict[str, Any], timeout: float | None = None) -> bool:
+        """The asyncio twin of :meth:`Leadership.set_extra` (call it from the election's loop).
+
+        The keys go out at once with a renewal, a compare-and-swap against this term's own
+        last write, so they land only while this term holds the lock. True once such a
+        write landed; False if the term ended first or ``timeout`` passed (then nothing
+        may have been written).
+        """
+        election = self._election
+        core = election._core
+        if core.term != self.term or not self.is_valid():
+            return False
+        seq = core.request_extra(updates)
+        if seq is None:
+            return False
+        election._poke()
+        limit = None if timeout is None else time.monotonic() + timeout
+        while not (core.term == self.term and core.extra_written >= seq):
+            now = time.monotonic()
+            if self.lost.is_set() or core.term != self.term or now >= self.deadline:
+                return False
+            if limit is not None and now >= limit:
+                return False
+            await asyncio.sleep(0.01)  # one write per call: a short poll, no driver hook needed
+        return True
+
 
 Callback = Callable[..., Any]
 

@@ -120,3 +120,31 @@ def test_a_slot_marked_by_a_garbage_record_is_not_trusted():
     from celery_leader.record import LeaderRecord
 
     assert not Slot.named("k").done_in(LeaderRecord.undecodable(3, "bad").evolve(extra={LAST_SLOT_KEY: "k"}))
+
+
+def test_async_set_extra_is_written_while_leading_and_kept_by_the_release():
+    import asyncio
+
+    from celery_leader import AsyncElection
+
+    u = url()
+
+    async def scenario() -> int:
+        async with AsyncElection("job", url=u, **FAST) as election:
+            assert await election.wait_until_leader(10)
+            lead = election.leadership
+            assert await lead.set_extra({"mine": "x"})
+            assert lead.record.extra["mine"] == "x"
+            assert election.lock.get(1).record.extra["mine"] == "x"
+            token = lead.token
+            election.step_down()
+            for _ in range(100):
+                if not election.is_leader:
+                    break
+                await asyncio.sleep(0.02)
+            assert await lead.set_extra({"late": 1}) is False  # the term ended: nothing written
+            return token
+
+    token = asyncio.run(scenario())
+    got = Election("job", url=u, **FAST).lock.get(1)
+    assert got.record.extra["mine"] == "x" and "late" not in got.record.extra and got.record.transitions == token
