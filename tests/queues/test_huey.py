@@ -282,3 +282,28 @@ def test_process_workers_orphaned_scheduler_releases_and_stops(tmp_path: Path, q
         assert all(wait_dead(pid, 20) for pid in children), f"left running: {children}\n{fleet.output()}"
     finally:
         fleet.stop()
+
+
+def test_install_makes_hueys_own_command_elect(tmp_path: Path, queue: str) -> None:
+    """``install(huey)`` in the app module: the unchanged ``huey_consumer`` command elects."""
+
+    def argv(ident: str, identity: str) -> list[str]:
+        return [python(), "-c", f"import os, sys; os.environ['HUEY_TEST_IDENTITY'] = {identity!r}; "
+                "from huey.bin.huey_consumer import consumer_main; "
+                "sys.argv = ['huey_consumer', 'tests.queues.huey_app.huey', '-w', '2']; consumer_main()"]  # fmt: skip
+
+    env = {"HUEY_TEST_NAME": queue, "HUEY_TEST_LOG": str(tmp_path / "runs.log"), "HUEY_TEST_INSTALL": "1"}
+    fleet = Fleet(tmp_path, f"huey.{queue}", argv, env).start(2)
+    log = tmp_path / "runs.log"
+    try:
+        first = fleet.leader()
+        wait_runs(log, 2)
+        fleet.signal(first, signal.SIGTERM)
+        assert fleet.procs[first].wait(15) == 0
+        fleet.leader(exclude=[first])
+        wait_runs(log, 2)
+    finally:
+        fleet.stop()
+    records = runs(log)
+    assert not duplicates(records) and all(r["token"] is not None for r in records)
+    assert len({r["token"] for r in records}) == 2
