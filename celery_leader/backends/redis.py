@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
     raise ImportError(exc.msg, name="redis") from exc
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
+from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record, printable
 from ..urls import UrlOptions, redact
 from .notify import ChangeNotifier
 
@@ -291,10 +291,10 @@ class RedisLock(Lock):
         self.key = backend.prefix + "lock:" + name
         self.fence_key = backend.prefix + "fence:" + name
         self._closed = False
-        self._reported_free: float | None = None
+        self._reported_free: int | None = None
 
-    def _read(self, timeout: float) -> tuple[bytes | None, int | None, float | None]:
-        """(raw, fence, seconds since the last term's lease ended by the server's clock or None)."""
+    def _read(self, timeout: float) -> tuple[bytes | None, int | None, tuple[float, int] | None]:
+        """(raw, fence, :meth:`_lease_over_for`)."""
         got = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [MAX_RECORD_BYTES], timeout, self)
         raw, fence = got[0], got[1]
         if raw is not None and len(got) > 8 and got[8]:
@@ -318,8 +318,9 @@ class RedisLock(Lock):
         record = decode_or_placeholder(raw, strip=(SEQ_KEY,))
         return record, _version_of(raw, record)
 
-    def _lease_over_for(self, raw: bytes | None, got: list[Any]) -> float | None:
-        """How long ago the last write's lease ran out, judged by the Redis server's clock alone.
+    def _lease_over_for(self, raw: bytes | None, got: list[Any]) -> tuple[float, int] | None:
+        """(seconds since the last write's lease ran out, that moment in server ms), judged
+        by the Redis server's clock alone.
 
         Only when the server that recorded the last write is the one answering now (same
         run_id: no restart, no failover), and the stored record is the one that write left
@@ -339,21 +340,26 @@ class RedisLock(Lock):
         if raw is not None and hashlib.sha1(raw).hexdigest() != written_version:
             return None  # somebody else's write (a hand edit, a foreign writer) came since
         try:
-            over_for = (int(now_ms) - int(written_ms) - int(lease_ms) - cold_start_margin_ms(int(lease_ms))) / 1000.0
+            ended_ms = int(written_ms) + int(lease_ms)
+            past_ms = int(now_ms) - ended_ms
         except ValueError:
             return None
-        return over_for if over_for > 0 else None
+        if past_ms <= cold_start_margin_ms(int(lease_ms)):
+            return None
+        return past_ms / 1000.0, ended_ms
 
-    def _log_free_since(self, record: LeaderRecord, over_for: float, written_at: float) -> None:
-        if self._reported_free != written_at:
-            self._reported_free = written_at
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(written_at)) + " UTC"
+    def _log_free_since(self, record: LeaderRecord, over: tuple[float, int]) -> None:
+        """Say it in words, once per ended lease."""
+        past, ended_ms = over
+        if self._reported_free != ended_ms:
+            self._reported_free = ended_ms
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ended_ms / 1000.0)) + " UTC"
             log.info(
-                "%s: no leader since %s (%s's lease ended %.1f s ago by the Redis server's clock); free to take over",
+                "%s: no leader since %s (%s lease ended %.1f s ago by the Redis server's clock); free to take over",
                 self.name,
                 since,
-                record.holder or "the last holder",
-                over_for,
+                f"{printable(record.holder)}'s" if record.holder else "the last",
+                past,
             )
 
     def _current_version(self, timeout: float) -> str | None:
@@ -370,7 +376,7 @@ class RedisLock(Lock):
             if over_for is not None:
                 # the key expired long after the last term's lease ended: free, at once
                 free = LeaderRecord(holder="", transitions=fence)
-                self._log_free_since(free, over_for, time.time() - over_for)
+                self._log_free_since(free, over_for)
                 return Versioned(free, f"{ABSENT}{fence}")
             # Deleted, expired or evicted. Whoever held it may still believe it leads (a hand
             # delete, an eviction), so it reads as held by an unknown holder: candidates wait
@@ -384,7 +390,7 @@ class RedisLock(Lock):
         if over_for is not None and record.holder and not record.decode_error:
             # held on paper, but the server's clock says that lease ended long ago (all
             # candidates stopped or crashed): free; the compare-and-swap is on this version
-            self._log_free_since(record, over_for, time.time() - over_for)
+            self._log_free_since(record, over_for)
             record = record.evolve(holder="", preferred_holder="")
         return Versioned(record, version)
 
