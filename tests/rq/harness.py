@@ -22,6 +22,8 @@ import redis
 
 from celery_leader.registry import open_backend
 
+from .conftest import RQ_SCHEDULER_PATH
+
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LEADER = [sys.executable, "-m", "celery_leader.integrations.rq"]
@@ -54,7 +56,10 @@ class Fleet:
             **os.environ,
             "CLT_RQ_TAG": self.tag,
             "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            # rq-scheduler's own directory, if tests/rq/conftest.py had to install it apart
+            "PYTHONPATH": os.pathsep.join(
+                p for p in [str(ROOT), os.environ.get("PYTHONPATH", ""), RQ_SCHEDULER_PATH] if p
+            ),
         }
         self.env.pop("CELERY_LEADER_URL", None)
         self.procs: dict[str, subprocess.Popen] = {}

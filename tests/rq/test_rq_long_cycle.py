@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 from rq import Queue
-from rq_scheduler import Scheduler
 
 from .harness import LEADER, LEASE, REDIS_URL, RQ, TIMING, Fleet, wait_for
 from .jobs import scoped_keys
 from .stall import KEY, STALL, SlowOnce
 
 pytestmark = pytest.mark.processes
+
+# rq-scheduler lives apart from django-celery-beat (tests/rq/conftest.py)
+Scheduler = pytest.importorskip("rq_scheduler", reason="rq-scheduler could not be installed").Scheduler
 
 STALL_S = 3 * LEASE
 

@@ -8,7 +8,6 @@ than a lease plus the scheduler's interval. Also: a bad configuration is one lin
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -22,8 +21,8 @@ from .harness import LEADER, LEASE, REDIS_URL, ROOT, RQ, TIMING, Fleet, wait_for
 from .jobs import scoped_keys
 
 # not in [all]: rq-scheduler's `crontab` and django-celery-beat's `python-crontab` are one
-# module; these tests run where rq-scheduler is installed (tox -e rq-scheduler)
-Scheduler = pytest.importorskip("rq_scheduler", reason="rq-scheduler is not installed (tox -e rq-scheduler)").Scheduler
+# module; tests/rq/conftest.py installs rq-scheduler apart (or tox -e rq-scheduler has it)
+Scheduler = pytest.importorskip("rq_scheduler", reason="rq-scheduler could not be installed").Scheduler
 
 pytestmark = pytest.mark.processes
 
@@ -118,6 +117,9 @@ def _elections(fleet: Fleet, names: list[str]) -> list[str]:
 
 
 def test_bad_scheduler_class_and_timing_are_one_line(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path, "bad")  # only for its environment (rq-scheduler's path)
+    env = {**fleet.env, "CLT_RQ_TAG": "clt-bad-config"}
+    fleet.cleanup()
     scoped = ["--scheduler-class", "tests.rq.jobs.ScopedScheduler"]
     for extra, needle in (
         (["--scheduler-class", "rq_scheduler.Scheduler"], "LeaderScheduler subclass"),
@@ -127,7 +129,7 @@ def test_bad_scheduler_class_and_timing_are_one_line(tmp_path: Path) -> None:
         ([*scoped, "--leader-url", "redis://u:hunter2@127.0.0.1:1/0?nope=1"], "nope"),
     ):
         result = subprocess.run(LEADER + ["scheduler", "--url", REDIS_URL, "--burst", *extra], capture_output=True,
-                                text=True, timeout=60, cwd=ROOT, env={**os.environ, "CLT_RQ_TAG": "clt-bad-config"})
+                                text=True, timeout=60, cwd=ROOT, env=env)
         assert "hunter2" not in result.stdout + result.stderr
         assert result.returncode != 0, extra
         assert "Traceback" not in result.stderr, result.stderr
