@@ -37,7 +37,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Update, Wait
@@ -64,7 +64,7 @@ def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _CALL_POOL
 
 
-def _resolve(future: asyncio.Future) -> None:
+def _resolve(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -126,18 +126,17 @@ class AsyncElection(BaseElection):
     ...     await election.wait_until_leader()
     """
 
-    def __init__(self, name: str, **options: Any) -> None:
-        """Options: see :class:`~celery_leader.election.BaseElection`; callbacks may be coroutines."""
-        super().__init__(name, **options)
+    def _init_driver(self) -> None:
+        """Parameters: see :class:`~celery_leader.election.BaseElection`; callbacks may be coroutines."""
         self._leadership: AsyncLeadership | None = None
-        self._work: asyncio.Future | None = None  # the current term's work (a task, or a thread's future)
-        self._work_task: asyncio.Task | None = None
-        self._task: asyncio.Task | None = None
-        self._notifier: asyncio.Task | None = None
-        self._notices: asyncio.Queue | None = None
+        self._work: asyncio.Future[Any] | None = None  # the current term's work (a task, or a thread's future)
+        self._work_task: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._notifier: asyncio.Task[Any] | None = None
+        self._notices: asyncio.Queue[Any] | None = None
         # wake-ups: a flag plus the future the driver is waiting on (cheaper than an Event per wait)
         self._woken = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[Any] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -293,6 +292,7 @@ class AsyncElection(BaseElection):
         return loop.run_in_executor(_call_pool(), fn)
 
     async def _perform(self, action: Read | Create | Update) -> None:
+        started, renewing, ok = time.monotonic(), self._core.leading, False
         try:
             call = self._call(action)
             # the backend promises to honour the timeout; this bounds a broken one
@@ -312,9 +312,11 @@ class AsyncElection(BaseElection):
                 self._core.read_done(result)
             else:
                 self._core.write_done(result)
+            ok = True
             if self._core.leading:
                 self._arm_deadline()
         self._announce(self._core.pop_events())
+        self._observe_call(action, started, ok=ok, renewing=renewing)
 
     def _arm_deadline(self) -> None:
         loop = asyncio.get_running_loop()
@@ -389,7 +391,7 @@ class AsyncElection(BaseElection):
 
     # --- events ------------------------------------------------------------------------
 
-    def _announce(self, events: list) -> None:
+    def _announce(self, events: Sequence[object]) -> None:
         """Apply the core's events in the step that made them; never runs user code."""
         started: list[AsyncLeadership] = []
         for event in events:
@@ -397,12 +399,14 @@ class AsyncElection(BaseElection):
                 lead = AsyncLeadership(self, event.term, event.token)
                 self._leadership = lead
                 started.append(lead)
+                self._observe_state(True)
             elif isinstance(event, StoppedLeading):
                 ending = self._leadership
                 if ending is not None and ending.term == event.term:
                     ending._end(self._core.deadline)
                     if self._work_task is not None and not self._work_task.done():
                         self._work_task.cancel()
+                self._observe_state(False)
                 if self.on_stopped_leading is not None:
                     self._notify(self.on_stopped_leading)
             elif isinstance(event, NewLeader) and self.on_new_leader is not None:
@@ -442,7 +446,7 @@ class AsyncElection(BaseElection):
             if not lead.lost.is_set():
                 self.step_down()
 
-    def _run_thread_term(self, lead: AsyncLeadership, loop: asyncio.AbstractEventLoop, done: asyncio.Future) -> None:
+    def _run_thread_term(self, lead: AsyncLeadership, loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any]) -> None:
         threaded = lead.threaded
         assert self.on_started_leading is not None and threaded is not None
         try:

@@ -574,7 +574,7 @@ class ElectionCore:
     def _unanswered(self, rec: LeaderRecord) -> bool:
         """Is ``rec`` one of our writes that failed without an answer (and may have landed)?"""
 
-        def key(r: LeaderRecord) -> tuple:
+        def key(r: LeaderRecord) -> tuple[str, int, int, int]:
             return (r.holder, r.transitions, round(r.acquire_time * 1000), round(r.renew_time * 1000))
 
         return any(key(rec) == key(w) for w in self._unanswered_writes)

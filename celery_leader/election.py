@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .core import (
@@ -47,7 +47,7 @@ from .core import (
     Update,
     Wait,
 )
-from .errors import ElectionStopped
+from .errors import ConfigurationError, ElectionStopped
 from .lock import Backend, Lock
 from .registry import open_backend
 
@@ -70,7 +70,7 @@ class BaseLeadership:
 
     lost: Any
 
-    def __init__(self, election: Any, term: int, token: int) -> None:
+    def __init__(self, election: BaseElection, term: int, token: int) -> None:
         self._election = election
         self.term = term
         self.token = token
@@ -115,6 +115,8 @@ class BaseLeadership:
 class Leadership(BaseLeadership):
     """A term in the thread driver: ``lost`` is a :class:`threading.Event`."""
 
+    _election: Election
+
     def __init__(self, election: Election, term: int, token: int) -> None:
         super().__init__(election, term, token)
         self.lost = threading.Event()
@@ -155,7 +157,7 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, weakref.ref]] = []
+        self._heap: list[tuple[float, int, weakref.ref[Any]]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -190,6 +192,33 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+def _timing(
+    timing: Timing | None,
+    lease_duration: float | None,
+    renew_deadline: float | None,
+    retry_period: float | None,
+    max_drift: float | None,
+) -> Timing:
+    """``timing=`` as given, or a :class:`Timing` from the separate seconds (not both)."""
+    given = {
+        key: value
+        for key, value in (
+            ("lease_duration", lease_duration),
+            ("renew_deadline", renew_deadline),
+            ("retry_period", retry_period),
+            ("max_drift", max_drift),
+        )
+        if value is not None
+    }
+    if timing is None:
+        return Timing(**given)
+    if not isinstance(timing, Timing):
+        raise ConfigurationError(f"timing= must be a celery_leader.Timing, got {type(timing).__name__}")
+    if given:
+        raise ConfigurationError(f"give timing= or {', '.join(given)}, not both")
+    return timing
+
+
 class BaseElection:
     """What both drivers share: configuration, the core, the lock, and the read-only API."""
 
@@ -203,16 +232,23 @@ class BaseElection:
         backend: Backend | None = None,
         lock: Lock | None = None,
         identity: str | None = None,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
+        lease_duration: float | None = None,
+        renew_deadline: float | None = None,
+        retry_period: float | None = None,
+        max_drift: float | None = None,
+        timing: Timing | None = None,
         release_on_cancel: bool = True,
-        max_drift: float = 0.01,
         on_started_leading: Callable[..., Any] | None = None,
         on_stopped_leading: Callable[[], Any] | None = None,
         on_new_leader: Callable[[str], Any] | None = None,
+        observer: Any = None,
     ) -> None:
-        self.timing = Timing(lease_duration, renew_deadline, retry_period, max_drift)
+        """``url`` (or an open ``backend``, or a ``lock``) says where; timing either as
+        ``timing=Timing(...)`` or as the separate seconds (defaults 15/10/2, ``max_drift``
+        0.01). ``observer`` receives ``renewed(election, seconds, ok)`` and
+        ``state_changed(election, leading)`` (see :mod:`celery_leader.metrics`).
+        """
+        self.timing = _timing(timing, lease_duration, renew_deadline, retry_period, max_drift)
         self._core = ElectionCore(
             name,
             default_identity() if identity is None else identity,
@@ -231,7 +267,30 @@ class BaseElection:
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
         self.on_new_leader = on_new_leader
+        self.observer = observer
         self._leadership = None
+        self._init_driver()
+
+    def _init_driver(self) -> None:
+        """The driver's own state, set up at the end of ``__init__``."""
+
+    def _observe_call(self, action: object, started: float, *, ok: bool, renewing: bool) -> None:
+        if self.observer is not None and isinstance(action, Update) and renewing:
+            try:
+                self.observer.renewed(self, time.monotonic() - started, ok)
+            except Exception:  # pragma: no cover
+                log.exception("metrics observer failed")
+
+    def _observe_state(self, leading: bool) -> None:
+        if self.observer is not None:
+            self._safe(self.observer.state_changed, self, leading)
+
+    @staticmethod
+    def _safe(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # pragma: no cover
+            log.exception("observer failed")
 
     @property
     def is_leader(self) -> bool:
@@ -288,14 +347,8 @@ class Election(BaseElection):
     ...         run_report(token=election.token)
     """
 
-    def __init__(self, name: str, *, observer: Any = None, **options: Any) -> None:
-        """Options: see :class:`BaseElection` (url, backend, identity, timing, callbacks).
-
-        ``observer`` receives ``renewed(election, seconds, ok)`` and
-        ``state_changed(election, leading)`` (see :mod:`celery_leader.metrics`).
-        """
-        super().__init__(name, **options)
-        self.observer = observer
+    def _init_driver(self) -> None:
+        """Parameters: see :class:`BaseElection`."""
         self._mutex = threading.RLock()
         self._wake = threading.Event()
         self._leading_changed = threading.Condition(self._mutex)
@@ -422,21 +475,14 @@ class Election(BaseElection):
         with self._mutex:
             renewing = self._core.leading
             if isinstance(action, Read):
-                self._core.read_done(result)  # type: ignore[arg-type]
+                self._core.read_done(result)
             else:
-                self._core.write_done(result)  # type: ignore[arg-type]
+                self._core.write_done(result)
                 self._leading_changed.notify_all()  # set_extra() waits for its write
             if self._core.leading:
                 _WATCHDOG.arm(self._core.term_end, self)
             self._announce(self._core.pop_events())
         self._observe_call(action, started, ok=True, renewing=renewing)
-
-    def _observe_call(self, action: object, started: float, *, ok: bool, renewing: bool) -> None:
-        if self.observer is not None and isinstance(action, Update) and renewing:
-            try:
-                self.observer.renewed(self, time.monotonic() - started, ok)
-            except Exception:  # pragma: no cover
-                log.exception("metrics observer failed")
 
     def _wait(self, action: Wait) -> None:
         timeout = action.until - time.monotonic()
@@ -472,7 +518,7 @@ class Election(BaseElection):
 
     # --- events and callbacks ----------------------------------------------------------
 
-    def _announce(self, events: list) -> None:
+    def _announce(self, events: Sequence[object]) -> None:
         """Apply the core's events. Called with ``_mutex`` held, in the step that made them.
 
         Nothing here blocks or runs user code: the term's work starts in its own thread,
@@ -484,14 +530,12 @@ class Election(BaseElection):
                 lead = Leadership(self, event.term, event.token)
                 self._leadership = lead
                 started.append(lead)
-                if self.observer is not None:
-                    self._safe(self.observer.state_changed, self, True)
+                self._observe_state(True)
             elif isinstance(event, StoppedLeading):
                 ending = self._leadership
                 if ending is not None and ending.term == event.term:
                     ending._end(self._core.deadline)
-                if self.observer is not None:
-                    self._safe(self.observer.state_changed, self, False)
+                self._observe_state(False)
                 if self.on_stopped_leading is not None:
                     self._notices.put(self.on_stopped_leading)
             elif isinstance(event, NewLeader) and self.on_new_leader is not None:
@@ -533,9 +577,3 @@ class Election(BaseElection):
                 if self.is_leader:
                     self.step_down()
 
-    @staticmethod
-    def _safe(fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # pragma: no cover
-            log.exception("observer failed")

@@ -358,9 +358,7 @@ class LeaderScheduler(Scheduler):
             conf["name"],
             url=conf["url"],
             identity=conf["identity"],
-            lease_duration=timing.lease_duration,
-            renew_deadline=timing.renew_deadline,
-            retry_period=timing.retry_period,
+            timing=timing,
             on_new_leader=self._leader_new_leader,
         )
         try:

@@ -87,9 +87,7 @@ class LeaderQueues(bootsteps.StartStopStep):
                     conf["name"],
                     url=conf["url"],
                     identity=conf["identity"],
-                    lease_duration=timing.lease_duration,
-                    renew_deadline=timing.renew_deadline,
-                    retry_period=timing.retry_period,
+                    timing=timing,
                     on_started_leading=lambda lead, q=q: self._lead(q, lead),
                 ).start()
         if c.hub is not None:

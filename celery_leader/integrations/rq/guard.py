@@ -42,9 +42,7 @@ class TermGuard:
             name,
             backend=backend,
             identity=config.identity,
-            lease_duration=timing.lease_duration,
-            renew_deadline=timing.renew_deadline,
-            retry_period=timing.retry_period,
+            timing=timing,
             on_started_leading=self._elected,
             on_new_leader=self._new_leader,
         )
