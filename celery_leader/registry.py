@@ -56,6 +56,7 @@ BUILTIN: dict[str, tuple[str, str | None]] = {
     "postgresql": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
     "postgres": ("celery_leader.backends.postgresql:PostgresBackend", "postgresql"),
     "etcd": ("celery_leader.backends.etcd:EtcdBackend", None),
+    "zookeeper": ("celery_leader.backends.zookeeper:ZooKeeperBackend", "zookeeper"),
 }
 
 

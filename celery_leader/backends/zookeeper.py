@@ -1,0 +1,478 @@
+"""``zookeeper://[user:password@]host:2181[,host2:2181]/PATH``: leases in ZooKeeper, with kazoo.
+
+Layout under ``PATH`` (default ``/celery-leader``):
+
+``PATH/lock/<name>``
+    the record as the Go seed's JSON (unknown keys preserved).
+``PATH/fence/<name>``
+    the highest fencing token ever written, as decimal text. Every write of ours changes it
+    in the same multi-operation as the lock node, and we never delete it, so tokens never
+    go backwards even if the lock node is deleted by hand.
+
+Compare-and-swap is one ZooKeeper ``multi``: ``setData`` (or ``create``) of the lock node at
+the version read, and of the fence node at the version read. Because a node's version
+restarts at 0 when it is recreated, the fence's version (which only grows) is part of
+every comparison. The version handed to the engine is ``"<lock version>:<fence version>:
+<fence>"`` with ``-`` for an absent node (``g`` in front for undecodable content).
+
+No ephemeral nodes: the lease is decided by the engine on local clocks, as for every other
+backend; the ZooKeeper session only carries requests and data watches. A call is never
+queued while the session is disconnected: it waits for the connection up to its own
+timeout, then raises :class:`BackendUnavailable`, so a leader whose session is suspended
+or lost stops at its deadline like with any other unreachable backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+try:
+    from kazoo.client import KazooClient, KazooState
+    from kazoo.exceptions import (
+        AuthFailedError,
+        BadVersionError,
+        ConnectionClosedError,
+        KazooException,
+        NoAuthError,
+        NodeExistsError,
+        NoNodeError,
+        RolledBackError,
+        RuntimeInconsistency,
+        ZookeeperError,
+    )
+    from kazoo.handlers.threading import KazooTimeoutError
+    from kazoo.retry import KazooRetry
+    from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
+except ImportError as exc:  # pragma: no cover - the registry turns this into the pip hint
+    raise ImportError(exc.msg, name="kazoo") from exc
+
+from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..urls import UrlOptions, redact
+
+__all__ = ["ZooKeeperBackend", "ZooKeeperLock", "VANISHED_HOLDER", "DEFAULT_PATH"]
+
+log = logging.getLogger(__name__)
+
+#: ZAB: writes are acknowledged by a quorum and totally ordered; a minority side cannot
+#: write. Reads come from the server the session is on and may lag (no sync before read),
+#: but a stale read only makes a compare-and-swap fail, never succeed.
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+
+DEFAULT_PORT = 2181
+DEFAULT_PATH = "/celery-leader"
+DEFAULT_SESSION_TIMEOUT = 10.0
+VANISHED_HOLDER = "(lock node vanished)"
+MAX_RECORD = 64 * 1024
+ABSENT = "-"
+OPTIONS = ("session_timeout",)
+#: ``call_many(missing=_RAISE)``: a missing node raises NoNodeError
+_RAISE = object()
+
+
+def _version(lock_version: int | None, fence_version: int | None, fence: int, garbage: bool) -> str:
+    def v(n: int | None) -> str:
+        return ABSENT if n is None else str(n)
+
+    return f"{'g' if garbage else ''}{v(lock_version)}:{v(fence_version)}:{fence}"
+
+
+def _parse_version(version: str) -> tuple[bool, int | None, int | None, int] | None:
+    """(strict, lock version, fence version, fence), or None if not one of ours."""
+    strict = version.startswith("g")
+    parts = (version[1:] if strict else version).split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        lock_v = None if parts[0] == ABSENT else int(parts[0])
+        fence_v = None if parts[1] == ABSENT else int(parts[1])
+        fence = int(parts[2])
+    except ValueError:
+        return None
+    if fence < 0 or (lock_v is not None and lock_v < 0) or (fence_v is not None and fence_v < 0):
+        return None
+    return strict or lock_v is None, lock_v, fence_v, fence
+
+
+def _decode(raw: bytes) -> LeaderRecord:
+    if len(raw) > MAX_RECORD:
+        return LeaderRecord.undecodable(len(raw), "too large for a leader record")
+    return decode_or_placeholder(raw)
+
+
+class ZooKeeperLock(Lock):
+    """One election's lock in ZooKeeper. Thread-safe; shares its backend's session."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, backend: "ZooKeeperBackend", name: str) -> None:
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise ConfigurationError(f"election name {name!r} cannot be a ZooKeeper node name; use no '/'")
+        self._backend = backend
+        self.name = name
+        self.path = f"{backend.path}/lock/{name}"
+        self.fence_path = f"{backend.path}/fence/{name}"
+        self._closed = False
+        self._changed = threading.Condition()
+        self._generation = 0
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _read(self, timeout: float, watch: Callable[[Any], None] | None = None) -> tuple[bytes | None, int | None, int | None, int]:
+        """(lock data, lock version, fence version, fence), in one round trip: the requests
+        are pipelined, the fence first (a session's requests are answered in order)."""
+        starts: list[Callable[[KazooClient], Any]] = [lambda c: c.get_async(self.fence_path)]
+        if watch is not None:
+            # exists() sets a watch that fires on creation, deletion and data changes
+            starts.append(lambda c: c.exists_async(self.path, watch=watch))
+        starts.append(lambda c: c.get_async(self.path))
+        results = self._backend.call_many(starts, timeout, missing=(None, None))
+        fence_raw, fence_stat = results[0]
+        raw, lock_stat = results[-1]
+        fence = 0
+        if fence_stat is not None:
+            try:
+                fence = max(0, int(fence_raw.decode("ascii"), 10))
+            except (UnicodeDecodeError, ValueError, AttributeError):
+                log.warning("%s: fence node %r holds no number; treating it as 0", self.name, self.fence_path)
+        return raw, (lock_stat.version if lock_stat is not None else None), (
+            fence_stat.version if fence_stat is not None else None
+        ), fence
+
+    def _versioned(self, raw: bytes | None, lock_v: int | None, fence_v: int | None, fence: int) -> Versioned | None:
+        if raw is None and lock_v is None:
+            if fence_v is None:
+                return None
+            # deleted by hand: whoever held it may still lead, so wait a lease, then go above the fence
+            record = LeaderRecord(holder=VANISHED_HOLDER, transitions=fence)
+            return Versioned(record, _version(None, fence_v, fence, False))
+        record = _decode(raw or b"")
+        if fence > record.transitions:
+            record = record.evolve(transitions=fence)
+        return Versioned(record, _version(lock_v, fence_v, fence, record.decode_error is not None))
+
+    def get(self, timeout: float) -> Versioned | None:
+        return self._versioned(*self._read(timeout))
+
+    # --- writing ----------------------------------------------------------------------
+
+    def create(self, record: LeaderRecord, timeout: float) -> str:
+        return self._write(record, None, None, record.transitions, timeout)
+
+    def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
+        parsed = _parse_version(expected_version or "")
+        if parsed is None:
+            raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
+        strict, lock_v, fence_v, fence = parsed
+        if record.transitions < fence or (strict and record.transitions <= fence):
+            # not Conflict (the engine would retry at once, forever): see the etcd backend
+            raise BackendUnavailable(
+                f"{self.name}: refused to write fencing token {record.transitions}: the fence "
+                f"{self.fence_path!r} is at {fence} and tokens never go backwards"
+            )
+        if lock_v is None and fence_v is None:
+            raise Conflict(f"{self.name}: nothing to update (use create)")
+        return self._write(record, lock_v, fence_v, max(fence, record.transitions), timeout)
+
+    def _write(self, record: LeaderRecord, lock_v: int | None, fence_v: int | None, fence: int, timeout: float) -> str:
+        b = self._backend
+        deadline = time.monotonic() + max(0.0, timeout)
+        b.ensure_parents(deadline)
+        data = encode_record(record)
+        fence_data = str(fence).encode()
+
+        def transaction(client: KazooClient) -> Any:
+            t = client.transaction()
+            if lock_v is None:
+                t.create(self.path, data, acl=b.acl)
+            else:
+                t.set_data(self.path, data, version=lock_v)
+            if fence_v is None:
+                t.create(self.fence_path, fence_data, acl=b.acl)
+            else:
+                t.set_data(self.fence_path, fence_data, version=fence_v)
+            return t.commit_async()
+
+        results = b.call(transaction, max(0.0, deadline - time.monotonic()))
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            if any(isinstance(f, NoAuthError) for f in failures):
+                raise b.no_auth(self.path)
+            if all(isinstance(f, (BadVersionError, NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency)) for f in failures):
+                raise Conflict(f"{self.name}: the lock moved on ({', '.join(type(f).__name__ for f in failures)})")
+            raise BackendUnavailable(f"{self.describe()}: write failed: {failures[0]!r}")
+        new_lock = 0 if lock_v is None else results[0].version
+        new_fence = 0 if fence_v is None else results[1].version
+        return _version(new_lock, new_fence, fence, False)
+
+    # --- watching ---------------------------------------------------------------------
+
+    def _wake(self, _event: Any = None) -> None:
+        """A data watch fired, or the session changed state: wake the waiters."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def wait_for_change(self, version: str | None, timeout: float) -> None:
+        """Read with a data watch set; if unchanged, sleep until the watch fires (or the
+        session changes state, or the timeout)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._closed and time.monotonic() < deadline:
+            with self._changed:
+                generation = self._generation
+            current = self._versioned(*self._read(max(0.0, deadline - time.monotonic()), watch=self._wake))
+            if (current.version if current else None) != version:
+                return
+            with self._changed:
+                if self._generation != generation:
+                    continue  # woken during the read (a session event, an early watch): read again
+                while self._generation == generation and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._changed.wait(left)
+            # the watch fired: return if the version moved on (a session event alone does not count)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def describe(self) -> str:
+        return f"zookeeper node {self.path!r} at {self._backend.describe()}"
+
+
+class ZooKeeperBackend(Backend):
+    """A ZooKeeper ensemble (one or more servers in the URL); one kazoo session for all locks.
+
+    URL options: ``session_timeout`` (seconds, default 10; the server clamps it to
+    2-20 ticks). User and password in the URL are sent as ``digest`` authentication and
+    the nodes are created readable by anyone, writable only by that user.
+    """
+
+    schemes = ("zookeeper",)
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        hosts: list[tuple[str, int]],
+        *,
+        path: str = DEFAULT_PATH,
+        username: str | None = None,
+        password: str | None = None,
+        session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+        url: str | None = None,
+    ) -> None:
+        if not hosts:
+            raise ConfigurationError("no ZooKeeper servers; write zookeeper://host:2181[,host2:2181]/PATH")
+        if (username is None) != (password is None):
+            raise ConfigurationError("give both the ZooKeeper user and the password, or neither")
+        path = "/" + path.strip("/") if path.strip("/") else DEFAULT_PATH
+        if "//" in path or any(part in (".", "..") for part in path.split("/")):
+            raise ConfigurationError(f"ZooKeeper path {path!r} is not valid; write zookeeper://host:2181/myapp/leader")
+        self.hosts = hosts
+        self.path = path
+        self._auth = [("digest", f"{username}:{password}")] if username is not None else None
+        self.acl = (CREATOR_ALL_ACL + READ_ACL_UNSAFE) if username is not None else OPEN_ACL_UNSAFE
+        self.session_timeout = session_timeout
+        self.url = url or f"zookeeper://{self._hosts_text()}{path}"
+        self._client: KazooClient | None = None
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
+        self._connected = threading.Event()
+        self._closed = False
+        self._parents_ready = False
+        self._locks: weakref.WeakSet[ZooKeeperLock] = weakref.WeakSet()
+
+    def _hosts_text(self) -> str:
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+
+    @classmethod
+    def from_url(cls, url: str) -> "ZooKeeperBackend":
+        shown = redact(url)
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "zookeeper":
+            raise ConfigurationError(f"not a zookeeper:// URL: {shown!r}")
+        if parts.fragment:
+            raise ConfigurationError(f"the ZooKeeper URL {shown!r} has a '#' part; percent-encode '#' in a password as %23")
+        options = UrlOptions(parts.query, scheme="zookeeper", known=OPTIONS)
+        session_timeout = options.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT, minimum=0.5, maximum=600.0)
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, sep, secret = userinfo.partition(":")
+            if not sep or not user:
+                raise ConfigurationError(
+                    f"the ZooKeeper URL {shown!r} needs both user and password: zookeeper://USER:PASSWORD@host:2181/ "
+                    "(percent-encode special characters)"
+                )
+            username, password = unquote(user), unquote(secret)
+        hosts = [_parse_host(item.strip(), shown) for item in hostlist.split(",") if item.strip()]
+        if not hosts:
+            raise ConfigurationError(f"no ZooKeeper server in {shown!r}; write zookeeper://host:2181[,host2:2181]/PATH")
+        return cls(
+            hosts,
+            path=unquote(parts.path),
+            username=username,
+            password=password,
+            session_timeout=float(session_timeout or DEFAULT_SESSION_TIMEOUT),
+            url=url,
+        )
+
+    def lock(self, name: str) -> ZooKeeperLock:
+        if self._closed:
+            raise ConfigurationError("this ZooKeeper backend is closed")
+        lock = ZooKeeperLock(self, name)
+        self._locks.add(lock)
+        return lock
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    # --- the session ------------------------------------------------------------------
+
+    def _session(self) -> KazooClient:
+        """The kazoo client, started on first use (and anew in a forked child)."""
+        with self._guard:
+            if self._client is not None and self._pid == os.getpid():
+                return self._client
+            if self._closed:
+                raise BackendUnavailable(f"{self.describe()} is closed")
+            self._pid = os.getpid()  # a forked child never touches the parent's client
+            self._connected = threading.Event()
+            client = KazooClient(
+                hosts=self._hosts_text(),
+                timeout=self.session_timeout,
+                auth_data=self._auth,
+                default_acl=self.acl,
+                # reconnect for ever in the background; every call has its own deadline
+                connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0, ignore_expire=True),
+                command_retry=None,
+            )
+            client.add_listener(self._state_changed)
+            client.start_async()
+            self._client = client
+            return client
+
+    def _state_changed(self, state: str) -> None:
+        """kazoo's thread: never block here."""
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+            log.debug("zookeeper session %s: %s", self.describe(), state)
+        for lock in list(self._locks):
+            lock._wake()  # a lost or suspended session may have lost a watch: re-read
+
+    def call(self, start: Callable[[KazooClient], Any], timeout: float) -> Any:
+        """Send one request (``start`` returns kazoo's async result); wait at most ``timeout``."""
+        return self.call_many([start], timeout)[0]
+
+    def call_many(self, starts: list[Callable[[KazooClient], Any]], timeout: float, missing: Any = _RAISE) -> list[Any]:
+        """Send the requests back to back (one round trip), wait at most ``timeout`` for all.
+
+        Never queued while disconnected: without a connection within the timeout, raise
+        :class:`BackendUnavailable`. A missing node gives ``missing`` unless it is ``_RAISE``.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        client = self._session()
+        if not self._connected.wait(max(0.0, deadline - time.monotonic())):
+            if client.client_state == "AUTH_FAILED":
+                raise ConfigurationError(f"ZooKeeper at {self.describe()} refused the credentials in the URL")
+            raise BackendUnavailable(f"not connected to ZooKeeper at {self.describe()} (within {timeout:.3g} s)")
+        try:
+            pending = [start(client) for start in starts]
+            results = []
+            for result in pending:
+                try:
+                    results.append(result.get(timeout=max(0.001, deadline - time.monotonic())))
+                except NoNodeError:
+                    if missing is _RAISE:
+                        raise
+                    results.append(missing)
+            return results
+        except KazooTimeoutError:
+            raise BackendUnavailable(f"ZooKeeper at {self.describe()} did not answer in time") from None
+        except NoAuthError:
+            raise self.no_auth(self.path) from None
+        except AuthFailedError:
+            raise ConfigurationError(f"ZooKeeper at {self.describe()} refused the credentials in the URL") from None
+        except (NoNodeError, NodeExistsError, BadVersionError):
+            raise
+        except (ConnectionClosedError, ZookeeperError, KazooException) as exc:
+            raise BackendUnavailable(f"ZooKeeper at {self.describe()}: {type(exc).__name__} {exc}") from None
+
+    def no_auth(self, path: str) -> ConfigurationError:
+        who = "the URL's user" if self._auth else "an unauthenticated client (no USER:PASSWORD@ in the URL)"
+        return ConfigurationError(
+            f"ZooKeeper at {self.describe()} does not let {who} write {path!r} (NoAuth); use the user that created "
+            "the nodes, fix the password, or set the ACL (setAcl) to allow it"
+        )
+
+    def ensure_parents(self, deadline: float) -> None:
+        """``PATH/lock`` and ``PATH/fence`` exist (the multi's creates need their parents)."""
+        if self._parents_ready:
+            return
+        for parent in (f"{self.path}/lock", f"{self.path}/fence"):
+            try:
+                self.call(
+                    lambda c, p=parent: c.create_async(p, b"", acl=self.acl, makepath=True),
+                    max(0.0, deadline - time.monotonic()),
+                )
+            except NodeExistsError:
+                pass
+        self._parents_ready = True
+
+    # --- start-up check ---------------------------------------------------------------
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Connected within ``timeout`` (an ensemble with a quorum), parents creatable, nodes writable."""
+        deadline = time.monotonic() + timeout
+        self.ensure_parents(deadline)
+        # an existing lock parent created by another user with a restrictive ACL: writes would fail
+        self.call(lambda c: c.set_data_async(f"{self.path}/lock", b"", version=-1), max(0.001, deadline - time.monotonic()))
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for lock in list(self._locks):
+            lock.close()
+        with self._guard:
+            client, self._client = self._client, None
+        if client is None or self._pid != os.getpid():
+            return
+        try:
+            client.stop()
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the kazoo client failed", exc_info=True)
+
+
+def _parse_host(item: str, shown: str) -> tuple[str, int]:
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, ""
+    if not host:
+        raise ConfigurationError(f"bad ZooKeeper address {item!r} in {shown!r}; write host:2181")
+    if not port_text:
+        return host, DEFAULT_PORT
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"bad port in ZooKeeper address {item!r} in {shown!r}; write host:2181")
+    return host, port

@@ -1,0 +1,45 @@
+"""The backend contract suite against a real ZooKeeper server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+
+from celery_leader.testing import LockContract
+
+from .conftest import ZooKeeper
+
+
+class TestZooKeeperLock(LockContract):
+    @pytest.fixture
+    def make_lock(self, zk_server: ZooKeeper, path: str, open_backend):
+        # a new client (kazoo session) for every lock: races between clients
+        return lambda name: open_backend(zk_server.url(path)).lock(name)
+
+    @pytest.fixture
+    def write_raw(self, zk_admin, path: str):
+        def write(name: str, raw: bytes) -> None:
+            node = f"{path}/lock/{name}"
+            if zk_admin.exists(node):
+                zk_admin.set(node, raw)
+            else:
+                zk_admin.create(node, raw, makepath=True)
+
+        return write
+
+    @pytest.fixture
+    def stalled_lock(self, zk_server: ZooKeeper, open_backend) -> Callable:
+        @contextlib.contextmanager
+        def stalled(name: str):
+            # sharing the session's server: pause it only briefly (well under the others' sessions)
+            lock = open_backend(zk_server.url("/stalled")).lock(name)
+            lock.get(5.0)  # connected before the server stops answering
+            zk_server.pause(0)
+            try:
+                yield lock
+            finally:
+                zk_server.resume(0)
+
+        return stalled
