@@ -436,7 +436,7 @@ class ZooKeeperBackend(Backend):
         deadline = time.monotonic() + timeout
         self.ensure_parents(deadline)
         # an existing lock parent created by another user with a restrictive ACL: writes would fail
-        self.call(lambda c: c.set_data_async(f"{self.path}/lock", b"", version=-1), max(0.001, deadline - time.monotonic()))
+        self.call(lambda c: c.set_async(f"{self.path}/lock", b"", version=-1), max(0.001, deadline - time.monotonic()))
 
     # --- housekeeping -----------------------------------------------------------------
 
