@@ -122,6 +122,7 @@ class ZooKeeperLock(Lock):
         self._closed = False
         self._changed = threading.Condition()
         self._generation = 0
+        self._fired = 0
 
     # --- reading ----------------------------------------------------------------------
 
@@ -214,31 +215,35 @@ class ZooKeeperLock(Lock):
 
     # --- watching ---------------------------------------------------------------------
 
-    def _wake(self, _event: Any = None) -> None:
-        """A data watch fired, or the session changed state: wake the waiters."""
+    def _wake(self, event: Any = None) -> None:
+        """A data watch fired (``event``), or the session changed state (no event): wake the waiters."""
         with self._changed:
             self._generation += 1
+            if event is not None:
+                self._fired += 1
             self._changed.notify_all()
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
-        """Read with a data watch set; if unchanged, sleep until the watch fires (or the
-        session changes state, or the timeout)."""
+        """Read with a data watch set; if unchanged, sleep until the watch fires, or the
+        timeout. A session event (suspended, lost, reconnected) makes it read again: a
+        watch may have been lost with the session."""
         deadline = time.monotonic() + max(0.0, timeout)
         while not self._closed and time.monotonic() < deadline:
             with self._changed:
-                generation = self._generation
+                generation, fired = self._generation, self._fired
             current = self._versioned(*self._read(max(0.0, deadline - time.monotonic()), watch=self._wake))
             if (current.version if current else None) != version:
                 return
             with self._changed:
-                if self._generation != generation:
-                    continue  # woken during the read (a session event, an early watch): read again
                 while self._generation == generation and not self._closed:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return
                     self._changed.wait(left)
-            # the watch fired: return if the version moved on (a session event alone does not count)
+                if self._fired != fired:
+                    # the lock node changed (or the watch set by an earlier wait fired):
+                    # the engine reads next anyway
+                    return
 
     def close(self) -> None:
         self._closed = True

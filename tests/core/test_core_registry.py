@@ -11,9 +11,9 @@ from celery_leader.backends.memory import MemoryBackend
 
 def test_unknown_scheme_lists_the_installed_ones():
     with pytest.raises(ConfigurationError) as err:
-        open_backend("zookeeper://localhost:2181")
+        open_backend("consul://localhost:8500")
     message = str(err.value)
-    assert "unknown lock URL scheme 'zookeeper'" in message
+    assert "unknown lock URL scheme 'consul'" in message
     for scheme in ("file", "redis", "kubernetes", "s3", "git", "gossip", "django"):
         assert scheme in message
 
@@ -26,7 +26,7 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch):
 
 def test_entry_points_serve_every_builtin_scheme():
     for scheme in ("memory", "file", "redis", "rediss", "unix", "redis+sentinel", "kubernetes", "k8s", "s3",
-                   "git", "git+file", "git+ssh", "git+http", "git+https", "gossip", "django"):  # fmt: skip
+                   "git", "git+file", "git+ssh", "git+http", "git+https", "gossip", "django", "etcd", "zookeeper"):  # fmt: skip
         assert registry.backend_class(scheme).__name__.endswith("Backend")
 
 
