@@ -1,6 +1,6 @@
 """Fault injection: does it ever give two leaders, and how long is there none?
 
-``python -m benchmarks chaos [--backend file|redis|postgresql] [--duration S] [--seed N] [-n N]``
+``python -m benchmarks chaos [--backend file|redis|postgresql|etcd|zookeeper] [--duration S] [--seed N] [-n N]``
 
 N candidates run through ``celery-leader run`` (their child logs each term with its
 token). Faults are injected at random, one at a time, each followed by recovery:
@@ -12,6 +12,9 @@ token). Faults are injected at random, one at a time, each followed by recovery:
 * ``sessions``: every session of the candidates' database ended by ``pg_terminate_backend``
   (PostgreSQL: the shared server is not ours to kill; this is what a restart, a failover
   or an idle-session reaper does to the clients);
+* ``member``: one of three etcd members / ZooKeeper servers killed (sometimes the one
+  ordering the writes, sometimes the leader's own) and restarted after 0.5-3 leases; each
+  candidate reaches one member through its own proxy;
 * ``blackhole``: the leader's own connections to the backend silently dropped (a TCP
   proxy per candidate holds every byte) for longer than the lease, while the others
   still reach the backend: the leader must stop by its deadline, a follower take over;
@@ -33,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from benchmarks._common import summary, table, write_results
 from benchmarks.tcpproxy import TcpProxy
@@ -41,6 +44,7 @@ from celery_leader.testing.cluster import ElectorCluster, Interval, Report
 
 #: startup of a new child process, scheduling noise: added to every bound
 SLACK = 1.5
+BACKENDS = ["file", "redis", "postgresql", "etcd", "zookeeper"]
 
 
 @dataclass
@@ -147,10 +151,46 @@ def _leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float
     return (min(later) if later else end_of_run) - t
 
 
+class Ensemble:
+    """Three etcd members or three ZooKeeper servers (private processes) for the ``member`` fault."""
+
+    #: extra seconds without a leader that a consensus election may add when the killed
+    #: member was the one ordering writes (etcd: raft, 250 ms election timeout; ZooKeeper:
+    #: ZAB, every server drops its clients until a new leader has synced the others)
+    ELECTION = {"etcd": 1.0, "zookeeper": 4.0}
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        if kind == "etcd":
+            from tests.etcd.conftest import EtcdCluster
+
+            self.cluster: Any = EtcdCluster(workdir / "etcd", 3).start()
+        else:
+            from tests.zookeeper.conftest import ZooKeeper
+
+            self.cluster = ZooKeeper(workdir / "zookeeper", 3).start()
+        self.client_ports = self.cluster.client_ports
+        self.election = self.ELECTION[kind]
+
+    def url_through(self, port: int) -> str:
+        if self.kind == "etcd":
+            return f"etcd://127.0.0.1:{port}/chaos"
+        return f"zookeeper://127.0.0.1:{port}/chaos?session_timeout=2"
+
+    def kill(self, i: int) -> None:
+        self.cluster.kill(i)
+
+    def restart(self, i: int) -> None:
+        self.cluster.start_member(i)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
 @contextlib.contextmanager
 def _environment(
     backend: str, workdir: Path, n: int
-) -> Iterator[tuple[list[str], RedisServer | PgDatabase | None, list[TcpProxy]]]:
+) -> Iterator[tuple[list[str], RedisServer | PgDatabase | Ensemble | None, list[TcpProxy]]]:
     if backend == "file":
         d = workdir / "locks"
         d.mkdir()
@@ -177,7 +217,19 @@ def _environment(
                 p.close()
             database.drop()
         return
-    raise SystemExit(f"unknown backend {backend!r}: choose file, redis or postgresql")
+    if backend in ("etcd", "zookeeper"):
+        ensemble = Ensemble(backend, workdir)
+        # candidate i reaches only member i (through its own proxy): a member killed or a
+        # proxy black-holed cuts one candidate off while the others keep a quorum
+        proxies = [TcpProxy(ensemble.client_ports[i % 3]) for i in range(n)]
+        try:
+            yield [ensemble.url_through(p.port) for p in proxies], ensemble, proxies
+        finally:
+            for p in proxies:
+                p.close()
+            ensemble.stop()
+        return
+    raise SystemExit(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
 
 
 def run_chaos(
@@ -198,6 +250,8 @@ def run_chaos(
     allowed = ["kill", "term", "pause"] + {
         "redis": ["server", "blackhole", "delay"],
         "postgresql": ["sessions", "blackhole", "delay"],
+        "etcd": ["member", "blackhole", "delay"],
+        "zookeeper": ["member", "blackhole", "delay"],
     }.get(backend, [])
     if kinds:
         allowed = [k for k in allowed if k in kinds]
@@ -241,6 +295,15 @@ def run_chaos(
                     server.kill()
                     time.sleep(fault.detail)
                     server.start()
+                elif kind == "member":
+                    assert isinstance(server, Ensemble)
+                    # one of three members killed, restarted after a while; the quorum remains
+                    member = rng.randrange(3)
+                    fault.detail = rng.uniform(0.5, 3.0) * lease
+                    fault.bound = lease + poll + SLACK + server.election
+                    server.kill(member)
+                    time.sleep(fault.detail)
+                    server.restart(member)
                 elif kind == "blackhole":
                     fault.detail = lease * rng.uniform(1.5, 3.0)
                     fault.bound = lease + poll + SLACK
@@ -271,13 +334,13 @@ def run_chaos(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks chaos", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", action="append", choices=["file", "redis", "postgresql"], help="repeatable; default all")
+    parser.add_argument("--backend", action="append", choices=BACKENDS, help="repeatable; default all")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults per backend")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("-n", type=int, default=3, help="candidates")
     args = parser.parse_args(argv)
     results = []
-    for backend in args.backend or ["file", "redis", "postgresql"]:
+    for backend in args.backend or BACKENDS:
         result = run_chaos(backend, args.duration, args.seed, args.n)
         results.append(result)
         rows = []

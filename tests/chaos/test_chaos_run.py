@@ -47,3 +47,20 @@ def test_chaos_postgresql_backend(tmp_path):
     _check(result)
     kinds = {f.kind for f in result.faults}
     assert kinds & {"sessions", "blackhole", "delay"} or len(result.faults) < 4
+
+
+# etcd and ZooKeeper start three-member ensembles (ZooKeeper: three JVMs): long enough to
+# keep out of the default run; CELERY_LEADER_SOAK=1 runs them.
+_SOAK = [
+    pytest.mark.soak,
+    pytest.mark.processes,
+    pytest.mark.skipif(os.environ.get("CELERY_LEADER_SOAK") != "1", reason="soak run: set CELERY_LEADER_SOAK=1"),
+]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("etcd", marks=_SOAK), pytest.param("zookeeper", marks=_SOAK)])
+def test_chaos_consensus_backends(tmp_path, backend: str) -> None:
+    result = run_chaos(backend, DURATION, workdir=tmp_path)
+    _check(result)
+    kinds = {f.kind for f in result.faults}
+    assert kinds & {"member", "blackhole", "delay"} or len(result.faults) < 4

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from benchmarks.tcpproxy import TcpProxy
 from celery_leader.testing import LockContract
 
 from .conftest import ZooKeeper
@@ -33,13 +34,14 @@ class TestZooKeeperLock(LockContract):
     def stalled_lock(self, zk_server: ZooKeeper, open_backend) -> Callable:
         @contextlib.contextmanager
         def stalled(name: str):
-            # sharing the session's server: pause it only briefly (well under the others' sessions)
-            lock = open_backend(zk_server.url("/stalled")).lock(name)
-            lock.get(5.0)  # connected before the server stops answering
-            zk_server.pause(0)
+            # a proxy that holds every byte: the shared server itself keeps serving the others
+            proxy = TcpProxy(zk_server.client_ports[0])
             try:
+                lock = open_backend(f"zookeeper://127.0.0.1:{proxy.port}/stalled").lock(name)
+                lock.get(5.0)  # connected before the server stops answering
+                proxy.set_mode("blackhole")
                 yield lock
             finally:
-                zk_server.resume(0)
+                proxy.close()
 
         return stalled
