@@ -52,8 +52,8 @@ CAPABILITIES = Capabilities(linearizable=True, watch=False, partition_safe=True)
 PG_CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 MAX_IDLE = 4
 T = TypeVar("T")
-#: bounds the LISTEN connection's pings
-_WATCHDOG = Watchdog()
+#: bounds every call on the client side, and the LISTEN connection's pings
+_WATCHDOG = Watchdog("celery-leader-django-watchdog")
 
 # errors that mean "lost a race", whatever the driver calls them
 _RACE_PGCODES = {"40001", "40P01"}  # serialization failure, deadlock
@@ -115,6 +115,19 @@ def _driver_code(exc: BaseException) -> tuple[str | None, int | None]:
     return pgcode, errno
 
 
+def _fileno(raw: Any) -> int | None:
+    """The socket of a driver connection: psycopg 2/3 and mysqlclient have ``fileno()``,
+    PyMySQL keeps it in ``_sock``; None for SQLite (a local file: ``busy_timeout`` bounds it)."""
+    for get in (lambda: raw.fileno(), lambda: raw._sock.fileno()):
+        try:
+            fd = get()
+        except Exception:  # noqa: BLE001 - not this driver's way
+            continue
+        if isinstance(fd, int) and fd >= 0:
+            return fd
+    return None
+
+
 def _usable(wrapper: Any) -> bool:
     try:
         return bool(wrapper.connection is not None and wrapper.is_usable())
@@ -149,9 +162,16 @@ class _Pool:
         params = copy.deepcopy(self.settings_dict)
         engine = params["ENGINE"]
         options = params.setdefault("OPTIONS", {})
-        if "postgresql" in engine or "mysql" in engine:
+        if "postgresql" in engine or "postgis" in engine:
             # bound the connect itself (libpq ignores values below 2 s)
             options.setdefault("connect_timeout", max(2, math.ceil(timeout)))
+        elif "mysql" in engine:
+            # connect_timeout covers only the TCP connect; the handshake reads are bounded by
+            # read/write timeouts (mysqlclient and PyMySQL both take these, in whole seconds)
+            bound = max(1, math.ceil(timeout))
+            options.setdefault("connect_timeout", bound)
+            options.setdefault("read_timeout", bound + 1)
+            options.setdefault("write_timeout", bound + 1)
         wrapper = load_backend(engine).DatabaseWrapper(params, self.alias)
         wrapper.inc_thread_sharing()
         self.vendor = wrapper.vendor
@@ -273,6 +293,15 @@ class DjangoBackend(Backend):
     # --- calls ---------------------------------------------------------------------------
 
     def _call(self, timeout: float, fn: Callable[[Any, Tables], T]) -> T:
+        """Run ``fn(cursor, tables)`` on a pooled connection, bounded by ``timeout`` on the client.
+
+        The connect is bounded by the driver's ``connect_timeout`` (at least 2 s for libpq,
+        1 s for MySQL drivers); every statement after it by :data:`_WATCHDOG`, which shuts
+        the connection's socket down at the deadline whatever the driver (psycopg 2 or 3,
+        mysqlclient, PyMySQL): a hung server or a network that silently drops packets makes
+        the call raise :class:`BackendUnavailable` at its deadline, and that connection is
+        dropped, never reused.
+        """
         from django.db import DatabaseError, IntegrityError
 
         timeout = max(0.001, float(timeout))
@@ -280,9 +309,13 @@ class DjangoBackend(Backend):
         while True:
             wrapper, reused = self._pool.take(timeout)
             healthy = False
+            ticket: int | None = None
             try:
                 with wrapper.wrap_database_errors:
                     wrapper.ensure_connection()
+                fd = _fileno(wrapper.connection)
+                if fd is not None:
+                    ticket = _WATCHDOG.arm(fd, deadline)
                 with wrapper.cursor() as cur:
                     self._set_timeout(wrapper, cur, max(0.001, deadline - time.monotonic()))
                     out = fn(cur, self._names(wrapper))
@@ -295,6 +328,12 @@ class DjangoBackend(Backend):
                 healthy = True
                 raise Conflict(f"{self.alias}: the lease exists ({exc})") from exc
             except DatabaseError as exc:
+                fired, ticket = ticket is not None and _WATCHDOG.disarm(ticket), None
+                if fired:
+                    raise BackendUnavailable(
+                        f"django://{self.alias}: no answer within {timeout:.3g} s (the database, or the network to "
+                        "it, hangs); that connection was dropped"
+                    ) from None
                 # An idle pooled connection the server dropped (restart, idle timeout, failover):
                 # try once more on a fresh one. Safe for writes too: if the first attempt did
                 # commit, the retry fails compare-and-swap and the engine re-reads its own record.
@@ -303,6 +342,8 @@ class DjangoBackend(Backend):
                     continue
                 raise self._translate(exc) from exc
             finally:
+                if ticket is not None and _WATCHDOG.disarm(ticket):
+                    healthy = False  # its socket was shut down: never reuse it
                 self._pool.give(wrapper, healthy)
 
     def _names(self, wrapper: Any) -> Tables:
