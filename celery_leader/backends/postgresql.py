@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 
 from ..errors import RegressionError
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
-from ..urls import UrlOptions, redact
+from ..urls import UrlOptions, redact, scrub
 from .sql import Listener, SqlLock, Tables, Watchdog, channel_for
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
@@ -353,7 +353,7 @@ class PostgresBackend(Backend):
 
     def _translate(self, exc: BaseException, *, connecting: bool = False) -> Exception:
         state = getattr(exc, "sqlstate", None)
-        text = _first_line(exc)
+        text = scrub(_first_line(exc), self.url)
         password = self._conninfo.get("password")
         if password:
             text = text.replace(password, "***")
