@@ -94,3 +94,58 @@ def make_role(db) -> Callable[..., str]:
     for role in made:
         with contextlib.suppress(psycopg.Error):
             db.execute(f'DROP OWNED BY "{role}"')
+
+
+#: the superuser password of the private server (characters that need percent-encoding in a URL)
+PRIVATE_PASSWORD = "Sekr3t/p@ss w0rd%"
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Iterator[int]:
+    """A private PostgreSQL on a free port that demands a password (scram-sha-256) over TCP.
+
+    The shared server trusts every local connection, so only this one can show that a
+    password from the URL, ``PGPASSWORD`` or a passfile really reaches the server.
+    """
+    import glob
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.servers import free_port, running
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+    bindir = os.path.dirname(found[-1])
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        unavailable("no 'postgres' user to run a private PostgreSQL server as")
+    if os.geteuid() != 0:
+        unavailable("a private PostgreSQL server is started as the 'postgres' user, which needs root")
+    # not under pytest's tmp_path: its parents are private to root, and the server runs as postgres
+    base = Path(tempfile.mkdtemp(prefix="celery-leader-pgpw-"))
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    pwfile = base / "pw"
+    pwfile.write_text(PRIVATE_PASSWORD + "\n")
+    os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+    data = base / "data"
+    done = subprocess.run(
+        [f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile), "--auth-host=scram-sha-256",
+         "--auth-local=trust"],
+        user=owner.pw_uid, group=owner.pw_gid, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        unavailable(f"initdb failed: {done.stderr.strip()[-300:]}")
+    port = free_port()
+    argv = [f"{bindir}/postgres", "-D", str(data), "-p", str(port), "-k", str(base),
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "logging_collector=off"]  # fmt: skip
+    try:
+        with running(argv, port, user=owner.pw_uid, group=owner.pw_gid, timeout=30):
+            yield port
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -375,3 +375,35 @@ def test_listener_hears_notifications_on_both_drivers_and_survives_a_kill(driver
     finally:
         listener.stop()
         backend.close()
+
+
+# --- passwords (a private server that demands one) -----------------------------------------
+
+
+def test_password_from_the_url_pgpassword_or_a_passfile_logs_in(password_server, monkeypatch, tmp_path, open_backend):
+    from urllib.parse import quote
+
+    from .conftest import PRIVATE_PASSWORD
+
+    base = f"127.0.0.1:{password_server}/postgres"
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # never the user's own ~/.pgpass
+    open_backend(f"postgresql://postgres:{quote(PRIVATE_PASSWORD, safe='')}@{base}").check(10.0)
+    monkeypatch.setenv("PGPASSWORD", PRIVATE_PASSWORD)
+    open_backend(f"postgresql://postgres@{base}?table=cl_env").check(10.0)
+    monkeypatch.delenv("PGPASSWORD")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{password_server}:*:postgres:{PRIVATE_PASSWORD.replace(':', chr(92) + ':')}\n")
+    passfile.chmod(0o600)
+    open_backend(f"postgresql://postgres@{base}?table=cl_passfile&passfile={quote(str(passfile), safe='')}").check(10.0)
+
+
+def test_a_wrong_or_missing_password_is_a_configuration_error_that_shows_no_password(password_server, monkeypatch, tmp_path, open_backend):
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    base = f"127.0.0.1:{password_server}/postgres"
+    with pytest.raises(ConfigurationError, match="cannot log in.*password authentication failed") as wrong:
+        open_backend(f"postgresql://postgres:Wr0ngPassw0rd@{base}").check(10.0)
+    assert "Wr0ngPassw0rd" not in str(wrong.value) and "postgres:***@" in str(wrong.value)
+    with pytest.raises(ConfigurationError, match="cannot log in"):
+        open_backend(f"postgresql://postgres@{base}").check(10.0)
