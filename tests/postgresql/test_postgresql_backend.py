@@ -95,20 +95,6 @@ def test_password_is_never_shown(proxy, pg_database):
         assert "***@" in text or "lease" in text or "option" in text
 
 
-def test_password_from_pgpassword_logs_in(make_role, db, pg_database, monkeypatch):
-    """libpq's rules: PGPASSWORD is used when the URL has none (trust auth here: accepted either way)."""
-    role = make_role()
-    db.execute(f"ALTER ROLE \"{role}\" PASSWORD 'from-env'")
-    db.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
-    monkeypatch.setenv("PGPASSWORD", "from-env")
-    backend = PostgresBackend.from_url(f"postgresql://{role}@127.0.0.1:5432/{pg_database}?table=cl_env")
-    try:
-        backend.check(5.0)
-        assert "from-env" not in backend.describe()
-    finally:
-        backend.close()
-
-
 # --- tables and permissions ------------------------------------------------------------
 
 
