@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -148,8 +149,8 @@ if t == 'string' then
   end
 end
 """ + CLOCK_LUA + """
-local f = redis.call('HMGET', KEYS[2], 'transitions', 'written_ms', 'lease_ms', 'written_version', 'server')
-return {raw, f[1], f[2], f[3], f[4], f[5], now_ms, run_id, digest}
+local f = redis.call('HMGET', KEYS[2], 'transitions', 'written_ms', 'lease_ms', 'written_version', 'server', 'extra')
+return {raw, f[1], f[2], f[3], f[4], f[5], now_ms, run_id, digest, f[6]}
 """
 
 # KEYS: lock, fence. ARGV: expected version ('' = create; 'g:<sha1>' = over undecodable
@@ -202,6 +203,8 @@ if now_ms ~= '' and run_id ~= '' then
 else
   redis.call('HDEL', KEYS[2], 'written_ms', 'lease_ms', 'written_version', 'server')
 end
+-- the record's extra keys (the last once-per slot) outlive the lock key, as the token does
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'extra', ARGV[8]) else redis.call('HDEL', KEYS[2], 'extra') end
 -- the notification is best effort: the write above has landed whatever PUBLISH answers
 local published = redis.pcall('PUBLISH', ARGV[5], version .. ' ' .. ARGV[6])
 if type(published) == 'table' and published.err then return {1, version, published.err} end
@@ -226,6 +229,22 @@ class _Oversized(bytes):
         obj = super().__new__(cls, start)
         obj.digest = digest
         return obj
+
+
+def _extra_json(record: LeaderRecord) -> str:
+    """The record's extra keys as JSON for the fence hash ('' when there are none)."""
+    return json.dumps(dict(record.extra), separators=(",", ":"), sort_keys=True) if record.extra else ""
+
+
+def _fence_extra(got: list[Any]) -> dict[str, Any]:
+    """The extra keys kept with the fence; anything unreadable counts as none."""
+    if len(got) < 10 or not got[9]:
+        return {}
+    try:
+        value = json.loads(got[9])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class _NoScript(Exception):
@@ -293,13 +312,13 @@ class RedisLock(Lock):
         self._closed = False
         self._reported_free: int | None = None
 
-    def _read(self, timeout: float) -> tuple[bytes | None, int | None, tuple[float, int] | None]:
-        """(raw, fence, :meth:`_lease_over_for`)."""
+    def _read(self, timeout: float) -> tuple[bytes | None, int | None, tuple[float, int] | None, dict[str, Any]]:
+        """(raw, fence, :meth:`_lease_over_for`, the extra keys kept with the fence)."""
         got = self._backend._script(READ_SCRIPT, READ_SHA, [self.key, self.fence_key], [MAX_RECORD_BYTES], timeout, self)
         raw, fence = got[0], got[1]
         if raw is not None and len(got) > 8 and got[8]:
             raw = _Oversized(raw, digest=_text(got[8]))
-        return raw, self._fence_value(fence), self._lease_over_for(raw, got)
+        return raw, self._fence_value(fence), self._lease_over_for(raw, got), _fence_extra(got)
 
     def _fence_value(self, fence: Any) -> int | None:
         if fence is None:
@@ -363,25 +382,25 @@ class RedisLock(Lock):
             )
 
     def _current_version(self, timeout: float) -> str | None:
-        raw, fence, _ = self._read(timeout)
+        raw, fence, _, _ = self._read(timeout)
         if raw is not None:
             return self._version(raw)[1]
         return f"{ABSENT}{fence}" if fence is not None else None
 
     def get(self, timeout: float) -> Versioned | None:
-        raw, fence, over_for = self._read(timeout)
+        raw, fence, over_for, extra = self._read(timeout)
         if raw is None:
             if fence is None:
                 return None
             if over_for is not None:
                 # the key expired long after the last term's lease ended: free, at once
-                free = LeaderRecord(holder="", transitions=fence)
+                free = LeaderRecord(holder="", transitions=fence, extra=extra)
                 self._log_free_since(free, over_for)
                 return Versioned(free, f"{ABSENT}{fence}")
             # Deleted, expired or evicted. Whoever held it may still believe it leads (a hand
             # delete, an eviction), so it reads as held by an unknown holder: candidates wait
             # one lease from now, then take it with a token above the fence.
-            return Versioned(LeaderRecord(holder=VANISHED_HOLDER, transitions=fence), f"{ABSENT}{fence}")
+            return Versioned(LeaderRecord(holder=VANISHED_HOLDER, transitions=fence, extra=extra), f"{ABSENT}{fence}")
         record, version = self._version(raw)
         if fence is not None and fence > record.transitions:
             # the key was rewritten with a lower token (by hand, or a foreign writer): never
@@ -410,7 +429,7 @@ class RedisLock(Lock):
             WRITE_SHA,
             [self.key, self.fence_key],
             [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name,
-             int(math.ceil(max(0.0, record.lease_duration) * 1000))],
+             int(math.ceil(max(0.0, record.lease_duration) * 1000)), _extra_json(record)],
             timeout,
             self,
         )

@@ -124,3 +124,25 @@ def test_the_documented_minimal_acl_still_works_without_the_shortcut(redis_serve
     assert admin.hget(fence, "written_ms") is None  # no clock stored: TIME/INFO not allowed
     time.sleep(2.5)  # past the lease and the margin: with the clock this would read as free
     assert lock.get(5).record.holder == "crashed-host"
+
+
+@pytest.mark.parametrize("deleted", ["expired", "deleted by hand"])
+def test_the_last_slot_outlives_the_lock_key(prefix, open_backend, shared_redis, deleted):
+    """A host arriving after the lock key expired (its TTL is ~2 leases) still skips the slot."""
+    from celery_leader.once import LAST_SLOT_KEY, run_once_per
+
+    url = f"redis://127.0.0.1:6379/0?prefix={prefix}&gc_margin=0"
+    timing = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
+    runs: list[int] = []
+    assert run_once_per(lambda: runs.append(1), name="cron", slot="k", url=url, **timing).ran
+    key = f"{prefix}lock:cron"
+    if deleted == "deleted by hand":
+        shared_redis.delete(key)
+    deadline = time.monotonic() + 30
+    while shared_redis.exists(key):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    got = open_backend(url).lock("cron").get(5)
+    assert got.record.extra[LAST_SLOT_KEY] == "k"
+    late = run_once_per(lambda: runs.append(2), name="cron", slot="k", url=url, **timing)
+    assert not late.ran and late.reason == "already done" and runs == [1]
