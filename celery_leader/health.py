@@ -8,11 +8,15 @@ or not: a healthy standby is healthy.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .errors import ConfigurationError
 
 __all__ = ["health_status", "serve"]
 
@@ -34,10 +38,81 @@ def health_status(election: Any, tolerance: float = 0.0) -> tuple[bool, dict[str
     return not stuck, info
 
 
-def serve(election: Any, host: str, port: int, metrics: Any = None, tolerance: float = 0.0) -> ThreadingHTTPServer:
-    """Start the server in a daemon thread; call ``.shutdown()`` to stop it."""
+#: seconds a client may take to send its request and read the answer
+REQUEST_TIMEOUT = 2.0
+#: connections served at once; more are closed at once (each costs a thread and a descriptor)
+MAX_CONNECTIONS = 16
+
+
+def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
+    """At most ``limit``, and at most an eighth of the descriptor limit: the election's own
+    files and sockets must never be the ones that run out."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return limit
+    if soft == resource.RLIM_INFINITY:
+        return limit
+    return max(1, min(limit, soft // 8))
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most ``cap`` connections at once.
+
+    A connection over the cap is closed as soon as it is accepted, so idle or slow clients
+    can hold at most ``cap`` descriptors and threads, each for at most ``REQUEST_TIMEOUT``.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cap: int) -> None:
+        self._slots = threading.BoundedSemaphore(cap)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: refuse, keep the descriptor budget
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that times out or resets is not an error worth a traceback
+
+
+def serve(
+    election: Any,
+    host: str,
+    port: int,
+    metrics: Any = None,
+    tolerance: float = 0.0,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    request_timeout: float = REQUEST_TIMEOUT,
+) -> ThreadingHTTPServer:
+    """Start the server in a daemon thread; call ``.shutdown()`` to stop it.
+
+    Raises :class:`~celery_leader.errors.ConfigurationError` naming the fix when the
+    address cannot be used (port in use, unknown host, port out of range).
+    """
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"--health-port must be a port number from 0 to 65535, got {port!r}")
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = request_timeout  # per connection: a client that sends nothing is dropped
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.split("?")[0] == "/healthz":
                 ok, info = health_status(election, tolerance)
@@ -55,7 +130,19 @@ def serve(election: Any, host: str, port: int, metrics: Any = None, tolerance: f
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    try:
+        server = _BoundedServer((host, port), Handler, connection_cap(max_connections))
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"--health-host {host!r} is not a known address ({exc.strerror}); use e.g. 127.0.0.1") from None
+    except OverflowError:
+        raise ConfigurationError(f"--health-port must be a port number from 0 to 65535, got {port}") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"--health-port {port} on {host} is in use by another process; choose a free port"
+            ) from None
+        raise ConfigurationError(
+            f"cannot serve health on {host}:{port} ({exc.strerror or exc}); check --health-host and --health-port"
+        ) from None
     threading.Thread(target=server.serve_forever, name="celery-leader-health", daemon=True).start()
     return server
