@@ -3,7 +3,14 @@
 from .aio import AsyncElection
 from .core import Timing
 from .election import Election, Leadership, default_identity
-from .errors import CeleryLeaderError, NotLeader, RecordDecodeError, RegressionError, StaleTokenError
+from .errors import (
+    CeleryLeaderError,
+    InvalidTokenError,
+    NotLeader,
+    RecordDecodeError,
+    RegressionError,
+    StaleTokenError,
+)
 from .lock import (
     Backend,
     BackendUnavailable,
@@ -28,6 +35,7 @@ __all__ = [
     "RecordDecodeError",
     "RegressionError",
     "StaleTokenError",
+    "InvalidTokenError",
     "Leadership",
     "Timing",
     "default_identity",

@@ -16,9 +16,11 @@ same classes.
     ├── NotLeader                      another instance leads, or none was elected in time
     ├── RegressionError                a write would not raise the fencing token
     ├── StaleTokenError                a fenced write carried a token below one already seen
+    ├── InvalidTokenError              a fenced write was given something that is not a token
     └── ElectionStopped                start() of an election that was stopped (make a new one)
 
-``ConfigurationError`` and ``RecordDecodeError`` are also ``ValueError``\\ s.
+``ConfigurationError`` and ``RecordDecodeError`` are also ``ValueError``\\ s;
+``InvalidTokenError`` is both a ``TypeError`` and a ``ValueError``.
 ``django_leader.runner.LeadershipLost`` is deliberately a ``BaseException`` (like
 ``KeyboardInterrupt``), so that leader-only code cannot swallow it with
 ``except Exception``; it is not part of this tree.
@@ -37,6 +39,7 @@ __all__ = [
     "NotLeader",
     "RegressionError",
     "StaleTokenError",
+    "InvalidTokenError",
     "ElectionStopped",
 ]
 
@@ -95,6 +98,14 @@ class StaleTokenError(CeleryLeaderError):
         super().__init__(message)
         self.token = token
         self.seen = seen
+
+
+class InvalidTokenError(CeleryLeaderError, TypeError, ValueError):
+    """A fenced write was given a token that is not a non-negative 64-bit integer (``None``, a string, -1).
+
+    Usually the work is not running under a leader (no token in the message or the
+    environment): hand it ``leadership.token``.
+    """
 
 
 class ElectionStopped(CeleryLeaderError, RuntimeError):
