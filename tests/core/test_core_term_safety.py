@@ -342,3 +342,30 @@ def test_asyncio_stop_from_inside_on_started_leading_returns(backend):
         assert got is not None and got.record.holder == ""
 
     asyncio.run(main())
+
+
+def test_asyncio_plain_work_sees_lost_on_time_even_while_the_loop_is_blocked(backend):
+    """The documented limit: a blocked loop cannot run its term-end timer, so the process
+    watchdog ends a plain (threaded) on_started_leading's term on time."""
+    seen: dict[str, float] = {}
+    started = threading.Event()
+
+    def work(lead) -> None:
+        started.set()
+        lead.lost.wait(10)
+        seen["lost"] = time.monotonic()
+
+    async def main() -> None:
+        e = AsyncElection("job", backend=backend, identity="a", on_started_leading=work, **FAST)
+        await e.start()
+        assert await e.wait_until_leader(5)
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        blocked_at = time.monotonic()
+        time.sleep(2.0)  # application code blocking the loop, far past the term's end
+        seen["unblocked"] = time.monotonic()
+        seen["blocked"] = blocked_at
+        await e.stop()
+
+    asyncio.run(main())
+    assert "lost" in seen, "the plain work never saw its term end"
+    assert seen["lost"] < seen["unblocked"], "the work ran on until the loop was unblocked"
