@@ -606,3 +606,39 @@ def test_a_record_with_our_identity_but_not_our_write_is_waited_out(clock):
     other = attempt.record.evolve(acquire_time=attempt.record.acquire_time + 5)  # same identity, elsewhere
     core.read_done(Versioned(other, "v-other"))
     assert isinstance(core.next_action(), Wait)
+
+
+# --- extra record keys (once-per slots) --------------------------------------------------
+
+
+def test_extra_keys_go_out_at_once_with_a_renewal_cas_and_survive_a_lost_race(clock):
+    core = make(clock)
+    lead(core, "v1")
+    core.pop_events()
+    seq = core.request_extra({"celeryLeaderLastSlot": "k"})
+    renew = core.next_action()  # at once, not at the next retry period
+    assert isinstance(renew, Update) and renew.expected_version == "v1" and not renew.release
+    assert renew.record.extra == {"celeryLeaderLastSlot": "k"}
+    core.failed(Conflict("somebody wrote"))  # e.g. a step-down marker landed first
+    assert core.extra_written < seq
+    assert isinstance(core.next_action(), Read)
+    core.read_done(Versioned(LeaderRecord(holder="me", lease_duration=L, transitions=1, preferred_holder=""), "v2"))
+    again = core.next_action()
+    assert isinstance(again, Update) and again.expected_version == "v2"
+    assert again.record.extra == {"celeryLeaderLastSlot": "k"}  # still pending: carried again
+    core.write_done("v3")
+    assert core.extra_written >= seq
+    clock.advance(RP)
+    later = core.next_action()
+    assert isinstance(later, Update) and later.record.extra == {"celeryLeaderLastSlot": "k"}  # kept by renewals
+
+
+def test_extra_keys_are_not_written_once_the_term_ended(clock):
+    core = make(clock)
+    lead(core, "v1")
+    assert core.request_extra({"k": 1}) is not None
+    clock.advance(L)  # the deadline passes before the write went out
+    action = core.next_action()
+    assert not (isinstance(action, Update) and "k" in action.record.extra)
+    assert not core.leading
+    assert core.request_extra({"k": 2}) is None  # not leading: refused
