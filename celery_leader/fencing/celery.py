@@ -110,7 +110,8 @@ class FencedTask(Task):
             election = self.fencing_election or "celery-beat"
             url = self._fence_url()
             try:
-                fenced_redis.observe(_client(url), fence_key(election), token)
+                key = fence_key(election)
+                fenced_redis.observe(_client(url), key, token, fence_key=key)
             except StaleTokenError as exc:
                 log.warning("task %s[%s] refused: token %s of election %r is below %s, already run",
                             self.name, self.request.id, token, election, exc.seen)

@@ -58,7 +58,7 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
     clash = [name for name in values if name in key or name == token_field]
     if clash:
         raise ValueError(f"fenced_write: {clash[0]!r} is a key or the token field; it cannot be in values")
-    db = using or router.db_for_write(model_cls)
+    db = using or queryset._db or router.db_for_write(model_cls)  # objects.using(alias) counts
     queryset = queryset.using(db)
     ok = models.Q(**{f"{token_field}__isnull": True}) | models.Q(**{f"{token_field}__lte": value})
     for _ in range(_ATTEMPTS):

@@ -74,7 +74,8 @@ def fenced_job(func: Callable | None = None, *, refuse_stale: bool = False, conn
                 election = str((job.meta or {}).get(META_ELECTION) or "rq")
                 client = connection if connection is not None else job.connection
                 try:
-                    fenced_redis.observe(client, fence_key(election), token)
+                    key = fence_key(election)
+                    fenced_redis.observe(client, key, token, fence_key=key)
                 except StaleTokenError as exc:
                     log.warning("job %s refused: token %s of election %r is below %s, already run",
                                 job.id, token, election, exc.seen)

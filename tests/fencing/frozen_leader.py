@@ -1,0 +1,56 @@
+"""A leader that gets frozen: ``python -m tests.fencing.frozen_leader NAME REDIS_URL TRIGGER SPECS_JSON``.
+
+It joins election NAME (Redis backend, lease 1 s), and in its term writes ``first`` with
+its token to every store in SPECS_JSON, prints ``{"wrote": token}``, then waits for the
+TRIGGER file and writes ``late`` to every store with the same token, as a process that
+was frozen mid-work and resumed would, without looking at its lease again. It prints one
+``{"store": kind, "outcome": "written" | "refused" | error}`` line per store, then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from celery_leader import Election
+from celery_leader.errors import StaleTokenError
+from tests.fencing.stores import open_store
+
+
+def say(**doc: object) -> None:
+    print(json.dumps(doc), flush=True)
+
+
+def main(name: str, url: str, trigger: str, specs_json: str) -> None:
+    stores = [open_store(spec) for spec in json.loads(specs_json)]
+
+    def work(leadership) -> None:
+        token = leadership.token
+        for store in stores:
+            store.write(token, "first")
+        say(wrote=token)
+        while not os.path.exists(trigger):  # SIGSTOP lands here
+            time.sleep(0.01)
+        for store in stores:
+            try:
+                store.write(token, "late")
+                outcome = "written"
+            except StaleTokenError as exc:
+                outcome = f"refused {exc.token} < {exc.seen}"
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                outcome = f"error {type(exc).__name__}: {exc}"
+            say(store=store.kind, outcome=outcome)
+        say(done=True)
+        os._exit(0)
+
+    election = Election(name, url=url, lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
+                        on_started_leading=work)
+    election.start()
+    time.sleep(120)
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
