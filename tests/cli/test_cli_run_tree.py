@@ -86,10 +86,19 @@ def finish(proc: subprocess.Popen) -> int:
             proc.kill()
 
 
-def test_a_background_process_left_by_the_command_is_stopped_before_the_release(lockdir, tmp_path):
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        "sleep 300 & echo $! > {bg}",  # a plain background job
+        "(sleep 300 & echo $! > {bg})",  # double fork: orphaned at once
+        "setsid sleep 300 & echo $! > {bg}",  # left the process group and the session
+    ],
+    ids=["background", "double-fork", "setsid"],
+)
+def test_what_the_command_leaves_running_is_stopped_before_the_release(lockdir, tmp_path, leftover):
     bg = tmp_path / "bg.pid"
     with reaping(bg):
-        proc = start_run(lockdir, "sh", "-c", f"sleep 300 & echo $! > {bg}; exit 0")
+        proc = start_run(lockdir, "sh", "-c", leftover.format(bg=bg) + "; exit 0")
         assert proc.wait(60) == 0
         pid = int(wait_file(bg))
         assert not pid_alive(pid), "the command's background sleep outlived the command and the release"
