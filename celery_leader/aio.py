@@ -17,6 +17,12 @@ Rules, so that no work outlives its term (docs/design.md, "asyncio callbacks"):
   default executor, so hung calls cannot starve the application's ``asyncio.to_thread``.
   Backends with a native async client (overriding ``aget``/``acreate``/``aupdate``) are
   awaited directly.
+* Renewals of elections whose locks share a :class:`~celery_leader.lock.RenewBatch`
+  (``capabilities.batch``: Redis, memory) go out together: what falls due in one turn
+  of the loop is one ``update_many`` call (one round trip), each item still a
+  compare-and-swap against its own version and each outcome handed back to its own
+  election's core. The per-call bound and the deadline timer apply to every election as
+  if it had called alone, so a hung batch ends every included term at its deadline.
 * The term ends at ``renew_deadline`` after the last successful write was sent, by a
   ``loop.call_at`` timer, even while a call hangs. Cancelling the election's own task (for
   example at loop shutdown) still releases the lock, within ``renew_deadline``.
@@ -43,7 +49,8 @@ from typing import Any
 from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Update, Wait
 from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
 from .errors import BackendUnavailable, ElectionStopped
-from .lock import Lock
+from .lock import BatchItem, Lock, RenewBatch
+from .record import LeaderRecord
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
@@ -62,6 +69,91 @@ def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
         if _CALL_POOL is None:
             _CALL_POOL = concurrent.futures.ThreadPoolExecutor(CALL_POOL_SIZE, thread_name_prefix="celery-leader-call")
         return _CALL_POOL
+
+
+class _Batcher:
+    """Collects the renewals due in one turn of the loop for one :class:`RenewBatch`.
+
+    Up to :attr:`MAX_IN_FLIGHT` batches are out at once (a hung one does not stop the
+    others); while they are, new renewals accumulate, so batches grow with the load.
+    Every renewal keeps its own future: its election bounds the wait as for a lone call.
+    """
+
+    MAX_BATCH = 500
+    MAX_IN_FLIGHT = 4
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, group: RenewBatch) -> None:
+        self.loop, self.group = loop, group
+        self.pending: list[tuple[BatchItem, float, asyncio.Future[str]]] = []
+        self.in_flight = 0
+        self.scheduled = False
+
+    def submit(self, lock: Lock, record: LeaderRecord, expected: str, timeout: float) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = self.loop.create_future()
+        if len(self.pending) > 4 * self.MAX_BATCH:
+            # renewals given up by their elections while every batch hung: drop them
+            self.pending = [p for p in self.pending if not p[2].done()]
+        self.pending.append(((lock, record, expected), time.monotonic() + timeout, future))
+        self._kick()
+        return future
+
+    def _kick(self) -> None:
+        if not self.scheduled and self.pending and self.in_flight < self.MAX_IN_FLIGHT:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        now = time.monotonic()
+        while self.pending and self.in_flight < self.MAX_IN_FLIGHT:
+            chunk, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
+            live = []
+            for entry in chunk:
+                if entry[2].done():
+                    continue  # its election stopped waiting (term over, or cancelled)
+                if entry[1] <= now:
+                    entry[2].set_exception(BackendUnavailable("no time left for the renewal"))
+                    continue
+                live.append(entry)
+            if not live:
+                continue
+            # the call must end within every included renewal's own bound
+            timeout = max(0.001, min(entry[1] for entry in live) - now)
+            self.in_flight += 1
+            call = self.loop.run_in_executor(_call_pool(), self.group.update_many, [e[0] for e in live], timeout)
+            call.add_done_callback(functools.partial(self._done, live))
+
+    def _done(self, live: list[tuple[BatchItem, float, asyncio.Future[str]]], call: asyncio.Future[Any]) -> None:
+        self.in_flight -= 1
+        exc = call.exception() if not call.cancelled() else BackendUnavailable("the batch call was cancelled")
+        results: list[Any] = [exc] * len(live) if exc is not None else call.result()
+        if exc is None and (not isinstance(results, list) or len(results) != len(live)):
+            bad = BackendUnavailable(f"{type(self.group).__name__}.update_many answered {len(live)} items wrongly")
+            results = [bad] * len(live)
+        for (_, _, future), outcome in zip(live, results):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            elif isinstance(outcome, str):
+                future.set_result(outcome)
+            else:
+                future.set_exception(BackendUnavailable(f"update_many gave {type(outcome).__name__}, not a version"))
+        self._kick()
+
+
+_BATCHERS: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, RenewBatch, _Batcher]] = {}
+
+
+def _batcher(loop: asyncio.AbstractEventLoop, group: RenewBatch) -> _Batcher:
+    """One batcher per (event loop, batch group); forgotten with a closed loop."""
+    key = (id(loop), id(group))
+    found = _BATCHERS.get(key)
+    if found is None or found[0] is not loop or found[1] is not group:
+        for k in [k for k, v in _BATCHERS.items() if v[0].is_closed()]:
+            del _BATCHERS[k]
+        found = _BATCHERS[key] = (loop, group, _Batcher(loop, group))
+    return found[2]
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:
@@ -144,6 +236,9 @@ class AsyncElection(BaseElection):
         # blocking calls go to our pool unless the backend has a native async client
         kind = type(self.lock)
         self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
+        # renewals go out in batches when the backend declares it can (capabilities.batch)
+        # (a lock with its own async calls keeps them)
+        self._batch = self.lock.renew_batch() if kind.capabilities.batch and not self._native_async else None
 
     # --- public API --------------------------------------------------------------------
 
@@ -276,6 +371,11 @@ class AsyncElection(BaseElection):
 
     def _call(self, action: Read | Create | Update) -> Awaitable[Any]:
         lock = self.lock
+        if self._batch is not None and isinstance(action, Update) and not action.release and self._core.leading:
+            # a renewal: it joins the batch of its backend; the outcome is still this core's
+            return _batcher(asyncio.get_running_loop(), self._batch).submit(
+                lock, action.record, action.expected_version, action.timeout
+            )
         if self._native_async:
             if isinstance(action, Read):
                 return lock.aget(action.timeout)

@@ -80,7 +80,8 @@ class Timing:
     retry_period: float = 2.0
     #: bound on how far any candidate's clock *rate* may differ from true time
     max_drift: float = 0.01
-    #: followers poll every ``retry_period * uniform(1, jitter)``
+    #: followers poll every ``retry_period * uniform(1, jitter)``; leaders renew every
+    #: ``retry_period * uniform(1 - min(0.5, (jitter - 1) / 2), 1)``
     jitter: float = 1.2
 
     def __post_init__(self) -> None:
@@ -548,7 +549,7 @@ class ElectionCore:
                 self.held = flight.record
                 self.deadline = flight.sent_at + self.timing.safe_lease
                 self.last_ok_sent = flight.sent_at
-                self.next_renew = flight.sent_at + self.timing.retry_period
+                self.next_renew = flight.sent_at + self._renew_period()
                 if flight.extra_seq > self.extra_written:
                     self.extra_written = flight.extra_seq
                     if flight.extra_seq == self._extra_requested:
@@ -564,12 +565,19 @@ class ElectionCore:
             self.phase = Phase.LEADING
             self.deadline = deadline
             self.last_ok_sent = flight.sent_at
-            self.next_renew = flight.sent_at + self.timing.retry_period
+            self.next_renew = flight.sent_at + self._renew_period()
             self._step_down_requested = False
             self._extra_pending.clear()
             self.extra_written = self._extra_requested
             self.events.append(StartedLeading(self.term, self.token))
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
+
+    def _renew_period(self) -> float:
+        """``retry_period x uniform(1 - s, 1)`` with ``s = min(0.5, (jitter - 1) / 2)``: a
+        renewal is never later than one retry period, and elections started together drift
+        apart instead of renewing in lockstep (default: 0.9-1.0 x retry_period)."""
+        spread = min(0.5, 0.5 * (self.timing.jitter - 1.0))
+        return self.timing.retry_period * (1.0 - spread * self.rand())
 
     def _unanswered(self, rec: LeaderRecord) -> bool:
         """Is ``rec`` one of our writes that failed without an answer (and may have landed)?"""

@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -31,6 +32,8 @@ __all__ = [
     "Versioned",
     "Lock",
     "Backend",
+    "RenewBatch",
+    "BatchItem",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,15 @@ class Capabilities:
     ``linearizable``: a successful write is seen by every later read (no lost acknowledged
     writes). ``watch``: :meth:`Lock.wait_for_change` returns early on a change.
     ``partition_safe``: a network partition cannot let two sides both win a write.
+    ``batch``: :meth:`Lock.renew_batch` gives an object whose ``update_many`` sends many
+    locks' compare-and-swap updates in one round trip (the asyncio driver renews all due
+    elections of a backend together; see :class:`RenewBatch`).
     """
 
     linearizable: bool
     watch: bool
     partition_safe: bool
+    batch: bool = False
 
 
 #: the names ``open_backend(url, require=...)`` accepts
@@ -113,9 +120,38 @@ class Lock(abc.ABC):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(_watch_pool(), self.wait_for_change, version, timeout)
 
+    def renew_batch(self) -> RenewBatch | None:
+        """The object that can renew this lock together with others (``capabilities.batch``).
+
+        Locks that return the same object may go into one :meth:`RenewBatch.update_many`
+        call. ``None`` (the default): renew this lock on its own.
+        """
+        return None
+
     def describe(self) -> str:
         """Where this lock lives, for logs and banners (never with secrets)."""
         return f"{type(self).__name__}({self.name})"
+
+
+#: one update of a batch: the lock, the record to write, the version it must still have
+BatchItem = tuple[Lock, LeaderRecord, str]
+
+
+class RenewBatch(abc.ABC):
+    """Many compare-and-swap updates in one round trip, each still against its own version.
+
+    Batching is transport only: every item is the same compare-and-swap that
+    :meth:`Lock.update` does, decided on its own (one item's conflict never affects
+    another's write), and every election's decisions stay with its own state machine.
+    """
+
+    @abc.abstractmethod
+    def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
+        """Send every item's compare-and-swap; return, in order, each one's new version or
+        the exception :meth:`Lock.update` would have raised for it (:class:`Conflict`,
+        :class:`BackendUnavailable`, ...). Raise only when the whole call failed (no item's
+        outcome is known: each item may or may not have landed). Returns within ``timeout``.
+        """
 
 
 _WATCH_POOL: concurrent.futures.ThreadPoolExecutor | None = None

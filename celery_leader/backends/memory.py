@@ -10,19 +10,30 @@ import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..lock import (
+    Backend,
+    BackendUnavailable,
+    BatchItem,
+    Capabilities,
+    ConfigurationError,
+    Conflict,
+    Lock,
+    RenewBatch,
+    Versioned,
+)
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
 from ..urls import UrlOptions, redact
 
 __all__ = ["MemoryBackend", "MemoryLock"]
 
-CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True, batch=True)
 
 
-class _Store:
+class _Store(RenewBatch):
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.objects: dict[str, tuple[bytes, str]] = {}
@@ -32,6 +43,20 @@ class _Store:
         """Wait (holding ``cond``) until not stalled; raise if that takes longer than timeout."""
         if self.stalled and not self.cond.wait_for(lambda: not self.stalled, timeout):
             raise BackendUnavailable("memory store is stalled")
+
+    def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
+        """Each item's own ``update`` in turn (subclasses that slow or fail it stay in force)."""
+        out: list[str | Exception] = []
+        deadline = time.monotonic() + max(0.0, timeout)
+        for lock, record, expected in items:
+            if not isinstance(lock, MemoryLock) or lock._store is not self:
+                out.append(ConfigurationError(f"{lock.describe()} is not in this memory store"))
+                continue
+            try:
+                out.append(lock.update(record, expected, max(0.0, deadline - time.monotonic())))
+            except Exception as exc:  # noqa: BLE001 - the item's own outcome
+                out.append(exc)
+        return out
 
 
 _STORES: dict[str, _Store] = {}
@@ -87,6 +112,9 @@ class MemoryLock(Lock):
 
         with self._store.cond:
             self._store.cond.wait_for(changed, max(0.0, deadline - time.monotonic()))
+
+    def renew_batch(self) -> RenewBatch:
+        return self._store
 
     def write_raw(self, raw: bytes) -> None:
         """Store bytes as they are (tests of garbage handling)."""

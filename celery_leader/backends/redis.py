@@ -35,6 +35,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -57,7 +58,17 @@ try:
 except ImportError as exc:  # pragma: no cover - registry turns this into the pip hint
     raise ImportError(exc.msg, name="redis") from exc
 
-from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..lock import (
+    Backend,
+    BackendUnavailable,
+    BatchItem,
+    Capabilities,
+    ConfigurationError,
+    Conflict,
+    Lock,
+    RenewBatch,
+    Versioned,
+)
 from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record, printable
 from ..urls import UrlOptions, redact
 from .notify import ChangeNotifier
@@ -68,10 +79,10 @@ log = logging.getLogger(__name__)
 
 #: one primary: every acknowledged write is seen by every later read; a partition can only
 #: make it unreachable, never let two sides write.
-CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True, batch=True)
 #: Sentinel: replication is asynchronous, a failover can lose acknowledged writes, and an
 #: isolated old primary keeps accepting writes until it notices.
-SENTINEL_CAPABILITIES = Capabilities(linearizable=False, watch=True, partition_safe=False)
+SENTINEL_CAPABILITIES = Capabilities(linearizable=False, watch=True, partition_safe=False, batch=True)
 
 DEFAULT_PREFIX = "celery-leader:"
 DEFAULT_GC_MARGIN = 60.0
@@ -422,17 +433,18 @@ class RedisLock(Lock):
         return self._write(record, expected_version, timeout)
 
     def _write(self, record: LeaderRecord, expected: str, timeout: float) -> str:
+        reply = self._backend._script(WRITE_SCRIPT, WRITE_SHA, [self.key, self.fence_key], self._write_args(record, expected), timeout, self)
+        return self._write_outcome(reply, record, expected)
+
+    def _write_args(self, record: LeaderRecord, expected: str) -> list[Any]:
+        """ARGV of WRITE_SCRIPT for writing ``record`` over version ``expected``."""
         raw = encode_record(record)
         ttl_ms = self._backend.gc_expiry_ms(record.lease_duration)
-        reply = self._backend._script(
-            WRITE_SCRIPT,
-            WRITE_SHA,
-            [self.key, self.fence_key],
-            [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name,
-             int(math.ceil(max(0.0, record.lease_duration) * 1000)), _extra_json(record)],
-            timeout,
-            self,
-        )
+        return [expected, raw, int(record.transitions), ttl_ms, self._backend.channel, self.name,
+                int(math.ceil(max(0.0, record.lease_duration) * 1000)), _extra_json(record)]  # fmt: skip
+
+    def _write_outcome(self, reply: Any, record: LeaderRecord, expected: str) -> str:
+        """WRITE_SCRIPT's reply -> the new version, or the exception for this lock."""
         status, value = reply[0], _text(reply[1])
         if status == 1:
             if len(reply) > 2 and reply[2]:
@@ -454,6 +466,9 @@ class RedisLock(Lock):
             f"probably holds something that is not a leader record (delete {self.key!r} to recover)"
         )
 
+    def renew_batch(self) -> "RedisBackend":
+        return self._backend
+
     def wait_for_change(self, version: str | None, timeout: float) -> None:
         if self._backend._pid != os.getpid():
             self._backend._after_fork()
@@ -472,7 +487,7 @@ class SentinelRedisLock(RedisLock):
     capabilities = SENTINEL_CAPABILITIES
 
 
-class RedisBackend(Backend):
+class RedisBackend(Backend, RenewBatch):
     """Locks in one Redis (or a Sentinel-managed primary); one set of connections for all.
 
     Options in the URL query: ``prefix`` (key prefix), ``gc_margin`` (seconds added to twice
@@ -829,6 +844,90 @@ class RedisBackend(Backend):
                 self.prefix,
                 self.prefix,
             )
+
+    def _pipeline(self, timeout: float, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and read every reply: one round trip.
+
+        An error reply becomes that command's entry (a ``ResponseError``); a connection
+        failure raises :class:`BackendUnavailable` for all (none's outcome is known).
+        """
+        if self._closed:
+            raise BackendUnavailable("the Redis backend is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        conn = self._checkout(timeout)
+        healthy = False
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendUnavailable(f"no time left to call Redis (timeout {timeout:.3f} s)")
+            conn.socket_connect_timeout = self._bound(left, self._socket_connect_timeout)
+            conn.socket_timeout = self._bound(left, self._socket_timeout)
+            if conn._sock is None:
+                conn.connect()
+            conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            healthy = True
+            return replies
+        except AuthenticationError as exc:
+            raise ConfigurationError(
+                f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
+                "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
+            ) from None
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
+        finally:
+            self._checkin(conn, healthy)
+
+    def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
+        """Every item's WRITE_SCRIPT call in one pipeline (one round trip, no MULTI).
+
+        Each call is the same atomic compare-and-swap as :meth:`RedisLock.update` on that
+        election's own keys; one item's conflict or error never touches another's keys.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        out: list[str | Exception | None] = [None] * len(items)
+        todo: list[tuple[int, RedisLock, LeaderRecord, str]] = []
+        for i, (lock, record, expected) in enumerate(items):
+            if not isinstance(lock, RedisLock) or lock._backend is not self:
+                out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
+            elif not expected:
+                out[i] = Conflict(f"{lock.name}: empty expected version")
+            else:
+                todo.append((i, lock, record, expected))
+        use_sha = True
+        while todo:
+            head = ("EVALSHA", WRITE_SHA) if use_sha else ("EVAL", WRITE_SCRIPT)
+            commands = [(*head, 2, lk.key, lk.fence_key, *lk._write_args(rec, exp)) for _, lk, rec, exp in todo]
+            replies = self._pipeline(deadline - time.monotonic(), commands)
+            again = []
+            for (i, lock, record, expected), reply in zip(todo, replies):
+                if isinstance(reply, NoScriptError) and use_sha:
+                    again.append((i, lock, record, expected))  # not run: send the script itself
+                    continue
+                try:
+                    if isinstance(reply, ResponseError):
+                        raise self._script_error(reply, lock, deadline - time.monotonic())
+                    out[i] = lock._write_outcome(reply, record, expected)
+                except Exception as exc:  # noqa: BLE001 - this item's own outcome
+                    out[i] = exc
+            todo, use_sha = again, False
+        return [o if o is not None else BackendUnavailable("no answer") for o in out]
+
+    def _script_error(self, reply: ResponseError, lock: RedisLock, timeout: float) -> Exception:
+        """An error reply of one script call -> the exception ``lock``'s own call would raise."""
+        exc = self._response_error(reply)
+        if isinstance(exc, BackendUnavailable) and "WRONGTYPE" in str(exc):
+            return self._wrong_type(lock, max(0.001, timeout))
+        if getattr(exc, "bad_fence", False):
+            return self._bad_fence(lock)
+        return exc
 
     def _script(self, script: str, sha: str, keys: list[str], args: list[Any], timeout: float, lock: RedisLock) -> Any:
         """EVALSHA, loading the script on NOSCRIPT (a restarted or failed-over server)."""
