@@ -27,8 +27,9 @@ from .record import printable
 __all__ = ["LockStatus", "describe", "observe", "watch", "VANISHED_HOLDERS"]
 
 #: placeholder holders some backends report for a lock object that vanished while its
-#: fence remains (``celery_leader.backends.redis.VANISHED_HOLDER``): not anybody's identity
-VANISHED_HOLDERS = frozenset({"(lock key vanished)"})
+#: fence remains (``celery_leader.backends.redis.VANISHED_HOLDER``,
+#: ``celery_leader.backends.file.VANISHED_HOLDER``): not anybody's identity
+VANISHED_HOLDERS = frozenset({"(lock key vanished)", "(lease file vanished)"})
 
 _UNSEEN = object()
 
