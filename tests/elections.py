@@ -99,3 +99,34 @@ def elections() -> Iterator[Callable[..., list[Election]]]:
     yield make
     for e in made:
         e.stop(timeout=5)
+
+
+def asyncio_handover(url: str) -> float:
+    """Two :class:`AsyncElection` candidates on ``url``; the leader stops (releasing) and
+    the standby, waiting in the backend's watch (retry period 2 s), takes over. Returns the
+    seconds from ``stop()`` to the standby leading; asserts safety on the way."""
+    import asyncio
+
+    from celery_leader.aio import AsyncElection
+
+    timing = dict(lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
+
+    async def scenario() -> float:
+        a = await AsyncElection("aio", url=url, identity="a", **timing).start()
+        assert await a.wait_until_leader(20)
+        b = await AsyncElection("aio", url=url, identity="b", **timing).start()
+        try:
+            await asyncio.sleep(0.5)
+            assert a.is_leader and not b.is_leader and b.leader == "a"
+            token = a.token
+            started = time.monotonic()
+            await a.stop()
+            assert await b.wait_until_leader(20), "the asyncio standby did not take over"
+            elapsed = time.monotonic() - started
+            assert b.token is not None and token is not None and b.token > token
+            return elapsed
+        finally:
+            await a.stop()
+            await b.stop()
+
+    return asyncio.run(scenario())

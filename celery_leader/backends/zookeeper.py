@@ -425,11 +425,12 @@ class ZooKeeperBackend(Backend):
         if self._parents_ready:
             return
         for parent in (f"{self.path}/lock", f"{self.path}/fence"):
+
+            def create(client: KazooClient, parent: str = parent) -> Any:
+                return client.create_async(parent, b"", acl=self.acl, makepath=True)
+
             try:
-                self.call(
-                    lambda c, p=parent: c.create_async(p, b"", acl=self.acl, makepath=True),
-                    max(0.0, deadline - time.monotonic()),
-                )
+                self.call(create, max(0.0, deadline - time.monotonic()))
             except NodeExistsError:
                 pass
         self._parents_ready = True

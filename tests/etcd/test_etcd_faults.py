@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from celery_leader import Election
 from celery_leader.backends.etcd import VANISHED_HOLDER
-from tests.elections import LEASE, Watch, leader_of, wait_for
+from tests.elections import LEASE, Watch, asyncio_handover, leader_of, wait_for
 
 from .conftest import EtcdCluster
 
@@ -124,7 +124,7 @@ def test_cluster_member_killed_elections_carry_on(etcd_factory, elections) -> No
         token = first.token
         raft_leader = cluster.leader_member()
         cluster.kill(raft_leader)  # the member that orders all writes
-        time.sleep(3 * LEASE)
+        time.sleep(LEASE)
         now = wait_for(lambda: leader_of(es))
         # a quorum remains: somebody leads with writes confirmed by it
         assert now.token is not None and token is not None and now.token >= token
@@ -174,7 +174,7 @@ def test_cluster_member_cut_off_client_moves_to_another(etcd_factory, elections)
         i = cluster.client_ports.index(member)
         cluster.pause(i)
         try:
-            time.sleep(4 * LEASE)
+            time.sleep(3 * LEASE)
             assert wait_for(lambda: leader_of(es), 10) is not None
             moved = {e.backend.endpoints[e.backend._preferred].port for e in es}
             assert member not in moved, "a client still talks to the silent member"
@@ -183,3 +183,8 @@ def test_cluster_member_cut_off_client_moves_to_another(etcd_factory, elections)
     assert not watch.overlaps()
     tokens = watch.tokens()
     assert tokens == sorted(tokens)
+
+
+def test_asyncio_driver_hands_over_through_the_watch(etcd_server: EtcdCluster, prefix: str) -> None:
+    # retry period 2 s: a standby that polled would need about 2 s
+    assert asyncio_handover(etcd_server.url(prefix)) < 1.0
