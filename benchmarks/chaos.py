@@ -1,50 +1,58 @@
 """Fault injection: does it ever give two leaders, and how long is there none?
 
-``python -m benchmarks chaos [--backend file|redis|postgresql|etcd|zookeeper] [--duration S] [--seed N] [-n N]``
+``python -m benchmarks chaos [--backend NAME ...] [--duration S] [--seed N] [--rounds R | --until HH:MM]``
 
 N candidates run through ``celery-leader run`` (their child logs each term with its
-token). Faults are injected at random, one at a time, each followed by recovery:
+token). Faults are drawn from a seeded schedule, one at a time, each followed by recovery.
+Common to every backend:
 
 * ``kill``: SIGKILL the leader's ``run`` (its child dies with it); restarted later;
 * ``term``: SIGTERM the leader (graceful release); restarted later;
-* ``pause``: SIGSTOP the leader and its child past the lease, then SIGCONT;
-* ``server``: the backend server killed and restarted (Redis, with AOF fsync always);
-* ``sessions``: every session of the candidates' database ended by ``pg_terminate_backend``
-  (PostgreSQL: the shared server is not ours to kill; this is what a restart, a failover
-  or an idle-session reaper does to the clients);
-* ``member``: one of three etcd members / ZooKeeper servers killed (sometimes the one
-  ordering the writes, sometimes the leader's own) and restarted after 0.5-3 leases; each
-  candidate reaches one member through its own proxy;
-* ``blackhole``: the leader's own connections to the backend silently dropped (a TCP
-  proxy per candidate holds every byte) for longer than the lease, while the others
-  still reach the backend: the leader must stop by its deadline, a follower take over;
-* ``delay``: the leader's connections delayed by a fraction of the retry period.
+* ``pause``: SIGSTOP the leader and its child for 1.5-3 leases, then SIGCONT.
 
-The checker (:mod:`celery_leader.testing.cluster`) reports overlapping terms and token
-regressions (target 0) and, for each fault, the time without any leader against the bound
-the design promises. A bounded run is part of the test suite (tests/chaos).
+Each backend's environment (:mod:`benchmarks._chaos_envs`) adds the faults its users meet
+(servers killed, connections black-holed or delayed through a proxy per candidate, answers
+lost after the write landed, watches cut, ref locks held, partitions ...); ``--list``
+prints them. The checker (:mod:`celery_leader.testing.cluster`) reports overlapping terms
+and token regressions (target 0) and, for each fault, the time without any leader against
+the bound the design promises.
+
+Every run appends one JSON file to ``benchmarks/results/chaos/`` (date, backend, seed,
+timing, load, every fault with its gap and bound, terms, overlaps, regressions), so that
+runs add up; ``--rounds``/``--until`` repeat runs with fresh seeds, each stored as soon as
+it ends. ``python -m benchmarks chaos_report`` aggregates every stored run into
+docs/benchmarks.md. A bounded run is part of the test suite (tests/chaos).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import datetime
+import json
+import os
 import random
 import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from benchmarks._common import summary, table, write_results
-from benchmarks.tcpproxy import TcpProxy
+from benchmarks._chaos_envs import CANDIDATES, ENVIRONMENTS, SLACK, Environment, Timing
+from benchmarks._common import RESULTS, machine, summary, table
 from celery_leader.testing.cluster import ElectorCluster, Interval, Report
 
-#: startup of a new child process, scheduling noise: added to every bound
-SLACK = 1.5
-BACKENDS = ["file", "redis", "postgresql", "etcd", "zookeeper"]
+__all__ = ["ChaosResult", "Fault", "run_chaos", "SLACK", "BACKENDS", "RUNS_DIR"]
+
+BACKENDS = list(ENVIRONMENTS)
+RUNS_DIR = RESULTS / "chaos"
+COMMON = {
+    "kill": "SIGKILL of the leader's run (restarted after the takeover)",
+    "term": "SIGTERM of the leader (graceful release)",
+    "pause": "SIGSTOP of the leader and its child for 1.5-3 leases, then SIGCONT",
+}
 
 
 @dataclass
@@ -68,295 +76,205 @@ class ChaosResult:
     faults: list[Fault]
     report: Report
     timing: tuple[float, float, float]
+    started: float = 0.0
+    seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
+    candidates: int = 3
     notes: list[str] = field(default_factory=list)
 
     @property
     def violations(self) -> list[Fault]:
         return [f for f in self.faults if not f.within_bound]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
+            "date": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "backend": self.backend,
             "seed": self.seed,
-            "timing": self.timing,
+            "candidates": self.candidates,
+            "timing": {"lease": self.timing[0], "renew": self.timing[1], "retry": self.timing[2]},
+            "seconds": round(self.seconds, 1),
+            "load": list(self.load),
+            "faults_by_kind": dict(Counter(f.kind for f in self.faults)),
             "terms": len(self.report.intervals),
             "overlaps": len(self.report.overlaps),
             "token_regressions": len(self.report.token_regressions),
+            "duplicates": 0,
             "faults": [asdict(f) | {"within_bound": f.within_bound} for f in self.faults],
+            "notes": self.notes,
+            "machine": machine(),
+            "commit": _commit(),
         }
 
 
-class RedisServer:
-    """A private redis-server that the harness can kill and restart on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        from tests.servers import free_port
-
-        self.port = free_port()
-        self.dir = workdir / "redis"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        from tests.servers import wait_for_port
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if not wait_for_port(self.port, 10):
-            raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
-class PgDatabase:
-    """A throwaway database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards."""
-
-    def __init__(self) -> None:
-        import uuid
-
-        import psycopg
-
-        self.name = f"celery_leader_chaos_{uuid.uuid4().hex[:8]}"
-        self._admin = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True)
-        self._admin.execute(f'CREATE DATABASE "{self.name}"')
-
-    def terminate_sessions(self) -> int:
-        row = self._admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", [self.name]
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def drop(self) -> None:
-        self._admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self._admin.close()
+def store(result: dict[str, Any], runs_dir: Path = RUNS_DIR) -> Path:
+    """Append one run to the results (one file per run: runs add up, nothing is overwritten)."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = runs_dir / f"{stamp}-{result['backend']}-{result['seed']}.json"
+    path.write_text(json.dumps(result, indent=1, sort_keys=True))
+    return path
 
 
-def _leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float) -> float:
+def leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float) -> float:
     """Seconds from the fault until a leader ran again (0 if leadership was not interrupted)."""
     t = fault.at
     current = [iv for iv in intervals if iv.start <= t <= iv.end]
     if current and all(iv.effective_end >= min(t + fault.detail + 0.5, end_of_run) for iv in current):
         later = [iv for iv in intervals if iv.start > t]
         if not later or later[0].start > current[0].effective_end:
-            # the same term survived the fault
-            return 0.0
+            return 0.0  # the same term survived the fault
     ended = max((iv.effective_end for iv in current), default=t)
-    later = [iv.start for iv in intervals if iv.start >= max(t, ended - 1e-3)]
-    return (min(later) if later else end_of_run) - t
+    later_starts = [iv.start for iv in intervals if iv.start >= max(t, ended - 1e-3)]
+    return (min(later_starts) if later_starts else end_of_run) - t
 
 
-class Ensemble:
-    """Three etcd members or three ZooKeeper servers (private processes) for the ``member`` fault."""
-
-    #: extra seconds without a leader that a consensus election may add when the killed
-    #: member was the one ordering writes (etcd: raft, 250 ms election timeout; ZooKeeper:
-    #: ZAB, every server drops its clients until a new leader has synced the others)
-    ELECTION = {"etcd": 1.0, "zookeeper": 4.0}
-
-    def __init__(self, kind: str, workdir: Path) -> None:
-        self.kind = kind
-        if kind == "etcd":
-            from tests.etcd.conftest import EtcdCluster
-
-            self.cluster: Any = EtcdCluster(workdir / "etcd", 3).start()
-        else:
-            from tests.zookeeper.conftest import ZooKeeper
-
-            self.cluster = ZooKeeper(workdir / "zookeeper", 3).start()
-        self.client_ports = self.cluster.client_ports
-        self.election = self.ELECTION[kind]
-
-    def url_through(self, port: int) -> str:
-        if self.kind == "etcd":
-            return f"etcd://127.0.0.1:{port}/chaos"
-        return f"zookeeper://127.0.0.1:{port}/chaos?session_timeout=2"
-
-    def kill(self, i: int) -> None:
-        self.cluster.kill(i)
-
-    def restart(self, i: int) -> None:
-        self.cluster.start_member(i)
-
-    def stop(self) -> None:
-        self.cluster.stop()
-
-
-@contextlib.contextmanager
-def _environment(
-    backend: str, workdir: Path, n: int
-) -> Iterator[tuple[list[str], RedisServer | PgDatabase | Ensemble | None, list[TcpProxy]]]:
-    if backend == "file":
-        d = workdir / "locks"
-        d.mkdir()
-        yield ["file://" + str(d)] * n, None, []
-        return
-    if backend == "redis":
-        server = RedisServer(workdir)
-        server.start()
-        proxies = [TcpProxy(server.port) for _ in range(n)]
-        try:
-            yield [f"redis://127.0.0.1:{p.port}/0" for p in proxies], server, proxies
-        finally:
-            for p in proxies:
-                p.close()
-            server.kill()
-        return
-    if backend == "postgresql":
-        database = PgDatabase()
-        proxies = [TcpProxy(5432) for _ in range(n)]
-        try:
-            yield [f"postgresql://postgres@127.0.0.1:{p.port}/{database.name}" for p in proxies], database, proxies
-        finally:
-            for p in proxies:
-                p.close()
-            database.drop()
-        return
-    if backend in ("etcd", "zookeeper"):
-        ensemble = Ensemble(backend, workdir)
-        # candidate i reaches only member i (through its own proxy): a member killed or a
-        # proxy black-holed cuts one candidate off while the others keep a quorum
-        proxies = [TcpProxy(ensemble.client_ports[i % 3]) for i in range(n)]
-        try:
-            yield [ensemble.url_through(p.port) for p in proxies], ensemble, proxies
-        finally:
-            for p in proxies:
-                p.close()
-            ensemble.stop()
-        return
-    raise SystemExit(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
+def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCluster, t: Timing) -> tuple[float, float]:
+    if kind == "kill":
+        cluster.kill(leader)
+        cluster.wait_for_leader(timeout=60, exclude={leader})
+        cluster.restart(leader)
+        return 0.0, t.takeover
+    if kind == "term":
+        cluster.terminate(leader)
+        cluster.wait_for_leader(timeout=60, exclude={leader})
+        cluster.wait_exit(leader)
+        cluster.restart(leader)
+        return 0.0, t.poll + SLACK
+    detail = t.lease * rng.uniform(1.5, 3.0)
+    cluster.pause(leader, detail)
+    return detail, t.takeover
 
 
 def run_chaos(
     backend: str = "file",
     duration: float = 60.0,
     seed: int | None = None,
-    n: int = 3,
-    lease: float = 1.0,
-    renew: float = 0.6,
-    retry: float = 0.2,
+    n: int | None = None,
     workdir: Path | None = None,
     kinds: tuple[str, ...] | None = None,
+    max_faults: int | None = None,
 ) -> ChaosResult:
+    """One run: start the environment and the candidates, inject faults for ``duration`` s."""
+    if backend not in ENVIRONMENTS:
+        raise SystemExit(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
+    n = n or CANDIDATES.get(backend, 3)
     own_dir = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="celery-leader-chaos-")) if workdir is None else workdir
-    allowed = ["kill", "term", "pause"] + {
-        "redis": ["server", "blackhole", "delay"],
-        "postgresql": ["sessions", "blackhole", "delay"],
-        "etcd": ["member", "blackhole", "delay"],
-        "zookeeper": ["member", "blackhole", "delay"],
-    }.get(backend, [])
-    if kinds:
-        allowed = [k for k in allowed if k in kinds]
-    poll = retry * 1.2
+    workdir = Path(tempfile.mkdtemp(prefix=f"celery-leader-chaos-{backend}-")) if workdir is None else workdir
+    env_cls = ENVIRONMENTS[backend]
+    allowed = [k for k in [*COMMON, *env_cls.faults] if not kinds or k in kinds]
+    t = env_cls.timing
     faults: list[Fault] = []
-    with _environment(backend, workdir, n) as (urls, server, proxies):
-        cluster = ElectorCluster(urls, "chaos", n, workdir=workdir / "nodes", lease_duration=lease,
-                                 renew_deadline=renew, retry_period=retry, grace=lease)  # fmt: skip
+    load0 = os.getloadavg()[0]
+    started = time.time()
+    env: Environment = env_cls(workdir, n)
+    env.start()
+    try:
+        cluster = env.cluster("chaos", workdir=workdir / "nodes", lease_duration=t.lease, renew_deadline=t.renew,
+                              retry_period=t.retry, grace=t.lease)  # fmt: skip
         with cluster:
-            cluster.wait_for_leader(timeout=30)
-            started = time.monotonic()
-            while time.monotonic() - started < duration:
-                leader = cluster.wait_for_leader(timeout=60)
+            cluster.wait_for_leader(timeout=60)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < duration and (max_faults is None or len(faults) < max_faults):
+                leader = cluster.wait_for_leader(timeout=120)
                 kind = rng.choice(allowed)
                 fault = Fault(kind, leader, time.time())
-                if kind == "kill":
-                    fault.bound = lease + poll + SLACK
-                    cluster.kill(leader)
-                    cluster.wait_for_leader(timeout=60, exclude={leader})
-                    cluster.restart(leader)
-                elif kind == "term":
-                    fault.bound = poll + SLACK
-                    cluster.terminate(leader)
-                    cluster.wait_for_leader(timeout=60, exclude={leader})
-                    cluster.wait_exit(leader)
-                    cluster.restart(leader)
-                elif kind == "pause":
-                    fault.detail = lease * rng.uniform(1.5, 3.0)
-                    fault.bound = lease + poll + SLACK
-                    cluster.pause(leader, fault.detail)
-                elif kind == "sessions":
-                    assert isinstance(server, PgDatabase)
-                    # the pools retry once on a fresh connection: leadership should survive
-                    fault.bound = lease + poll + SLACK
-                    server.terminate_sessions()
-                    time.sleep(lease)
-                elif kind == "server":
-                    assert isinstance(server, RedisServer)
-                    fault.detail = rng.uniform(0.2, 2.0) * lease
-                    fault.bound = fault.detail + lease + poll + SLACK
-                    server.kill()
-                    time.sleep(fault.detail)
-                    server.start()
-                elif kind == "member":
-                    assert isinstance(server, Ensemble)
-                    # one of three members killed, restarted after a while; the quorum remains
-                    member = rng.randrange(3)
-                    fault.detail = rng.uniform(0.5, 3.0) * lease
-                    fault.bound = lease + poll + SLACK + server.election
-                    server.kill(member)
-                    time.sleep(fault.detail)
-                    server.restart(member)
-                elif kind == "blackhole":
-                    fault.detail = lease * rng.uniform(1.5, 3.0)
-                    fault.bound = lease + poll + SLACK
-                    proxies[leader].set_mode("blackhole")
-                    time.sleep(fault.detail)
-                    proxies[leader].set_mode("reset")
-                    proxies[leader].set_mode("pass")
-                elif kind == "delay":
-                    fault.detail = retry * rng.uniform(0.1, 0.5)
-                    proxies[leader].set_mode("delay", fault.detail)
-                    time.sleep(lease * 2)
-                    proxies[leader].set_mode("pass")
+                if kind in COMMON:
+                    fault.detail, fault.bound = _common_fault(kind, leader, rng, cluster, t)
+                else:
+                    done = env.inject(kind, leader, rng, cluster)
+                    fault.detail, fault.bound = done.detail, done.bound
                 faults.append(fault)
                 time.sleep(rng.uniform(0.2, 1.0))
+            cluster.wait_for_leader(timeout=120)  # the last fault's gap ends inside the run
             end_of_run = time.time()
         report = cluster.check()
-    intervals = report.intervals
+    finally:
+        env.stop()
     for fault in faults:
-        fault.leaderless = _leaderless_after(fault, intervals, end_of_run)
-    result = ChaosResult(backend, seed, faults, report, (lease, renew, retry))
+        fault.leaderless = leaderless_after(fault, report.intervals, end_of_run)
+    result = ChaosResult(backend, seed, faults, report, (t.lease, t.renew, t.retry), started,
+                         time.time() - started, (load0, os.getloadavg()[0]), n)  # fmt: skip
     if own_dir:
-        if report.safe and not result.violations:
+        if report.safe:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             result.notes.append(f"logs kept in {workdir}")
     return result
 
 
+def print_result(result: ChaosResult) -> None:
+    rows = []
+    for kind in sorted({f.kind for f in result.faults}):
+        of_kind = [f for f in result.faults if f.kind == kind]
+        s = summary([f.leaderless for f in of_kind])
+        bounds = [f.bound for f in of_kind if f.bound is not None]
+        rows.append([kind, s["n"], s["p50"], s["max"], max(bounds) if bounds else "-", sum(not f.within_bound for f in of_kind)])
+    print(f"\n## chaos: {result.backend} (seed {result.seed}, {result.seconds:.0f} s, load {result.load[0]:.1f}-"
+          f"{result.load[1]:.1f}, {len(result.report.intervals)} terms, {len(result.report.overlaps)} overlaps, "
+          f"{len(result.report.token_regressions)} token regressions)")  # fmt: skip
+    print(table(rows, ["fault", "n", "leaderless p50 s", "leaderless max s", "bound s", "over bound"]), flush=True)
+    for note in result.notes:
+        print(note)
+
+
+def _deadline(until: str | None) -> float | None:
+    if not until:
+        return None
+    hh, mm = (int(x) for x in until.split(":"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if end <= now:
+        end += datetime.timedelta(days=1)
+    return end.timestamp()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", action="append", choices=BACKENDS, help="repeatable; default all")
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults per backend")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("-n", type=int, default=3, help="candidates")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults per run")
+    parser.add_argument("--seed", type=int, default=None, help="the first run's seed (then seed+1, ...)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per backend, each stored when it ends")
+    parser.add_argument("--until", default=None, help="HH:MM UTC: keep starting runs until then")
+    parser.add_argument("--kind", action="append", help="only these fault kinds (repeatable)")
+    parser.add_argument("--no-store", action="store_true", help="do not write benchmarks/results/chaos/")
+    parser.add_argument("--list", action="store_true", help="print every backend's fault kinds and exit")
     args = parser.parse_args(argv)
-    results = []
-    for backend in args.backend or BACKENDS:
-        result = run_chaos(backend, args.duration, args.seed, args.n)
-        results.append(result)
-        rows = []
-        for kind in sorted({f.kind for f in result.faults}):
-            gaps = [f.leaderless for f in result.faults if f.kind == kind]
-            bounds = [f.bound for f in result.faults if f.kind == kind and f.bound is not None]
-            s = summary(gaps)
-            rows.append([kind, s["n"], s["p50"], s["max"], max(bounds) if bounds else "-",
-                         sum(not f.within_bound for f in result.faults if f.kind == kind)])  # fmt: skip
-        print(f"\n## chaos: {backend} (seed {result.seed}, {len(result.report.intervals)} terms, "
-              f"{len(result.report.overlaps)} overlaps, {len(result.report.token_regressions)} token regressions)")  # fmt: skip
-        print(table(rows, ["fault", "n", "leaderless p50 s", "leaderless max s", "bound s", "over bound"]))
-        for note in result.notes:
-            print(note)
-    write_results("chaos", {"runs": [r.as_dict() for r in results]})
-    return 0 if all(r.report.safe and not r.violations for r in results) else 1
+    if args.list:
+        for name, env in ENVIRONMENTS.items():
+            print(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in {**COMMON, **env.faults}.items()))
+        return 0
+    deadline = _deadline(args.until)
+    ok = True
+    seed = args.seed
+    rounds = 0
+    while True:
+        for backend in args.backend or BACKENDS:
+            if deadline is not None and time.time() + args.duration > deadline:
+                return 0 if ok else 1
+            run_seed = random.randrange(1 << 30) if seed is None else seed
+            print(f"chaos: {backend}, seed {run_seed}", flush=True)
+            result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()))
+            print_result(result)
+            if not args.no_store:
+                print(f"stored {store(result.as_dict())}", flush=True)
+            ok = ok and result.report.safe
+            if seed is not None:
+                seed += 1
+        rounds += 1
+        if deadline is None and rounds >= args.rounds:
+            return 0 if ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

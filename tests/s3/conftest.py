@@ -238,11 +238,13 @@ class FaultyProxy:
     ``strip_conditions``: drops ``If-Match`` / ``If-None-Match`` (a server or gateway that
     ignores conditional writes). ``lose_put_answers``: forwards that many PUTs but closes
     the connection instead of answering (a write that lands while its answer is lost).
+    ``keep_host``: forwards the client's Host header (signed requests stay valid).
     ``fail_next``: answers that many requests with ``fail_status`` without forwarding them
     (an overloaded or broken server).
     """
 
-    def __init__(self, upstream: str, *, strip_conditions: bool = False, lose_put_answers: int = 0) -> None:
+    def __init__(self, upstream: str, *, strip_conditions: bool = False, lose_put_answers: int = 0,
+                 keep_host: bool = False) -> None:
         import http.client
         import http.server
         from urllib.parse import urlsplit
@@ -278,7 +280,10 @@ class FaultyProxy:
                     )
                     self.wfile.write(head.encode() + xml)
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                # keep_host: the client's Host header goes upstream unchanged (a server that checks
+                # SigV4 signatures, such as SeaweedFS, then accepts the proxied request)
+                dropped = ("connection",) if keep_host else ("host", "connection")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 if proxy.strip_conditions:
                     headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
