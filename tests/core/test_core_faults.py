@@ -2,8 +2,9 @@
 
 Three candidates share one in-memory lock through a wrapper that, at random, sends calls
 late, answers late, loses answers (the write landed), refuses calls, and hangs calls past
-the lease; meanwhile leaders are asked to step down and candidates are stopped and
-replaced. Every term's work records its own start and end (when it saw ``lost``), and
+the lease, and answer writes just before the term they start or extend would end (the
+announce race: a term that ends as it begins); meanwhile leaders are asked to step down
+and candidates are stopped and replaced. Every term's work records its own start and end (when it saw ``lost``), and
 the test asserts that no two recorded work intervals overlap, that tokens only grow, and
 that nothing still works after everything stopped.
 
@@ -45,7 +46,8 @@ class FaultyLock(Lock):
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
-    def _call(self, fn, *args):
+    def _call(self, fn, *args, write: bool = False):
+        sent = time.monotonic()
         r = self.rng.random()
         if r < 0.05:
             self._count("refused")
@@ -60,6 +62,11 @@ class FaultyLock(Lock):
                 raise BackendUnavailable("hung (injected)")
         result = fn(*args)
         r = self.rng.random()
+        if write and r < 0.03:
+            # answered a hair before renew_deadline after the send: the term begins as it ends
+            self._count("answer at the term's end")
+            time.sleep(max(0.0, sent + TIMING["renew_deadline"] - self.rng.uniform(0.0, 0.003) - time.monotonic()))
+            return result
         if r < 0.05:
             self._count("lost answer")
             raise BackendUnavailable("answer lost (injected)")
@@ -72,10 +79,10 @@ class FaultyLock(Lock):
         return self._call(self.inner.get, timeout)
 
     def create(self, record, timeout):
-        return self._call(self.inner.create, record, timeout)
+        return self._call(self.inner.create, record, timeout, write=True)
 
     def update(self, record, expected_version, timeout):
-        return self._call(self.inner.update, record, expected_version, timeout)
+        return self._call(self.inner.update, record, expected_version, timeout, write=True)
 
     def wait_for_change(self, version, timeout):
         self.inner.wait_for_change(version, timeout)
