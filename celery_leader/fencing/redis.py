@@ -36,6 +36,8 @@ __all__ = [
     "fenced_incrby",
     "fenced_rpush",
     "observe",
+    "fenced_log_append",
+    "read_fenced_log",
     "highest_token",
     "fence_key_for",
 ]
@@ -160,6 +162,28 @@ def fenced_rpush(client: Any, key: str, token: Any, *values: Any, fence_key: str
     if not values:
         raise ValueError("fenced_rpush needs at least one value")
     return int(_run(client, key, token, "rpush", list(values), fence_key))
+
+
+def fenced_log_append(client: Any, key: str, token: Any, **fields: Any) -> str:
+    """Append an entry carrying its token to the stream ``key``, unless a higher token appended before.
+
+    The downstream store of a test harness (``benchmarks/chaos.py``): every term's work
+    appends ``fenced_log_append(r, "work-log", leadership.token, node=..., n=...)``; then
+    :func:`read_fenced_log` must show tokens that never go down, whatever was paused or
+    killed. Returns the entry id.
+    """
+    value = check_token(token)
+    return fenced_xadd(client, key, value, {"token": value, **fields})
+
+
+def read_fenced_log(client: Any, key: str) -> list[tuple[int, dict[str, str]]]:
+    """The entries of a :func:`fenced_log_append` stream in order: ``(token, other fields)``."""
+    entries = []
+    for _id, raw in client.xrange(key):
+        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in raw.items()}
+        entries.append((int(fields.pop("token")), fields))
+    return entries
 
 
 def observe(client: Any, key: str, token: Any, *, fence_key: str | None = None) -> None:

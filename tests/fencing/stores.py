@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 KINDS = ("redis-set", "redis-hset", "redis-xadd", "sqlite", "postgresql", "mariadb", "s3")
+#: also ``redis-plain``: a plain SET that ignores the token (the benchmark's control)
 
 
 class Store:
@@ -38,7 +39,9 @@ class RedisStore(Store):
     def write(self, token: Any, value: str) -> None:
         from celery_leader.fencing import redis as fr
 
-        if self.kind == "redis-set":
+        if self.kind == "redis-plain":  # no fencing at all: what a lease alone gives
+            self.client.set(self.key, value)
+        elif self.kind == "redis-set":
             fr.fenced_set(self.client, self.key, token, value)
         elif self.kind == "redis-hset":
             fr.fenced_hset(self.client, self.key, token, {"v": value})
@@ -46,7 +49,7 @@ class RedisStore(Store):
             fr.fenced_xadd(self.client, self.key, token, {"v": value})
 
     def read(self) -> str | None:
-        if self.kind == "redis-set":
+        if self.kind in ("redis-set", "redis-plain"):
             raw = self.client.get(self.key)
         elif self.kind == "redis-hset":
             raw = self.client.hget(self.key, "v")

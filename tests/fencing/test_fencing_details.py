@@ -165,6 +165,25 @@ def test_redis_counter_log_ttl_and_own_fence_key(make_spec):
         client.close()
 
 
+def test_redis_fenced_log_for_a_harness(make_spec):
+    import redis
+
+    from celery_leader.fencing import redis as fr
+
+    key = make_spec("redis-set")["key"]
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        fr.fenced_log_append(client, key, 1, node="a", n=1)
+        fr.fenced_log_append(client, key, 2, node="b", n=1)
+        with pytest.raises(StaleTokenError):
+            fr.fenced_log_append(client, key, 1, node="a", n=2)  # the paused leader, resumed
+        fr.fenced_log_append(client, key, 2, node="b", n=2)
+        assert fr.read_fenced_log(client, key) == [
+            (1, {"node": "a", "n": "1"}), (2, {"node": "b", "n": "1"}), (2, {"node": "b", "n": "2"})]
+    finally:
+        client.close()
+
+
 # -- S3 ----------------------------------------------------------------------------------
 
 
