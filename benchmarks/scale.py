@@ -52,7 +52,7 @@ from benchmarks._common import RESULTS, summary, table, write_results
 from celery_leader.aio import AsyncElection
 from celery_leader.backends.redis import RedisBackend, RedisLock
 from celery_leader.election import Election
-from celery_leader.lock import Backend, Capabilities, Conflict, Lock, Versioned
+from celery_leader.lock import Backend, Capabilities, Conflict, Lock, RenewBatch, Versioned
 from celery_leader.record import LeaderRecord
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench-scale.md"
@@ -179,19 +179,79 @@ class MeasuredBackend(Backend):
 
     capabilities = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
-    def __init__(self, inner: Backend, stats: Stats, retry_period: float) -> None:
+    def __init__(self, inner: Backend, stats: Stats, retry_period: float, batch: bool = False) -> None:
         self.inner, self.stats, self.retry_period = inner, stats, retry_period
         self.capabilities = inner.capabilities  # type: ignore[misc]
+        self.batch = MeasuredBatch(inner, stats) if batch and isinstance(inner, RenewBatch) else None
 
     @classmethod
     def from_url(cls, url: str) -> "MeasuredBackend":  # pragma: no cover - not used
         raise NotImplementedError
 
     def lock(self, name: str) -> Lock:
+        if self.batch is not None:
+            return MeasuredBatchLock(self.inner.lock(name), self.stats, self.retry_period, self.batch)
         return MeasuredLock(self.inner.lock(name), self.stats, self.retry_period)
 
     def close(self) -> None:
         self.inner.close()
+
+
+class MeasuredBatch(RenewBatch):
+    """The real backend's ``update_many`` around unwrapped locks, with the same timing figures.
+
+    The renewal's schedule is read from its election's core (set by the benchmark on each
+    lock): ``next_renew`` is when the core wanted it, ``_inflight.sent_at`` when it asked.
+    Reading them from the executor thread is a benchmark's liberty (floats, one renewal in
+    flight per election), never something the library does.
+    """
+
+    def __init__(self, inner: RenewBatch, stats: Stats) -> None:
+        self.inner, self.stats = inner, stats
+
+    def update_many(self, items: Any, timeout: float) -> list[str | Exception]:
+        started = time.monotonic()
+        stats = self.stats
+        if stats.recording:
+            with stats.guard:
+                for lock, _, _ in items:
+                    core = lock.election._core
+                    flight = core._inflight
+                    if flight is not None and flight.kind == "renew":
+                        scheduled = core.next_renew
+                        stats.loop_late.append(flight.sent_at - scheduled)
+                        stats.sent_late.append(started - scheduled)
+                        stats.queue_wait.append(started - flight.sent_at)
+        out = self.inner.update_many([(lock.inner, record, version) for lock, record, version in items], timeout)
+        if stats.recording:
+            with stats.guard:
+                stats.calls["batch"] += 1
+                stats.calls["renewal (in a batch)"] += len(items)
+                for outcome in out:
+                    if isinstance(outcome, Conflict):
+                        stats.conflicts += 1
+                    elif isinstance(outcome, Exception):
+                        stats.errors[type(outcome).__name__] += 1
+        return out
+
+
+class MeasuredBatchLock(MeasuredLock):
+    """A :class:`MeasuredLock` that keeps the driver's own paths: blocking calls in its pool,
+    renewals through :class:`MeasuredBatch` (``capabilities.batch``)."""
+
+    capabilities = Capabilities(linearizable=True, watch=True, partition_safe=True, batch=True)
+    # the Lock defaults: the driver then calls get/create/update in its own pool
+    aget = Lock.aget  # type: ignore[assignment]
+    acreate = Lock.acreate  # type: ignore[assignment]
+    aupdate = Lock.aupdate  # type: ignore[assignment]
+
+    def __init__(self, inner: Lock, stats: Stats, retry_period: float, batch: MeasuredBatch) -> None:
+        super().__init__(inner, stats, retry_period)
+        self.batch = batch
+        self.election: Any = None
+
+    def renew_batch(self) -> RenewBatch:
+        return self.batch
 
 
 class LogCounter(logging.Handler):
@@ -379,6 +439,7 @@ async def _many(
     retry: float = 2.0,
     prefix: str = "",
     partial: Path | None = None,
+    batch: bool = True,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     executor = None
@@ -393,7 +454,7 @@ async def _many(
     real.check()
     stats = Stats()
     lease, renew = 15.0, 10.0
-    backend = MeasuredBackend(real, stats, retry)
+    backend = MeasuredBackend(real, stats, retry, batch=batch)
     lost = Counter[str]()
 
     def stopped() -> None:
@@ -417,6 +478,8 @@ async def _many(
         for i in range(n)
     ]
     for e in elections:
+        if isinstance(e.lock, MeasuredBatchLock):
+            e.lock.election = e  # MeasuredBatch reads each renewal's schedule from its core
         await e.start()
     # every election leads its own name; wait for all (bounded)
     settle_limit = 60.0
@@ -444,9 +507,13 @@ async def _many(
         calls = dict(stats.calls)
         conflicts, errors = stats.conflicts, dict(stats.errors)
         loop_late, sent_late, queue_wait = list(stats.loop_late), list(stats.sent_late), list(stats.queue_wait)
-    total_calls = sum(calls.values())
+    renewals_batched = calls.get("renewal (in a batch)", 0)
+    total_calls = sum(calls.values()) - renewals_batched  # round trips: a batch is one
     result: dict[str, Any] = {
         "elections": n,
+        "batched": batch,
+        "renewals_per_s": (renewals_batched + calls.get("update", 0)) / elapsed,
+        "batch_size_mean": renewals_batched / calls["batch"] if calls.get("batch") else None,
         "loadavg_1min": [load_before, load_after],
         "executor_threads": pool_threads,
         "executor": "default" if not executor_threads else "custom",
@@ -512,11 +579,14 @@ def many(
     retry: float = 2.0,
     prefix: str = "",
     partial: Path | None = None,
+    batch: bool = True,
 ) -> dict[str, Any]:
-    return asyncio.run(_many(url, n, window, executor_threads, retry, prefix, partial))
+    return asyncio.run(_many(url, n, window, executor_threads, retry, prefix, partial, batch))
 
 
-def many_in_child(url: str, n: int, window: float, executor_threads: int, retry: float = 2.0) -> dict[str, Any]:
+def many_in_child(
+    url: str, n: int, window: float, executor_threads: int, retry: float = 2.0, batch: bool = True
+) -> dict[str, Any]:
     """Run one case in a fresh interpreter, so that its RSS and CPU are its own.
 
     If the child does not finish (stopping 10,000 overloaded elections can hang), its
@@ -527,7 +597,7 @@ def many_in_child(url: str, n: int, window: float, executor_threads: int, retry:
         out = Path(tmp) / "case.json"
         stacks = Path(tmp) / "stacks.txt"
         argv = [sys.executable, "-m", "benchmarks", "scale", "--one-case", str(n), str(executor_threads), str(window), str(out),
-                str(retry), "--url", url, "--prefix", prefix]  # fmt: skip
+                str(retry), "1" if batch else "0", "--url", url, "--prefix", prefix]  # fmt: skip
         limit = 60.0 + retry + window + 60.0
         env = dict(os.environ, BENCH_SCALE_STACKS=str(stacks), BENCH_SCALE_STACKS_AFTER=str(limit - 10))
         finished, outcome = True, "ok"
@@ -547,6 +617,7 @@ def many_in_child(url: str, n: int, window: float, executor_threads: int, retry:
             # died before its measurement window ended: record that, delete its keys, go on
             return {
                 "elections": n,
+                "batched": batch,
                 "timing": [15.0, 10.0, retry],
                 "executor_threads": executor_threads or min(32, (os.cpu_count() or 1) + 4),
                 "executor": "default" if not executor_threads else "custom",
@@ -972,8 +1043,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--window", type=float, default=None, help="measurement window, seconds (default 30)")
     parser.add_argument(
         "--executor-threads",
-        default="0,16",
-        help="thread pools to try at the largest size: 0 = asyncio's default (default 0,16)",
+        default="0",
+        help="loop default executors to try at the largest size: 0 = asyncio's default (default 0); "
+        "the driver's own calls use its own pool",
+    )
+    parser.add_argument(
+        "--unbatched",
+        default="1000",
+        help="sizes also run with renewals one by one (the backend's batch capability unused; default 1000)",
     )
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--handovers", type=int, default=None, help="step-downs in the contention case (default 20)")
@@ -981,11 +1058,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--slow-retry",
         type=float,
-        default=5.0,
-        help="also run the largest size with this retry_period (lease 15 s, renew 10 s); 0 = skip (default 5)",
+        default=0.0,
+        help="also run the largest size unbatched with this retry_period (lease 15 s, renew 10 s); 0 = skip (default)",
     )
     parser.add_argument(
-        "--one-case", nargs=5, metavar=("N", "THREADS", "WINDOW", "OUT", "RETRY"), help=argparse.SUPPRESS
+        "--one-case", nargs=6, metavar=("N", "THREADS", "WINDOW", "OUT", "RETRY", "BATCH"), help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--parts",
@@ -998,12 +1075,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.one_case:
         _quiet_library_logs()
-        n, threads, win, out, retry = args.one_case
+        n, threads, win, out, retry, batched = args.one_case
         stacks = os.environ.get("BENCH_SCALE_STACKS")
         if stacks:
             handle = open(stacks, "w")  # noqa: SIM115 - open until the process ends
             faulthandler.dump_traceback_later(float(os.environ.get("BENCH_SCALE_STACKS_AFTER", "300")), file=handle)
-        result = many(args.url, int(n), float(win), int(threads), float(retry), args.prefix, Path(out))
+        result = many(args.url, int(n), float(win), int(threads), float(retry), args.prefix, Path(out), batched == "1")
         Path(out).write_text(json.dumps(result))
         return 0
     sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "1000,3000,10000")).split(",")]
@@ -1079,15 +1156,18 @@ def _run_many(
     args: argparse.Namespace, data: dict[str, Any], command: str, sizes: list[int], window: float, pools: list[int]
 ) -> None:
     results: list[dict[str, Any]] = []
-    cases = [(n, threads, 2.0) for n in sizes for threads in (pools if n == max(sizes) else pools[:1])]
+    unbatched = {int(x) for x in args.unbatched.split(",") if x.strip()}
+    cases = [(n, threads, 2.0, True) for n in sizes for threads in (pools if n == max(sizes) else pools[:1])]
+    cases += [(n, pools[0], 2.0, False) for n in sizes if n in unbatched]
     if args.slow_retry and not args.quick:
-        cases.append((max(sizes), pools[0], args.slow_retry))
-    for n, threads, retry in cases:
+        cases.append((max(sizes), pools[0], args.slow_retry, False))
+    for n, threads, retry, batch in cases:
         print(
-            f"many: {n} elections, thread pool {'default' if not threads else threads}, retry {retry} s ...",
+            f"many: {n} elections, {'batched' if batch else 'one by one'}, "
+            f"thread pool {'default' if not threads else threads}, retry {retry} s ...",
             flush=True,
         )
-        r = many_in_child(args.url, n, window, threads, retry)
+        r = many_in_child(args.url, n, window, threads, retry, batch)
         results.append(r)
         if r.get("measured") is False:
             continue
