@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import supervise
 from .election import Election, Leadership
@@ -99,7 +100,7 @@ class Runner:
         ]  # fmt: skip
         try:
             # its own process group: terminal signals reach run, which decides
-            proc = subprocess.Popen(argv, env=env, pass_fds=(report_w,), process_group=0)
+            proc = subprocess.Popen(argv, env=env, pass_fds=(report_w,), **_own_group())
         except OSError as exc:
             log.error("cannot start the supervisor for %s: %s", self.command[0], exc)
             self.exit_code = 127
@@ -175,6 +176,13 @@ class Runner:
     def _signal(pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def _own_group() -> dict[str, Any]:
+    """Popen options for a process group of its own (``process_group`` is Python 3.11+)."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": lambda: os.setpgid(0, 0)}  # pragma: no cover - Python 3.10
 
 
 def _then_set(wait: Callable[[], object], event: threading.Event) -> None:
