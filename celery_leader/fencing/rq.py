@@ -70,7 +70,7 @@ def fenced_job(func: Callable | None = None, *, refuse_stale: bool = False, conn
 
             job = get_current_job()
             token = None if job is None else sent_token(job)
-            if refuse_stale and token is not None:
+            if refuse_stale and token is not None and job is not None:
                 election = str((job.meta or {}).get(META_ELECTION) or "rq")
                 client = connection if connection is not None else job.connection
                 try:

@@ -128,11 +128,10 @@ def _fence_ok(table: Any, token_column: str, token: Any) -> Any:
 
 def _upsert(conn: Any, table: Any, key: Mapping[str, Any], values: Mapping[str, Any], token: int,
             token_column: str, dialect: str) -> bool:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table).values({**key, **values, token_column: token})
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt: Any = insert(table).values({**key, **values, token_column: token})
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c[name] for name in key],
         set_={**{name: stmt.excluded[name] for name in values}, token_column: stmt.excluded[token_column]},

@@ -71,6 +71,7 @@ class SqlStore(Store):
         self.spec = spec
         self.kind = spec["kind"]
         self.engine = sa.create_engine(spec["url"], poolclass=sa.pool.NullPool)
+        self.row = spec.get("row", "k")
         self.table = sa.Table(spec["table"], sa.MetaData(), sa.Column("name", sa.String(64), primary_key=True),
                               sa.Column("body", sa.Text), fence_column())
 
@@ -78,13 +79,13 @@ class SqlStore(Store):
         from celery_leader.fencing.sql import fenced_write
 
         with self.engine.begin() as conn:
-            fenced_write(conn, self.table, {"name": "k"}, {"body": value}, token)
+            fenced_write(conn, self.table, {"name": self.row}, {"body": value}, token)
 
     def read(self) -> str | None:
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(self.table.c.body).where(self.table.c.name == "k")).scalar()
+            return conn.execute(sa.select(self.table.c.body).where(self.table.c.name == self.row)).scalar()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -114,6 +115,13 @@ class S3Store(Store):
             return self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read().decode()
         except self.client.exceptions.NoSuchKey:
             return None
+
+
+def fresh(spec: dict, i: int) -> dict:
+    """Another empty resource beside ``spec``'s: a new row of the same table, a new key or object."""
+    if "table" in spec:
+        return {**spec, "row": f"row-{i}"}
+    return {**spec, "key": f"{spec['key']}-{i}"}
 
 
 def open_store(spec: dict) -> Store:

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from celery_leader.errors import InvalidTokenError, StaleTokenError
-from tests.fencing.stores import open_store
+from tests.fencing.stores import fresh, open_store
 
 
 def test_higher_and_equal_tokens_write_lower_is_refused(store):
@@ -58,14 +58,16 @@ def test_token_zero_and_leadership_objects_are_tokens(store):
 
 
 @pytest.mark.parametrize("seeded", [False, True], ids=["create", "update"])
-def test_racing_writers_leave_the_higher_token(make_spec, store, seeded):
-    """Tokens 5 and 6 released together by a barrier, six rounds on fresh resources.
+def test_racing_writers_leave_the_higher_token(store, seeded):
+    """Tokens 5 and 6 released together by a barrier, six rounds, each on a fresh row/key/object.
 
     Unseeded, both race to create the resource; seeded (token 5 wrote it before), both
     race to update it. Whatever the interleaving, token 6 is written and its value stays.
     """
     for i in range(6):
-        spec = make_spec(store.kind)
+        spec = fresh(store.spec, i)
+        if store.kind.startswith("redis-"):
+            store.client.delete(spec["key"], spec["key"] + ":fence")  # removed again below
         writers = {5: open_store(spec), 6: open_store(spec)}
         try:
             if seeded:
@@ -91,5 +93,7 @@ def test_racing_writers_leave_the_higher_token(make_spec, store, seeded):
             if outcome[5] != "written":
                 assert isinstance(outcome[5], StaleTokenError) and outcome[5].seen == 6
         finally:
+            if store.kind.startswith("redis-"):
+                store.client.delete(spec["key"], spec["key"] + ":fence")
             for writer in writers.values():
                 writer.close()
