@@ -396,11 +396,14 @@ class AsyncElection(BaseElection):
             return _batcher(asyncio.get_running_loop(), self._batch).submit(
                 lock, action.record, action.expected_version, action.timeout
             )
-        if self._native_async:
-            if isinstance(action, Read):
-                return lock.aget(action.timeout)
-            if isinstance(action, Create):
-                return lock.acreate(action.record, action.timeout)
+        # a backend's own async method where it has one; never Lock's default (to_thread
+        # uses the loop's default executor, which hung calls would starve)
+        kind = type(lock)
+        if isinstance(action, Read) and kind.aget is not Lock.aget:
+            return lock.aget(action.timeout)
+        if isinstance(action, Create) and kind.acreate is not Lock.acreate:
+            return lock.acreate(action.record, action.timeout)
+        if isinstance(action, Update) and kind.aupdate is not Lock.aupdate:
             return lock.aupdate(action.record, action.expected_version, action.timeout)
         loop = asyncio.get_running_loop()
         if isinstance(action, Read):

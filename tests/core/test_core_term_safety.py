@@ -196,8 +196,16 @@ class HangingLock(Lock):
         return self._hang()
 
 
-def test_asyncio_hung_calls_do_not_starve_the_applications_to_thread():
-    lock = HangingLock()
+class NativeReadHangingWrites(HangingLock):
+    """A native async read (the lock is free), blocking writes that hang."""
+
+    async def aget(self, timeout):
+        return None
+
+
+@pytest.mark.parametrize("lock_class", [HangingLock, NativeReadHangingWrites], ids=["blocking", "native-read"])
+def test_asyncio_hung_calls_do_not_starve_the_applications_to_thread(lock_class):
+    lock = lock_class()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
