@@ -13,13 +13,20 @@ Give the model a token field and a unique key, with the mixin::
 
 or call :func:`fenced_write` on any model that has a ``BigIntegerField`` for the token.
 
-The decision is one statement on the row, ``UPDATE ... SET ..., fence_token = t WHERE
-key AND (fence_token <= t OR fence_token IS NULL)``, taken under the database's row lock.
-When no row matched, the row is created in a savepoint; if another writer created it
-first (a unique-key error), the ``UPDATE`` is tried again against that row. A refused
-write raises :class:`~celery_leader.errors.StaleTokenError` and changes nothing. Works on
-every database Django supports (tested: PostgreSQL, MariaDB, SQLite). Like
-``QuerySet.update()``, it does not call ``save()`` or send model signals.
+The decision is one statement on the row, taken under the database's row lock, as in
+:mod:`celery_leader.fencing.sql`:
+
+* PostgreSQL, SQLite: ``INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE
+  fence_token <= excluded.fence_token RETURNING fence_token``;
+* MariaDB/MySQL: ``INSERT ... ON DUPLICATE KEY UPDATE col = IF(fence_token <= t, ...)``
+  with the old token caught in a session variable;
+* other databases (and multi-table inheritance): ``UPDATE ... WHERE key AND
+  (fence_token <= t OR fence_token IS NULL)``, then, when no row matched, the row is
+  created in a savepoint and a unique-key error sends it back to the ``UPDATE``.
+
+The row's other fields get their defaults on insert, as ``create()`` gives them. A
+refused write raises :class:`~celery_leader.errors.StaleTokenError` and changes nothing.
+Like ``QuerySet.update()``, it does not call ``save()`` or send model signals.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from django.db import IntegrityError, models, router, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 
 from . import TOKEN_COLUMN, check_token, stale
 
@@ -60,6 +67,13 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
         raise ValueError(f"fenced_write: {clash[0]!r} is a key or the token field; it cannot be in values")
     db = using or queryset._db or router.db_for_write(model_cls)  # objects.using(alias) counts
     queryset = queryset.using(db)
+    connection = connections[db]
+    if connection.vendor in ("postgresql", "sqlite", "mysql") and not model_cls._meta.parents:
+        if _upsert(connection, model_cls, key, values, value, token_field):
+            return
+        seen = queryset.filter(**key).values_list(token_field, flat=True).first()
+        log.warning("refused a stale write to %s %s: token %s < %s", model_cls.__name__, key, value, seen)
+        raise stale(f"{model_cls.__name__} {key!r}", value, seen)
     ok = models.Q(**{f"{token_field}__isnull": True}) | models.Q(**{f"{token_field}__lte": value})
     for _ in range(_ATTEMPTS):
         if queryset.filter(ok, **key).update(**values, **{token_field: value}):
@@ -77,6 +91,48 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
             raise stale(f"{model_cls.__name__} {key!r}", value, seen)
         # the row appeared or went between the UPDATE and the INSERT: decide again on it
     raise RuntimeError(f"fenced_write on {model_cls.__name__}: the row kept changing under {_ATTEMPTS} attempts")
+
+
+#: session variable that catches the stored token inside the MySQL upsert (-1: inserted)
+_SEEN_VAR = "@celery_leader_fence_seen"
+
+
+def _upsert(connection: Any, model: Any, key: Mapping[str, Any], values: Mapping[str, Any], token: int,
+            token_field: str) -> bool:
+    """The one-statement insert-or-update-if-not-stale; True when written."""
+    meta = model._meta
+    qn = connection.ops.quote_name
+    instance = model(**key, **values, **{token_field: token})
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field or f.name in key]
+    columns = ", ".join(qn(f.column) for f in fields)
+    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    marks = ", ".join(["%s"] * len(fields))
+    table = qn(meta.db_table)
+    token_col = qn(meta.get_field(token_field).column)
+    updated = [qn(meta.get_field(name).column) for name in values]
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            ok = f"({token_col} IS NULL OR {token_col} <= VALUES({token_col}))"
+            sets = [f"{c} = IF({ok}, VALUES({c}), {c})" for c in updated]
+            # the token last: the assignments before it still see the stored token
+            sets.append(f"{token_col} = IF(({_SEEN_VAR} := {token_col}) IS NULL OR {token_col} <= "
+                        f"VALUES({token_col}), VALUES({token_col}), {token_col})")
+            cursor.execute(f"SET {_SEEN_VAR} = -1")
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON DUPLICATE KEY UPDATE "
+                           + ", ".join(sets), params)
+            cursor.execute(f"SELECT {_SEEN_VAR}")
+            seen = cursor.fetchone()[0]
+            return seen is None or int(seen) <= token
+        target = ", ".join(qn(meta.get_field(name).column) for name in key)
+        sets = [f"{c} = EXCLUDED.{c}" for c in [*updated, token_col]]
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({target}) DO UPDATE SET "
+            + ", ".join(sets)
+            + f" WHERE {table}.{token_col} IS NULL OR {table}.{token_col} <= EXCLUDED.{token_col} "
+            f"RETURNING {token_col}",
+            params,
+        )
+        return cursor.fetchone() is not None
 
 
 class FencedQuerySet(models.QuerySet):

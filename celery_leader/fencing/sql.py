@@ -12,8 +12,8 @@ conditional statement:
   VALUES(body), body), ..., fence_token = IF((@seen := fence_token) <= :t, :t,
   fence_token)``: the same decision in one statement; the old token is caught in a session
   variable, read right after, because MySQL's affected-rows count cannot tell a refusal
-  from an insert. (An ``UPDATE`` followed by an ``INSERT`` deadlocks there: both racing
-  writers hold the gap lock of the absent key.)
+  from an insert. (An ``UPDATE`` followed by an ``INSERT`` deadlocks there at the default
+  REPEATABLE READ: both racing writers hold the gap lock of the absent key.)
 * any other database: ``UPDATE ... SET ..., fence_token = :t WHERE key = ... AND
   fence_token <= :t``; when no row matched, ``INSERT`` in a savepoint; a duplicate key
   there means another writer created the row first, and the ``UPDATE`` is tried again.

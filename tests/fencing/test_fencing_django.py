@@ -8,6 +8,7 @@ then A's late write with t is refused and B's row stays.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 
@@ -17,7 +18,7 @@ import tests.django.conftest as django_setup  # configures Django with the tests
 
 assert django_setup.DB_NAME  # Django is set up before the models below are defined
 
-from django.db import connections, models  # noqa: E402
+from django.db import connections, models, transaction  # noqa: E402
 
 from celery_leader import Election  # noqa: E402
 from celery_leader.errors import InvalidTokenError, StaleTokenError  # noqa: E402
@@ -134,7 +135,15 @@ def test_the_ended_term_is_refused(db, name):
         b.stop()
 
 
-def test_racing_writers_leave_the_higher_token(db):
+def test_fields_not_written_get_their_defaults(db, name):
+    FencedReport.objects.using(db).fenced_write(2, name=name)
+    row = FencedReport.objects.using(db).get(name=name)
+    assert (row.body, row.fence_token) == ("", 2)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["autocommit", "in-transaction"])
+def test_racing_writers_leave_the_higher_token(db, atomic):
+    """Released together by a barrier, six rounds; also each inside a transaction."""
     for _ in range(6):
         name = uuid.uuid4().hex[:12]
         barrier = threading.Barrier(2)
@@ -143,7 +152,8 @@ def test_racing_writers_leave_the_higher_token(db):
         def write(token: int, name=name, barrier=barrier, outcome=outcome) -> None:
             barrier.wait(10)
             try:
-                FencedReport.objects.using(db).fenced_write(token, {"body": str(token)}, name=name)
+                with transaction.atomic(using=db) if atomic else contextlib.nullcontext():
+                    FencedReport.objects.using(db).fenced_write(token, {"body": str(token)}, name=name)
                 outcome[token] = "written"
             except StaleTokenError as exc:
                 outcome[token] = exc
