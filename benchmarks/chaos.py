@@ -32,7 +32,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -163,6 +165,7 @@ def run_chaos(
     workdir: Path | None = None,
     kinds: tuple[str, ...] | None = None,
     max_faults: int | None = None,
+    keep_going: bool = False,
 ) -> ChaosResult:
     """One run: start the environment and the candidates, inject faults for ``duration`` s."""
     if backend not in ENVIRONMENTS:
@@ -176,6 +179,7 @@ def run_chaos(
     allowed = [k for k in [*COMMON, *env_cls.faults] if not kinds or k in kinds]
     t = env_cls.timing
     faults: list[Fault] = []
+    notes: list[str] = []
     load0 = os.getloadavg()[0]
     started = time.time()
     env: Environment = env_cls(workdir, n)
@@ -184,20 +188,25 @@ def run_chaos(
         cluster = env.cluster("chaos", workdir=workdir / "nodes", lease_duration=t.lease, renew_deadline=t.renew,
                               retry_period=t.retry, grace=t.lease)  # fmt: skip
         with cluster:
-            cluster.wait_for_leader(timeout=60)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < duration and (max_faults is None or len(faults) < max_faults):
-                leader = cluster.wait_for_leader(timeout=120)
-                kind = rng.choice(allowed)
-                fault = Fault(kind, leader, time.time())
-                if kind in COMMON:
-                    fault.detail, fault.bound = _common_fault(kind, leader, rng, cluster, t)
-                else:
-                    done = env.inject(kind, leader, rng, cluster)
-                    fault.detail, fault.bound = done.detail, done.bound
-                faults.append(fault)
-                time.sleep(rng.uniform(0.2, 1.0))
-            cluster.wait_for_leader(timeout=120)  # the last fault's gap ends inside the run
+            try:
+                cluster.wait_for_leader(timeout=60)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < duration and (max_faults is None or len(faults) < max_faults):
+                    leader = cluster.wait_for_leader(timeout=120)
+                    kind = rng.choice(allowed)
+                    fault = Fault(kind, leader, time.time())
+                    faults.append(fault)
+                    if kind in COMMON:
+                        fault.detail, fault.bound = _common_fault(kind, leader, rng, cluster, t)
+                    else:
+                        done = env.inject(kind, leader, rng, cluster)
+                        fault.detail, fault.bound = done.detail, done.bound
+                    time.sleep(rng.uniform(0.2, 1.0))
+                cluster.wait_for_leader(timeout=120)  # the last fault's gap ends inside the run
+            except AssertionError as exc:  # no leader for minutes: a finding, stored with the run
+                if not keep_going:
+                    raise
+                notes.append(f"run stopped early: {exc}")
             end_of_run = time.time()
         report = cluster.check()
     finally:
@@ -205,9 +214,9 @@ def run_chaos(
     for fault in faults:
         fault.leaderless = leaderless_after(fault, report.intervals, end_of_run)
     result = ChaosResult(backend, seed, faults, report, (t.lease, t.renew, t.retry), started,
-                         time.time() - started, (load0, os.getloadavg()[0]), n)  # fmt: skip
+                         time.time() - started, (load0, os.getloadavg()[0]), n, notes)  # fmt: skip
     if own_dir:
-        if report.safe:
+        if report.safe and not notes:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             result.notes.append(f"logs kept in {workdir}")
@@ -255,6 +264,8 @@ def main(argv: list[str]) -> int:
         for name, env in ENVIRONMENTS.items():
             print(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in {**COMMON, **env.faults}.items()))
         return 0
+    # SIGTERM unwinds like Ctrl-C: candidates, servers, proxies and partitions are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = _deadline(args.until)
     ok = True
     seed = args.seed
@@ -265,7 +276,11 @@ def main(argv: list[str]) -> int:
                 return 0 if ok else 1
             run_seed = random.randrange(1 << 30) if seed is None else seed
             print(f"chaos: {backend}, seed {run_seed}", flush=True)
-            result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()))
+            try:
+                result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()), keep_going=True)
+            except Exception as exc:  # noqa: BLE001 - a server that would not start: the next run may
+                print(f"chaos: {backend} seed {run_seed} failed to run: {exc!r}", flush=True)
+                continue
             print_result(result)
             if not args.no_store:
                 print(f"stored {store(result.as_dict())}", flush=True)
@@ -278,6 +293,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-
     sys.exit(main(sys.argv[1:]))
