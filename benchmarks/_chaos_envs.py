@@ -613,6 +613,8 @@ class _DjangoEnv(Environment):
             f"_base = dict(DATABASES[{'pg' if self.vendor == 'postgresql' else 'maria'!r}], NAME={self.db!r})\n"
             "for _i, _port in enumerate(os.environ['CHAOS_PORTS'].split(',')):\n"
             "    DATABASES[f'c{_i}'] = dict(_base, PORT=_port)\n"
+            f"LEADER_ELECTION = dict(LEADER_ELECTION, LEASE_DURATION={self.timing.lease}, "
+            f"RENEW_DEADLINE={self.timing.renew}, RETRY_PERIOD={self.timing.retry})\n"
         )
         self.env = {
             "DJANGO_SETTINGS_MODULE": "chaos_django_settings",
@@ -691,6 +693,50 @@ class DjangoMariaEnv(_DjangoEnv):
         self._admin.close()
 
 
+class RunAsLeaderCluster(ElectorCluster):
+    """``python -m django runasleader --identity nodeI work LOG --node nodeI``: the command
+    logs its term like the harness's child (tests/django/testapp/management/commands/work.py)."""
+
+    def command(self, i: int) -> list[str]:
+        return ["env", f"DJANGO_LEADER_TEST_URL=django://c{i}", sys.executable, "-m", "django", "runasleader",
+                "--name", self.name, "--identity", self.identity(i), "work", str(self.log_path(i)),
+                "--node", self.identity(i)]  # fmt: skip
+
+    def wait_for_leader(self, timeout: float = 20.0, exclude: Any = ()) -> int:
+        """As the base class, starting again every candidate (not excluded: the harness
+        restarts those) that exited meanwhile (a term that ended, or a first backend call
+        that failed: runasleader then exits 1)."""
+        exclude = set(exclude)
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, proc in enumerate(self.procs):
+                if i not in exclude and proc is not None and proc.poll() is not None:
+                    self.spawn(i)
+            try:
+                return super().wait_for_leader(min(2.0, max(0.1, deadline - time.monotonic())), exclude)
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
+
+class RunAsLeaderEnv(DjangoPostgresEnv):
+    """The ``runasleader`` integration (django_leader) on PostgreSQL through per-candidate proxies.
+
+    A candidate whose term ends exits (code 3): the harness starts it again before each
+    fault. The timing is the test settings' (lease 1 s, renew deadline 0.6 s, retry 0.2 s).
+    """
+
+    name = "runasleader"
+    #: runasleader checks the backend once before it stands, within one call's timeout
+    #: (renew deadline / 2): a fresh Django connection through the proxy took more than
+    #: the 0.3 s of the 1 s lease at a load average of 15-20 here, and the command exits 1
+    #: ("lock backend failed"). A 3 s lease gives each call 1 s.
+    timing = Timing(3.0, 2.0, 0.5)
+
+    def cluster(self, name: str, **kw: Any) -> ElectorCluster:
+        return RunAsLeaderCluster(self.urls(), name, self.n, env=self.env, **kw)
+
+
 def pymysql_error() -> type[Exception]:
     import pymysql
 
@@ -700,7 +746,8 @@ def pymysql_error() -> type[Exception]:
 ENVIRONMENTS: dict[str, type[Environment]] = {
     env.name: env
     for env in (FileEnv, RedisEnv, PostgresEnv, EtcdEnv, ZooKeeperEnv, KubernetesEnv, MotoEnv, SeaweedEnv,
-                GitFileEnv, GitDaemonEnv, GitHttpEnv, Gossip3Env, Gossip5Env, DjangoPostgresEnv, DjangoMariaEnv)
+                GitFileEnv, GitDaemonEnv, GitHttpEnv, Gossip3Env, Gossip5Env, DjangoPostgresEnv, DjangoMariaEnv,
+                RunAsLeaderEnv)
 }  # fmt: skip
 #: gossip-N runs N candidates
 CANDIDATES = {"gossip-3": 3, "gossip-5": 5}

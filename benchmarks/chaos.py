@@ -27,6 +27,7 @@ docs/benchmarks.md. A bounded run is part of the test suite (tests/chaos).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -83,6 +84,8 @@ class ChaosResult:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
     candidates: int = 3
     notes: list[str] = field(default_factory=list)
+    #: the end-to-end fence: writes, refused writes, terms with a refused write
+    fenced: dict[str, int] = field(default_factory=dict)
 
     @property
     def violations(self) -> list[Fault]:
@@ -102,6 +105,7 @@ class ChaosResult:
             "overlaps": len(self.report.overlaps),
             "token_regressions": len(self.report.token_regressions),
             "duplicates": 0,
+            "fenced": self.fenced,
             "faults": [asdict(f) | {"within_bound": f.within_bound} for f in self.faults],
             "notes": self.notes,
             "machine": machine(),
@@ -122,9 +126,61 @@ def store(result: dict[str, Any], runs_dir: Path = RUNS_DIR) -> Path:
     """Append one run to the results (one file per run: runs add up, nothing is overwritten)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = runs_dir / f"{stamp}-{result['backend']}-{result['seed']}.json"
-    path.write_text(json.dumps(result, indent=1, sort_keys=True))
-    return path
+    data = json.dumps(result, indent=1, sort_keys=True).encode()
+    for n in range(1000):
+        path = runs_dir / f"{stamp}-{result['backend']}-{result['seed']}{f'-{n}' if n else ''}.json"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return path
+    raise RuntimeError(f"{runs_dir}: no free name for this run")
+
+
+class FencedStore:
+    """A downstream store that refuses a write whose token is lower than the highest seen.
+
+    What a fencing token buys: a leader that was frozen (GC pause, SIGSTOP, VM migration)
+    wakes up believing it still leads; its writes carry its old token and are refused here.
+    """
+
+    def __init__(self) -> None:
+        self.highest = -1
+        self.accepted = 0
+        self.refused = 0
+        self.refused_tokens: Counter[int] = Counter()
+
+    def write(self, token: int | None) -> bool:
+        t = -1 if token is None else int(token)
+        if t < self.highest:
+            self.refused += 1
+            self.refused_tokens[t] += 1
+            return False
+        self.highest = t
+        self.accepted += 1
+        return True
+
+
+def fence_replay(paths: list[Path]) -> FencedStore:
+    """Every line the candidates' children wrote (start, beat), in time order, through a
+    :class:`FencedStore`: its refusals are the writes of a deposed leader (typically one
+    that was frozen and woke up) that the fencing token stops."""
+    writes: list[tuple[float, int]] = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path) as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("e") in ("start", "beat"):
+                    writes.append((ev["t"], ev["token"]))
+    fence = FencedStore()
+    for _, token in sorted(writes):
+        fence.write(token)
+    return fence
 
 
 def leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float) -> float:
@@ -192,6 +248,9 @@ def run_chaos(
                 cluster.wait_for_leader(timeout=60)
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < duration and (max_faults is None or len(faults) < max_faults):
+                    for i, proc in enumerate(cluster.procs):  # runasleader exits when its term ends
+                        if proc is not None and proc.poll() is not None:
+                            cluster.restart(i)
                     leader = cluster.wait_for_leader(timeout=120)
                     kind = rng.choice(allowed)
                     fault = Fault(kind, leader, time.time())
@@ -209,12 +268,15 @@ def run_chaos(
                 notes.append(f"run stopped early: {exc}")
             end_of_run = time.time()
         report = cluster.check()
+        fence = fence_replay([cluster.log_path(i) for i in range(n)])
     finally:
         env.stop()
     for fault in faults:
         fault.leaderless = leaderless_after(fault, report.intervals, end_of_run)
     result = ChaosResult(backend, seed, faults, report, (t.lease, t.renew, t.retry), started,
                          time.time() - started, (load0, os.getloadavg()[0]), n, notes)  # fmt: skip
+    result.fenced = {"writes": fence.accepted + fence.refused, "refused": fence.refused,
+                     "refused_terms": len(fence.refused_tokens)}
     if own_dir:
         if report.safe and not notes:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -232,7 +294,8 @@ def print_result(result: ChaosResult) -> None:
         rows.append([kind, s["n"], s["p50"], s["max"], max(bounds) if bounds else "-", sum(not f.within_bound for f in of_kind)])
     print(f"\n## chaos: {result.backend} (seed {result.seed}, {result.seconds:.0f} s, load {result.load[0]:.1f}-"
           f"{result.load[1]:.1f}, {len(result.report.intervals)} terms, {len(result.report.overlaps)} overlaps, "
-          f"{len(result.report.token_regressions)} token regressions)")  # fmt: skip
+          f"{len(result.report.token_regressions)} token regressions, fence refused "
+          f"{result.fenced.get('refused', 0)} late writes of {result.fenced.get('refused_terms', 0)} deposed terms)")  # fmt: skip
     print(table(rows, ["fault", "n", "leaderless p50 s", "leaderless max s", "bound s", "over bound"]), flush=True)
     for note in result.notes:
         print(note)

@@ -51,12 +51,17 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[An
         for run in group:
             kinds.update(Counter(f["kind"] for f in run["faults"]))
         loads = [x for r in group for x in r.get("load", [])]
+        integration = any(r.get("integration") for r in group)
+        failovers = sum(r.get("failovers", max(0, r["terms"] - 1)) for r in group)
+        fenced = [r["fenced"]["refused"] if "fenced" in r and isinstance(r["fenced"], dict) else r.get("fenced_refusals")
+                  for r in group]  # fmt: skip
         totals.append([
             name, len(group), sum(kinds.values()),
             ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
-            sum(r["terms"] for r in group), f"**{sum(r['overlaps'] for r in group)}**",
+            sum(r["terms"] for r in group), failovers, f"**{sum(r['overlaps'] for r in group)}**",
             f"**{sum(r['token_regressions'] for r in group)}**",
-            f"**{sum(r.get('duplicates', 0) for r in group)}**" if any("runs_counted" in r for r in group) else "-",
+            f"**{sum(r.get('duplicates', 0) for r in group)}**" if integration else "-",
+            sum(x for x in fenced if x is not None) if any(x is not None for x in fenced) else "-",
             f"{max(loads):.1f}" if loads else "-", _dates(group),
         ])  # fmt: skip
         for kind in sorted(kinds):
@@ -77,8 +82,9 @@ def render(runs: list[dict[str, Any]]) -> str:
         f"Aggregated by `python -m benchmarks chaos_report` from {len(runs)} stored runs "
         "(`benchmarks/results/chaos/`, one JSON file per run with its seed).",
         "",
-        table(totals, ["backend / integration", "runs", "faults", "by kind", "terms", "overlaps",
-                       "token regressions", "duplicates", "max load (1 min)", "dates"]),
+        table(totals, ["backend / integration", "runs", "faults", "by kind", "terms", "failovers",
+                       "overlaps / late sends", "token regressions", "duplicates", "stale writes fenced",
+                       "max load (1 min)", "dates"]),
         "",
         "Time without a leader after each fault, against the bound the design promises:",
         "",

@@ -1,0 +1,88 @@
+"""The chaos harness's bookkeeping: the fence replay, the worker-side counts, the stored
+runs and their aggregation into docs/benchmarks.md (no processes: fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.chaos import FencedStore, fence_replay, store
+from benchmarks.chaos_integrations import Run, analyse
+from benchmarks.chaos_report import BEGIN, END, aggregate, load_runs, render, update_doc
+
+
+def _log(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_fence_refuses_a_lower_token_and_counts_it() -> None:
+    fence = FencedStore()
+    assert fence.write(3) and fence.write(3) and fence.write(5)
+    assert not fence.write(3)
+    assert fence.write(None) is False  # no token at all is the lowest
+    assert (fence.accepted, fence.refused, dict(fence.refused_tokens)) == (3, 2, {3: 1, -1: 1})
+
+
+def test_fence_replay_refuses_the_writes_of_a_leader_that_woke_up(tmp_path: Path) -> None:
+    # node0 (token 1) frozen at t=1.0; node1 (token 2) leads from t=2.5; node0 wakes at 3.0
+    # and writes twice more before its supervisor stops it (garbage and torn lines ignored)
+    a = _log(tmp_path / "node0.log", [{"e": "start", "t": 0.0, "token": 1}, {"e": "beat", "t": 1.0, "token": 1},
+                                      {"e": "beat", "t": 3.0, "token": 1}, {"e": "beat", "t": 3.02, "token": 1}])
+    b = _log(tmp_path / "node1.log", [{"e": "start", "t": 2.5, "token": 2}, {"e": "beat", "t": 2.6, "token": 2}])
+    with open(b, "a") as fh:
+        fh.write('{"e": "beat", "t": 2.7, "tok\nnot json\n')
+    fence = fence_replay([a, b, tmp_path / "missing.log"])
+    assert (fence.accepted, fence.refused, len(fence.refused_tokens)) == (4, 2, 1)
+
+
+def test_worker_side_counts() -> None:
+    runs = [Run(0.0, 0.1, 0, 1), Run(0.5, 0.6, 0, 1), Run(1.0, 1.1, 0, 1),
+            Run(2.6, 2.7, 1, 2), Run(2.7, 2.8, 0, 1),  # node0 woke up and sent again: late
+            Run(3.1, 3.2, 1, 2)]  # fmt: skip
+    got = analyse(runs, 0.5)
+    assert got["failovers"] == 3
+    assert got["late_sends"] == 1 and got["fenced_refusals"] == 1
+    assert got["token_regressions"] == 1
+    assert got["duplicates"] == 1  # 2.6 and 2.7
+    own_clocks = analyse(runs, 0.5, shared_schedule=False)
+    assert own_clocks["duplicates"] == 0 and own_clocks["close_at_handover"] == 1
+    assert analyse([Run(0.0, 0.0, 0, 1), Run(0.1, 0.1, 0, 1)], 0.5, shared_schedule=False)["duplicates"] == 1
+
+
+def _run(backend: str, date: str, faults: list[tuple[str, float, float | None]], **extra) -> dict:
+    return {"date": date, "backend": backend, "seed": 1, "terms": len(faults) + 1, "overlaps": 0,
+            "token_regressions": 0, "load": [1.0, 2.0],
+            "faults": [{"kind": k, "leaderless": gap, "bound": b} for k, gap, b in faults], **extra}  # fmt: skip
+
+
+def test_runs_add_up_in_the_report(tmp_path: Path) -> None:
+    store(_run("redis", "2026-11-28 10:00:00 UTC", [("kill", 1.0, 2.7), ("delay", 0.0, None)]), tmp_path)
+    store(_run("redis", "2026-11-29 10:00:00 UTC", [("kill", 3.0, 2.7), ("kill", 2.0, 2.7)]), tmp_path)
+    store(_run("celery-beat", "2026-11-29 11:00:00 UTC", [("term", 0.9, 2.2)], integration=True, failovers=1,
+               duplicates=0, fenced_refusals=2), tmp_path)  # fmt: skip
+    # a second run stored in the same second by the same backend and seed is not lost
+    store(_run("file", "2026-11-29 12:00:00 UTC", [("term", 0.5, 1.7)]), tmp_path)
+    store(_run("file", "2026-11-29 12:00:00 UTC", [("term", 0.7, 1.7)]), tmp_path)
+    runs = load_runs(tmp_path)
+    assert len(runs) == 5
+    totals, gaps = aggregate(runs)
+    by_name = {row[0]: row for row in totals}
+    assert by_name["redis"][1:4] == [2, 4, "delay 1, kill 3"]
+    assert by_name["redis"][-1] == "2026-11-28, 2026-11-29"
+    assert by_name["celery-beat"][8] == "**0**" and by_name["celery-beat"][9] == 2
+    kill = next(row for row in gaps if row[:2] == ["redis", "kill"])
+    assert kill[2] == 3 and kill[3] == 2.0 and kill[4] == 3.0 and kill[6] == 1  # one over the bound
+    block = render(runs)
+    doc = "# x\n\n## Safety under faults (the chaos harness)\n\nprose\n"
+    once = update_doc(doc, block)
+    assert once.count(BEGIN) == 1 and once.count(END) == 1 and "prose" in once
+    assert update_doc(once, block) == once  # replaced in place, not appended
+
+
+def test_a_garbled_result_file_names_itself(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="bad.json"):
+        load_runs(tmp_path)
