@@ -23,12 +23,14 @@ compare-and-swap against.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 import weakref
@@ -42,7 +44,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
 from ..registry import default_state_dir
 from ..urls import UrlOptions, redact
 
@@ -68,14 +70,16 @@ POLL_INTERVAL = 0.02
 #: a full read every so often, in case an inode number was reused within one mtime tick
 FULL_READ_INTERVAL = 0.5
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _MAX_NAME = 200
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_warned_dirs: set[tuple[str, int, int]] = set()
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs", "afs"}
 
 
 def validate_name(name: str) -> str:
     """Election names become file names: only ``[A-Za-z0-9._-]``, no leading dot."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > _MAX_NAME:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > _MAX_NAME:
         raise ConfigurationError(
             f"election name {name!r} cannot be used by the file:// backend: use 1-{_MAX_NAME} characters "
             "from A-Z a-z 0-9 . _ - (no '/', no spaces, not starting with '.'), e.g. 'celery-beat'"
@@ -84,6 +88,8 @@ def validate_name(name: str) -> str:
 
 
 def _version_of(raw: bytes) -> str:
+    if isinstance(raw, _Oversized):  # only its start was read: its inode, mtime and size too
+        return hashlib.sha256(bytes(raw) + raw.stamp.encode()).hexdigest()[:32]
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -105,11 +111,14 @@ def _filesystem_type(path: Path) -> str | None:
     return fstype
 
 
-def check_directory(directory: Path) -> None:
-    """Raise :class:`ConfigurationError` naming the fix unless ``directory`` is a writable directory.
+def inspect_directory(directory: Path) -> None:
+    """Raise :class:`ConfigurationError` naming the fix unless ``directory`` is a directory
+    that only trusted users can write to. Creates nothing (``status`` works on a read-only one).
 
-    Writability is probed by creating and removing a file, because permission bits say
-    nothing for root, and a read-only mount or an immutable directory only shows on write.
+    Refused: a directory every user may write to without the sticky bit (anyone could
+    delete or replace the lock files). Warned about: world-writable with the sticky bit
+    (others can still create ``NAME.lock`` first and so block the election), and a directory
+    owned by another user who is not root (that user can replace the files).
     """
     try:
         st = directory.stat()
@@ -120,14 +129,48 @@ def check_directory(directory: Path) -> None:
         ) from None
     except OSError as exc:
         raise ConfigurationError(f"lock directory {directory} cannot be used: {exc}") from None
-    if not os.path.isdir(directory):
-        kind = "a regular file" if os.path.isfile(directory) else f"not a directory (mode {oct(st.st_mode)})"
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a regular file" if stat.S_ISREG(st.st_mode) else f"not a directory (mode {oct(st.st_mode)})"
         raise ConfigurationError(
             f"{directory} is {kind}; the file:// URL must name a directory, e.g. file:///var/lib/celery-leader"
         )
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise ConfigurationError(
+            f"lock directory {directory} is writable by every user and has no sticky bit: anyone could delete or "
+            f"replace the lock files and take leadership; use a directory of its own (mkdir -m 700), "
+            f"or chmod o-w {directory} (or chmod +t {directory})"
+        )
+    key = (str(directory), st.st_mode, st.st_uid)
+    if key in _warned_dirs:
+        return
+    if st.st_mode & stat.S_IWOTH:
+        _warned_dirs.add(key)
+        log.warning(
+            "lock directory %s is writable by every user (sticky bit set): another user can create the lock "
+            "files first and block the election; use a directory only the candidates' user can write "
+            "(e.g. mkdir -m 700 /var/lib/celery-leader)",
+            directory,
+        )
+    elif hasattr(os, "geteuid") and st.st_uid not in (0, os.geteuid()):
+        _warned_dirs.add(key)
+        log.warning(
+            "lock directory %s is owned by another user (uid %d), who can replace the lock files; use a "
+            "directory owned by this user or root",
+            directory,
+            st.st_uid,
+        )
+
+
+def check_directory(directory: Path) -> None:
+    """:func:`inspect_directory`, and writable: for candidates (start-up check), not for ``status``.
+
+    Writability is probed by creating and removing a file, because permission bits say
+    nothing for root, and a read-only mount or an immutable directory only shows on write.
+    """
+    inspect_directory(directory)
     probe = directory / f".celery-leader-probe-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW, 0o600)
     except OSError as exc:
         raise ConfigurationError(
             f"lock directory {directory} is not writable ({exc.strerror or exc}); make it writable for this "
@@ -136,6 +179,45 @@ def check_directory(directory: Path) -> None:
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o664) -> int:
+    """``os.open`` that never follows a symlink and accepts only a regular file.
+
+    ``O_NONBLOCK`` makes opening a planted FIFO return at once instead of hanging; the
+    ``fstat`` then refuses it. Raises ``FileNotFoundError`` as ``os.open`` does, and
+    :class:`_NotRegular` for anything that is not a regular file (symlink, FIFO, device).
+    """
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC | _NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotRegular(f"{path} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegular(f"{path} is not a regular file (mode {oct(st.st_mode)})")
+    return fd
+
+
+class _NotRegular(OSError):
+    """A lock or lease path that is a symlink, a FIFO or a device: planted, never used."""
+
+
+class _Oversized(bytes):
+    """The first bytes of a lease file larger than any record; ``stamp`` identifies all of it."""
+
+    stamp: str
+
+    def __new__(cls, start: bytes, *, stamp: str) -> "_Oversized":
+        obj = super().__new__(cls, start)
+        obj.stamp = stamp
+        return obj
 
 
 class FileLock(Lock):
@@ -158,19 +240,50 @@ class FileLock(Lock):
         self._pid = os.getpid()
         self._closed = False
         self._swept = False
-        try:
-            self._open_fd()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot open {self.lock_path} ({exc.strerror or exc}); the lock directory must be writable "
-                "and NAME.lock must be a regular file"
-            ) from None
+        #: whether ``_fd`` was opened for writing (a reader of a read-only directory opens it read-only)
+        self._writable = False
+        for path in (self.lock_path, self.lease_path):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigurationError(f"cannot use {path}: {exc.strerror or exc}") from None
+            if not stat.S_ISREG(st.st_mode) and path == self.lock_path:
+                raise ConfigurationError(
+                    f"{path} is not a regular file (mode {oct(st.st_mode)}: a symlink, FIFO or device, planted or "
+                    "left by mistake); remove it, and keep the lock directory writable only by the candidates' user"
+                )
 
     # --- the flock ---
 
-    def _open_fd(self) -> int:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
-        self._fd = fd
+    def _open_fd(self, create: bool = True) -> int | None:
+        """Open ``NAME.lock`` (never through a symlink, only a regular file).
+
+        ``create=False`` (readers): no file is created; ``None`` when there is none yet, and
+        a read-only descriptor where the directory or the file is read-only (flock works on it).
+        """
+        if self._fd is not None and (self._writable or not create):
+            return self._fd
+        if self._fd is not None:  # read-only so far, and now a write needs it
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        try:
+            fd = _open_regular(self.lock_path, os.O_RDWR | (os.O_CREAT if create else 0))
+            writable = True
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except _NotRegular:
+            raise
+        except OSError as exc:
+            if create or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            fd = _open_regular(self.lock_path, os.O_RDONLY)
+            writable = False
+        self._fd, self._writable = fd, writable
         return fd
 
     def _after_fork(self) -> None:
@@ -194,6 +307,9 @@ class FileLock(Lock):
             raise BackendUnavailable(f"{self.describe()}: another thread held it for over {timeout:.3g}s")
         try:
             fd = self._acquire_flock(exclusive, deadline, timeout)
+            if fd is None:  # a reader, and no NAME.lock: nobody ever wrote here, nothing to lock
+                yield deadline
+                return
             try:
                 yield deadline
             finally:
@@ -202,14 +318,18 @@ class FileLock(Lock):
         finally:
             self._mutex.release()
 
-    def _acquire_flock(self, exclusive: bool, deadline: float, timeout: float) -> int:
+    def _acquire_flock(self, exclusive: bool, deadline: float, timeout: float) -> int | None:
         kind = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         pause = 0.0005
         while True:
             try:
-                fd = self._fd if self._fd is not None else self._open_fd()
+                fd = self._open_fd(create=exclusive)
+            except _NotRegular as exc:
+                raise BackendUnavailable(f"refusing {exc}: remove it (planted, or left by mistake)") from None
             except OSError as exc:
                 raise BackendUnavailable(f"cannot open {self.lock_path}: {exc}") from None
+            if fd is None:
+                return None
             try:
                 fcntl.flock(fd, kind)
             except BlockingIOError:
@@ -219,7 +339,7 @@ class FileLock(Lock):
             else:
                 # someone deleted or replaced NAME.lock: our lock is on an orphaned inode
                 try:
-                    same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+                    same = os.fstat(fd).st_ino == os.lstat(self.lock_path).st_ino
                 except OSError:
                     same = False
                 if same:
@@ -244,17 +364,50 @@ class FileLock(Lock):
     # --- reading and writing the lease file ---
 
     def _read_raw(self) -> bytes | None:
+        """The lease file's bytes; at most ``MAX_RECORD_BYTES + 1`` of them (an
+        :class:`_Oversized` start beyond that). Never follows a symlink, never opens a FIFO
+        or device for reading: such a plant reads as an unreadable record (b"" with a stamp),
+        which the engine waits out for one lease and then replaces by rename."""
         try:
-            with open(self.lease_path, "rb") as f:
-                return f.read()
+            fd = _open_regular(self.lease_path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except _NotRegular as exc:
+            try:
+                st = os.lstat(self.lease_path)
+            except FileNotFoundError:
+                return None
+            except OSError:
+                raise BackendUnavailable(f"cannot read {self.lease_path}: {exc}") from None
+            if stat.S_ISDIR(st.st_mode):
+                raise BackendUnavailable(f"{self.lease_path} is a directory; remove it") from None
+            return _Oversized(b"", stamp=f"special:{st.st_mode}:{st.st_ino}:{st.st_mtime_ns}")
         except IsADirectoryError:
             raise BackendUnavailable(f"{self.lease_path} is a directory; remove it") from None
         except OSError as exc:
             raise BackendUnavailable(f"cannot read {self.lease_path}: {exc}") from None
+        try:
+            chunks, size = [], 0
+            while size <= MAX_RECORD_BYTES:
+                chunk = os.read(fd, MAX_RECORD_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            raw = b"".join(chunks)
+            if size > MAX_RECORD_BYTES:
+                st = os.fstat(fd)
+                return _Oversized(raw, stamp=f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+            return raw
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read {self.lease_path}: {exc}") from None
+        finally:
+            os.close(fd)
 
     def _decode(self, raw: bytes) -> Versioned:
+        if isinstance(raw, _Oversized):
+            reason = "not a regular file" if raw.stamp.startswith("special:") else f"larger than {MAX_RECORD_BYTES} bytes"
+            return Versioned(LeaderRecord.undecodable(len(raw), reason), _version_of(raw))
         return Versioned(decode_or_placeholder(raw, strip=(NONCE_KEY,)), _version_of(raw))
 
     def _write(self, raw: bytes) -> None:
@@ -262,7 +415,7 @@ class FileLock(Lock):
         self._sweep_temp_files()
         tmp = self.directory / f".{self.name}{LEASE_SUFFIX}.{secrets.token_hex(6)}{TMP_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o664)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW, 0o664)
             try:
                 view = memoryview(raw)
                 while view:
@@ -333,10 +486,15 @@ class FileLock(Lock):
     def _peek_fence(self) -> int:
         """The fence without the flock (for watches: a torn read only costs one early wake-up)."""
         try:
-            with open(self.lock_path, "rb") as f:
-                return self._parse_fence(f.read(_FENCE_MAX)) or 0
+            fd = _open_regular(self.lock_path, os.O_RDONLY)
         except OSError:
             return 0
+        try:
+            return self._parse_fence(os.read(fd, _FENCE_MAX)) or 0
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
 
     def _raise_fence(self, token: int, fence: int) -> None:
         """Store ``token`` as the fence if it is higher (under the exclusive flock, before the lease write)."""
@@ -416,7 +574,7 @@ class FileLock(Lock):
 
     def _stat_key(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.lease_path)
+            st = os.lstat(self.lease_path)
         except FileNotFoundError:
             return None
         except OSError:
@@ -488,13 +646,18 @@ class FileBackend(Backend):
             )
         self.directory = path
         self._locks: weakref.WeakSet[FileLock] = weakref.WeakSet()
-        if create and not path.exists():
+        #: the default directory is created by the start-up check (never by ``status``)
+        self._create = create
+        if not (create and not os.path.lexists(path)):
+            inspect_directory(path)
+
+    def _ensure_directory(self) -> None:
+        if self._create and not os.path.lexists(self.directory):
             try:
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
-                raise ConfigurationError(f"cannot create the default lock directory {path}: {exc}") from None
-            log.info("created the default lock directory %s", path)
-        check_directory(path)
+                raise ConfigurationError(f"cannot create the default lock directory {self.directory}: {exc}") from None
+            log.info("created the default lock directory %s", self.directory)
 
     @classmethod
     def from_url(cls, url: str) -> FileBackend:
@@ -524,7 +687,8 @@ class FileBackend(Backend):
 
     def lock(self, name: str) -> FileLock:
         validate_name(name)
-        check_directory(self.directory)
+        if not (self._create and not os.path.lexists(self.directory)):
+            inspect_directory(self.directory)  # creates nothing: status works on a read-only directory
         lock = FileLock(self.directory, name)
         self._locks.add(lock)
         return lock
@@ -535,6 +699,8 @@ class FileBackend(Backend):
             lock.close()
 
     def check(self, timeout: float = 5.0) -> None:
+        """Start-up: the directory exists (the default one is created), is safe and writable."""
+        self._ensure_directory()
         check_directory(self.directory)
         if fcntl is None:  # pragma: no cover
             raise ConfigurationError("the file:// backend needs POSIX fcntl.flock (Linux, macOS, BSD)")

@@ -71,10 +71,14 @@ def test_default_state_directory_is_created(tmp_path: Path, monkeypatch: pytest.
     assert url == f"file://{tmp_path}/state/celery-leader"
     backend = open_backend(None)
     assert isinstance(backend, FileBackend)
-    assert (tmp_path / "state" / "celery-leader").is_dir()
     lock = backend.lock("beat")
     try:
         assert lock.get(1.0) is None
+        # reading (status) creates nothing; the start-up check of a candidate creates it
+        assert not (tmp_path / "state" / "celery-leader").exists()
+        backend.check()
+        assert (tmp_path / "state" / "celery-leader").is_dir()
+        assert (tmp_path / "state" / "celery-leader").stat().st_mode & 0o777 == 0o700
     finally:
         lock.close()
 
@@ -92,7 +96,7 @@ def test_good_names_are_accepted(name: str) -> None:
 
 def test_lock_file_that_is_a_directory_is_refused(backend: FileBackend, lock_dir: Path) -> None:
     (lock_dir / "beat.lock").mkdir()
-    with pytest.raises(ConfigurationError, match="NAME.lock must be a regular file"):
+    with pytest.raises(ConfigurationError, match="is not a regular file"):
         backend.lock("beat")
 
 
@@ -122,9 +126,11 @@ def immutable_dir(lock_dir: Path):
 
 
 def test_read_only_directory_is_refused_at_start(lock_dir: Path, immutable_dir: Path) -> None:
-    # chmod does not stop root; an immutable directory does, and the probe write notices
+    # chmod does not stop root; an immutable directory does, and the start-up probe write notices
+    backend = FileBackend.from_url(f"file://{lock_dir}")  # opening creates nothing: status works
+    assert backend.lock("beat").get(1.0) is None
     with pytest.raises(ConfigurationError, match=r"is not writable .*chattr -i"):
-        FileBackend.from_url(f"file://{lock_dir}")
+        backend.check()
 
 
 def test_directory_made_read_only_while_running(lock_dir: Path) -> None:
