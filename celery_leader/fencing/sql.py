@@ -49,6 +49,8 @@ __all__ = ["fenced_write", "fence_column", "stored_token"]
 
 log = logging.getLogger(__name__)
 
+#: dialects written in one statement; any other takes the UPDATE-then-INSERT path
+ONE_STATEMENT = frozenset({"postgresql", "sqlite", "mysql", "mariadb"})
 #: a concurrent delete/insert can send the MySQL path round again; more than this is a bug
 _ATTEMPTS = 5
 
@@ -96,11 +98,10 @@ def fenced_write(conn: Any, table: Any, key: Mapping[str, Any], values: Mapping[
     value = check_token(token)
     _check(table, key, values, token_column)
     name = conn.dialect.name
-    if name in ("postgresql", "sqlite"):
-        if _upsert(conn, table, key, values, value, token_column, name):
-            return
-    elif name in ("mysql", "mariadb"):
-        if _upsert_mysql(conn, table, key, values, value, token_column):
+    if name in ONE_STATEMENT:
+        written = _upsert_mysql(conn, table, key, values, value, token_column) if name in ("mysql", "mariadb") \
+            else _upsert(conn, table, key, values, value, token_column, name)
+        if written:
             return
     else:
         for _ in range(_ATTEMPTS):

@@ -82,6 +82,47 @@ def test_sql_writer_blocked_on_the_row_lock_decides_on_the_committed_row(make_sp
         second.close()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_sql_generic_path_for_other_databases(make_spec, monkeypatch, kind):
+    """The UPDATE-then-INSERT path (databases without a known upsert), forced on two that have one."""
+    from celery_leader.fencing import sql
+
+    monkeypatch.setattr(sql, "ONE_STATEMENT", frozenset())
+    spec = make_spec(kind)
+    store = open_store(spec)
+    try:
+        store.write(3, "a")
+        store.write(3, "b")
+        store.write(5, "c")
+        with pytest.raises(StaleTokenError) as info:
+            store.write(4, "stale")
+        assert (info.value.seen, store.read()) == (5, "c")
+        for i in range(6):  # racing to create the row: the loser of the INSERT goes back to the UPDATE
+            writers = {t: open_store({**spec, "row": f"r{i}"}) for t in (5, 6)}
+            barrier = threading.Barrier(2)
+            errors: list[BaseException] = []
+
+            def write(token: int, writers=writers, barrier=barrier, errors=errors) -> None:
+                barrier.wait(10)
+                try:
+                    writers[token].write(token, str(token))
+                except StaleTokenError:
+                    pass
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=write, args=(t,)) for t in (5, 6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors and writers[6].read() == "6", errors
+            for w in writers.values():
+                w.close()
+    finally:
+        store.close()
+
+
 def test_sql_row_from_before_fencing_and_misuse(make_spec):
     import sqlalchemy as sa
 
