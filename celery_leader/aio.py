@@ -190,6 +190,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 class AsyncLeadership(BaseLeadership):
     """A term in the asyncio driver: ``lost`` is an :class:`asyncio.Event`."""
 
+    _election: AsyncElection
+
     def __init__(self, election: AsyncElection, term: int, token: int) -> None:
         super().__init__(election, term, token)
         self.lost = asyncio.Event()

@@ -20,6 +20,7 @@ No check opens a connection to a lock service or starts an election.
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,7 +125,7 @@ def _inside_migrate() -> bool:
     """True when called by ``migrate``'s own pre-flight check (then the missing table is expected)."""
     from django.core.management.commands.migrate import Command as Migrate
 
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if isinstance(frame.f_locals.get("self"), Migrate):
             return True

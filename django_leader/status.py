@@ -37,7 +37,7 @@ def row_record(text: object) -> LeaderRecord:
         text = text.tobytes()
     if not isinstance(text, (str, bytes, bytearray)):
         text = "" if text is None else str(text)
-    return decode_or_placeholder(text)
+    return decode_or_placeholder(bytes(text) if isinstance(text, bytearray) else text)
 
 
 def describe(name: str, text: str, version: int, now: float | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ reason, never 500.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
@@ -82,7 +83,7 @@ def election_status(request: HttpRequest, name: str) -> JsonResponse:
         return JsonResponse({"error": error}, status=503)
     if not rows and not local:
         return JsonResponse({"error": f"no election named {name!r}"}, status=404)
-    body = {"election": rows[0] if rows else None, "local": local}
+    body: dict[str, Any] = {"election": rows[0] if rows else None, "local": local}
     if request.GET.get("leader") in ("1", "true", "yes"):
         leading = any(item["leading"] for item in local)
         body["leading"] = leading

@@ -83,6 +83,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 T = TypeVar("T")
 
 
+def _refs(repo: Repo) -> Any:
+    """``repo.refs``, indexed with plain bytes (dulwich's stubs want its Ref NewType)."""
+    return repo.refs
+
+
 class _Refused(Exception):
     """The server or repository refuses us for a reason a person must fix.
 
@@ -222,7 +227,7 @@ class GitLock(Lock):
         except _Refused as exc:
             raise BackendUnavailable(f"{self.describe()}: {exc}") from None
 
-    def _decode(self, sha: bytes, lookup: Callable[[bytes], ShaFile]) -> Versioned:
+    def _decode(self, sha: bytes, lookup: Callable[[Any], ShaFile]) -> Versioned:
         """The record stored in commit ``sha``; garbage is a placeholder, a foreign ref an error."""
         cached = self._cache
         if cached is not None and cached[0] == sha:
@@ -314,7 +319,7 @@ class _LocalTransport(_Transport):
     def get(self, lock: GitLock, timeout: float) -> Versioned | None:
         def read(repo: Repo) -> Versioned | None:
             try:
-                sha = repo.refs[lock._ref_b]
+                sha = _refs(repo)[lock._ref_b]
             except KeyError:
                 return None
             try:
@@ -331,9 +336,9 @@ class _LocalTransport(_Transport):
             for attempt in (1, 2):
                 try:
                     if expected is None:
-                        ok = repo.refs.add_if_new(lock._ref_b, commit.id)
+                        ok = _refs(repo).add_if_new(lock._ref_b, commit.id)
                     else:
-                        ok = repo.refs.set_if_equals(lock._ref_b, expected, commit.id)
+                        ok = _refs(repo).set_if_equals(lock._ref_b, expected, commit.id)
                 except FileLocked as exc:
                     if attempt == 2 or not self._remove_stale(exc.lockfilename, lock, timeout):
                         raise Conflict(f"{lock.describe()}: the ref is being written by another candidate") from None
@@ -461,7 +466,7 @@ class _RemoteTransport(_Transport):
         self._pool_guard = threading.Lock()
 
     # clients are cheap and not thread-safe: one per call (HTTP shares one pool of connections)
-    def _client(self, timeout: float) -> GitClient:
+    def _client(self, timeout: float) -> Any:  # GitClient; dulwich's stubs want Ref/ObjectID NewTypes
         if self.scheme == "git":
             return _TimeoutTCPGitClient(self.host, self.port, timeout)
         if self.scheme == "git+ssh":
@@ -670,7 +675,8 @@ class _RemoteTransport(_Transport):
 def _exists(transport: _RemoteTransport, ref: bytes, timeout: float) -> bytes | None:
     client = transport._client(timeout)
     refs = transport._run(client, lambda: client.get_refs(transport._remote_path()))
-    return dict(getattr(refs, "refs", refs)).get(ref)
+    found: Any = getattr(refs, "refs", refs)
+    return dict(found).get(ref)
 
 
 # --- the backend ---
@@ -761,7 +767,7 @@ class GitBackend(Backend):
             raise ConfigurationError("an election name must not be empty")
         ref = self.ref_template.replace("{name}", name)
         path = self.path_template.replace("{name}", name)
-        if not ref.startswith("refs/") or not check_ref_format(ref.encode()):
+        if not ref.startswith("refs/") or not check_ref_format(ref.encode()):  # type: ignore[arg-type]
             raise ConfigurationError(
                 f"{ref!r} is not a valid git ref name (from ?ref={self.ref_template!r} and the election name {name!r}); "
                 "refs start with refs/ and may not contain spaces, '..', ':', '~', '^', '?', '*', '[' or '\\'"

@@ -104,7 +104,7 @@ class LeaderGuard:
         self.catch_up = catch_up
         self._async = _is_asyncio(scheduler)
         options = _election_kwargs(election)
-        callbacks = dict(on_started_leading=self._elected, on_stopped_leading=self._deposed)
+        callbacks: dict[str, Any] = dict(on_started_leading=self._elected, on_stopped_leading=self._deposed)
         self.election: Election | AsyncElection = (
             AsyncElection(name, **options, **callbacks) if self._async else Election(name, **options, **callbacks)
         )
@@ -178,10 +178,11 @@ class LeaderGuard:
         self._start_election()
 
     def _start_election(self) -> None:
-        if self._async:
-            asyncio.get_running_loop().create_task(self.election.start())
+        election = self.election
+        if isinstance(election, AsyncElection):
+            asyncio.get_running_loop().create_task(election.start())
         else:
-            self.election.start()
+            election.start()
         log.info("APScheduler %s waits for leadership of %r", type(self.scheduler).__name__, self.name)
 
     def _elected(self, leadership: Any) -> None:

@@ -228,9 +228,10 @@ class LeaderScheduler(TaskiqScheduler):
         if not lead.is_valid():  # right before the message goes out (fail closed)
             log.warning("celery-leader: not sending %s: leadership ended", task.task_name)
             return
+        labels: dict[str, Any] = {LABEL_TOKEN: lead.token, LABEL_SLOT: slot_of(task, now).isoformat(),
+                                  LABEL_ELECTION: lead.name}  # fmt: skip
         kicker: AsyncKicker[Any, Any] = AsyncKicker(task.task_name, self.broker, task.labels).with_labels(
-            schedule_id=task.schedule_id,
-            **{LABEL_TOKEN: lead.token, LABEL_SLOT: slot_of(task, now).isoformat(), LABEL_ELECTION: lead.name},
+            schedule_id=task.schedule_id, **labels
         )
         await kicker.with_task_id(task_id=task.task_id).kiq(*task.args, **task.kwargs)
         await maybe_awaitable(source.post_send(task))

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -90,7 +91,7 @@ HOSTILE = {
 }
 
 
-def _json_bytes(st):  # type: ignore[no-untyped-def]
+def _json_bytes(st: Any) -> Any:
     """Hypothesis strategy: JSON objects shaped like records, with hostile values."""
     values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -232,7 +233,7 @@ class LockContract:
             )
             assert len(results) == 1, (results, errors)
             assert all(isinstance(e, Conflict) for e in errors), errors
-            winner, version = results[0]  # type: ignore[misc]
+            winner, version = cast(tuple[int, str], results[0])
             got = locks[0].get(TIMEOUT)
             assert got is not None and got.version == version
             assert got.record.holder == f"c{winner}" and got.record.transitions == round_

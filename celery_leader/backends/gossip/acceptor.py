@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -234,7 +235,7 @@ class Acceptor:
                     client.close()
                     self._stop.wait(1.0)
                     continue
-                client.stream("query", lambda rec, c=client: self._on_record(c, rec))
+                client.stream("query", functools.partial(self._on_record, client))
                 self._client = client
                 self.connected.set()
                 while not self._stop.is_set() and not client.closed:

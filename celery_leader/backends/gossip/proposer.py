@@ -249,9 +249,9 @@ class GossipLock(Lock):
                 time.sleep(pause)
                 # rather than duel with whoever preempted us, look first: if it won, lose
                 # with Conflict now; if what we sent won, say so
-                settled = self._look(change, mine, deadline)
-                if settled is not None:
-                    return settled
+                looked = self._look(change, mine, deadline)
+                if looked is not None:
+                    return looked
             attempt += 1
             ballot = self._next_ballot()
             prep = self._round({"o": "p", "n": self.name, "b": list(ballot)}, deadline)

@@ -234,7 +234,8 @@ class KubernetesLock(Lock):
         try:
             for event in watch_events(raw):
                 kind = event.get("type")
-                obj = event.get("object") if isinstance(event.get("object"), dict) else {}
+                raw_obj = event.get("object")
+                obj: dict[str, Any] = raw_obj if isinstance(raw_obj, dict) else {}
                 rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED"):
                     if rv is not None and rv != version:

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import signals
@@ -45,7 +46,7 @@ from ...record import printable
 from ...registry import ENV_URL, default_url, open_backend
 from ...urls import redact, scrub
 
-__all__ = ["LeaderScheduler", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
+__all__ = ["LeaderScheduler", "LeaderConfig", "leader_config", "current_leadership", "sent_token", "CATCH_UP_POLICIES", "HEADER_TOKEN"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,20 @@ def default_name(app: Any, suffix: str = "beat") -> str:
     return f"{main}.{suffix}"
 
 
-def leader_config(app: Any, *, suffix: str = "beat") -> dict[str, Any]:
+@dataclass(frozen=True)
+class LeaderConfig:
+    """The ``leader_election_*`` settings of a Celery app, validated (see :func:`leader_config`)."""
+
+    url: str
+    #: no URL was configured: the embedded file:// default (logged at start-up)
+    url_from_default: bool
+    name: str
+    identity: str
+    timing: Timing
+    catch_up: str | None
+
+
+def leader_config(app: Any, *, suffix: str = "beat") -> LeaderConfig:
     """Read and validate the ``leader_election_*`` keys (no I/O). Errors name the key to fix."""
     url = _conf(app, "leader_election_url", "") or ""
     if not isinstance(url, str):
@@ -128,14 +142,9 @@ def leader_config(app: Any, *, suffix: str = "beat") -> dict[str, Any]:
         raise ConfigurationError(
             f"leader_election_catch_up must be one of {', '.join(CATCH_UP_POLICIES)} (or unset), got {catch_up!r}"
         )
-    return {
-        "url": url,
-        "url_from_default": from_default,
-        "name": name,
-        "identity": identity,
-        "timing": timing,
-        "catch_up": catch_up,
-    }
+    return LeaderConfig(
+        url=url, url_from_default=from_default, name=name, identity=identity, timing=timing, catch_up=catch_up
+    )
 
 
 def _check_url(url: str) -> str:
@@ -303,13 +312,13 @@ class LeaderScheduler(Scheduler):
         # configuration first, without I/O: a typo stops beat before anything is sent
         try:
             self._leader_conf = leader_config(app)
-            self._leader_backend_desc = _check_url(self._leader_conf["url"])
+            self._leader_backend_desc = _check_url(self._leader_conf.url)
         except ConfigurationError:
             _one_line_startup_errors()
             raise
         base = self._leader_base or _wrapped_base(type(self))
         self._leader_per_host = is_per_host(base)
-        catch_up = self._leader_conf["catch_up"]
+        catch_up = self._leader_conf.catch_up
         self._leader_catch_up = catch_up or ("skip" if self._leader_per_host else "once")
         self._leader_mutex = threading.RLock()
         self._leader_term: int | None = None  # token of the term whose state is loaded
@@ -319,11 +328,12 @@ class LeaderScheduler(Scheduler):
         self._leader_election = None
         super().__init__(*args, **kwargs)
         self._leader_colock: Any = None
-        if getattr(self, "lock_key", None) and any(c.__name__ == "RedBeatScheduler" for c in type(self).__mro__):
+        redbeat_key = getattr(self, "lock_key", None)
+        if redbeat_key and any(c.__name__ == "RedBeatScheduler" for c in type(self).__mro__):
             # RedBeat: its own lock (renewed inside tick(), 25 minutes by default) is replaced by
             # the election; the leader still holds its key, so that plain RedBeat beats stay out
             # during a rolling upgrade (celery_leader.integrations.celery.redbeat)
-            self._leader_colock = self._redbeat_colock(self.lock_key)
+            self._leader_colock = self._redbeat_colock(redbeat_key)
             self.lock_key = None
 
     def _redbeat_colock(self, key: str) -> Any:
@@ -331,9 +341,9 @@ class LeaderScheduler(Scheduler):
 
         from .redbeat import RedBeatCoLock
 
-        timing: Timing = self._leader_conf["timing"]
+        timing: Timing = self._leader_conf.timing
         ttl = max(3 * float(self.max_interval or 1.0), 2 * timing.lease_duration)
-        return RedBeatCoLock(get_redis(self.app), key, self._leader_conf["name"], ttl)
+        return RedBeatCoLock(get_redis(self.app), key, self._leader_conf.name, ttl)
 
     # --- the election ------------------------------------------------------------------
 
@@ -346,18 +356,18 @@ class LeaderScheduler(Scheduler):
         if self._leader_election is not None or self._leader_closed:
             return self._leader_election
         conf = self._leader_conf
-        timing: Timing = conf["timing"]
-        if conf["url_from_default"]:
+        timing: Timing = conf.timing
+        if conf.url_from_default:
             log.warning(
                 "celery-leader: no leader_election_url (nor %s); using %s, which only beats on this host share. "
                 "Set leader_election_url for beats on several hosts.",
                 ENV_URL,
-                conf["url"],
+                conf.url,
             )
         election = Election(
-            conf["name"],
-            url=conf["url"],
-            identity=conf["identity"],
+            conf.name,
+            url=conf.url,
+            identity=conf.identity,
             timing=timing,
             on_new_leader=self._leader_new_leader,
         )
@@ -368,13 +378,13 @@ class LeaderScheduler(Scheduler):
             raise
         self._leader_election = election
         log.info(
-            "celery-leader: beat %s standing for %s on %s", conf["identity"], conf["name"], self._leader_backend_desc
+            "celery-leader: beat %s standing for %s on %s", conf.identity, conf.name, self._leader_backend_desc
         )
         return self._leader_election
 
     def _leader_new_leader(self, identity: str) -> None:
-        if identity != self._leader_conf["identity"]:
-            log.info("celery-leader: %s is now leading %s", identity, self._leader_conf["name"])
+        if identity != self._leader_conf.identity:
+            log.info("celery-leader: %s is now leading %s", identity, self._leader_conf.name)
 
     def _leadership(self) -> Leadership | None:
         """The valid leadership whose schedule state is loaded, else None (fail closed)."""
@@ -407,7 +417,7 @@ class LeaderScheduler(Scheduler):
     # --- scheduler overrides -------------------------------------------------------------
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        standby_wait = min(self._leader_conf["timing"].retry_period, self.max_interval or 1.0)
+        standby_wait = min(self._leader_conf.timing.retry_period, self.max_interval or 1.0)
         try:
             election = self._ensure_election()
         except ConfigurationError as exc:
@@ -557,7 +567,7 @@ class LeaderScheduler(Scheduler):
         finally:
             already, self._leader_closed = self._leader_closed, True
             if election is not None and not already:
-                log.info("celery-leader: beat stopping; releasing %s", self._leader_conf["name"])
+                log.info("celery-leader: beat stopping; releasing %s", self._leader_conf.name)
                 try:
                     election.stop()
                 except Exception:  # noqa: BLE001
@@ -568,11 +578,11 @@ class LeaderScheduler(Scheduler):
     @property
     def info(self) -> str:
         conf = self._leader_conf
-        timing: Timing = conf["timing"]
+        timing: Timing = conf.timing
         base = self._leader_base or _wrapped_base(type(self))
         lines = [
-            f"    . leader election -> {conf['name']} on {self._leader_backend_desc}",
-            f"    . identity -> {conf['identity']}",
+            f"    . leader election -> {conf.name} on {self._leader_backend_desc}",
+            f"    . identity -> {conf.identity}",
             f"    . lease -> {timing.lease_duration}s (renew deadline {timing.renew_deadline}s, "
             f"retry {timing.retry_period}s), catch-up: {self._leader_catch_up}",
             f"    . wraps -> {base.__module__}.{base.__qualname__}",

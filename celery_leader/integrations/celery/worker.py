@@ -80,13 +80,13 @@ class LeaderQueues(bootsteps.StartStopStep):
         if not self.elections:
             for q in self.queues:
                 conf = self.conf[q]
-                timing = conf["timing"]
+                timing = conf.timing
                 self._stopped[q] = threading.Event()
                 self._stopped[q].set()
                 self.elections[q] = Election(
-                    conf["name"],
-                    url=conf["url"],
-                    identity=conf["identity"],
+                    conf.name,
+                    url=conf.url,
+                    identity=conf.identity,
                     timing=timing,
                     on_started_leading=lambda lead, q=q: self._lead(q, lead),
                 ).start()
