@@ -430,26 +430,39 @@ class GitFileEnv(_GitEnv):
     def inject(self, kind: str, leader: int, rng: random.Random, cluster: ElectorCluster) -> Injected:
         if kind == "reflock":
             detail = rng.uniform(0.5, 2.0) * self.timing.lease
-            writer = subprocess.Popen(["git", "-C", str(self.repo), "update-ref", "--stdin"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-            assert writer.stdin is not None and writer.stdout is not None
-            ref = "refs/celery-leader/chaos"
-            # verify the ref (whatever it is) under its lock: git takes refs/...lock and holds it
-            writer.stdin.write(f"start\nverify {ref}\nprepare\n")
-            writer.stdin.flush()
-            writer.stdout.readline()  # start: ok
-            line = writer.stdout.readline()  # prepare: ok (or an error if a candidate held it)
+            writer = self._hold_ref_lock()
+            if writer is None:
+                return Injected(0.0, None)  # the ref moved under every attempt: nothing held
             writer.send_signal(signal.SIGSTOP)
             time.sleep(detail)
             writer.send_signal(signal.SIGCONT)
-            if line.startswith("prepare"):
-                writer.stdin.write("abort\n")
-                writer.stdin.flush()
+            assert writer.stdin is not None
+            writer.stdin.write("abort\n")
             writer.stdin.close()
             writer.wait(10)
             # a held ref lock stops every write, renewals too: the leader may lose its term
             return Injected(detail, detail + self.timing.takeover)
         return super().inject(kind, leader, rng, cluster)
+
+    def _hold_ref_lock(self, attempts: int = 50) -> subprocess.Popen | None:
+        """A ``git update-ref --stdin`` transaction that verifies the ref's current value and
+        prepares: git then holds ``refs/celery-leader/chaos.lock`` until commit or abort."""
+        ref = "refs/celery-leader/chaos"
+        for _ in range(attempts):
+            oid = subprocess.run(["git", "-C", str(self.repo), "rev-parse", "-q", "--verify", ref],
+                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
+            writer = subprocess.Popen(["git", "-C", str(self.repo), "update-ref", "--stdin"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+            assert writer.stdin is not None and writer.stdout is not None
+            # verify with no value means "must not exist": a missing ref is locked as missing
+            writer.stdin.write(f"start\nverify {ref} {oid}\nprepare\n".replace(" \n", "\n"))
+            writer.stdin.flush()
+            writer.stdout.readline()  # start: ok
+            if writer.stdout.readline().startswith("prepare: ok"):
+                return writer
+            writer.kill()  # a renewal moved the ref (or held its lock) meanwhile: again
+            writer.wait(10)
+        return None
 
 
 class _GitServerEnv(_GitEnv):

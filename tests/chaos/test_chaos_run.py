@@ -72,3 +72,34 @@ def test_chaos_run(tmp_path, backend: str) -> None:
     seconds = SECONDS * (4 if backend in SLOW else 1) if SOAK else SECONDS
     result = run_chaos(backend, seconds, _seed(), workdir=tmp_path)
     _check(result)
+
+
+INTEGRATIONS = ["celery-beat", "apscheduler", pytest.param("runasleader", marks=_soak),
+                *(pytest.param(k, marks=_soak) for k in ("rq-cron", "rq-worker", "rq-scheduler"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("integration", INTEGRATIONS)
+def test_chaos_integration(tmp_path, integration: str) -> None:
+    """Failovers of the leading scheduler; duplicates and token order counted by the workers."""
+    from benchmarks.chaos_integrations import run_integration
+    from tests.servers import port_open
+
+    if integration == "runasleader":
+        _need("django-postgresql")
+        _check(run_chaos("runasleader", SECONDS * 4, _seed(), workdir=tmp_path))
+        return
+    if not port_open(6379):
+        unavailable("Redis is not listening on 127.0.0.1:6379 (broker and lock of the integration runs)")
+    pytest.importorskip({"celery-beat": "celery", "apscheduler": "apscheduler"}.get(integration, "rq"))
+    if integration.startswith("rq") and shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed (the RQ runs start a private one)")
+    seed = _seed()
+    got = run_integration(integration, SECONDS * (4 if SOAK else 1), seed, tmp_path)
+    where = f"({integration}, seed {seed}; replay with CELERY_LEADER_CHAOS_SEED={seed})"
+    assert got["faults"], f"no fault was injected {where}"
+    assert got["failovers"] >= 1, f"no failover {where}"
+    assert got["duplicates"] == 0, f"{got['duplicates']} duplicate runs {where}"
+    assert got["token_regressions"] == 0, f"{got['token_regressions']} token regressions {where}"
+    assert not got.get("late_sends"), f"{got['late_sends']} sends by a deposed leader {where}"
+    far = [f for f in got["faults"] if f["leaderless"] > 3 * f["bound"] + 5]
+    assert not far, f"time without a run far over the design's bound: {far} {where}"
