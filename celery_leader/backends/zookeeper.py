@@ -62,8 +62,8 @@ __all__ = ["ZooKeeperBackend", "ZooKeeperLock", "VANISHED_HOLDER", "DEFAULT_PATH
 log = logging.getLogger(__name__)
 
 #: ZAB: writes are acknowledged by a quorum and totally ordered; a minority side cannot
-#: write. Reads come from the server the session is on and may lag (no sync before read),
-#: but a stale read only makes a compare-and-swap fail, never succeed.
+#: write. Every read is preceded by ``sync`` (pipelined), so it sees every write
+#: acknowledged before it; a stale read could only make a compare-and-swap fail anyway.
 CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
 DEFAULT_PORT = 2181
@@ -128,14 +128,19 @@ class ZooKeeperLock(Lock):
 
     def _read(self, timeout: float, watch: Callable[[Any], None] | None = None) -> tuple[bytes | None, int | None, int | None, int]:
         """(lock data, lock version, fence version, fence), in one round trip: the requests
-        are pipelined, the fence first (a session's requests are answered in order)."""
-        starts: list[Callable[[KazooClient], Any]] = [lambda c: c.get_async(self.fence_path)]
+        are pipelined (a session's requests are answered in order): ``sync`` first, so that
+        the server the session is on has caught up with the ensemble's leader and the reads
+        see every write acknowledged before, then the fence, then the lock node."""
+        starts: list[Callable[[KazooClient], Any]] = [
+            lambda c: c.sync_async(self.path),
+            lambda c: c.get_async(self.fence_path),
+        ]
         if watch is not None:
             # exists() sets a watch that fires on creation, deletion and data changes
             starts.append(lambda c: c.exists_async(self.path, watch=watch))
         starts.append(lambda c: c.get_async(self.path))
         results = self._backend.call_many(starts, timeout, missing=(None, None))
-        fence_raw, fence_stat = results[0]
+        fence_raw, fence_stat = results[1]
         raw, lock_stat = results[-1]
         fence = 0
         if fence_stat is not None:

@@ -15,9 +15,9 @@ from .conftest import ZooKeeper
 
 class TestZooKeeperLock(LockContract):
     @pytest.fixture
-    def make_lock(self, zk_server: ZooKeeper, path: str, open_backend):
-        # a new client (kazoo session) for every lock: races between clients
-        return lambda name: open_backend(zk_server.url(path)).lock(name)
+    def backend_url(self, zk_server: ZooKeeper, path: str) -> str:
+        # the suite opens a new backend (a new kazoo session) for every lock: races between clients
+        return zk_server.url(path)
 
     @pytest.fixture
     def write_raw(self, zk_admin, path: str):
