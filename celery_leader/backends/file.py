@@ -47,6 +47,7 @@ from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError
 from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
 from ..registry import default_state_dir
 from ..urls import UrlOptions, redact
+from . import _inotify
 
 __all__ = ["FileBackend", "FileLock", "NONCE_KEY", "VANISHED_HOLDER", "validate_name"]
 
@@ -233,6 +234,7 @@ class FileLock(Lock):
         self.lease_path = directory / (name + LEASE_SUFFIX)
         self.lock_path = directory / (name + LOCK_SUFFIX)
         self.poll_interval = poll_interval
+        self._inotify: bool | None = None  # decided on the first wait
         # flock belongs to an open file description: two threads sharing our fd would both
         # "hold" it, so threads of this process serialise on a mutex first.
         self._mutex = threading.Lock()
@@ -592,9 +594,28 @@ class FileLock(Lock):
             return f"{ABSENT}{fence}" if fence else None
         return _version_of(raw)
 
+    def _use_inotify(self) -> bool:
+        """inotify sees only this machine's writes: never trust it on a network filesystem."""
+        if self._inotify is None:
+            self._inotify = _inotify.available() and _filesystem_type(self.directory) not in _NETWORK_FS
+        return self._inotify
+
     def wait_for_change(self, version: str | None, timeout: float) -> None:
-        """Poll ``stat`` (cheap, no flock) and read only when inode, mtime or size moved."""
+        """Sleep on inotify until the lease or fence file changes (Linux, local filesystems);
+        elsewhere poll ``stat`` (cheap, no flock) and read only when inode, mtime or size moved."""
         deadline = time.monotonic() + max(0.0, timeout)
+        watch = _inotify.watch_or_none(self.directory, {self.lease_path.name, self.lock_path.name}) if self._use_inotify() else None
+        if watch is not None:
+            with watch:
+                # watching before reading: a change between the two is not lost
+                if self._peek_version() != version:
+                    return
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    if watch.wait(remaining) and self._peek_version() != version:
+                        return
         seen = self._stat_key()
         if self._peek_version() != version:
             return
