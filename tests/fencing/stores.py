@@ -70,7 +70,7 @@ class SqlStore(Store):
 
         self.spec = spec
         self.kind = spec["kind"]
-        self.engine = sa.create_engine(spec["url"], poolclass=sa.pool.NullPool)
+        self.engine = sa.create_engine(spec["url"])
         self.row = spec.get("row", "k")
         self.table = sa.Table(spec["table"], sa.MetaData(), sa.Column("name", sa.String(64), primary_key=True),
                               sa.Column("body", sa.Text), fence_column())

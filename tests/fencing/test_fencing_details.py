@@ -97,7 +97,7 @@ def test_sql_generic_path_for_other_databases(make_spec, monkeypatch, kind):
         with pytest.raises(StaleTokenError) as info:
             store.write(4, "stale")
         assert (info.value.seen, store.read()) == (5, "c")
-        for i in range(6):  # racing to create the row: the loser of the INSERT goes back to the UPDATE
+        for i in range(4):  # racing to create the row: the loser of the INSERT goes back to the UPDATE
             writers = {t: open_store({**spec, "row": f"r{i}"}) for t in (5, 6)}
             barrier = threading.Barrier(2)
             errors: list[BaseException] = []
