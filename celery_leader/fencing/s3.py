@@ -16,7 +16,7 @@ there would leave the ETag unchanged, and a stale writer's ``If-Match`` would st
 When the new body's MD5 equals the stored ETag, the put is therefore made as a one-part
 multipart upload, whose ETag has another form (``...-1``), with ``If-Match`` on the
 completion. That needs a server that honours conditions on ``CompleteMultipartUpload``
-(AWS S3 does since 2024; moto 5.2 ignores them, see docs/fencing.md).
+(AWS S3 and SeaweedFS do; moto 5.2 ignores them, see docs/fencing.md).
 
 An object without token metadata (written before fencing) accepts any token; metadata
 that is not a token is refused (fail closed). Needs the ``s3`` extra (boto3).

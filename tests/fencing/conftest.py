@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.fencing.stores import KINDS, open_store, unique
-from tests.s3.conftest import moto_server  # noqa: F401 - the S3 server fixture, reused
+from tests.s3.conftest import moto_server, seaweed_server  # noqa: F401 - the S3 server fixtures, reused
 from tests.servers import port_open, unavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -40,9 +40,9 @@ def make_spec(request, tmp_path) -> Iterator[Callable[[str], dict]]:
             client = redis.Redis.from_url(REDIS_URL)
             cleanups.append(lambda: (client.delete(key, key + ":fence"), client.close()))
             return {"kind": kind, "url": REDIS_URL, "key": key}
-        if kind == "s3":
-            server = request.getfixturevalue("moto_server")
-            return {"kind": "s3", "endpoint": server.endpoint, "bucket": server.bucket, "key": unique("fence") + ".txt",
+        if kind.startswith("s3"):  # s3: moto; s3-seaweedfs: a real SeaweedFS
+            server = request.getfixturevalue("seaweed_server" if kind == "s3-seaweedfs" else "moto_server")
+            return {"kind": kind, "endpoint": server.endpoint, "bucket": server.bucket, "key": unique("fence") + ".txt",
                     "access_key": server.access_key, "secret_key": server.secret_key}
         import sqlalchemy as sa
 

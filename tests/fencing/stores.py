@@ -97,7 +97,7 @@ class S3Store(Store):
         from botocore.config import Config
 
         self.spec = spec
-        self.kind = "s3"
+        self.kind = spec["kind"]
         self.bucket, self.key = spec["bucket"], spec["key"]
         self.client = boto3.client(
             "s3", endpoint_url=spec["endpoint"], aws_access_key_id=spec["access_key"],
@@ -128,7 +128,7 @@ def open_store(spec: dict) -> Store:
     kind = spec["kind"]
     if kind.startswith("redis-"):
         return RedisStore(spec)
-    if kind == "s3":
+    if kind.startswith("s3"):
         return S3Store(spec)
     return SqlStore(spec)
 

@@ -228,7 +228,8 @@ def test_redis_fenced_log_for_a_harness(make_spec):
 # -- S3 ----------------------------------------------------------------------------------
 
 
-def test_s3_identical_bytes_from_a_newer_term_still_stop_the_stale_writer(make_spec):
+@pytest.mark.parametrize("server", ["s3", "s3-seaweedfs"])
+def test_s3_identical_bytes_from_a_newer_term_still_stop_the_stale_writer(make_spec, server):
     """The ABA case: the newer term writes the very bytes already stored (same MD5).
 
     The stale writer read the head (ETag E, token 5) just before; the newer term's write
@@ -238,7 +239,7 @@ def test_s3_identical_bytes_from_a_newer_term_still_stop_the_stale_writer(make_s
     """
     from celery_leader.fencing.s3 import fenced_put, stored_token
 
-    spec = make_spec("s3")
+    spec = make_spec(server)
     stale, newer = open_store(spec), open_store(spec)
     bucket, key = spec["bucket"], spec["key"]
     etag = fenced_put(stale.client, bucket, key, b"same bytes", 5)
@@ -255,6 +256,35 @@ def test_s3_identical_bytes_from_a_newer_term_still_stop_the_stale_writer(make_s
         fenced_put(stale.client, bucket, key, b"stale bytes", 5)
     assert info.value.seen == 6 and calls[0] != etag
     assert newer.read() == "same bytes" and stored_token(newer.client, bucket, key) == 6
+
+
+def test_s3_higher_write_racing_the_multipart_completion_wins(make_spec):
+    """SeaweedFS, which honours If-Match on CompleteMultipartUpload (moto 5.2 does not).
+
+    Token 6 rewrites identical bytes (the multipart path); while its upload is open, token
+    7 writes. The completion's If-Match fails, token 6 reads again, sees 7 and stops.
+    """
+    from celery_leader.fencing.s3 import fenced_put, stored_token
+
+    spec = make_spec("s3-seaweedfs")
+    six, seven = open_store(spec), open_store(spec)
+    bucket, key = spec["bucket"], spec["key"]
+    fenced_put(six.client, bucket, key, b"same bytes", 5)
+    real_upload = six.client.upload_part
+    calls: list[str] = []
+
+    def slowed_upload(**kwargs):
+        if not calls:
+            calls.append(fenced_put(seven.client, bucket, key, b"seven", 7))
+        return real_upload(**kwargs)
+
+    six.client.upload_part = slowed_upload
+    with pytest.raises(StaleTokenError) as info:
+        fenced_put(six.client, bucket, key, b"same bytes", 6)
+    assert info.value.seen == 7 and calls
+    assert seven.read() == "seven" and stored_token(seven.client, bucket, key) == 7
+    # no multipart upload left behind by the refused write
+    assert not six.client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads")
 
 
 def test_s3_object_from_before_fencing_and_garbled_metadata(make_spec):
