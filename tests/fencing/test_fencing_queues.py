@@ -111,6 +111,28 @@ def test_celery_refuse_stale_without_a_redis_names_the_setting():
     assert job.apply().get() == 1  # without a token there is nothing to check
 
 
+def test_celery_refuse_stale_fails_closed_when_its_redis_is_down(caplog):
+    """Without the mark the stale check cannot be made: the task body does not run."""
+    from celery import Celery
+
+    from celery_leader.fencing.celery import FencedTask
+    from tests.servers import free_port
+
+    app = Celery("fencing-down", broker="memory://", set_as_current=False)
+    app.conf.leader_fence_url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    ran: list[int] = []
+
+    @app.task(bind=True, base=FencedTask, refuse_stale=True)
+    def job(self):
+        ran.append(self.fencing_token)
+
+    with pytest.raises(Exception) as info:
+        job.apply(headers={HEADER_TOKEN: 3, HEADER_ELECTION: "x"}, throw=True)
+    assert "Connection" in type(info.value).__name__
+    assert ran == []
+    assert "not running it" in caplog.text and "hunter2" not in caplog.text
+
+
 def test_rq_job_gets_its_token_and_stale_jobs_are_refused(redis_client):
     import rq
 
