@@ -466,6 +466,11 @@ class GitFileEnv(_GitEnv):
 
 
 class _GitServerEnv(_GitEnv):
+    #: every call is a process spawned by the server (git-upload-pack / git-receive-pack, and
+    #: for HTTP a CGI bridge too): 15-25 ms at rest, but past the 0.3 s that a 1 s lease
+    #: gives each call at a load average of 30 (measured: then most calls time out, and a
+    #: 0.2 s freeze of the server left no leader for 88 s). A 3 s lease gives calls 1 s.
+    timing = Timing(3.0, 2.0, 0.5)
     faults = {
         "server": "the git server killed, restarted on the same port after 0.2-2 leases",
         "slow": "the git server frozen (SIGSTOP) for 0.2-0.5 leases, then resumed",

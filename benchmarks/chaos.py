@@ -183,6 +183,49 @@ def fence_replay(paths: list[Path]) -> FencedStore:
     return fence
 
 
+def _fence_children(cluster: ElectorCluster, url: str, backend: str) -> str | None:
+    """Run :mod:`benchmarks._fenced_child` instead of the plain child: every term writes to
+    ``url`` through ``celery_leader.fencing.redis.fenced_set``. (runasleader has its own command.)"""
+    import uuid
+
+    base = cluster.command
+    probe = base(0)
+    if "celery_leader.testing.child" not in probe:
+        return None
+    key = f"celery-leader-chaos:{backend}:{uuid.uuid4().hex[:8]}"
+
+    def command(i: int) -> list[str]:
+        argv = base(i)
+        argv[argv.index("celery_leader.testing.child")] = "benchmarks._fenced_child"
+        return [*argv, url, key]
+
+    cluster.command = command  # type: ignore[method-assign]
+    root = str(Path(__file__).resolve().parents[1])
+    cluster.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, cluster.env.get("PYTHONPATH", "")]))
+    return key
+
+
+def _drop_fence(url: str, key: str) -> None:
+    with contextlib.suppress(Exception):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        client.delete(key, f"{key}:fence")
+        client.close()
+
+
+def _count_lines(paths: list[Path], events: tuple[str, ...]) -> Counter[str]:
+    found: Counter[str] = Counter({e: 0 for e in events})
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path) as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(line).get("e")
+                    if ev in events:
+                        found[ev] += 1
+    return found
+
+
 def leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float) -> float:
     """Seconds from the fault until a leader ran again (0 if leadership was not interrupted)."""
     t = fault.at
@@ -222,6 +265,7 @@ def run_chaos(
     kinds: tuple[str, ...] | None = None,
     max_faults: int | None = None,
     keep_going: bool = False,
+    fence_url: str | None = None,
 ) -> ChaosResult:
     """One run: start the environment and the candidates, inject faults for ``duration`` s."""
     if backend not in ENVIRONMENTS:
@@ -236,6 +280,7 @@ def run_chaos(
     t = env_cls.timing
     faults: list[Fault] = []
     notes: list[str] = []
+    fence_key: str | None = None
     load0 = os.getloadavg()[0]
     started = time.time()
     env: Environment = env_cls(workdir, n)
@@ -243,6 +288,8 @@ def run_chaos(
     try:
         cluster = env.cluster("chaos", workdir=workdir / "nodes", lease_duration=t.lease, renew_deadline=t.renew,
                               retry_period=t.retry, grace=t.lease)  # fmt: skip
+        if fence_url:
+            fence_key = _fence_children(cluster, fence_url, backend)
         with cluster:
             try:
                 cluster.wait_for_leader(timeout=60)
@@ -269,14 +316,20 @@ def run_chaos(
             end_of_run = time.time()
         report = cluster.check()
         fence = fence_replay([cluster.log_path(i) for i in range(n)])
+        fence_lines = _count_lines([cluster.log_path(i) for i in range(n)], ("refused", "fence-error"))
     finally:
         env.stop()
+        if fence_url and fence_key:
+            _drop_fence(fence_url, fence_key)
     for fault in faults:
         fault.leaderless = leaderless_after(fault, report.intervals, end_of_run)
     result = ChaosResult(backend, seed, faults, report, (t.lease, t.renew, t.retry), started,
                          time.time() - started, (load0, os.getloadavg()[0]), n, notes)  # fmt: skip
     result.fenced = {"writes": fence.accepted + fence.refused, "refused": fence.refused,
                      "refused_terms": len(fence.refused_tokens)}
+    if fence_key:
+        # the real helper's verdicts: terms whose Redis write was refused (one line each)
+        result.fenced |= {"redis_refused_terms": fence_lines["refused"], "redis_errors": fence_lines["fence-error"]}
     if own_dir:
         if report.safe and not notes:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -297,6 +350,8 @@ def print_result(result: ChaosResult) -> None:
           f"{len(result.report.token_regressions)} token regressions, fence refused "
           f"{result.fenced.get('refused', 0)} late writes of {result.fenced.get('refused_terms', 0)} deposed terms)")  # fmt: skip
     print(table(rows, ["fault", "n", "leaderless p50 s", "leaderless max s", "bound s", "over bound"]), flush=True)
+    if result.fenced:
+        print("fence: " + ", ".join(f"{k} {v}" for k, v in result.fenced.items()), flush=True)
     for note in result.notes:
         print(note)
 
@@ -320,6 +375,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs per backend, each stored when it ends")
     parser.add_argument("--until", default=None, help="HH:MM UTC: keep starting runs until then")
     parser.add_argument("--kind", action="append", help="only these fault kinds (repeatable)")
+    parser.add_argument("--fence-url", default="redis://127.0.0.1:6379/0",
+                        help="Redis for the children's fenced writes (celery_leader.fencing.redis); 'none': off")
     parser.add_argument("--no-store", action="store_true", help="do not write benchmarks/results/chaos/")
     parser.add_argument("--list", action="store_true", help="print every backend's fault kinds and exit")
     args = parser.parse_args(argv)
@@ -340,7 +397,8 @@ def main(argv: list[str]) -> int:
             run_seed = random.randrange(1 << 30) if seed is None else seed
             print(f"chaos: {backend}, seed {run_seed}", flush=True)
             try:
-                result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()), keep_going=True)
+                result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()), keep_going=True,
+                                   fence_url=None if args.fence_url == "none" else args.fence_url)
             except Exception as exc:  # noqa: BLE001 - a server that would not start: the next run may
                 print(f"chaos: {backend} seed {run_seed} failed to run: {exc!r}", flush=True)
                 continue
