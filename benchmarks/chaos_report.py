@@ -39,6 +39,18 @@ def _dates(runs: list[dict[str, Any]]) -> str:
     return ", ".join(days)
 
 
+def _fenced_cell(group: list[dict[str, Any]], fenced: list[int | None]) -> str:
+    """Replayed refusals; with the terms whose write the real Redis helper refused."""
+    if not any(x is not None for x in fenced):
+        return "-"
+    cell = str(sum(x for x in fenced if x is not None))
+    helper = [r["fenced"]["redis_refused_terms"] for r in group
+              if isinstance(r.get("fenced"), dict) and "redis_refused_terms" in r["fenced"]]  # fmt: skip
+    if helper:
+        cell += f" (Redis helper: {sum(helper)} terms in {len(helper)} runs)"
+    return cell
+
+
 def aggregate(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[Any]]]:
     """(one row per backend/integration, one row per backend/integration and fault kind)."""
     by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -61,7 +73,7 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[An
             sum(r["terms"] for r in group), failovers, f"**{sum(r['overlaps'] for r in group)}**",
             f"**{sum(r['token_regressions'] for r in group)}**",
             f"**{sum(r.get('duplicates', 0) for r in group)}**" if integration else "-",
-            sum(x for x in fenced if x is not None) if any(x is not None for x in fenced) else "-",
+            _fenced_cell(group, fenced),
             f"{max(loads):.1f}" if loads else "-", _dates(group),
         ])  # fmt: skip
         for kind in sorted(kinds):

@@ -72,7 +72,7 @@ def test_runs_add_up_in_the_report(tmp_path: Path) -> None:
     by_name = {row[0]: row for row in totals}
     assert by_name["redis"][1:4] == [2, 4, "delay 1, kill 3"]
     assert by_name["redis"][-1] == "2026-11-28, 2026-11-29"
-    assert by_name["celery-beat"][8] == "**0**" and by_name["celery-beat"][9] == 2
+    assert by_name["celery-beat"][8] == "**0**" and by_name["celery-beat"][9] == "2"
     kill = next(row for row in gaps if row[:2] == ["redis", "kill"])
     assert kill[2] == 3 and kill[3] == 2.0 and kill[4] == 3.0 and kill[6] == 1  # one over the bound
     block = render(runs)
@@ -86,3 +86,47 @@ def test_a_garbled_result_file_names_itself(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SystemExit, match="bad.json"):
         load_runs(tmp_path)
+
+
+def test_the_fenced_child_stops_writing_when_a_newer_term_wrote(tmp_path: Path) -> None:
+    """A child of token 4 starts after token 5 has written: the real Redis helper refuses
+    its first write, the child logs one ``refused`` line and keeps beating (the harness's
+    checker still sees its term) without writing again."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from tests.servers import port_open, unavailable
+
+    if not port_open(6379):
+        unavailable("Redis is not listening on 127.0.0.1:6379")
+    redis = pytest.importorskip("redis")
+    from celery_leader.fencing.redis import fenced_set
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    key = f"celery-leader-chaos-test:{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "child.log"
+    try:
+        fenced_set(client, key, 5, "newer term")
+        env = {**os.environ, "CELERY_LEADER_TOKEN": "4", "CELERY_LEADER_IDENTITY": "old"}
+        child = subprocess.Popen([sys.executable, "-m", "benchmarks._fenced_child", str(log), "0.02",
+                                  "redis://127.0.0.1:6379/0", key], env=env)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and '"refused"' not in (log.read_text() if log.exists() else ""):
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            child.terminate()
+            child.wait(20)
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        kinds = [e["e"] for e in events]
+        assert kinds.count("refused") == 1, kinds
+        assert next(e for e in events if e["e"] == "refused")["seen"] == 5
+        assert kinds[0] == "start" and kinds[-1] == "stop" and "beat" in kinds
+        assert client.get(key) == b"newer term"
+    finally:
+        client.delete(key, f"{key}:fence")
+        client.close()
