@@ -32,6 +32,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 from typing import Any
 
 import pendulum
@@ -168,7 +169,7 @@ class LeaderPeriodiq:
             return 0
         if self._sent is not None and self._sent[0] == lead.token and slot <= self._sent[1]:
             return 0
-        key = slot.in_timezone("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+        key = slot.in_timezone("UTC").strftime(_MARK_FORMAT)
         marked = _marked(lead)
         if marked is not None and marked >= key:
             self._sent = (lead.token, slot)
@@ -199,7 +200,17 @@ def _marked(lead: Leadership) -> str | None:
     """The last slot a leader of this election started to send, from the lock record."""
     record = getattr(lead, "record", None)
     value = (getattr(record, "extra", None) or {}).get(SLOT_KEY)
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or len(value) != len(_MARK_EXAMPLE):
+        return None
+    try:  # anything but a slot (garbage compares above every real one) would stop sending for good
+        datetime.strptime(value, _MARK_FORMAT)
+    except ValueError:
+        return None
+    return value
+
+
+_MARK_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_MARK_EXAMPLE = "2026-01-01T00:00:00Z"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -171,6 +171,30 @@ def test_the_slot_mark_moves_with_the_lock(queue: str, actors) -> None:  # noqa:
         b.close()
 
 
+@pytest.mark.parametrize("garbage", ["not-a-slot", "zzzz", "9999", ["x"], 20260101, "2026-13-45T99:99:99Z"])
+def test_unreadable_slot_mark_does_not_stop_sending(queue: str, actors, garbage: object) -> None:  # noqa: ANN001
+    """A mark this code cannot read is not a slot: the leader sends, and its own mark replaces it."""
+    from celery_leader import LeaderRecord, open_backend
+
+    _, declared = actors
+    backend = open_backend(REDIS)
+    try:  # a record someone else wrote, with a mark that is not a slot
+        backend.lock(f"periodiq.{queue}").create(LeaderRecord(extra={leader_periodiq.SLOT_KEY: garbage}), 2.0)
+    finally:
+        backend.close()
+    sched = make(queue, declared)
+    minute = pendulum.now().add(hours=1).replace(minute=0, second=0, microsecond=0)  # both actors due
+    sched.start()
+    try:
+        wait_for(lambda: sched.election.is_leader, 10, "leadership")
+        assert sched.tick(minute) == 2
+        assert leader_periodiq._marked(sched.election.leadership) == minute.in_timezone("UTC").strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    finally:
+        sched.close()
+
+
 def test_configuration_errors(queue: str, actors) -> None:  # noqa: ANN001
     _, declared = actors
     with pytest.raises(ConfigurationError, match="no periodic actor"):
