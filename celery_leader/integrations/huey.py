@@ -83,7 +83,13 @@ def _marked(lead: Any) -> str | None:
     """The last slot a leader of this election started to enqueue, from the lock record."""
     record = getattr(lead, "record", None)
     value = (getattr(record, "extra", None) or {}).get(SLOT_KEY)
-    return value if isinstance(value, str) and re.fullmatch(r"\d{8}T\d{6}", value) else None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{8}T\d{6}", value):
+        return None
+    try:  # a mark that is not a date (99999999T999999) sorts above every slot: sending would stop
+        datetime.strptime(value, SLOT_FORMAT)
+    except ValueError:
+        return None
+    return value
 
 
 def default_name(huey: Any) -> str:

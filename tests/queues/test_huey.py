@@ -219,7 +219,7 @@ def test_lost_leadership_between_slots_enqueues_nothing(queue: str) -> None:
         a.shutdown()
 
 
-@pytest.mark.parametrize("garbage", [["not", "a", "slot"], 20260101, "99999999T999999x", "\x00" * 300])
+@pytest.mark.parametrize("garbage", [["not", "a", "slot"], 20260101, "99999999T999999x", "99999999T999999", "\x00" * 300])
 def test_unreadable_slot_mark_is_overwritten_not_fatal(queue: str, garbage: object) -> None:
     from celery_leader import LeaderRecord, open_backend
 
