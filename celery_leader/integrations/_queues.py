@@ -54,6 +54,10 @@ class LeaderSettings:
         retry_period: float = 2.0,
     ) -> LeaderSettings:
         """Validate everything and parse the URL (no lock is taken). Errors are one line."""
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(
+                f"leader URL must be a lock URL string such as redis://host:6379/0, got a {type(url).__name__}"
+            )
         text = (url or "").strip() or os.environ.get(ENV_URL, "").strip()
         from_default = not text
         text = text or default_url()
