@@ -95,6 +95,12 @@ class FencedTask(Task):
         url = self.fence_url or self.app.conf.get(CONF_FENCE_URL)
         if not url:
             broker = self.app.conf.broker_url or ""
+            if not isinstance(broker, str) or ";" in broker:
+                # a failover list names no single Redis: the mark must live in exactly one
+                raise ConfigurationError(
+                    f"task {self.name}: refuse_stale needs one Redis for the highest token run and the broker is "
+                    f"a list of URLs; set app.conf.{CONF_FENCE_URL} = 'redis://...'"
+                )
             if broker.split(":", 1)[0] in ("redis", "rediss", "unix"):
                 url = broker
         if not url:

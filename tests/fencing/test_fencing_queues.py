@@ -111,6 +111,30 @@ def test_celery_refuse_stale_without_a_redis_names_the_setting():
     assert job.apply().get() == 1  # without a token there is nothing to check
 
 
+
+@pytest.mark.parametrize("broker", [
+    "redis://:hunter2@127.0.0.1:6379/3;redis://:hunter2@127.0.0.1:6380/3",  # failover list: which one keeps the mark?
+    ["redis://:hunter2@127.0.0.1:6379/3", "redis://:hunter2@127.0.0.1:6380/3"],
+])
+def test_celery_refuse_stale_with_a_failover_broker_list_names_the_setting(broker):
+    """A list of brokers names no single Redis for the mark: refuse, naming leader_fence_url."""
+    from celery import Celery
+
+    from celery_leader.fencing.celery import FencedTask
+
+    app = Celery("fencing-list", broker="memory://", set_as_current=False)
+    app.conf.broker_url = broker
+    ran: list[int] = []
+
+    @app.task(bind=True, base=FencedTask, refuse_stale=True)
+    def job(self):
+        ran.append(self.fencing_token)
+
+    with pytest.raises(ConfigurationError, match="leader_fence_url") as info:
+        job.apply(headers={HEADER_TOKEN: 3, HEADER_ELECTION: "x"}, throw=True)
+    assert "hunter2" not in str(info.value)
+    assert ran == []
+
 def test_celery_refuse_stale_fails_closed_when_its_redis_is_down(caplog):
     """Without the mark the stale check cannot be made: the task body does not run."""
     from celery import Celery
