@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import InvalidTokenError, StaleTokenError
 from ..record import MAX_TRANSITIONS
 
-__all__ = ["check_token", "stale", "StaleTokenError", "InvalidTokenError", "TOKEN_COLUMN", "TOKEN_METADATA"]
+__all__ = ["check_token", "token_from_message", "stale", "StaleTokenError", "InvalidTokenError", "TOKEN_COLUMN", "TOKEN_METADATA"]
 
 #: default name of the SQL column / Django field that keeps the highest token written
 TOKEN_COLUMN = "fence_token"
@@ -65,6 +65,25 @@ def check_token(token: Any) -> int:
     if not 0 <= value < MAX_TRANSITIONS:
         raise InvalidTokenError(f"fencing token must be between 0 and 2**63-1, got {value}")
     return value
+
+
+def token_from_message(value: Any, where: str) -> int | None:
+    """The token a message carries (a header, ``job.meta``): ``None`` when it carries none.
+
+    Our schedulers stamp an ``int`` (a serializer may turn it into decimal text); anything
+    else (``7.9``, ``True``, ``"abc"``, ``-1``) is :class:`InvalidTokenError`, never rounded
+    or guessed: a garbled token must not pass a stale check or reach a fenced write.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTokenError(
+            f"{where} holds {value!r:.40}, not a fencing token: the message was not stamped by a leader scheduler "
+            "(or was altered)"
+        )
+    return check_token(value)
 
 
 def stale(resource: str, token: int, seen: int | None) -> StaleTokenError:

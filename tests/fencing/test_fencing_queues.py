@@ -135,6 +135,25 @@ def test_celery_refuse_stale_with_a_failover_broker_list_names_the_setting(broke
     assert "hunter2" not in str(info.value)
     assert ran == []
 
+
+@pytest.mark.parametrize("garbled", [7.9, True, "abc", -1])
+def test_celery_garbled_token_header_is_refused_not_rounded(garbled):
+    from celery import Celery
+
+    from celery_leader.fencing.celery import FencedTask
+
+    app = Celery("fencing-garbled", broker="memory://", set_as_current=False)
+    app.conf.leader_fence_url = REDIS_URL
+    ran: list[object] = []
+
+    @app.task(bind=True, base=FencedTask, refuse_stale=True)
+    def job(self):
+        ran.append(self.fencing_token)
+
+    with pytest.raises(InvalidTokenError, match="fencing token"):
+        job.apply(headers={HEADER_TOKEN: garbled, HEADER_ELECTION: "garbled-" + uuid.uuid4().hex[:8]}, throw=True)
+    assert ran == []
+
 def test_celery_refuse_stale_fails_closed_when_its_redis_is_down(caplog):
     """Without the mark the stale check cannot be made: the task body does not run."""
     from celery import Celery
@@ -198,6 +217,36 @@ def test_rq_job_gets_its_token_and_stale_jobs_are_refused(redis_client):
     assert int(client.get(fence_key(election))) == 6  # token_of does not refuse_stale: no mark
     queue.delete(delete_jobs=True)
 
+
+
+def test_rq_job_with_a_garbled_token_is_refused_not_rounded(redis_client):
+    """job.meta altered or written by someone else: 7.9, True, "abc", -1 are no tokens (none rounds to 7 or 1)."""
+    import rq
+
+    from celery_leader.fencing.rq import fence_key
+    from celery_leader.integrations.rq.config import META_ELECTION, META_TOKEN
+
+    client, keys = redis_client
+    election = "rq-" + uuid.uuid4().hex[:8]
+    log = "fence-test:" + uuid.uuid4().hex[:8]
+    keys += [log, fence_key(election)]
+    queue = rq.Queue("fencing-" + uuid.uuid4().hex[:8], connection=client)
+    garbled = [7.9, True, "abc", -1, "1e3", [5]]
+    jobs = [queue.enqueue(rq_jobs.append, log, repr(bad), meta={META_TOKEN: bad, META_ELECTION: election})
+            for bad in garbled]
+    jobs.append(queue.enqueue(rq_jobs.token_of, meta={META_TOKEN: 7.9, META_ELECTION: election}))
+    jobs.append(queue.enqueue(rq_jobs.token_of, meta={META_TOKEN: "8", META_ELECTION: election}))  # decimal text
+    worker = rq.SimpleWorker([queue], connection=client)
+    worker.work(burst=True)
+    for job in jobs:
+        job.refresh()
+    assert [job.get_status() for job in jobs[:-1]] == ["failed"] * (len(garbled) + 1)
+    for job in jobs[:-1]:
+        assert "InvalidTokenError" in job.latest_result().exc_string
+    assert jobs[-1].return_value() == 8
+    assert client.lrange(log, 0, -1) == []
+    assert client.get(fence_key(election)) is None
+    queue.delete(delete_jobs=True)
 
 def test_errors_are_exported():
     assert issubclass(InvalidTokenError, ValueError) and issubclass(StaleTokenError, Exception)

@@ -246,7 +246,9 @@ def sent_token(request: Any) -> int | None:
         if source is not None:
             value = source(HEADER_TOKEN)
             if value is not None:
-                return int(value)
+                from ...fencing import token_from_message
+
+                return token_from_message(value, f"header {HEADER_TOKEN!r}")
     return None
 
 

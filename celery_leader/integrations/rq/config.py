@@ -306,9 +306,10 @@ def sent_token(job: Any) -> int | None:
     ``sent_token(rq.get_current_job())``; tokens only grow, so a side effect that keeps
     the highest token it has seen can refuse a job from a deposed leader.
     """
+    from ...fencing import token_from_message
+
     meta = getattr(job, "meta", None) or {}
-    value = meta.get(META_TOKEN)
-    return int(value) if value is not None else None
+    return token_from_message(meta.get(META_TOKEN), f"job.meta[{META_TOKEN!r}]")
 
 
 def stamp(meta: dict[str, Any] | None, leadership: Any, sent_at: float) -> dict[str, Any]:
