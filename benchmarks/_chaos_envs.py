@@ -310,6 +310,11 @@ class _S3Env(Environment):
     """Candidate i: TcpProxy (blackhole, delay) -> FaultyProxy (lost answers) -> the server."""
 
     faults = S3_FAULTS
+    #: the servers' answers take 5-50 ms at rest, but moto and the proxies run in the
+    #: harness's own process: at a load average of 30 its threads answered past the 0.3 s
+    #: that a 1 s lease gives each call, for minutes on end (no leader for 120 s). A 3 s
+    #: lease (1 s per call) is closer to what S3 users run (15 s by default) anyway.
+    timing = Timing(3.0, 2.0, 0.5)
     #: seconds the server needs to come back (added to the ``server`` bound)
     restart_cost: ClassVar[float] = 0.5
 
