@@ -3,16 +3,18 @@
 Each run draws its faults from a seeded schedule (the seed is in every failure message;
 ``CELERY_LEADER_CHAOS_SEED`` replays one). Safety is asserted exactly: no overlapping
 terms, no token regression. The time without a leader after a fault depends on the load
-of the machine; it is asserted only with generous slack (three times the design's bound
-plus 5 s) and otherwise left to the benchmark's tables.
+of the machine; it is asserted only with generous slack (four times the design's bound
+plus 10 s) and otherwise left to the benchmark's tables.
 
 The default run covers the backends whose servers start in a second or two, a few faults
-each; the three-member ensembles (etcd, ZooKeeper's JVMs), SeaweedFS and five serf agents
+each (git-daemon, git-http and django-mariadb in turn, one a day: each shares its code with
+git-file or django-postgresql); the three-member ensembles (etcd, ZooKeeper's JVMs), SeaweedFS and five serf agents
 run with ``CELERY_LEADER_SOAK=1``.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 import random
@@ -25,6 +27,9 @@ from tests.servers import unavailable
 
 SECONDS = float(os.environ.get("CELERY_LEADER_CHAOS_SECONDS", "6"))
 SOAK = os.environ.get("CELERY_LEADER_SOAK") == "1"
+#: a gap is a failure only past SLACK_FACTOR * bound + SLACK_SECONDS (a loaded machine
+#: stretches gaps; the benchmark's tables report every gap against the bound itself)
+SLACK_FACTOR, SLACK_SECONDS = 4, 10.0
 
 pytestmark = pytest.mark.processes
 
@@ -42,9 +47,10 @@ def _check(result: ChaosResult) -> None:
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{where}") from None
     far = [(f.kind, round(f.leaderless, 3), f.bound) for f in result.faults
-           if f.bound is not None and f.leaderless > 3 * f.bound + 5]  # fmt: skip
+           if f.bound is not None and f.leaderless > SLACK_FACTOR * f.bound + SLACK_SECONDS]  # fmt: skip
     assert not far, f"time without a leader far over the design's bound: {far} {where}"
-    assert len(result.report.intervals) >= 2, f"{result.report.summary()} {where}"
+    if {f.kind for f in result.faults} & {"kill", "term"}:  # those always hand over
+        assert len(result.report.intervals) >= 2, f"{result.report.summary()} {where}"
 
 
 def _need(backend: str) -> None:
@@ -61,13 +67,24 @@ def _need(backend: str) -> None:
 
 
 _soak = [pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="soak run: set CELERY_LEADER_SOAK=1")]
-CHEAP = ["file", "redis", "postgresql", "kubernetes", "s3-moto", "git-file", "git-daemon", "git-http",
-         "django-postgresql", "django-mariadb", "gossip-3"]  # fmt: skip
+CHEAP = ["file", "redis", "postgresql", "kubernetes", "s3-moto", "git-file", "django-postgresql", "gossip-3"]
+#: one of these a day in the default run (they share their code with one in CHEAP); all of
+#: them with CELERY_LEADER_SOAK=1 or CELERY_LEADER_CHAOS_ALL=1
+ROTATING = ["git-daemon", "git-http", "django-mariadb"]
 SLOW = ["etcd", "zookeeper", "s3-seaweedfs", "gossip-5"]
 
 
-@pytest.mark.parametrize("backend", [*CHEAP, *(pytest.param(b, marks=_soak) for b in SLOW)])
+def _rotation_skips(backend: str) -> None:
+    if SOAK or os.environ.get("CELERY_LEADER_CHAOS_ALL") == "1" or backend not in ROTATING:
+        return
+    today = ROTATING[datetime.date.today().toordinal() % len(ROTATING)]
+    if backend != today:
+        pytest.skip(f"rotating chaos run: {today} today; CELERY_LEADER_CHAOS_ALL=1 runs every backend")
+
+
+@pytest.mark.parametrize("backend", [*CHEAP, *ROTATING, *(pytest.param(b, marks=_soak) for b in SLOW)])
 def test_chaos_run(tmp_path, backend: str) -> None:
+    _rotation_skips(backend)
     _need(backend)
     seconds = SECONDS * (4 if backend in SLOW else 1) if SOAK else SECONDS
     result = run_chaos(backend, seconds, _seed(), workdir=tmp_path)
@@ -101,5 +118,5 @@ def test_chaos_integration(tmp_path, integration: str) -> None:
     assert got["duplicates"] == 0, f"{got['duplicates']} duplicate runs {where}"
     assert got["token_regressions"] == 0, f"{got['token_regressions']} token regressions {where}"
     assert not got.get("late_sends"), f"{got['late_sends']} sends by a deposed leader {where}"
-    far = [f for f in got["faults"] if f["leaderless"] > 3 * f["bound"] + 5]
+    far = [f for f in got["faults"] if f["leaderless"] > SLACK_FACTOR * f["bound"] + SLACK_SECONDS]
     assert not far, f"time without a run far over the design's bound: {far} {where}"
