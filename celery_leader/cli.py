@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import supervise
 from .election import Election, Leadership
@@ -200,6 +200,54 @@ def _grace(text: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"--grace must be finite seconds between 0 and 86400, got {text!r}")
     return value
+
+
+def _seconds(option: str, minimum: float = 0.0, maximum: float = 86400.0):  # type: ignore[no-untyped-def]
+    """An argparse type: finite seconds in ``[minimum, maximum]`` (``nan``/``inf`` refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a number of seconds, got {text!r}") from None
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be finite seconds from {minimum:g} to {maximum:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--health-port must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--health-port must be a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    level = str(text).strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in _LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"--log-level (or $CELERY_LEADER_LOG_LEVEL) must be one of {', '.join(_LEVELS)}, got {text!r}"
+        )
+    return level
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
@@ -444,8 +492,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="celery-leader", description="Leader election for schedulers.")
-    parser.add_argument("--log-level", default=os.environ.get("CELERY_LEADER_LOG_LEVEL", "INFO"))
+    parser = _Parser(prog="celery-leader", description="Leader election for schedulers.")
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("CELERY_LEADER_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="run a command only while this candidate leads")
@@ -458,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "across all candidates; a standby exits 0 once the slot is done")
     run.add_argument("--slot", default=None, metavar="KEY",
                      help="like --once-per, with an explicit slot key (e.g. $(date +%%F) for a local day)")
-    run.add_argument("--health-port", type=int, default=None, metavar="P", help="serve /healthz and /metrics")
+    run.add_argument("--health-port", type=_port, default=None, metavar="P", help="serve /healthz and /metrics")
     run.add_argument("--health-host", default="127.0.0.1", help="address for --health-port (default 127.0.0.1)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(func=cmd_run)
@@ -470,15 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="judge expiry by observation: watch a held record for up to one lease")
     status.add_argument("--watch", "-w", action="store_true",
                         help="keep watching and print a line at every change (Ctrl-C to stop)")
-    status.add_argument("--interval", type=float, default=1.0, metavar="S",
+    status.add_argument("--interval", type=_seconds("--interval", 0.01), default=1.0, metavar="S",
                         help="with --watch on backends without notifications: poll every S seconds")
-    status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--timeout", type=_seconds("--timeout", 0.001), default=5.0)
     status.set_defaults(func=cmd_status)
 
     step = sub.add_parser("step-down", help="ask the current holder to hand over, and wait for the next term")
     _common_args(step)
     step.add_argument("--to", default=None, metavar="IDENTITY", help="prefer this candidate")
-    step.add_argument("--timeout", type=float, default=5.0)
+    step.add_argument("--timeout", type=_seconds("--timeout", 0.001), default=5.0)
     step.set_defaults(func=cmd_step_down)
 
     demo = sub.add_parser("demo", help="three candidates on a temporary file:// directory: watch them fail over")
@@ -491,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     url = None

@@ -57,7 +57,7 @@ MAX_SECONDS = 86400.0
 #: the shortest ``retry_period``: below this a candidate only burns CPU and backend calls
 MIN_RETRY_PERIOD = 0.01
 
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 
 
 class Clock(Protocol):
@@ -142,8 +142,12 @@ class Timing:
 def validate_identity(identity: object) -> str:
     if not isinstance(identity, str) or not identity.strip():
         raise ConfigurationError("identity must be a non-empty string (default: <hostname>-<pid>-<random>)")
-    if identity == ANY_HOLDER or any(ord(c) < 32 for c in identity) or len(identity) > 253:
-        raise ConfigurationError(f"identity {identity!r} is not usable: use printable text, at most 253 characters")
+    # printable only: no control characters (C0, DEL, C1), line or paragraph separators,
+    # format characters or lone surrogates; an identity ends up in logs, status and terminals
+    if identity == ANY_HOLDER or not identity.isprintable() or len(identity) > 253:
+        raise ConfigurationError(
+            f"identity {identity!r} is not usable: use printable text (no control characters), at most 253 characters"
+        )
     return identity
 
 

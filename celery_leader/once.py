@@ -56,7 +56,7 @@ LAST_SLOT_KEY = "celeryLeaderLastSlot"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 
 _current = threading.local()
 

@@ -77,8 +77,8 @@ MAX_TREE_ENTRIES = 64
 OPTIONS = ("ref", "path", "token_env", "username", "key", "stale_lock", "author", "probe")
 SCHEMES = ("git", "git+file", "git+ssh", "git+http", "git+https")
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 T = TypeVar("T")
 

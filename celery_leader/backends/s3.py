@@ -64,7 +64,7 @@ TIMEOUT_CLASSES = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60
 MAX_ATTEMPTS = 3
 
 OPTIONS = ("endpoint_url", "region", "profile", "addressing_style", "verify")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _MISSING_KEY_CODES = {"NoSuchKey", "NotFound", "404"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidSecurity"}

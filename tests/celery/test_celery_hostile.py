@@ -58,3 +58,44 @@ def test_beat_with_a_wrong_password_stops_with_one_line(tmp_path) -> None:
     assert "refused the credentials" in output or "needs authentication" in output, output[-3000:]
     for piece in ("Sup3r", "Secr", "%2FSecr"):
         assert piece not in output
+
+
+def test_settings_of_the_wrong_type_are_configuration_errors() -> None:
+    from celery import Celery
+
+    from celery_leader.errors import ConfigurationError
+    from celery_leader.integrations.celery.beat import leader_config
+    from celery_leader.integrations.celery.worker import check, parse_queues
+
+    app = Celery("hostile", set_as_current=False)
+    app.conf.update(leader_election_url=5)
+    with pytest.raises(ConfigurationError, match="leader_election_url must be a lock URL string"):
+        leader_config(app)
+    app = Celery("hostile", set_as_current=False)
+    app.conf.update(leader_election_url="memory://x", leader_election_worker_queues=5)
+    with pytest.raises(ConfigurationError, match="leader_election_worker_queues"):
+        check(app)
+    with pytest.raises(ConfigurationError):
+        parse_queues({"a": 1})
+    assert parse_queues(["a", " b ", "a"]) == ["a", "b"]
+
+
+def test_distinct_queues_get_distinct_elections() -> None:
+    from celery import Celery
+
+    from celery_leader.core import validate_name
+    from celery_leader.integrations.celery.beat import leader_config
+    from celery_leader.integrations.celery.worker import _election_suffix
+
+    queues = ["a b", "a-b", "a/b", "a_b", "a.b", "a_20b", "a_2Fb", "a.", "a", "é", "e\u0301", "celery"]
+    suffixes = [_election_suffix(q) for q in queues]
+    assert len(set(suffixes)) == len(queues), dict(zip(queues, suffixes))
+    app = Celery("hostile", set_as_current=False)
+    app.conf.update(leader_election_url="memory://x", leader_election_name="app")
+    names = {leader_config(app, suffix=s)["name"] for s in suffixes}
+    assert len(names) == len(queues)
+    for name in names:
+        validate_name(name)
+    # plain names keep the election name earlier versions gave them
+    assert _election_suffix("high-priority") == "queue.high-priority"
+    assert _election_suffix("tasks.default") == "queue.tasks.default"

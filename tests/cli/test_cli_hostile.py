@@ -64,3 +64,29 @@ def test_status_of_a_hostile_record_in_a_subprocess(lockdir) -> None:
     out = cli("status", "--url", f"file://{lockdir}", "--name", "job")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "unreadable" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--log-level", "BOGUS", "status", "--name", "job"], {}, "--log-level"),
+        (["status", "--name", "job"], {"CELERY_LEADER_LOG_LEVEL": "loud"}, "CELERY_LEADER_LOG_LEVEL"),
+        (["status", "--name", "job", "--timeout", "nan"], {}, "--timeout"),
+        (["status", "--name", "job", "--timeout", "-1"], {}, "--timeout"),
+        (["step-down", "--name", "job", "--timeout", "inf"], {}, "--timeout"),
+        (["run", "--name", "job", "--lease-duration", "nan", "--", "true"], {}, "lease_duration"),
+        (["run", "--name", "job", "--health-port", "65536", "--", "true"], {}, "--health-port"),
+        (["run", "--name", "job", "--health-port", "http", "--", "true"], {}, "--health-port"),
+        (["status", "--name", "job\n"], {}, "election name"),
+        (["run", "--name", "job", "--identity", "a\u2028b", "--", "true"], {}, "identity"),
+        (["status", "--name", "job", "--url", "redis://[::1/13"], {}, "lock URL"),
+        (["status", "--name", "job", "--url", "redis://127.0.0.1:6379/0?ssl_cert_reqs=bogus"], {}, "ssl_cert_reqs"),
+        (["status", "--name", "job", "--url", "redis://127.0.0.1:6379/0?protocol=9"], {}, "protocol"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(lockdir, args, env, words) -> None:
+    environ = {"CELERY_LEADER_URL": f"file://{lockdir}", **env}
+    out = cli(*args, env=environ)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert words in out.stderr

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from ...errors import ConfigurationError
+from ...errors import BackendUnavailable, ConfigurationError
 from .serf import SerfClient, SerfError, as_query
 
 __all__ = [
@@ -86,6 +86,10 @@ def _version_change(old: Value | None, new: Value | None) -> str | None:
     return new_version if new_version != old_version else None
 
 
+class StoreClosed(BackendUnavailable):
+    """The acceptor was stopped: a query that arrives now is dropped, not answered."""
+
+
 class AcceptorStore:
     """Per-lock acceptor state in files under ``state_dir``, fsynced before answering.
 
@@ -107,7 +111,7 @@ class AcceptorStore:
                     )
             else:
                 self._write_atomic(marker, node.encode())
-            self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd: int | None = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ConfigurationError(
                 f"gossip state_dir {state_dir} is not usable ({exc}); set state_dir= to a writable directory "
@@ -116,8 +120,12 @@ class AcceptorStore:
         self._mutex = threading.Lock()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        """Close the lock file; later calls raise :class:`StoreClosed` (never touch a reused fd)."""
+        with self._mutex:
+            fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _path(self, name: str) -> Path:
         return self.dir / "locks" / (hashlib.sha256(name.encode()).hexdigest()[:40] + ".state")
@@ -125,11 +133,14 @@ class AcceptorStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         with self._mutex:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            fd = self._lock_fd
+            if fd is None:
+                raise StoreClosed(f"the acceptor state of node {self.node!r} is closed")
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def load(self, name: str) -> AcceptorState:
         try:
@@ -250,11 +261,13 @@ class Acceptor:
 
     def _on_record(self, client: SerfClient, record: Any) -> None:
         query = as_query(record)
-        if query is None or query.name != QUERY_NAME:
-            return
+        if query is None or query.name != QUERY_NAME or self._stop.is_set():
+            return  # a stopping acceptor no longer votes (the agent may still deliver queries)
         try:
             request = msgpack.unpackb(query.payload, raw=False)
             answer, changed = self.store.handle(request)
+        except StoreClosed:
+            return
         except Exception as exc:  # noqa: BLE001 - garbage from the network is dropped, not fatal
             log.warning("acceptor %s: ignoring a malformed paxos query (%d bytes): %s", self.node,
                         len(query.payload), exc)

@@ -50,8 +50,8 @@ SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 RBAC_VERBS = ("get", "create", "update", "watch")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _URL_OPTIONS = {"kubeconfig", "context", "events", "request_timeout", "field_manager"}
 
 
@@ -394,7 +394,8 @@ class KubernetesBackend(Backend):
         except k8s_client.ApiException as exc:  # TLS problems come back this way
             raise BackendUnavailable(f"Kubernetes API {method} failed: {exc.reason}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise BackendUnavailable(f"Kubernetes API {method} {path.split('/')[-1]} failed: {exc}") from exc
+            where = path.replace("{namespace}", namespace).replace("{name}", name or "")
+            raise BackendUnavailable(f"Kubernetes API {method} {where} failed: {exc}") from exc
         if stream and 200 <= resp.status < 300:
             return _Response(resp.status, None, resp.response)
         try:
@@ -403,7 +404,7 @@ class KubernetesBackend(Backend):
             raise BackendUnavailable(f"Kubernetes API {method}: reading the answer failed: {exc}") from exc
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond reason: no data
             data = None
         return _Response(resp.status, data)
 

@@ -24,6 +24,7 @@ from typing import Any
 from celery import bootsteps
 
 from ...election import Election, Leadership
+from ...errors import ConfigurationError
 from .beat import leader_config
 
 __all__ = ["LeaderQueues", "install", "parse_queues"]
@@ -34,20 +35,44 @@ RECONCILE_EVERY = 0.1
 
 
 def parse_queues(value: Any) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (order kept, duplicates dropped)."""
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (order kept, duplicates dropped).
+
+    Anything else (a number, a dict) is a :class:`ConfigurationError` naming the setting.
+    """
     if not value:
         return []
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(item, str) for item in value):
+        items = list(value)
+    else:
+        raise ConfigurationError(
+            "leader_election_worker_queues (or --leader-queues) must be queue names: 'a,b' or ['a', 'b'], "
+            f"got {type(value).__name__}"
+        )
     out: list[str] = []
     for item in items:
-        name = str(item).strip()
+        name = item.strip()
         if name and name not in out:
             out.append(name)
     return out
 
 
+_SAFE_QUEUE = re.compile(r"[A-Za-z0-9._-]*[A-Za-z0-9]")
+
+
 def _election_suffix(queue: str) -> str:
-    return "queue." + (re.sub(r"[^A-Za-z0-9._-]+", "-", queue).strip("._-") or "q")
+    """The election name part of a queue, distinct for distinct queue names (injective).
+
+    A name of letters, digits, ``.``, ``_`` and ``-`` ending in a letter or digit is used as
+    it is (``queue.<name>``, the names earlier versions gave it). Any other name is spelt
+    out byte by byte under ``queuex.``: letters and digits as they are, every other byte as
+    ``_XX`` (hex), so ``a b``, ``a/b`` and ``a-b`` get three different elections.
+    """
+    if _SAFE_QUEUE.fullmatch(queue):
+        return "queue." + queue
+    spelt = "".join(chr(b) if chr(b).isalnum() and b < 128 else f"_{b:02X}" for b in queue.encode("utf-8"))
+    return "queuex." + spelt
 
 
 class LeaderQueues(bootsteps.StartStopStep):
