@@ -196,3 +196,42 @@ def test_only_the_elected_worker_scheduler_moves_due_jobs(conn) -> None:
     finally:
         a.stop_elections()
         b.stop_elections()
+
+
+def test_cron_behind_a_black_holed_lock_redis_stops_enqueuing_and_stops_bounded(conn) -> None:
+    """The lock's Redis hangs instead of failing: the term ends at its deadline, nothing is
+    enqueued after it, and stopping (the release cannot get through) is bounded and leaves
+    no election thread behind."""
+    import threading
+    import time
+
+    from benchmarks.tcpproxy import TcpProxy
+
+    proxy = TcpProxy(6379)
+    scheduler = LeaderCronScheduler(conn, leader={"URL": f"redis://127.0.0.1:{proxy.port}/0", "NAME": f"{conn.tag}.cron",
+                                                  **FAST})  # fmt: skip
+    scheduler.register(jobs.record, conn.tag, args=("/dev/null",), interval=60, name=f"{conn.tag}-1")
+    before = {t.ident for t in threading.enumerate()}
+    scheduler._start_election()
+    try:
+        assert scheduler.election.wait_until_leader(10)
+        lead = scheduler.election.leadership
+        proxy.set_mode("blackhole")
+        assert lead.lost.wait(5), "the term outlived a lock Redis that answers nothing"
+        assert scheduler.election.leadership is None
+        assert scheduler.enqueue_jobs() == []
+        assert conn.llen(f"rq:queue:{conn.tag}") == 0
+    finally:
+        started = time.monotonic()
+        scheduler._stop_election()
+        stopped_in = time.monotonic() - started
+        proxy.close()
+    assert stopped_in < 30, f"stopping behind a black hole hung ({stopped_in:.1f} s)"  # bounded, not fast
+
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in before and "watchdog" not in t.name]
+
+    give_up = time.monotonic() + 10
+    while left() and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert not left(), f"threads left after stop: {left()}"
