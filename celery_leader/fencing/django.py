@@ -62,6 +62,12 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
     if token_field not in fields:
         raise ValueError(f"{model_cls.__name__} has no field {token_field!r}: add "
                          f"{token_field} = models.BigIntegerField(null=True) or use FencedModel")
+    if "pk" in key and "pk" not in fields:  # Django's alias: the upsert needs the real column
+        key = {(model_cls._meta.pk.name if name == "pk" else name): v for name, v in key.items()}
+    lookups = [name for name in key if name not in fields]
+    if lookups:
+        raise ValueError(f"fenced_write: {lookups[0]!r} is not a field of {model_cls.__name__}; the key must name "
+                         "the unique field(s) of the row (name='daily', pk=3), not a lookup")
     clash = [name for name in values if name in key or name == token_field]
     if clash:
         raise ValueError(f"fenced_write: {clash[0]!r} is a key or the token field; it cannot be in values")

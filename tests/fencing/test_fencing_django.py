@@ -167,3 +167,18 @@ def test_racing_writers_leave_the_higher_token(db, atomic):
             t.join(60)
         assert outcome[6] == "written", outcome
         assert body(db, name) == "6"
+
+
+def test_the_primary_key_as_pk_or_id_and_a_lookup(db, name):
+    """``pk=`` is how Django code names a row most often: the same decision as ``id=``."""
+    objects = FencedReport.objects.using(db)
+    row = objects.create(name=name, body="old")
+    objects.fenced_write(4, {"body": "by pk"}, pk=row.pk)
+    assert body(db, name) == "by pk"
+    objects.fenced_write(5, {"body": "by id"}, id=row.pk)
+    with pytest.raises(StaleTokenError):
+        objects.fenced_write(4, {"body": "stale"}, pk=row.pk)
+    assert body(db, name) == "by id"
+    with pytest.raises(ValueError, match="name__iexact"):  # a lookup cannot name a unique key
+        objects.fenced_write(6, {"body": "lookup"}, name__iexact=name.upper())
+    assert body(db, name) == "by id"
