@@ -121,16 +121,31 @@ def test_bad_configuration_is_one_line_without_secrets(tmp_path: Path) -> None:
     config.write_text("from rq import cron\n")
     argv = LEADER + ["cron", "--url", REDIS_URL, "--leader-url", "redis://user:s3cret@127.0.0.1:6379/0?bogus=1", str(config)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "bogus" in result.stderr and result.stderr.strip().startswith("Error:")
 
     bad_timing = LEADER + ["cron", "--url", REDIS_URL, "--lease-duration", "1", "--renew-deadline", "2", str(config)]
     result = subprocess.run(bad_timing, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "LEASE_DURATION" in result.stderr
 
+
+
+def test_scheduler_without_rq_scheduler_installed_is_one_line() -> None:
+    """rq-scheduler is an extra that cannot share django-celery-beat's environment: its absence
+    is a one-line error naming the package, exit 2, not an ImportError traceback."""
+    code = ("import sys; sys.modules['rq_scheduler'] = None\n"  # as if it were not installed
+            "from celery_leader.integrations.rq.cli import main\n"
+            "main(['scheduler', '--burst', '--url', 'redis://:hunter2@127.0.0.1:6379/0'], prog_name='celery-leader-rq')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("Error:") and "pip install rq-scheduler" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.stdout + result.stderr
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

@@ -131,6 +131,6 @@ def test_bad_scheduler_class_and_timing_are_one_line(tmp_path: Path) -> None:
         result = subprocess.run(LEADER + ["scheduler", "--url", REDIS_URL, "--burst", *extra], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT, env=env)
         assert "hunter2" not in result.stdout + result.stderr
-        assert result.returncode != 0, extra
+        assert result.returncode == 2, extra
         assert "Traceback" not in result.stderr, result.stderr
         assert needle in result.stderr, (extra, result.stderr)

@@ -22,6 +22,12 @@ from ...urls import redact
 from .config import CATCH_UP_POLICIES
 
 
+class ConfigError(click.ClickException):
+    """Bad configuration: ``Error: ...`` on one line and exit status 2 (as ``celery-leader``)."""
+
+    exit_code = 2
+
+
 def leader_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The election options every command shares (same names as ``celery-leader run``)."""
     options = [
@@ -75,7 +81,7 @@ def _cron_command() -> click.Command:
         try:
             settings = read_config_file(cli_config.config) if cli_config.config else {}
         except Exception as exc:  # noqa: BLE001 - RQ's settings module failed to import
-            raise click.ClickException(f"cannot read the RQ settings {cli_config.config!r}: {exc}") from None
+            raise ConfigError(f"cannot read the RQ settings {cli_config.config!r}: {exc}") from None
         if settings.get("DICT_CONFIG"):
             logging.config.dictConfig(settings["DICT_CONFIG"])
         else:
@@ -87,9 +93,9 @@ def _cron_command() -> click.Command:
             scheduler.load_config_from_file(config_path)
             scheduler.start()
         except ConfigurationError as exc:
-            raise click.ClickException(redact_message(str(exc))) from None
+            raise ConfigError(redact_message(str(exc))) from None
         except ImportError as exc:
-            raise click.ClickException(f"cannot load the cron configuration {config_path!r}: {exc}") from None
+            raise ConfigError(f"cannot load the cron configuration {config_path!r}: {exc}") from None
         except KeyboardInterrupt:
             sys.exit(0)
 
@@ -130,9 +136,16 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
                       scheduler_class: str | None, verbose: bool, quiet: bool, **options: Any) -> None:
     """Starts rq-scheduler; only the elected one moves due jobs (options of `rqscheduler`)."""
     from redis import Redis
-    from rq_scheduler.utils import setup_loghandlers  # type: ignore[import-untyped]
 
-    from .rqscheduler import LeaderScheduler
+    try:
+        from rq_scheduler.utils import setup_loghandlers  # type: ignore[import-untyped]
+
+        from .rqscheduler import LeaderScheduler
+    except ImportError as exc:
+        raise ConfigError(
+            f"celery-leader-rq scheduler needs rq-scheduler ({exc}): pip install rq-scheduler "
+            "(in an environment without django-celery-beat: their crontab modules clash, see docs/rq.md)"
+        ) from None
 
     if path:
         sys.path = path.split(":") + sys.path
@@ -142,7 +155,7 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
     try:
         connection = Redis.from_url(url) if url else Redis(host, port, db, password)
     except ValueError as exc:
-        raise click.ClickException(f"cannot use the Redis URL {redact(url)!r}: {exc}") from None
+        raise ConfigError(f"cannot use the Redis URL {redact(url)!r}: {exc}") from None
     level = "DEBUG" if verbose else "WARNING" if quiet else "INFO"
     setup_loghandlers(level)
     _log_to_console(level)
@@ -153,9 +166,9 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
 
             cls = import_attribute(scheduler_class)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise click.ClickException(f"--scheduler-class {scheduler_class!r} cannot be imported: {exc}") from None
+            raise ConfigError(f"--scheduler-class {scheduler_class!r} cannot be imported: {exc}") from None
         if not (isinstance(cls, type) and issubclass(cls, LeaderScheduler)):
-            raise click.ClickException(f"--scheduler-class must name a LeaderScheduler subclass, got {scheduler_class!r}")
+            raise ConfigError(f"--scheduler-class must name a LeaderScheduler subclass, got {scheduler_class!r}")
     try:
         scheduler = cls(
             connection=connection, interval=interval, job_class=job_class, queue_class=queue_class,
@@ -163,7 +176,7 @@ def scheduler_command(burst: bool, host: str, port: int, db: int, password: str 
         )
         scheduler.run(burst=burst)
     except ConfigurationError as exc:
-        raise click.ClickException(redact_message(str(exc))) from None
+        raise ConfigError(redact_message(str(exc))) from None
 
 
 main.add_command(scheduler_command)
