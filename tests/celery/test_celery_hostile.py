@@ -92,7 +92,7 @@ def test_distinct_queues_get_distinct_elections() -> None:
     assert len(set(suffixes)) == len(queues), dict(zip(queues, suffixes))
     app = Celery("hostile", set_as_current=False)
     app.conf.update(leader_election_url="memory://x", leader_election_name="app")
-    names = {leader_config(app, suffix=s)["name"] for s in suffixes}
+    names = {leader_config(app, suffix=s).name for s in suffixes}
     assert len(names) == len(queues)
     for name in names:
         validate_name(name)
