@@ -59,10 +59,11 @@ def kill_term_stop(
 
     ``env`` is the processes' environment (default: this one's). ``then(cluster)`` runs
     afterwards with the cluster still up (more faults: a server
-    frozen, stopped, restarted). Asserted here: never two leaders, tokens strictly
-    increasing, the SIGKILLed ``run``'s child dies with it, ``run`` exits 0 on SIGTERM and
-    stops its child gently, the release is seen before the lease runs out, and the resumed
-    node's child is stopped as soon as it wakes.
+    frozen, stopped, restarted). Asserted here: never two leaders (the children's own logs,
+    the resumed node's included), tokens strictly increasing, the SIGKILLed ``run``'s child
+    dies with it, ``run`` exits 0 on SIGTERM, stops its child gently and releases the lock
+    (its log says so). No timing is asserted: how fast a handover is depends on the machine
+    (the benchmarks measure it); ``graceful_gap`` reports it.
     """
     with ElectorCluster(
         url, name, n=n, workdir=workdir, lease_duration=lease_duration, renew_deadline=renew_deadline,
@@ -82,16 +83,17 @@ def kill_term_stop(
         assert cluster.wait_exit(terminated, 15) == 0, "`run` did not exit cleanly on SIGTERM"
         paused = cluster.wait_for_leader(timeout=timeout, exclude={killed, terminated})
 
-        # 3. the others back (and caught up with the leader's renewals), then the leader
-        #    frozen past its lease and resumed
+        # 3. the others back, and following the leader (each has seen it lead: no hoping that
+        #    they started in time on a loaded machine), then the leader frozen past its lease
         cluster.restart(killed)
         cluster.restart(terminated)
-        time.sleep(lease_duration + 0.5)
+        for node in (killed, terminated):
+            _wait_sees_leader(cluster, node, paused, timeout)
         cluster.pause(paused, seconds=lease_duration * 2.5)
         resumed = time.time()
         successor = cluster.wait_for_leader(timeout=timeout, exclude={paused})
-        time.sleep(1.0)  # the resumed node notices and stands by while the new one leads
-        assert cluster.current_leader() == successor
+        time.sleep(1.0)  # the resumed node notices it lost; never two leaders: checked below
+        cluster.wait_for_leader(timeout=timeout)  # and somebody leads (not necessarily still the same)
         if then is not None:
             then(cluster)
 
@@ -106,10 +108,22 @@ def kill_term_stop(
 
     termed = terms(terminated)[0]  # its first term is the one SIGTERM ended
     assert termed.stopped_cleanly, "the SIGTERMed node's child was not stopped gently"
+    said = (Path(workdir) / f"node{terminated}.0.out").read_text(errors="replace")
+    assert f"{name}: released the lock" in said, f"the SIGTERMed `run` did not release:\n{said[-2000:]}"
     after = next(iv for iv in report.intervals if iv.start > termed.start)
     graceful = after.start - termed.end
-    assert graceful < lease_duration, f"the release was not seen before the lease ran out ({graceful:.3f}s)\n{report.summary()}"
     frozen = [iv for iv in terms(paused) if iv.start < resumed][-1]
-    assert frozen.end < resumed + 1.0, f"the resumed node's child ran on for {frozen.end - resumed:.3f}s"
     assert frozen.token < max(iv.token for iv in terms(successor))
     return Failover(cluster, report, killed, terminated, paused, successor, resumed, graceful)
+
+
+def _wait_sees_leader(cluster: ElectorCluster, node: int, leader: int, timeout: float) -> None:
+    """Until ``node``'s current ``run`` has logged that ``leader`` leads (``on_new_leader``)."""
+    out = cluster.workdir / f"node{node}.{cluster.generation[node] - 1}.out"
+    line = f"{cluster.identity(leader)} leads {cluster.name}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists() and line in out.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"node{node} never saw node{leader} lead within {timeout} s; log: {out}")

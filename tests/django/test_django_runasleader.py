@@ -105,8 +105,11 @@ def test_sigterm_unwinds_the_command_and_releases_at_once(procs, tmp_path):
     second = wait_for(lambda: starts(log)[1:], 30, "the standby")[0]
     events = [json.loads(line) for line in log.read_text().splitlines()]
     stop = next(ev for ev in events if ev["e"] == "stop" and ev["node"] == first["node"])
-    # released: the standby did not wait out the 1 s lease (it polls every 0.2 s)
-    assert second["t"] - stop["t"] < 0.9
+    assert stop["t"] <= second["t"]
+    # released, not left to expire: the leader's own log says so (a timed bound on the
+    # handover would depend on how loaded the machine is; benchmarks measure it)
+    out = (tmp_path / f"{first['node']}.out").read_text()
+    assert f"{name}: released the lock" in out, out
     check_intervals(read_intervals([log])).assert_safe()
 
 
