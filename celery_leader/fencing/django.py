@@ -19,8 +19,11 @@ The decision is one statement on the row, taken under the database's row lock, a
 * PostgreSQL, SQLite: ``INSERT ... ON CONFLICT (key) DO UPDATE SET ... WHERE
   fence_token <= excluded.fence_token RETURNING fence_token``;
 * MariaDB/MySQL: ``INSERT ... ON DUPLICATE KEY UPDATE col = IF(fence_token <= t, ...)``
-  with the old token caught in a session variable;
-* other databases (and multi-table inheritance): ``UPDATE ... WHERE key AND
+  with the old token caught in a session variable, when the key is the only unique key
+  the INSERT could hit (that statement updates the row of *any* duplicate key, so a value
+  colliding with another row's unique column would overwrite that row);
+* other databases (and multi-table inheritance, and MariaDB/MySQL models with another
+  unique key): ``UPDATE ... WHERE key AND
   (fence_token <= t OR fence_token IS NULL)``, then, when no row matched, the row is
   created in a savepoint and a unique-key error sends it back to the ``UPDATE``.
 
@@ -74,7 +77,10 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
     db = using or queryset._db or router.db_for_write(model_cls)  # objects.using(alias) counts
     queryset = queryset.using(db)
     connection = connections[db]
-    if connection.vendor in ("postgresql", "sqlite", "mysql") and not model_cls._meta.parents:
+    one_statement = connection.vendor in ("postgresql", "sqlite") or (
+        connection.vendor == "mysql" and _key_is_the_only_unique(model_cls, key)
+    )
+    if one_statement and not model_cls._meta.parents:
         if _upsert(connection, model_cls, key, values, value, token_field):
             return
         seen = queryset.filter(**key).values_list(token_field, flat=True).first()
@@ -97,6 +103,18 @@ def fenced_write(model: Any, token: Any, values: Mapping[str, Any] | None = None
             raise stale(f"{model_cls.__name__} {key!r}", value, seen)
         # the row appeared or went between the UPDATE and the INSERT: decide again on it
     raise RuntimeError(f"fenced_write on {model_cls.__name__}: the row kept changing under {_ATTEMPTS} attempts")
+
+
+def _key_is_the_only_unique(model: Any, key: Mapping[str, Any]) -> bool:
+    """Can the MySQL upsert only conflict on ``key``? (ON DUPLICATE KEY UPDATE fires on *any*
+    unique key: a value colliding with another row's unique column would update that row.)"""
+    meta = model._meta
+    inserted = {f.name for f in meta.local_concrete_fields if f is not meta.auto_field or f.name in key}
+    names = {meta.get_field(name).name for name in key}
+    uniques = [{f.name} for f in meta.local_concrete_fields if f.unique]
+    uniques += [set(group) for group in meta.unique_together]
+    uniques += [set(c.fields) for c in meta.total_unique_constraints]
+    return all(group == names for group in uniques if group <= inserted)
 
 
 #: session variable that catches the stored token inside the MySQL upsert (-1: inserted)

@@ -35,6 +35,18 @@ class FencedReport(FencedModel):
         db_table = "fencing_" + uuid.uuid4().hex[:8]
 
 
+class FencedSlug(FencedModel):
+    """Two unique columns: the key is one of them, the values may collide on the other."""
+
+    name = models.CharField(max_length=64, unique=True)
+    slug = models.CharField(max_length=64, unique=True)
+    body = models.TextField(default="")
+
+    class Meta:
+        app_label = "testapp"
+        db_table = "fencing_slug_" + uuid.uuid4().hex[:8]
+
+
 DB = "fencing_" + uuid.uuid4().hex[:8]
 
 
@@ -71,6 +83,7 @@ def db(request, tmp_path_factory):
         drop = lambda: admin.cursor().execute(f"DROP DATABASE IF EXISTS `{DB}`")  # noqa: E731
     with connections[alias].schema_editor() as editor:
         editor.create_model(FencedReport)
+        editor.create_model(FencedSlug)
     try:
         yield alias
     finally:
@@ -182,3 +195,20 @@ def test_the_primary_key_as_pk_or_id_and_a_lookup(db, name):
     with pytest.raises(ValueError, match="name__iexact"):  # a lookup cannot name a unique key
         objects.fenced_write(6, {"body": "lookup"}, name__iexact=name.upper())
     assert body(db, name) == "by id"
+
+
+def test_a_value_colliding_on_another_unique_column_never_writes_that_row(db, name):
+    """MariaDB's ON DUPLICATE KEY UPDATE fires on *any* unique key: the write for row
+    ``name`` must fail like create() would, not overwrite the row that owns the slug."""
+    from django.db import IntegrityError
+
+    objects = FencedSlug.objects.using(db)
+    objects.fenced_write(5, {"slug": f"s-{name}", "body": "the other row"}, name=f"other-{name}")
+    with pytest.raises(IntegrityError):
+        with transaction.atomic(using=db):
+            objects.fenced_write(9, {"slug": f"s-{name}", "body": "mine"}, name=name)
+    other = objects.get(name=f"other-{name}")
+    assert (other.body, other.fence_token) == ("the other row", 5)
+    assert not objects.filter(name=name).exists()
+    objects.fenced_write(9, {"slug": f"t-{name}", "body": "mine"}, name=name)  # no collision: written
+    assert objects.get(name=name).body == "mine"
