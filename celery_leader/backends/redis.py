@@ -760,7 +760,9 @@ class RedisBackend(Backend, RenewBatch):
                     f"the TLS certificate of Redis at {self.describe()} is not trusted ({exc}); give the CA "
                     "that signed it: rediss://host:6380/0?ssl_ca_certs=/path/to/ca.pem"
                 ) from None
-            raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
+            unreachable = BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}")
+            unreachable.transport = True  # type: ignore[attr-defined]  # no answer at all (see check())
+            raise unreachable from None
         except NoScriptError:
             raise _NoScript() from None
         except ResponseError as exc:
@@ -973,6 +975,11 @@ class RedisBackend(Backend, RenewBatch):
             try:
                 self._call(left(), ("SCRIPT", "LOAD", script))
             except BackendUnavailable as exc:
+                if getattr(exc, "transport", False):
+                    # a timeout or a broken connection says nothing about scripting: stay
+                    # BackendUnavailable, so that check_once() logs it and the election retries
+                    # (found by the chaos harness: a loaded machine made a new candidate exit)
+                    raise
                 raise ConfigurationError(
                     f"Redis at {self.describe()} does not accept Lua scripts ({exc}); this backend needs "
                     "EVAL/EVALSHA for compare-and-swap: enable scripting or pick another backend"
