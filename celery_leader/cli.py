@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import supervise
+from .core import validate_identity
 from .election import Election, Leadership
 from .lock import ConfigurationError, Conflict, LockError, partition_warning
 from .once import Slot, mark_done
@@ -448,6 +449,8 @@ def _watch_status(args: argparse.Namespace, lock: object, lock_status: object) -
 
 
 def cmd_step_down(args: argparse.Namespace) -> int:
+    if args.to is not None:
+        validate_identity(args.to)  # it is written into the record: printable text only
     backend = open_backend(args.url)
     lock = backend.lock(args.name)
     try:

@@ -79,6 +79,7 @@ def test_status_of_a_hostile_record_in_a_subprocess(lockdir) -> None:
         (["run", "--name", "job", "--health-port", "http", "--", "true"], {}, "--health-port"),
         (["status", "--name", "job\n"], {}, "election name"),
         (["run", "--name", "job", "--identity", "a\u2028b", "--", "true"], {}, "identity"),
+        (["step-down", "--name", "job", "--to", "a\x1b[2Jb"], {}, "identity"),
         (["status", "--name", "job", "--url", "redis://[::1/13"], {}, "lock URL"),
         (["status", "--name", "job", "--url", "redis://127.0.0.1:6379/0?ssl_cert_reqs=bogus"], {}, "ssl_cert_reqs"),
         (["status", "--name", "job", "--url", "redis://127.0.0.1:6379/0?protocol=9"], {}, "protocol"),

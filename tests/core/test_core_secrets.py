@@ -53,6 +53,12 @@ def assert_clean(text: str) -> None:
         f"redis://leader:{ENCODED}@127.0.0.1:6379/0?protocol=9",
         f"redis://leader:{ENCODED}@127.0.0.1:6379/0?no_such_option=1",
         f"redis://leader:{RAW}@127.0.0.1:6379/0?no_such_option=1",
+        f"etcd://user:{ENCODED}@127.0.0.1:2379/pfx",
+        f"etcd://user:{ENCODED}@127.0.0.1:notaport/pfx",
+        f"zookeeper://user:{ENCODED}@127.0.0.1:2181/p?x=1",
+        f"postgresql://user:{ENCODED}@127.0.0.1:5432/db",
+        f"postgresql://user:{ENCODED}@127.0.0.1:5432/db?bogus=1",
+        f"postgresql://127.0.0.1:5432/db?password={ENCODED}",
     ],
 )
 def test_no_path_from_a_url_to_a_message_shows_the_secret(url: str, caplog) -> None:
