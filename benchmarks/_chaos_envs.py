@@ -130,20 +130,19 @@ class RedisEnv(Environment):
         self.proxies = [TcpProxy(self.port) for _ in range(self.n)]
 
     def _start_server(self) -> None:
-        from tests.servers import wait_for_port
+        from tests.servers import running
 
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if not wait_for_port(self.port, 10):
-            raise RuntimeError("redis-server did not start")
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)]  # fmt: skip
+        self._ctx = running(argv, self.port, timeout=10)
+        self.proc = self._ctx.__enter__()
 
     def _kill_server(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
+            self.proc.kill()  # SIGKILL: no shutdown save; AOF with fsync always keeps every write
             self.proc.wait(10)
+            self._ctx.__exit__(None, None, None)
+            self.proc = None
 
     def stop(self) -> None:
         super().stop()
