@@ -12,7 +12,10 @@ conditional statement:
   VALUES(body), body), ..., fence_token = IF((@seen := fence_token) <= :t, :t,
   fence_token)``: the same decision in one statement; the old token is caught in a session
   variable, read right after, because MySQL's affected-rows count cannot tell a refusal
-  from an insert. (An ``UPDATE`` followed by an ``INSERT`` deadlocks there at the default
+  from an insert. Only when the key is the only unique key the ``Table`` declares among
+  the written columns: that statement updates the row of *any* duplicate key, so a value
+  colliding with another row's unique column would overwrite that row (such tables take
+  the generic path below; declare every unique constraint on the ``Table``). (An ``UPDATE`` followed by an ``INSERT`` deadlocks there at the default
   REPEATABLE READ: both racing writers hold the gap lock of the absent key.)
 * any other database: ``UPDATE ... SET ..., fence_token = :t WHERE key = ... AND
   fence_token <= :t``; when no row matched, ``INSERT`` in a savepoint; a duplicate key
@@ -98,7 +101,8 @@ def fenced_write(conn: Any, table: Any, key: Mapping[str, Any], values: Mapping[
     value = check_token(token)
     _check(table, key, values, token_column)
     name = conn.dialect.name
-    if name in ONE_STATEMENT:
+    if name in ONE_STATEMENT and (name not in ("mysql", "mariadb") or _key_is_the_only_unique(table, key, values,
+                                                                                             token_column)):
         written = _upsert_mysql(conn, table, key, values, value, token_column) if name in ("mysql", "mariadb") \
             else _upsert(conn, table, key, values, value, token_column, name)
         if written:
@@ -118,6 +122,20 @@ def fenced_write(conn: Any, table: Any, key: Mapping[str, Any], values: Mapping[
     seen = stored_token(conn, table, key, token_column=token_column)
     log.warning("refused a stale write to %s %s: token %s < %s", table.name, dict(key), value, seen)
     raise stale(f"table {table.name!r} row {dict(key)!r}", value, seen)
+
+
+def _key_is_the_only_unique(table: Any, key: Mapping[str, Any], values: Mapping[str, Any], token_column: str) -> bool:
+    """Can the MySQL upsert only conflict on ``key``? ON DUPLICATE KEY UPDATE fires on *any*
+    unique key, so a value colliding with another row's unique column would update that
+    row. Judged from the constraints the ``Table`` declares."""
+    import sqlalchemy as sa
+
+    inserted = {*key, *values, token_column}
+    groups = [{c.name for c in table.primary_key.columns}]
+    groups += [{c.name} for c in table.columns if c.unique]
+    groups += [{c.name for c in con.columns} for con in table.constraints if isinstance(con, sa.UniqueConstraint)]
+    groups += [{c.name for c in index.columns} for index in table.indexes if index.unique]
+    return all(group == set(key) for group in groups if group and group <= inserted)
 
 
 def _fence_ok(table: Any, token_column: str, token: Any) -> Any:

@@ -313,3 +313,34 @@ def test_importing_the_package_imports_no_framework():
             "'rq') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_sql_value_colliding_on_another_unique_column_never_writes_that_row(make_spec, kind):
+    """MariaDB's ON DUPLICATE KEY UPDATE fires on any unique key: a write for row ``k`` whose
+    slug belongs to row ``other`` must fail (as an INSERT would), not overwrite ``other``."""
+    import sqlalchemy as sa
+
+    from celery_leader.fencing.sql import fenced_write
+
+    spec = make_spec(kind)
+    engine = sa.create_engine(spec["url"], poolclass=sa.pool.NullPool)
+    meta = sa.MetaData()
+    table = sa.Table(spec["table"] + "_slug", meta, sa.Column("name", sa.String(64), primary_key=True),
+                     sa.Column("slug", sa.String(64), unique=True), sa.Column("body", sa.Text),
+                     sa.Column("fence_token", sa.BigInteger, nullable=True))  # fmt: skip
+    meta.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            fenced_write(conn, table, {"name": "other"}, {"slug": "s", "body": "the other row"}, 5)
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            fenced_write(conn, table, {"name": "k"}, {"slug": "s", "body": "mine"}, 9)
+        with engine.begin() as conn:
+            rows = conn.execute(sa.select(table.c.name, table.c.body, table.c.fence_token)).all()
+            assert [tuple(r) for r in rows] == [("other", "the other row", 5)]
+            fenced_write(conn, table, {"name": "k"}, {"slug": "t", "body": "mine"}, 9)  # no collision
+            fenced_write(conn, table, {"name": "k"}, {"slug": "t", "body": "again"}, 9)
+            assert conn.execute(sa.select(table.c.body).where(table.c.name == "k")).scalar() == "again"
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
