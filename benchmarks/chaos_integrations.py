@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,12 +307,17 @@ def _result(name: str, seed: int, started: float, load0: float, faults: list[dic
 
 def run_integration(name: str, duration: float, seed: int | None = None, workdir: Path | None = None) -> dict[str, Any]:
     seed = random.randrange(1 << 30) if seed is None else seed
+    if name not in FLEETS and name not in RQ_KINDS:
+        raise SystemExit(f"unknown integration {name!r}: choose {', '.join(INTEGRATIONS)}")
+    own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix=f"celery-leader-chaos-{name}-")) if workdir is None else workdir
-    if name in FLEETS:
-        return run_fleet(name, duration, seed, workdir)
-    if name in RQ_KINDS:
-        return run_rq(name, duration, seed, workdir)
-    raise SystemExit(f"unknown integration {name!r}: choose {', '.join(INTEGRATIONS)}")
+    result = (run_fleet if name in FLEETS else run_rq)(name, duration, seed, workdir)
+    if own_dir:  # logs kept only when something is worth reading
+        if result["duplicates"] or result["token_regressions"] or result.get("late_sends") or any("stopped early" in n for n in result["notes"]):
+            result["notes"].append(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 def main(argv: list[str]) -> int:
