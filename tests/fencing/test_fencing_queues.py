@@ -94,6 +94,34 @@ def test_celery_worker_refuses_a_stale_message_and_fences_its_write(redis_client
     assert int(client.get(fence_key(election))) == 6
 
 
+def test_celery_retry_keeps_the_token_of_the_beat_message(redis_client):
+    """A FencedTask that retries (self.retry / autoretry_for) runs again under the same
+    beat term: the retried message must still carry its token, or the fenced writes of the
+    retry refuse None and refuse_stale is skipped."""
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    from celery_leader.fencing.celery import FencedTask, fence_key
+
+    client, keys = redis_client
+    queue = "fencing-" + uuid.uuid4().hex[:8]
+    election = "beat-" + uuid.uuid4().hex[:8]
+    keys.append(fence_key(election))
+    app = Celery("fencing-retry", broker=REDIS_URL, backend=REDIS_URL, set_as_current=False)
+    app.conf.update(task_default_queue=queue, result_expires=60, broker_connection_retry_on_startup=False,
+                    worker_hijack_root_logger=False)
+
+    @app.task(bind=True, base=FencedTask, refuse_stale=True, name="fencing.flaky", max_retries=2)
+    def flaky(self):
+        if self.request.retries == 0:
+            raise self.retry(countdown=0)
+        return self.fencing_token
+
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue],
+                      shutdown_timeout=10):
+        result = flaky.apply_async(headers={HEADER_TOKEN: 7, HEADER_ELECTION: election}, queue=queue)
+        assert result.get(timeout=30) == 7
+
 def test_celery_refuse_stale_without_a_redis_names_the_setting():
     from celery import Celery
 
