@@ -44,7 +44,7 @@ from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 from ..errors import BackendUnavailable, Conflict, RegressionError
 from ..lock import Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
+from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
 from .notify import ChangeNotifier
 
 __all__ = ["ABSENT", "Tables", "Write", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
@@ -96,9 +96,14 @@ def channel_for(table: str) -> str:
 
 
 def fetch(cur: Any, t: Tables, name: str) -> tuple[str | None, int | None, int | None]:
-    """(record, version, fence) in one round trip; ``None`` for what does not exist."""
+    """(record, version, fence) in one round trip; ``None`` for what does not exist.
+
+    At most ``MAX_RECORD_BYTES + 1`` characters of the record cross the network: a longer
+    one is not a record, and its start is enough to read it as unreadable (the version is
+    the row's counter, not the text).
+    """
     cur.execute(
-        f"SELECT l.record, l.version, f.token FROM (SELECT %s AS name) n "
+        f"SELECT SUBSTR(l.record, 1, {MAX_RECORD_BYTES + 1}), l.version, f.token FROM (SELECT %s AS name) n "
         f"LEFT JOIN {t.lease} l ON l.name = n.name LEFT JOIN {t.fence} f ON f.name = n.name",
         [name],
     )

@@ -151,3 +151,21 @@ def test_check_e001_does_not_show_the_password(url) -> None:
     assert [e.id for e in errors] == ["django_leader.E001"], errors
     for piece in ("Sup3r", "Secr", "Pw@rd", "%2FSecr"):
         assert piece not in errors[0].msg and piece not in (errors[0].hint or "")
+
+
+@pytest.mark.parametrize("db", ["sqlite", "pg", "maria"])
+def test_a_huge_row_is_read_only_in_part_and_replaced(request, db) -> None:
+    from celery_leader.testing import sample_record
+
+    alias = request.getfixturevalue(f"{db}_alias")
+    name = unique("huge")
+    backend = DjangoBackend.from_url(f"django://{alias}")
+    try:
+        lock = backend.lock(name)
+        lock.write_raw(b'{"holderIdentity":"' + b"x" * (3 * 1024 * 1024) + b'"}')
+        got = lock.get(5.0)
+        assert got is not None and "larger than" in got.record.decode_error
+        lock.update(sample_record(transitions=1), got.version, 5.0)
+        assert lock.get(5.0).record.decode_error is None
+    finally:
+        backend.close()
