@@ -328,6 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     election.start()
     threading.Thread(target=_then_set, args=(child_exited.wait, wake), daemon=True).start()
+    slot_exit: int | None = None
     while not stop.is_set() and not child_exited.is_set():
         wake.wait(0.2 if slot is not None else 0.5)
         wake.clear()
@@ -337,12 +338,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             # continued (SIGCONT): stand by again, with a new election and the same identity
             election = current.election = make_election(election.identity)
             election.start()
-        if slot is not None and not election.is_leader and _slot_over(election, slot):
-            break
+        if slot is not None and not election.is_leader:
+            slot_exit = _slot_over(election, slot)
+            if slot_exit is not None:
+                break
     election.stop()
     if server is not None:
         server.shutdown()
     backend.close()
+    if slot_exit:
+        return slot_exit
     return runner.exit_code if child_exited.is_set() and runner.exit_code is not None else 0
 
 
@@ -385,15 +390,29 @@ def _slot_done_before_start(election: Election, slot: Slot) -> bool:
     return False
 
 
-def _slot_over(election: Election, slot: Slot) -> bool:
-    """A standby with ``--once-per``: stop waiting once the slot is done or has ended."""
+#: ``run --once-per``: the slot ended and nobody was seen leading it (the job may not have run anywhere)
+EXIT_SLOT_UNRUN = 4
+
+
+def _slot_over(election: Election, slot: Slot) -> int | None:
+    """A standby with ``--once-per``: the exit status once the slot is done or has ended, else None.
+
+    0 when the slot was marked done or another candidate led it; :data:`EXIT_SLOT_UNRUN`
+    when it ended with no leader seen at all (the backend unreachable or hung): then the
+    job may not have run anywhere, which a cron monitor must not read as success.
+    """
     if slot.done_in(election.record):
         log.info("slot %s was done by %s; nothing to run", slot, election.leader or "another candidate")
-        return True
+        return 0
     if slot.ends is not None and time.time() >= slot.ends:
-        log.info("slot %s ended while %s was leading; not running it", slot, election.leader or "another candidate")
-        return True
-    return False
+        holder = election.leader
+        if not holder:
+            log.error("slot %s ended and nobody was seen leading it (is the lock backend reachable?); "
+                      "it may not have run anywhere", slot)  # fmt: skip
+            return EXIT_SLOT_UNRUN
+        log.info("slot %s ended while %s was leading; not running it", slot, holder)
+        return 0
+    return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -134,3 +134,29 @@ def test_bad_slot_options_are_one_line_errors(tmp_path, args, words):
     out = subprocess.run([sys.executable, "-m", "celery_leader", "run", "--url", f"file://{tmp_path}", "--name", "job",
                           *args, "--", "true"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("fault", ["refused", "black-hole"])
+def test_a_slot_that_ends_with_the_backend_away_is_not_reported_as_done(tmp_path, fault):
+    """The lock's Redis refuses or hangs for the whole slot: nobody can lead, so nobody runs
+    the job. The exit status must not be the 0 of "done elsewhere" (a cron monitor would
+    read it as success), nor may the job run; the password stays out of the output."""
+    from benchmarks.tcpproxy import TcpProxy
+    from tests.servers import free_port
+
+    proxy = TcpProxy(6379) if fault == "black-hole" else None
+    if proxy is not None:
+        proxy.set_mode("blackhole")
+    port = proxy.port if proxy is not None else free_port()
+    try:
+        out = subprocess.run([sys.executable, "-m", "celery_leader", "run", "--url",
+                              f"redis://:hun%2Fter2@127.0.0.1:{port}/0", "--name", "job", *FAST, "--once-per", "2s",
+                              "--", "sh", "-c", f"echo ran > {tmp_path}/ran"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        if proxy is not None:
+            proxy.close()
+    assert out.returncode == 4, out.stderr
+    assert "nobody was seen leading" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "ran").exists()
+    assert "ter2" not in out.stdout + out.stderr
