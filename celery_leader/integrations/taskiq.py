@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -46,6 +47,7 @@ from taskiq.scheduler.scheduled_task import ScheduledTask
 from taskiq.utils import maybe_awaitable
 
 from ..aio import AsyncElection, AsyncLeadership
+from ..errors import ConfigurationError
 from ._queues import LeaderSettings, safe_name
 
 __all__ = ["LeaderScheduler", "message_token", "message_slot", "LABEL_TOKEN", "LABEL_SLOT", "LABEL_ELECTION"]
@@ -135,7 +137,14 @@ class LeaderScheduler(TaskiqScheduler):
         if self.election is None:
             self.election = AsyncElection(self.leader.name, **self.leader.election_kwargs(),
                                           on_started_leading=self._started, on_new_leader=self._new_leader)  # fmt: skip
-            await self.election.start()
+            try:
+                await self.election.start()
+            except ConfigurationError as exc:
+                # wrong credentials, an ACL, a bad URL: one line and exit status 2 (as every
+                # celery-leader command), not a traceback from inside taskiq's start-up
+                self.election = None
+                print(f"celery-leader: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             self._install_sigterm()
             self._quiet = _StandbyQuiet(self)
             logging.getLogger("taskiq.cli.scheduler.run").addFilter(self._quiet)

@@ -243,3 +243,20 @@ def test_standby_does_not_log_sending(queue: str, caplog: pytest.LogCaptureFixtu
         assert "Sending task" not in caplog.text
     finally:
         other.stop()
+
+
+def test_refused_credentials_are_one_line_exit_2(tmp_path: Path, queue: str) -> None:
+    """`taskiq scheduler` with a lock URL whose password Redis refuses: one line naming the
+    fix and exit status 2, as every celery-leader command; no traceback, no password."""
+    import os
+    import subprocess
+
+    url = REDIS.replace("redis://", "redis://someone:hun%2Fter2@", 1)
+    env = {**os.environ, "TASKIQ_TEST_QUEUE": queue, "TASKIQ_TEST_LOG": str(tmp_path / "runs.log"),
+           "TASKIQ_TEST_URL": url, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    result = subprocess.run([python(), "-m", "taskiq", "scheduler", "tests.queues.taskiq_app:scheduler"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "refused the credentials" in result.stderr
+    assert "ter2" not in result.stdout + result.stderr
