@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from .harness import LEASE, REDIS_URL, RQ, Fleet, pid_of_identity, wait_for
+from .harness import LEASE, REDIS_URL, ROOT, RQ, Fleet, pid_of_identity, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -123,3 +124,37 @@ def test_three_guarded_schedulers_move_each_job_once(fleet: Fleet) -> None:
     # RQ schedules to whole seconds, hence the extra second
     assert max(waits) <= LEASE + SCHEDULER_INTERVAL + 1 + SLACK, f"a job waited {max(waits):.1f}s past its due time"
     print(f"jobs {len(runs)}, tokens {sorted({r['token'] for r in runs})}, longest wait {max(waits):.2f}s")
+
+
+@pytest.mark.parametrize("burst", [True, False], ids=["burst", "worker"])
+def test_refused_lock_credentials_are_one_line_never_a_traceback(tmp_path: Path, burst: bool) -> None:
+    """A lock URL whose password the server refuses: `--burst` ends with one line and exit
+    status 2; a long-running worker logs one line, its scheduler process stops (no traceback)
+    and the worker keeps working. No password in the output."""
+    import subprocess
+    import uuid
+
+    queue = f"clt-badcreds-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "CELERY_LEADER_URL": "redis://someone:hun%2Fter2@127.0.0.1:6379/0",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    argv = [*RQ, "worker", "-w", "celery_leader.integrations.rq.LeaderWorker", "--with-scheduler", "-u", REDIS_URL,
+            *(["--burst"] if burst else []), queue]  # fmt: skip
+    out_path = tmp_path / "out.txt"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if burst:
+                assert proc.wait(60) == 2
+            else:
+                deadline = time.monotonic() + 60
+                while "refused the credentials" not in out_path.read_text():
+                    assert time.monotonic() < deadline and proc.poll() is None, out_path.read_text()
+                    time.sleep(0.1)
+                assert proc.poll() is None  # the worker itself keeps working
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    text = out_path.read_text()
+    assert "refused the credentials" in text and "Traceback" not in text, text
+    assert "ter2" not in text

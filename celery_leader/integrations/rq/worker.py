@@ -25,6 +25,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,7 @@ from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp, now, utcformat
 from rq.worker import SimpleWorker, SpawnWorker, Worker
 
+from ...errors import ConfigurationError
 from ...lock import Backend
 from .config import LeaderConfig, check_url, election_name, leader_config, open_lock_backend, stamp
 from .guard import TermGuard
@@ -148,7 +150,12 @@ class LeaderRQScheduler(RQScheduler):
         self._install_signal_handlers()
         self.register_birth()
         try:
-            self.start_elections()
+            try:
+                self.start_elections()
+            except ConfigurationError as exc:
+                # one line, not a traceback from the scheduler process; the worker keeps working
+                self.log.error("celery-leader: %s; this worker's scheduler stops", exc)
+                return
             while not self._stop_requested:
                 self.heartbeat()
                 self.enqueue_scheduled_jobs()
@@ -170,7 +177,11 @@ class LeaderRQScheduler(RQScheduler):
         self.register_birth()
         moved = 0
         try:
-            self.start_elections()
+            try:
+                self.start_elections()
+            except ConfigurationError as exc:
+                print(f"celery-leader: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None  # as every celery-leader command: one line, exit 2
             limit = wait if wait is not None else self.leader_config.timing.retry_period * 2
             for guard in self._guards.values():
                 guard.election.wait_until_leader(limit)
