@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -290,13 +291,25 @@ class _Notifier(ChangeNotifier):
         super().__init__()
         self._backend = backend
         self.subscribed = self.ready
+        self._pubsub: Any = None
+
+    def _interrupt(self) -> None:
+        pubsub = self._pubsub
+        conn = getattr(pubsub, "connection", None) if pubsub is not None else None
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _forked(self) -> None:
+        self._pubsub = None
 
     def _listen(self) -> None:
-        pubsub = self._backend._pubsub_client().pubsub()
+        pubsub = self._pubsub = self._backend._pubsub_client().pubsub()
         try:
             pubsub.subscribe(self._backend.channel)
             while not self._stopping.is_set():
-                message = pubsub.get_message(timeout=0.25)
+                # blocks while idle (stop() shuts the socket down); the health check runs in here
+                message = pubsub.get_message(timeout=self.IDLE_READ)
                 if message is None:
                     continue
                 if message["type"] == "subscribe":
@@ -304,6 +317,7 @@ class _Notifier(ChangeNotifier):
                 elif message["type"] == "message":
                     self._deliver(_text(message["data"]))
         finally:
+            self._pubsub = None
             with contextlib.suppress(Exception):
                 pubsub.close()
 
@@ -472,7 +486,7 @@ class RedisLock(Lock):
     def wait_for_change(self, version: str | None, timeout: float) -> None:
         if self._backend._pid != os.getpid():
             self._backend._after_fork()
-        self._backend._notifier.wait(self.name, self._current_version, version, timeout)
+        self._backend._notifier.wait(self.name, self._current_version, version, timeout, waiter=self)
 
     def close(self) -> None:
         self._closed = True

@@ -306,7 +306,7 @@ class SqlLock(Lock):
         if listener is None:
             time.sleep(max(0.0, timeout))
             return
-        listener.wait(self.name, lambda left: self._current_version(min(left, 5.0)), version, timeout)
+        listener.wait(self.name, lambda left: self._current_version(min(left, 5.0)), version, timeout, waiter=self)
 
     def write_raw(self, raw: bytes, timeout: float = 5.0) -> str:
         """Store text as it is, bypassing the codec and the fence (tests of garbage and foreign records)."""
@@ -467,6 +467,11 @@ class Listener(ChangeNotifier):
     def _forked(self) -> None:
         self._conn = None  # the parent's session: never close it from here
 
+    def _interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            _shutdown(conn.fileno())
+
     def _listen(self) -> None:
         conn = self._connect()
         self._conn = conn
@@ -475,7 +480,9 @@ class Listener(ChangeNotifier):
             self._connected()
             idle_since = time.monotonic()
             while not self._stopping.is_set():
-                got = _notifications(conn, 0.25)
+                # block until a notification or the next ping is due (stop() shuts the socket down)
+                due = self._ping_interval - (time.monotonic() - idle_since)
+                got = _notifications(conn, min(self.IDLE_READ, max(0.01, due)))
                 for channel, payload in got:
                     if channel == self.channel:
                         self._deliver(payload)
