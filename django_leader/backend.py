@@ -302,7 +302,7 @@ class DjangoBackend(Backend):
         the call raise :class:`BackendUnavailable` at its deadline, and that connection is
         dropped, never reused.
         """
-        from django.db import DatabaseError, IntegrityError
+        from django.db import DatabaseError, IntegrityError, InterfaceError
 
         timeout = max(0.001, float(timeout))
         deadline = time.monotonic() + timeout
@@ -327,7 +327,9 @@ class DjangoBackend(Backend):
             except IntegrityError as exc:
                 healthy = True
                 raise Conflict(f"{self.alias}: the lease exists ({exc})") from exc
-            except DatabaseError as exc:
+            except (DatabaseError, InterfaceError) as exc:
+                # InterfaceError: PyMySQL's answer on a connection whose socket is gone (closing
+                # the cursor after the watchdog shut it), outside Django's DatabaseError
                 fired, ticket = ticket is not None and _WATCHDOG.disarm(ticket), None
                 if fired:
                     raise BackendUnavailable(
