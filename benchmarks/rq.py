@@ -326,9 +326,13 @@ def failovers(workdir: Path, url: str, kind: str, n: int) -> dict[str, Any]:
         start = time.time()
         for i in range(n):
             sig = SIGNALS[i % 3]
-            leader = _wait("a leader process", lambda: _leader_name(fleet, election), 60)
+            _wait("a leader process", lambda: _leader_name(fleet, election), 60)
             token = latest_token()
             time.sleep(0.3 + 0.7 * ((i * 0.618) % 1))  # not always right after a cycle
+            # the leader is read again just before the signal: under load leadership can move
+            # during the sleep, and signalling the previous holder left the loop waiting for a
+            # change that never came ("no new leader within 60 s", found by the chaos runs)
+            leader = _wait("a leader process", lambda: _leader_name(fleet, election), 60)
             at = time.time()
             holder = fleet.holder(election)
             fleet.signal(leader, sig, group=kind == "worker" and sig != signal.SIGTERM)
