@@ -8,6 +8,7 @@ progress" key; so the queue itself is checked for old runs too.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -89,12 +90,20 @@ def test_settings_and_bad_input(tmp_path: Path, queue: str) -> None:
         leader_renew_deadline = 0.6
         leader_retry_period = 0.2
 
-    worker = leader_arq.create_leader_worker(Settings)
-    assert worker.leader.name == f"arq.{queue}" and worker.leader.timing.lease_duration == 1.0
-    assert worker.election is None  # nothing started before main()
-    Settings.leader_renew_deadline = 2.0
-    with pytest.raises(ConfigurationError, match="lease_duration"):
-        leader_arq.create_leader_worker(Settings)
+    # arq's Worker takes the current event loop when it is built (as arq's own create_worker
+    # does); an earlier asyncio.run() in this process leaves none, so give it one
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = leader_arq.create_leader_worker(Settings)
+        assert worker.leader.name == f"arq.{queue}" and worker.leader.timing.lease_duration == 1.0
+        assert worker.election is None  # nothing started before main()
+        Settings.leader_renew_deadline = 2.0
+        with pytest.raises(ConfigurationError, match="lease_duration"):
+            leader_arq.create_leader_worker(Settings)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     for args, expect in (
         (["tests.queues.arq_app.WorkerSettings", "--leader-url", "nope://admin:hunter2@127.0.0.1/"], "nope"),
         (["no_such_module.Settings", "--leader-url", REDIS], "cannot import"),
