@@ -113,6 +113,7 @@ def password_server() -> Iterator[int]:
     import shutil
     import subprocess
     import tempfile
+    import time
     from pathlib import Path
 
     from tests.servers import free_port, running
@@ -146,6 +147,13 @@ def password_server() -> Iterator[int]:
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "logging_collector=off"]  # fmt: skip
     try:
         with running(argv, port, user=owner.pw_uid, group=owner.pw_gid, timeout=30):
+            # the port opens before the server accepts logins ("the database system is
+            # starting up"): wait until pg_isready says it accepts connections
+            deadline = time.monotonic() + 30
+            while subprocess.run([f"{bindir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
+                if time.monotonic() > deadline:
+                    unavailable("the private PostgreSQL server did not accept connections within 30 s")
+                time.sleep(0.1)
             yield port
     finally:
         shutil.rmtree(base, ignore_errors=True)
