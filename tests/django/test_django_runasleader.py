@@ -149,13 +149,17 @@ def test_skip_takes_over_a_dead_holders_lease(procs, tmp_path):
 def test_hold_makes_later_cron_instances_skip_a_fast_job(procs, tmp_path):
     name = "hold-" + uuid.uuid4().hex[:8]
     log = tmp_path / "work.log"
-    first = procs(runasleader(name, "early", log, "--skip", "--hold", "3") + ["--seconds", "0"], tmp_path / "early.out")
+    # a hold far longer than the late instance can take to start, even on a loaded machine;
+    # the early one is then stopped with SIGTERM (it releases) instead of waited for
+    first = procs(runasleader(name, "early", log, "--skip", "--hold", "120") + ["--seconds", "0"], tmp_path / "early.out")
     wait_for(lambda: starts(log), 30, "the early instance")
     time.sleep(0.3)  # another host's clock is a little behind: its cron fires later
     late = procs(runasleader(name, "late", log, "--skip") + ["--seconds", "0"], tmp_path / "late.out")
-    assert late.wait(30) == 0
+    assert late.wait(60) == 0
     assert "skipped" in (tmp_path / "late.out").read_text()
-    assert first.wait(30) == 0
+    assert first.poll() is None, "the early instance stopped holding before the late one decided"
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
     assert [ev["node"] for ev in starts(log)] == ["early"]
 
 
