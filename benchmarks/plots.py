@@ -306,7 +306,8 @@ def draw_scale(results: Path, out: Path) -> bool:
         ys = [(i + 1) / len(values) for i in range(len(values))]
         timing = r.get("timing") or [None, None, None]
         retry = f"retry {timing[2]:g} s, " if isinstance(timing[2], NUMBER) else ""
-        label = f"{r['elections']} elections, {retry}pool {r.get('executor_threads', '?')} threads"
+        mode = "batched" if r.get("batched") else ("one by one" if "batched" in r else f"pool {r.get('executor_threads', '?')} threads")
+        label = f"{r['elections']} elections, {retry}{mode}"
         ax.plot(values, ys, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("renewal sent late by (ms, log)")
@@ -314,6 +315,8 @@ def draw_scale(results: Path, out: Path) -> bool:
     ax.set_title("Renew lateness, one process, one Redis backend (asyncio)", fontsize=10)
     ax.axvline(2000, color="0.5", linestyle=":", linewidth=1)
     ax.annotate("2 s (default retry_period)", (2000, 0.05), rotation=90, fontsize=7, color="0.4")
+    ax.axvline(100, color="tab:red", linestyle="--", linewidth=1)
+    ax.annotate("100 ms (issue 21 target, p99)", (100, 0.05), rotation=90, fontsize=7, color="tab:red")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax = axes[1]
