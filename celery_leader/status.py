@@ -26,10 +26,11 @@ from .record import printable
 
 __all__ = ["LockStatus", "describe", "observe", "watch", "VANISHED_HOLDERS"]
 
-#: placeholder holders some backends report for a lock object that vanished while its
-#: fence remains (``celery_leader.backends.redis.VANISHED_HOLDER``,
-#: ``celery_leader.backends.file.VANISHED_HOLDER``): not anybody's identity
-VANISHED_HOLDERS = frozenset({"(lock key vanished)", "(lease file vanished)"})
+#: placeholder holders backends report for a lock object that vanished while its fence
+#: remains (the ``VANISHED_HOLDER`` of ``celery_leader.backends.redis``/``etcd``, ``file``,
+#: ``zookeeper`` and ``sql``, the last shared by postgresql:// and django://): not anybody's
+#: identity. Spelled out here so that status imports no backend's driver.
+VANISHED_HOLDERS = frozenset({"(lock key vanished)", "(lease file vanished)", "(lock node vanished)", "(lease row deleted)"})
 
 _UNSEEN = object()
 

@@ -13,8 +13,10 @@ adds one, so a row deleted and created again never reuses a version a stale cand
 Fencing tokens survive a deleted row: :class:`~django_leader.models.LeaseFence` keeps the
 highest token per name, raised in the same short transaction as each acquisition (renewals
 and releases of the writer's own term stay one statement). Reads lift tokens to the fence
-and report a deleted row as a free record with the version ``absent:<fence>``. The lock
-logic is shared with ``postgresql://`` (:mod:`celery_leader.backends.sql`).
+and report a deleted row as held by ``(lease row deleted)`` with the version
+``absent:<fence>``: its holder may still be inside its lease, so candidates wait one lease
+before the next term. The lock logic is shared with ``postgresql://``
+(:mod:`celery_leader.backends.sql`).
 
 On PostgreSQL, followers wait on ``LISTEN`` (one connection per backend) and a writer that
 changes the holder sends ``NOTIFY`` after its write has landed, so a release is seen at

@@ -1,15 +1,28 @@
-"""What the status command, view and admin show: the lease rows, decoded."""
+"""What ``leaderstatus``, the status view and the admin show: the lease rows, judged as
+``celery-leader status`` judges them.
+
+A row and its fence row are read as the backend reads them
+(:func:`celery_leader.backends.sql.versioned`: a deleted row whose fence remains is the
+``(lease row deleted)`` placeholder, a token below the fence is lifted to it), then judged
+by :func:`celery_leader.status.describe`: ``held``, ``expired``, ``free`` or
+``unreadable``, the token, seconds since the holder's last renewal (its wall clock against
+ours: a report, never a decision), the lease, and the last slot done by once-per-slot.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery_leader.record import LeaderRecord, decode_or_placeholder
+from celery_leader.backends.sql import row_record, versioned
 from celery_leader.registry import url_scheme
+from celery_leader.status import LockStatus, describe
 
 from .conf import leader_settings
+
+__all__ = ["configured_alias", "default_alias", "row_record", "row_status", "lease_rows", "line"]
 
 
 def configured_alias() -> str | None:
@@ -28,55 +41,37 @@ def default_alias() -> str:
     return configured_alias() or "default"
 
 
-def row_record(text: object) -> LeaderRecord:
-    """The record in a lease row's text column; never raises (a placeholder for garbage).
-
-    Drivers hand back ``str``, or ``bytes``/``memoryview`` for binary collations.
-    """
-    if isinstance(text, memoryview):
-        text = text.tobytes()
-    if not isinstance(text, (str, bytes, bytearray)):
-        text = "" if text is None else str(text)
-    return decode_or_placeholder(bytes(text) if isinstance(text, bytearray) else text)
-
-
-def describe(name: str, text: str, version: int, now: float | None = None) -> dict[str, Any]:
-    """One lease as a JSON-able dict. ``state`` is a wall-clock estimate: held, expired?, free, garbage.
+def row_status(name: str, text: object, version: object, fence: int | None = None, now: float | None = None) -> dict[str, Any]:
+    """One lease as a JSON-able dict: the fields of ``celery-leader status --json`` plus
+    ``version``. Never raises, whatever the row holds.
 
     ``holder`` is the identity as stored (JSON and HTML escape it); terminals print
-    :func:`celery_leader.record.printable` of it.
+    :func:`line`, which escapes it.
     """
-    now = time.time() if now is None else now
-    record = row_record(text)
-    if record.decode_error:
-        return {
-            "name": name, "holder": None, "token": None, "renewed_seconds_ago": None, "lease_duration": 0.0,
-            "state": "garbage", "error": record.decode_error, "version": str(version),
-        }  # fmt: skip
-    ago = round(now - record.renew_time, 3) if record.renew_time else None
-    if not record.holder:
-        state = "free"
-    elif ago is not None and ago > record.lease_duration:
-        state = "expired?"
-    else:
-        state = "held"
-    return {
-        "name": name,
-        "holder": record.holder,
-        "token": record.transitions,
-        "renewed_seconds_ago": ago,
-        "lease_duration": record.lease_duration,
-        "state": state,
-        "version": str(version),
-    }
+    got = versioned(text, version, fence)
+    status = describe(name, got, now)
+    return {**dataclasses.asdict(status), "version": got.version if got is not None else None}
+
+
+def line(row: dict[str, Any]) -> str:
+    """The CLI's human line for one :func:`row_status` dict (holder and slot escaped)."""
+    fields = {f.name for f in dataclasses.fields(LockStatus)}
+    return LockStatus(**{k: v for k, v in row.items() if k in fields}).line()
 
 
 def lease_rows(alias: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    """Every lease (or the one called ``name``) in database ``alias``."""
-    from .models import Lease
+    """Every election in database ``alias`` (or the one called ``name``): each lease row, and
+    each fence row whose lease row was deleted (its holder may still be inside its lease)."""
+    from .models import Lease, LeaseFence
 
-    query = Lease.objects.using(alias or default_alias()).order_by("name")
+    db = alias or default_alias()
+    leases = Lease.objects.using(db)
+    fences = LeaseFence.objects.using(db)
     if name is not None:
-        query = query.filter(name=name)
+        leases, fences = leases.filter(name=name), fences.filter(name=name)
+    rows = {n: (text, version) for n, text, version in leases.values_list("name", "record", "version")}
+    tokens = dict(fences.values_list("name", "token"))
     now = time.time()
-    return [describe(n, text, version, now) for n, text, version in query.values_list("name", "record", "version")]
+    return [
+        row_status(n, *rows.get(n, (None, None)), fence=tokens.get(n), now=now) for n in sorted(set(rows) | set(tokens))
+    ]

@@ -2,8 +2,11 @@
 
 ``GET .../`` lists every lease in the database (when ``LEADER_ELECTION['URL']`` is
 ``django://``; other backends have no listing) and the elections this process runs;
-``GET .../<name>/`` one lease (404 if unknown). Add ``?leader=1`` to answer 503 unless this
-process currently leads that election (a readiness probe for "the active scheduler").
+``GET .../<name>/`` one lease (404 if unknown). Each lease is judged as ``celery-leader
+status --json`` judges it (:mod:`django_leader.status`): ``state`` held / expired / free /
+unreadable, ``token``, ``renewed_seconds_ago`` against ``lease_duration``, ``last_slot``.
+Add ``?leader=1`` to answer 503 unless this process currently leads that election (a
+readiness probe for "the active scheduler").
 
 The view shows identities (host names, process ids) and tokens. With
 ``LEADER_ELECTION['STATUS_PERMISSION'] = "django_leader.view_lease"`` it answers 403 to
@@ -20,6 +23,8 @@ from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from celery_leader.urls import redact
+
 from .conf import SettingsError, leader_settings
 from .runner import active_elections
 from .status import configured_alias, lease_rows
@@ -35,7 +40,7 @@ def _stored(name: str | None = None) -> tuple[list[dict], str | None]:
     try:
         return lease_rows(alias, name), None
     except DatabaseError as exc:
-        log.warning("leader status: cannot read the lease table: %s", exc)
+        log.warning("leader status: cannot read the lease table: %s", redact(str(exc)))
         return [], f"cannot read the lease table of database {alias!r}: {type(exc).__name__}"
 
 

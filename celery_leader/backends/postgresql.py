@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 from ..errors import RegressionError
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
 from ..urls import UrlOptions, redact, scrub
-from .sql import Listener, SqlLock, Tables, Watchdog, channel_for
+from .sql import VANISHED_HOLDER, Listener, SqlLock, Tables, Watchdog, channel_for
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
 
@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
 DEFAULT_TABLE = "celery_leader_lease"
-#: the holder a deleted lease row reads as (its fence remains): whoever held it may still
-#: believe it leads, so candidates wait one lease before taking over with a higher token
-VANISHED_HOLDER = "(lease row deleted)"
 MAX_IDLE = 4
 
 #: query options passed on to libpq (anything else is a typo: refused)
@@ -135,7 +132,6 @@ class PostgresLock(SqlLock):
     """One election's lease row. Thread-safe; shares its backend's connections."""
 
     capabilities = CAPABILITIES
-    vanished_holder = VANISHED_HOLDER
 
     def __init__(self, backend: PostgresBackend, name: str) -> None:
         if not name:

@@ -19,6 +19,9 @@ A new row starts its version at the current time in microseconds and every write
 so a row deleted and created again never reuses a version a stale candidate holds. Starting
 a new term (a token this lock has not written) raises the fence in the same short
 transaction; renewals and releases of the writer's own term stay one statement.
+A row deleted by hand while its fence remains reads as held by :data:`VANISHED_HOLDER`
+(see :func:`versioned`): its holder may still be inside its lease, so every candidate, even
+one that never saw the old record, waits one lease before starting the next term.
 
 A backend provides ``_call(timeout, fn)``, which runs ``fn(cursor, tables)`` on a
 connection in autocommit mode and translates driver errors, and optionally a
@@ -47,11 +50,26 @@ from ..lock import Lock, Versioned
 from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record
 from .notify import ChangeNotifier
 
-__all__ = ["ABSENT", "Tables", "Write", "SqlLock", "Listener", "Watchdog", "channel_for", "fetch"]
+__all__ = [
+    "ABSENT",
+    "VANISHED_HOLDER",
+    "Tables",
+    "Write",
+    "SqlLock",
+    "Listener",
+    "Watchdog",
+    "channel_for",
+    "fetch",
+    "row_record",
+    "versioned",
+]
 
 log = logging.getLogger(__name__)
 
 ABSENT = "absent:"
+#: the holder a deleted lease row reads as (its fence remains): whoever held it may still
+#: believe it leads, so candidates wait one lease before taking over with a higher token
+VANISHED_HOLDER = "(lease row deleted)"
 T = TypeVar("T")
 
 
@@ -113,11 +131,46 @@ def fetch(cur: Any, t: Tables, name: str) -> tuple[str | None, int | None, int |
     return row[0], (int(row[1]) if row[1] is not None else None), (int(row[2]) if row[2] is not None else None)
 
 
+def row_record(text: object) -> LeaderRecord:
+    """The record in a lease row's text column; never raises (a placeholder for garbage).
+
+    Drivers hand back ``str``, or ``bytes``/``memoryview`` for binary collations.
+    """
+    if isinstance(text, memoryview):
+        text = text.tobytes()
+    if isinstance(text, bytearray):
+        text = bytes(text)
+    if not isinstance(text, (str, bytes)):
+        text = "" if text is None else str(text)
+    return decode_or_placeholder(text)
+
+
+def versioned(text: object, version: object, fence: int | None, vanished_holder: str = VANISHED_HOLDER) -> Versioned | None:
+    """What one read of a lease row and its fence row means; ``None`` when neither exists.
+
+    A row that is gone while its fence remains was deleted by hand: it reads as held by
+    ``vanished_holder`` at the fence's token (absent version ``absent:<fence>``), so that a
+    candidate that never saw the old record still waits one lease before starting a term
+    (the engine's rule for a held record; "" would read it as free). A token below the
+    fence (a hand edit, a foreign writer, garbage) is lifted to the fence.
+    Shared by :meth:`SqlLock.get` and Django's status pages.
+    """
+    if text is None:
+        if fence is None:
+            return None
+        return Versioned(LeaderRecord(holder=vanished_holder, transitions=fence), f"{ABSENT}{fence}")
+    record = row_record(text)
+    if fence is not None and fence > record.transitions:
+        # the engine can overwrite it once it is stale, and the next term counts from the fence
+        record = record.evolve(transitions=fence)
+    return Versioned(record, str(version))
+
+
 class SqlLock(Lock):
     """The lease row ``name``. Thread-safe: every call borrows a connection from the backend."""
 
-    #: the holder a deleted lease row reads as (its fence remains); "" reads it as free
-    vanished_holder: ClassVar[str] = ""
+    #: the holder a deleted lease row reads as (its fence remains); "" would read it as free
+    vanished_holder: ClassVar[str] = VANISHED_HOLDER
 
     def __init__(self, backend: SqlBackend, name: str) -> None:
         self._backend = backend
@@ -135,17 +188,7 @@ class SqlLock(Lock):
 
     def get(self, timeout: float) -> Versioned | None:
         text, version, fence = self._backend._call(timeout, lambda cur, t: fetch(cur, t, self.name))
-        if text is None:
-            if fence is None:
-                return None
-            # the row was deleted by hand: the next term counts from the fence
-            return Versioned(LeaderRecord(holder=self.vanished_holder, transitions=fence), f"{ABSENT}{fence}")
-        record = decode_or_placeholder(text)  # str, or bytes for a binary collation; never raises
-        if fence is not None and fence > record.transitions:
-            # rewritten with a lower token (by hand, a foreign writer) or with garbage: the next
-            # term counts from the fence, so the engine can overwrite it once it is stale
-            record = record.evolve(transitions=fence)
-        return Versioned(record, str(version))
+        return versioned(text, version, fence, self.vanished_holder)
 
     def create(self, record: LeaderRecord, timeout: float) -> str:
         return self._insert(record, timeout)

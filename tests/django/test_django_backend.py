@@ -16,6 +16,7 @@ from django.db import connections
 from django.test import Client
 
 from celery_leader import Election
+from celery_leader.backends.sql import VANISHED_HOLDER
 from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.registry import open_backend
 from celery_leader.testing import sample_record
@@ -95,7 +96,8 @@ def test_tokens_continue_above_the_fence_after_the_row_is_deleted(alias):
     backend = DjangoBackend.from_url(url)
     try:
         got = backend.lock(name).get(5.0)
-        assert got is not None and got.record.is_free
+        # as on postgresql://: held by nobody we know, for one lease, at the fence's token
+        assert got is not None and got.record.holder == VANISHED_HOLDER and not got.record.is_free
         assert got.record.transitions == token and got.version == f"absent:{token}"
         with Election(name, url=url, identity="second", **FAST) as second:
             assert second.wait_until_leader(20)
@@ -106,6 +108,48 @@ def test_tokens_continue_above_the_fence_after_the_row_is_deleted(alias):
         assert backend.lock(name).get(5.0).version == f"absent:{token + 1}"
     finally:
         backend.close()
+
+
+def test_a_deleted_row_is_waited_out_even_by_a_candidate_that_never_saw_it(alias):
+    """Leader A wrote its record (a live lease) and then froze; the row is deleted by hand.
+
+    B, a new backend object that never saw A's record, must not start a term before A's
+    lease could have ended: A may still believe it leads until its last write's send time
+    plus the lease, and that write returned before ``written``. Then tokens keep rising.
+    (The old reading, a deleted row as free, let B lead at once.)
+    """
+    name = unique("vanished")
+    url = f"django://{alias}"
+    frozen = DjangoBackend.from_url(url)
+    try:
+        record = sample_record(holder="a", transitions=7).evolve(lease_duration=FAST["lease_duration"], renew_time=time.time())
+        frozen.lock(name).create(record, 5.0)
+        written = time.monotonic()
+        Lease.objects.using(alias).filter(name=name).delete()  # by hand; the fence stays
+    finally:
+        frozen.close()
+    started: list[float] = []
+    leaders: list[str] = []
+    b = Election(
+        name,
+        url=url,
+        identity="b",
+        on_started_leading=lambda *_: started.append(time.monotonic()),
+        on_new_leader=leaders.append,
+        **FAST,
+    )
+    with b:
+        assert b.wait_until_leader(20)
+        assert started, "on_started_leading did not run"
+        assert started[0] >= written + FAST["lease_duration"], (
+            f"B led {started[0] - written:.3f} s after A's last write, inside A's {FAST['lease_duration']} s lease"
+        )
+        assert VANISHED_HOLDER in leaders and b.token == 8
+        b.stop()  # released: the row stays, free, at token 8
+    Lease.objects.using(alias).filter(name=name).delete()
+    with Election(name, url=url, identity="c", **FAST) as c:
+        assert c.wait_until_leader(20)
+        assert c.token == 9
 
 
 def test_a_lower_token_written_by_a_foreign_writer_is_lifted_to_the_fence(alias):
@@ -324,7 +368,7 @@ def test_leaderstatus_status_view_and_admin(sqlite_alias):
         assert Lease.objects.filter(name=name).exists()
 
 
-def test_garbage_row_shows_as_garbage(sqlite_alias):
+def test_garbage_row_shows_as_unreadable(sqlite_alias):
     name = unique("garbage")
     backend = DjangoBackend.from_url("django://default")
     backend.lock(name).write_raw(b"\x00not json")
@@ -332,7 +376,7 @@ def test_garbage_row_shows_as_garbage(sqlite_alias):
     out = io.StringIO()
     call_command("leaderstatus", "--json", stdout=out)
     row = {r["name"]: r for r in json.loads(out.getvalue())}[name]
-    assert row["state"] == "garbage" and "not JSON" in row["error"]
+    assert row["state"] == "unreadable" and "not JSON" in row["note"] and row["holder"] is None
 
 
 def test_leader_only_runs_in_process_and_skips_when_another_leads(sqlite_alias):

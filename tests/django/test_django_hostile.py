@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from celery_leader.record import LeaderRecord, encode_record
 from django_leader.backend import DjangoBackend
-from django_leader.status import describe, row_record
+from django_leader.status import line, row_record, row_status
 
 HOSTILE = {
     "deep": b"[" * 5000,
@@ -46,9 +46,10 @@ def write(name: str, raw: bytes) -> None:
 def test_row_decoding_never_raises(text) -> None:
     record = row_record(text)
     assert isinstance(record, LeaderRecord)
-    row = describe("x", text, 1)
-    assert row["state"] in ("garbage", "free", "held", "expired?")
+    row = row_status("x", text, 1)
+    assert row["state"] in ("unreadable", "free", "held", "expired")
     json.dumps(row)
+    assert "\x1b" not in line(row)
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
@@ -59,7 +60,7 @@ def test_hostile_rows_in_view_admin_and_leaderstatus(sqlite_alias, kind) -> None
     listing = client.get("/leader/")
     assert listing.status_code == 200
     row = {r["name"]: r for r in listing.json()["elections"]}[name]
-    assert row["state"] == "garbage"
+    assert row["state"] == "unreadable"
     assert client.get(f"/leader/{name}/").status_code == 200
 
     out = io.StringIO()
@@ -67,7 +68,7 @@ def test_hostile_rows_in_view_admin_and_leaderstatus(sqlite_alias, kind) -> None
     assert name in out.getvalue()
     out = io.StringIO()
     call_command("leaderstatus", "--json", stdout=out)
-    assert {r["name"]: r for r in json.loads(out.getvalue())}[name]["state"] == "garbage"
+    assert {r["name"]: r for r in json.loads(out.getvalue())}[name]["state"] == "unreadable"
 
     User.objects.filter(username="hostile-admin").delete()
     User.objects.create_superuser("hostile-admin", "a@example.com", "pw")

@@ -1,7 +1,9 @@
 """``manage.py leaderstatus``: every election in the ``django://`` lease table.
 
-Shows holder, fencing token and how long ago the lease was renewed (by the holder's wall
-clock: informational only, elections never compare clocks).
+The same judgement and lines as ``celery-leader status`` (:mod:`celery_leader.status`):
+held / expired / free / unreadable, the fencing token, how long ago the lease was renewed
+against the lease (by the holder's wall clock: informational only, elections never compare
+clocks) and the last slot done by once-per-slot.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from celery_leader.record import printable
 from celery_leader.urls import redact
 
 from ...conf import SettingsError, leader_settings
-from ...status import configured_alias, lease_rows
+from ...status import configured_alias, lease_rows, line
 
 
 class Command(BaseCommand):
-    help = "List the elections stored in the database with holder, token and time since renewal."
+    help = "List the elections stored in the database: state, holder, token, time since renewal, last slot."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--database", default=None, help="database alias (default: the one of LEADER_ELECTION URL)")
@@ -42,7 +44,7 @@ class Command(BaseCommand):
             rows = lease_rows(alias)
         except DatabaseError as exc:
             raise CommandError(
-                f"cannot read the lease table of database {alias!r} ({type(exc).__name__}: {printable(exc)}); "
+                f"cannot read the lease table of database {alias!r} ({type(exc).__name__}: {printable(redact(str(exc)))}); "
                 f"run: python manage.py migrate django_leader --database {alias}"
             ) from exc
         if options["json"]:
@@ -51,14 +53,8 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("no elections recorded")
             return
-        header = f"{'NAME':<32} {'HOLDER':<36} {'TOKEN':>6} {'RENEWED':>10} {'LEASE':>7}  STATE"
-        self.stdout.write(header)
+        # the lines of `celery-leader status`, one per election
         for row in rows:
-            ago = "-" if row["renewed_seconds_ago"] is None else f"{row['renewed_seconds_ago']:.1f}s ago"
-            token = "-" if row["token"] is None else str(row["token"])
-            state = row["state"] + (f" ({row['error']})" if row.get("error") else "")
-            holder = printable(row["holder"]) if row["holder"] else "(free)"
-            self.stdout.write(
-                f"{printable(row['name']):<32} {holder:<36} {token:>6} {ago:>10} "
-                f"{row['lease_duration']:>6.1f}s  {state}"
-            )
+            self.stdout.write(f"{printable(row['name'])}: {line(row)}")
+        if any(row["state"] in ("held", "expired") for row in rows):
+            self.stdout.write("(held/expired judged from each record's renewTime and this host's clock)")

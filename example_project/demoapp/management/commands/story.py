@@ -27,7 +27,7 @@ from django.db import connection
 
 from demoapp.models import Run
 from django_leader.models import Lease
-from django_leader.status import describe
+from django_leader.status import row_status
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -155,7 +155,7 @@ class Command(BaseCommand):
 
     def _holder(self, election: str) -> str | None:
         row = Lease.objects.filter(name=election).values_list("name", "record", "version").first()
-        return describe(*row)["holder"] if row else None
+        return row_status(*row)["holder"] if row else None
 
     def _holders(self) -> list[str]:
         return [f"{e}={self._holder(e)}" for e in ("example.beat", "example.apscheduler")]
