@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery_leader.backends.sql import row_record, versioned
+from celery_leader.record import MAX_RECORD_BYTES
 from celery_leader.registry import url_scheme
 from celery_leader.status import LockStatus, describe
 
@@ -62,6 +63,8 @@ def line(row: dict[str, Any]) -> str:
 def lease_rows(alias: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
     """Every election in database ``alias`` (or the one called ``name``): each lease row, and
     each fence row whose lease row was deleted (its holder may still be inside its lease)."""
+    from django.db.models.functions import Substr
+
     from .models import Lease, LeaseFence
 
     db = alias or default_alias()
@@ -69,7 +72,9 @@ def lease_rows(alias: str | None = None, name: str | None = None) -> list[dict[s
     fences = LeaseFence.objects.using(db)
     if name is not None:
         leases, fences = leases.filter(name=name), fences.filter(name=name)
-    rows = {n: (text, version) for n, text, version in leases.values_list("name", "record", "version")}
+    # as the backend reads it: at most MAX_RECORD_BYTES + 1 characters (longer is unreadable)
+    text = Substr("record", 1, MAX_RECORD_BYTES + 1)
+    rows = {n: (text, version) for n, text, version in leases.values_list("name", text, "version")}
     tokens = dict(fences.values_list("name", "token"))
     now = time.time()
     return [
