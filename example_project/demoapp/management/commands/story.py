@@ -98,7 +98,11 @@ class Command(BaseCommand):
             started = time.monotonic()
             next_cron = started
             killed = False
-            while time.monotonic() - started < options["seconds"]:
+            # run for --seconds, and on (at most a minute more) until the story has something to
+            # show: a takeover of each killed leader and a cron run (a loaded machine starts slowly)
+            while time.monotonic() - started < options["seconds"] or (
+                time.monotonic() - started < options["seconds"] + 60 and not self._told(killed)
+            ):
                 now = time.monotonic()
                 if now >= next_cron:
                     next_cron += cron_every
@@ -127,6 +131,16 @@ class Command(BaseCommand):
                     proc.kill()
                     proc.wait(5)
         self._report(logs)
+
+    def _told(self, killed: bool) -> bool:
+        """Whether the runs so far show a takeover after the kill, and a cron run."""
+        if not killed:
+            return False
+        seen = {
+            kind: set(Run.objects.filter(kind=kind).values_list("instance", flat=True))
+            for kind in ("beat", "apscheduler", "cron")
+        }
+        return len(seen["beat"]) >= 2 and len(seen["apscheduler"]) >= 2 and bool(seen["cron"])
 
     # --- setup ---------------------------------------------------------------------------
 
