@@ -137,7 +137,7 @@ def test_no_periodic_flag_never_elects(tmp_path: Path, queue: str) -> None:
 )
 def test_bad_configuration_is_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
     proc = subprocess.run([python(), "-m", "celery_leader.integrations.huey", "tests.queues.huey_app.huey", *args],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
                           env={**__import__("os").environ, "HUEY_TEST_LOG": str(tmp_path / "x")})  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert expect in proc.stderr
