@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 
 from .errors import ConfigurationError
 
-__all__ = ["redact", "scrub", "ambiguous_userinfo", "UrlOptions", "SECRET_OPTION"]
+__all__ = ["redact", "scrub", "ambiguous_userinfo", "UrlOptions", "SECRET_OPTION", "host_port"]
 
 #: query option names whose values are secrets
 SECRET_OPTION = re.compile(r"pass|pwd|secret|token|credential|key|auth|sig", re.IGNORECASE)
@@ -261,3 +261,29 @@ def _shown(text: str, limit: int = 64) -> str:
     """Printable, bounded echo of user input (no control characters reach a terminal)."""
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+
+
+def host_port(item: str, default_port: int, *, service: str, shown: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of a host list -> ``(host, port)``.
+
+    ``shown`` is the (already redacted) URL for the message; ``service`` names the server
+    in it (``bad etcd address 'x' in '...'; write host:2379``).
+    """
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, ""
+    if not host:
+        raise ConfigurationError(f"bad {service} address {item!r} in {shown!r}; write host:{default_port}")
+    if not port_text:
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"bad port in {service} address {item!r} in {shown!r}; write host:{default_port}")
+    return host, port

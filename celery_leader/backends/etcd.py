@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions, redact
+from ..urls import UrlOptions, host_port, redact
 
 __all__ = ["EtcdBackend", "EtcdLock", "VANISHED_HOLDER", "DEFAULT_PREFIX"]
 
@@ -365,7 +365,7 @@ class EtcdBackend(Backend):
             item = item.strip()
             if not item:
                 continue
-            endpoints.append(_parse_host(item, shown))
+            endpoints.append(host_port(item, DEFAULT_PORT, service="etcd", shown=shown))
         if not endpoints:
             raise ConfigurationError(f"no etcd host in {shown!r}; write etcd://host:2379[,host2:2379]/PREFIX")
         cacert = options.text("cacert")
@@ -824,27 +824,6 @@ class EtcdBackend(Backend):
 def _short(reply: Any) -> str:
     text = json.dumps(reply) if not isinstance(reply, str) else reply
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _parse_host(item: str, shown: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, sep, port_text = item.rpartition(":")
-        if not sep:
-            host, port_text = item, ""
-    if not host:
-        raise ConfigurationError(f"bad etcd address {item!r} in {shown!r}; write host:2379")
-    if not port_text:
-        return host, DEFAULT_PORT
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = 0
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"bad port in etcd address {item!r} in {shown!r}; write host:2379")
-    return host, port
 
 
 def _tls_context(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:

@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - the registry turns this into th
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
 from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions, redact
+from ..urls import UrlOptions, host_port, redact
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperLock", "VANISHED_HOLDER", "DEFAULT_PATH"]
 
@@ -323,7 +323,7 @@ class ZooKeeperBackend(Backend):
                     "(percent-encode special characters)"
                 )
             username, password = unquote(user), unquote(secret)
-        hosts = [_parse_host(item.strip(), shown) for item in hostlist.split(",") if item.strip()]
+        hosts = [host_port(item.strip(), DEFAULT_PORT, service="ZooKeeper", shown=shown) for item in hostlist.split(",") if item.strip()]
         if not hosts:
             raise ConfigurationError(f"no ZooKeeper server in {shown!r}; write zookeeper://host:2181[,host2:2181]/PATH")
         return cls(
@@ -466,24 +466,3 @@ class ZooKeeperBackend(Backend):
             client.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the kazoo client failed", exc_info=True)
-
-
-def _parse_host(item: str, shown: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, sep, port_text = item.rpartition(":")
-        if not sep:
-            host, port_text = item, ""
-    if not host:
-        raise ConfigurationError(f"bad ZooKeeper address {item!r} in {shown!r}; write host:2181")
-    if not port_text:
-        return host, DEFAULT_PORT
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = 0
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"bad port in ZooKeeper address {item!r} in {shown!r}; write host:2181")
-    return host, port

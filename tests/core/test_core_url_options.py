@@ -79,3 +79,15 @@ def test_every_backend_refuses_an_unknown_option_the_same_way(url: str) -> None:
     scheme = url.split("://")[0]
     with pytest.raises(ConfigurationError, match=rf"unknown {scheme.replace('+', '.')}:// option \?colour="):
         open_backend(url)
+
+
+def test_host_port_of_a_host_list() -> None:
+    from celery_leader.urls import host_port
+
+    assert host_port("h", 2379, service="etcd", shown="etcd://h") == ("h", 2379)
+    assert host_port("h:1234", 2379, service="etcd", shown="etcd://h") == ("h", 1234)
+    assert host_port("[::1]:2181", 2181, service="ZooKeeper", shown="zookeeper://x") == ("::1", 2181)
+    assert host_port("[::1]", 2181, service="ZooKeeper", shown="zookeeper://x") == ("::1", 2181)
+    for bad in (":1", "h:0", "h:65536", "h:x"):
+        with pytest.raises(ConfigurationError, match=r"etcd address .* write host:2379"):
+            host_port(bad, 2379, service="etcd", shown="etcd://***@h")
