@@ -48,10 +48,10 @@ def test_beat_start_up_errors_are_one_line(tmp_path, env, words) -> None:
 
 def test_beat_with_a_wrong_password_stops_with_one_line(tmp_path) -> None:
     """The backend rejects the credentials at the first tick (election start): same one line."""
-    from tests.servers import port_open
+    from tests.servers import port_open, unavailable
 
     if not port_open(6379):
-        pytest.skip("Redis on 6379 is needed")
+        unavailable("Redis on 127.0.0.1:6379 is needed")
     done = run_beat(tmp_path, CLT_LOCK_URL="redis://nosuchuser:Sup3r%2FSecr%3Ft%23Pw%40rd@127.0.0.1:6379/0")
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "Traceback" not in output, output[-3000:]

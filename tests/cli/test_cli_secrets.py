@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import port_open
+from tests.servers import port_open, unavailable
 
 CLI = [sys.executable, "-m", "celery_leader"]
 FAST = ["--lease-duration", "1", "--renew-deadline", "0.6", "--retry-period", "0.2"]
@@ -53,7 +53,7 @@ def test_configuration_errors_are_one_line_without_the_secret(url: str, command:
 
 def test_a_wrong_password_is_reported_without_it() -> None:
     if not port_open(6379):
-        pytest.skip("Redis on 6379 is needed")
+        unavailable("Redis on 127.0.0.1:6379 is needed")
     out = cli("status", "--name", "job", "--url", f"redis://nosuchuser:{ENCODED}@127.0.0.1:6379/0")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "nosuchuser:***@127.0.0.1" in out.stderr
