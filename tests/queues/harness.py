@@ -164,6 +164,47 @@ def assert_tokens_follow_slots(records: list[dict]) -> None:
         assert b["token"] >= a["token"], f"slot {b['slot']} token {b['token']} after slot {a['slot']} token {a['token']}"
 
 
+def kill_stop_term(fleet: Fleet, log: Path, *, runs_while_paused: int = 2, after_wake: Callable[[], None] = lambda: None) -> None:
+    """The failover every queue test puts its running fleet through, then stops it.
+
+    SIGKILL the leader (a crash: its lease runs out), SIGSTOP the next one for longer than
+    the lease and SIGCONT it (the old leader wakes up: it must not send; ``after_wake``
+    checks more), SIGTERM the third (graceful: released on the way out, exit 0): the one
+    that was paused is the only candidate left. Waits for runs in ``log`` after each step.
+    """
+    try:
+        first = fleet.leader()
+        wait_runs(log, 3)
+
+        fleet.signal(first, signal.SIGKILL)
+        second = fleet.leader(exclude=[first])
+        wait_runs(log, 2)
+
+        fleet.signal(second, signal.SIGSTOP)
+        third = fleet.leader(exclude=[first, second])
+        wait_runs(log, runs_while_paused)
+        fleet.signal(second, signal.SIGCONT)
+        wait_runs(log, 3)
+        after_wake()
+
+        fleet.signal(third, signal.SIGTERM)
+        assert fleet.procs[third].wait(15) == 0
+        assert fleet.leader(exclude=[first, third]) == second
+        wait_runs(log, 3)
+    finally:
+        fleet.stop()
+
+
+def assert_each_slot_once(log: Path, fleet: Fleet, terms: int = 3) -> list[dict]:
+    """Every slot in ``log`` ran once, under a token, tokens in slot order, from ``terms`` terms at least."""
+    records = runs(log)
+    assert not duplicates(records), f"slots run more than once: {duplicates(records)}\n{fleet.output()}"
+    assert all(r["token"] is not None for r in records)
+    assert_tokens_follow_slots(records)
+    assert len({r["token"] for r in records}) >= terms
+    return records
+
+
 def python() -> str:
     return sys.executable
 

@@ -20,7 +20,7 @@ import redis
 
 from celery_leader.errors import ConfigurationError
 from celery_leader.integrations import arq as leader_arq
-from tests.queues.harness import REDIS, Fleet, duplicates, need_redis, python, runs, wait_runs
+from tests.queues.harness import REDIS, Fleet, duplicates, kill_stop_term, need_redis, python, runs, wait_runs
 
 pytestmark = pytest.mark.processes
 
@@ -52,27 +52,11 @@ def stale_in_queue(queue: str, older_than: float) -> list[str]:
 def test_failover_kill_stop_term_no_duplicates(tmp_path: Path, queue: str) -> None:
     fleet = workers(tmp_path, queue).start(3)
     log = tmp_path / "runs.log"
-    try:
-        first = fleet.leader()
-        wait_runs(log, 3)
 
-        fleet.signal(first, signal.SIGKILL)
-        second = fleet.leader(exclude=[first])
-        wait_runs(log, 2)
-
-        fleet.signal(second, signal.SIGSTOP)  # its next_run stops with it
-        third = fleet.leader(exclude=[first, second])
-        wait_runs(log, 3)
-        fleet.signal(second, signal.SIGCONT)  # plain arq would now enqueue the runs it missed
-        wait_runs(log, 3)
+    def nothing_stale() -> None:  # plain arq would enqueue the runs it missed while paused
         assert stale_in_queue(queue, 3.0) == []
 
-        fleet.signal(third, signal.SIGTERM)
-        assert fleet.procs[third].wait(15) == 0
-        assert fleet.leader(exclude=[first, third]) == second
-        wait_runs(log, 3)
-    finally:
-        fleet.stop()
+    kill_stop_term(fleet, log, runs_while_paused=3, after_wake=nothing_stale)
     records = runs(log)
     assert not duplicates(records), f"runs done twice: {duplicates(records)}\n{fleet.output()}"
     assert stale_in_queue(queue, 3.0) == []

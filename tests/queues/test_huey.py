@@ -24,9 +24,10 @@ from tests.queues.harness import (
     REDIS,
     TIMING,
     Fleet,
-    assert_tokens_follow_slots,
+    assert_each_slot_once,
     duplicates,
     holder,
+    kill_stop_term,
     need_redis,
     python,
     runs,
@@ -55,32 +56,8 @@ def queue() -> str:
 def test_failover_kill_stop_term_no_duplicates(tmp_path: Path, queue: str) -> None:
     fleet = consumers(tmp_path, queue).start(3)
     log = tmp_path / "runs.log"
-    try:
-        first = fleet.leader()
-        wait_runs(log, 3)
-
-        fleet.signal(first, signal.SIGKILL)  # crash: the lease runs out
-        second = fleet.leader(exclude=[first])
-        wait_runs(log, 2)
-
-        fleet.signal(second, signal.SIGSTOP)  # a pause longer than the lease
-        third = fleet.leader(exclude=[first, second])
-        wait_runs(log, 2)
-        fleet.signal(second, signal.SIGCONT)  # the old leader wakes up: it must not enqueue
-        wait_runs(log, 3)
-
-        fleet.signal(third, signal.SIGTERM)  # graceful: released on the way out
-        assert fleet.procs[third].wait(15) == 0
-        fourth = fleet.leader(exclude=[first, third])
-        assert fourth == second  # the one that was paused is the only candidate left
-        wait_runs(log, 3)
-    finally:
-        fleet.stop()
-    records = runs(log)
-    assert not duplicates(records), f"slots enqueued twice: {duplicates(records)}\n{fleet.output()}"
-    assert all(r["token"] is not None for r in records)
-    assert_tokens_follow_slots(records)
-    assert len({r["token"] for r in records}) >= 3  # three terms did the work
+    kill_stop_term(fleet, log)
+    records = assert_each_slot_once(log, fleet)
     assert len({r["pid"] for r in records}) >= 2  # workers of several consumers ran them
 
 

@@ -7,7 +7,6 @@ token from its message options (``tests/queues/periodiq_app.py``, 1-s slots).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -24,13 +23,11 @@ from tests.queues.harness import (
     REDIS,
     TIMING,
     Fleet,
-    assert_tokens_follow_slots,
-    duplicates,
+    assert_each_slot_once,
+    kill_stop_term,
     need_redis,
     python,
-    runs,
     wait_for,
-    wait_runs,
 )
 
 pytestmark = pytest.mark.processes
@@ -57,33 +54,10 @@ def schedulers(tmp: Path, queue: str) -> Fleet:
 def test_failover_kill_stop_term_no_duplicates(tmp_path: Path, queue: str) -> None:
     fleet = schedulers(tmp_path, queue)
     log = tmp_path / "runs.log"
-    try:
-        fleet.spawn("w")
-        fleet.start(3)
-        first = fleet.leader()
-        wait_runs(log, 3)
-
-        fleet.signal(first, signal.SIGKILL)
-        second = fleet.leader(exclude=[first])
-        wait_runs(log, 2)
-
-        fleet.signal(second, signal.SIGSTOP)
-        third = fleet.leader(exclude=[first, second])
-        wait_runs(log, 2)
-        fleet.signal(second, signal.SIGCONT)  # wakes up past its lease: must not send
-        wait_runs(log, 3)
-
-        fleet.signal(third, signal.SIGTERM)  # periodiq itself has no SIGTERM handler
-        assert fleet.procs[third].wait(15) == 0
-        assert fleet.leader(exclude=[first, third]) == second
-        wait_runs(log, 3)
-    finally:
-        fleet.stop()
-    records = runs(log)
-    assert not duplicates(records), f"slots sent twice: {duplicates(records)}\n{fleet.output()}"
-    assert all(r["token"] is not None for r in records)
-    assert_tokens_follow_slots(records)
-    assert len({r["token"] for r in records}) >= 3
+    fleet.spawn("w")
+    fleet.start(3)
+    kill_stop_term(fleet, log)  # periodiq itself has no SIGTERM handler: the wrapper releases
+    assert_each_slot_once(log, fleet)
     assert "released the lock" in fleet.output()
 
 
