@@ -38,11 +38,12 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions, host_port, redact
+from ..record import LeaderRecord, encode_record
+from ..urls import redact
+from ._coordination import base_path, fence_number, fenced_record, refuse_lower_token, split_url, users_and_hosts
 
 __all__ = ["EtcdBackend", "EtcdLock", "VANISHED_HOLDER", "DEFAULT_PREFIX"]
 
@@ -56,8 +57,6 @@ DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/celery-leader"
 #: the holder a vanished lock key reads as (its fence remains): nobody's identity
 VANISHED_HOLDER = "(lock key vanished)"
-#: a record is < 512 bytes; anything larger than this is not one of ours
-MAX_RECORD = 64 * 1024
 #: an answer larger than this is not an answer to our small requests
 MAX_RESPONSE = 4 * 1024 * 1024
 #: at most this long for one TCP/TLS connect, so that a dead member leaves time for the next
@@ -168,33 +167,18 @@ class EtcdLock(Lock):
             fence_raw = _unb64(fence_kvs[0].get("value", "")) if fence_kvs else b""
         except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BackendUnavailable(f"{self.describe()}: unexpected answer from etcd ({exc!r})") from None
-        fence = 0
-        if fence_kvs:
-            try:
-                fence = int(fence_raw.decode("ascii"), 10)
-            except (UnicodeDecodeError, ValueError):
-                # not written by us: the next write replaces it with a proper number
-                log.warning("%s: fence key %r holds no number; treating it as 0", self.name, self.fence_key)
-            fence = max(0, fence)
+        fence = fence_number(fence_raw, log, self.name, "fence key", self.fence_key) if fence_kvs else 0
         return _State(raw, lock_mod, fence_mod, fence, revision)
 
-    def get(self, timeout: float) -> Versioned | None:
-        state = self._read(timeout)
-        if state.raw is None:
-            if not state.fence_mod:
-                return None
-            # Deleted by hand. Whoever held it may still believe it leads, so it reads as held
-            # by an unknown holder: candidates wait one lease, then take it above the fence.
-            record = LeaderRecord(holder=VANISHED_HOLDER, transitions=state.fence)
-            return Versioned(record, _version(state, record) or "")
-        if len(state.raw) > MAX_RECORD:
-            record = LeaderRecord.undecodable(len(state.raw), "too large for a leader record")
-        else:
-            record = decode_or_placeholder(state.raw)
-        if state.fence > record.transitions:
-            # rewritten with a lower token (by hand, a foreign writer): count on from the fence
-            record = record.evolve(transitions=state.fence)
+    def _versioned(self, state: _State) -> Versioned | None:
+        if state.raw is None and not state.fence_mod:
+            return None
+        # a lock key deleted by hand (its fence remains) reads as held by VANISHED_HOLDER
+        record = fenced_record(state.raw, state.fence, VANISHED_HOLDER)
         return Versioned(record, _version(state, record) or "")
+
+    def get(self, timeout: float) -> Versioned | None:
+        return self._versioned(self._read(timeout))
 
     # --- writing ----------------------------------------------------------------------
 
@@ -207,14 +191,7 @@ class EtcdLock(Lock):
         if parsed is None:
             raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
         strict, lock_mod, fence_mod, fence = parsed
-        if record.transitions < fence or (strict and record.transitions <= fence):
-            # Not Conflict (the engine would retry at once, forever): the writer has not seen
-            # the last token. BackendUnavailable backs off; a candidate that read the lifted
-            # record writes a proper token.
-            raise BackendUnavailable(
-                f"{self.name}: refused to write fencing token {record.transitions}: the fence "
-                f"{self.fence_key!r} is at {fence} and tokens never go backwards"
-            )
+        refuse_lower_token(self.name, record.transitions, fence, strict, self.fence_key)
         return self._write(record, lock_mod, fence_mod, max(fence, record.transitions), timeout, "the stored version moved on")
 
     def _write(self, record: LeaderRecord, lock_mod: int, fence_mod: int, fence: int, timeout: float, why: str) -> str:
@@ -244,12 +221,8 @@ class EtcdLock(Lock):
         """Read; if unchanged, watch the lock key from the next revision until a change or the timeout."""
         deadline = time.monotonic() + max(0.0, timeout)
         state = self._read(timeout)
-        record = None
-        if state.raw is not None:
-            record = decode_or_placeholder(state.raw) if len(state.raw) <= MAX_RECORD else LeaderRecord.undecodable(
-                len(state.raw), "too large"
-            )
-        if _version(state, record) != version or self._closed:
+        current = self._versioned(state)
+        if (current.version if current else None) != version or self._closed:
             return
         body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
         try:
@@ -315,7 +288,7 @@ class EtcdBackend(Backend):
             raise ConfigurationError("no etcd endpoints; write etcd://host:2379[,host2:2379]/PREFIX")
         if (username is None) != (password is None):
             raise ConfigurationError("give both the etcd user and the password (etcd://USER:PASSWORD@host:2379/), or neither")
-        prefix = "/" + prefix.strip("/") if prefix.strip("/") else DEFAULT_PREFIX
+        prefix = base_path(prefix, DEFAULT_PREFIX)
         self.endpoints = [_Endpoint(h, p) for h, p in endpoints]
         self.prefix = prefix
         self._username = username
@@ -343,31 +316,10 @@ class EtcdBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str) -> "EtcdBackend":
-        shown = redact(url)
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "etcd":
-            raise ConfigurationError(f"not an etcd:// URL: {shown!r}")
-        if parts.fragment:
-            raise ConfigurationError(f"the etcd URL {shown!r} has a '#' part; percent-encode '#' in a password as %23")
-        options = UrlOptions(parts.query, scheme="etcd", known=OPTIONS)
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username = password = None
-        if userinfo:
-            user, sep, secret = userinfo.partition(":")
-            if not sep or not user:
-                raise ConfigurationError(
-                    f"the etcd URL {shown!r} needs both user and password: etcd://USER:PASSWORD@host:2379/ "
-                    "(percent-encode special characters)"
-                )
-            username, password = unquote(user), unquote(secret)
-        endpoints: list[tuple[str, int]] = []
-        for item in hostlist.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            endpoints.append(host_port(item, DEFAULT_PORT, service="etcd", shown=shown))
-        if not endpoints:
-            raise ConfigurationError(f"no etcd host in {shown!r}; write etcd://host:2379[,host2:2379]/PREFIX")
+        parts, shown, options = split_url(url, scheme="etcd", service="etcd", known=OPTIONS)
+        username, password, endpoints = users_and_hosts(
+            parts, shown, service="etcd", default_port=DEFAULT_PORT, member="host", path_word="PREFIX"
+        )
         cacert = options.text("cacert")
         cert = options.text("cert")
         key = options.text("key")

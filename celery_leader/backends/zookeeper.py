@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 try:
     from kazoo.client import KazooClient, KazooState
@@ -54,8 +54,9 @@ except ImportError as exc:  # pragma: no cover - the registry turns this into th
     raise ImportError(exc.msg, name="kazoo") from exc
 
 from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
-from ..record import LeaderRecord, decode_or_placeholder, encode_record
-from ..urls import UrlOptions, host_port, redact
+from ..record import LeaderRecord, encode_record
+from ..urls import redact
+from ._coordination import base_path, fence_number, fenced_record, refuse_lower_token, split_url, users_and_hosts
 
 __all__ = ["ZooKeeperBackend", "ZooKeeperLock", "VANISHED_HOLDER", "DEFAULT_PATH"]
 
@@ -70,7 +71,6 @@ DEFAULT_PORT = 2181
 DEFAULT_PATH = "/celery-leader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 VANISHED_HOLDER = "(lock node vanished)"
-MAX_RECORD = 64 * 1024
 ABSENT = "-"
 OPTIONS = ("session_timeout",)
 #: ``call_many(missing=_RAISE)``: a missing node raises NoNodeError
@@ -99,12 +99,6 @@ def _parse_version(version: str) -> tuple[bool, int | None, int | None, int] | N
     if fence < 0 or (lock_v is not None and lock_v < 0) or (fence_v is not None and fence_v < 0):
         return None
     return strict or lock_v is None, lock_v, fence_v, fence
-
-
-def _decode(raw: bytes) -> LeaderRecord:
-    if len(raw) > MAX_RECORD:
-        return LeaderRecord.undecodable(len(raw), "too large for a leader record")
-    return decode_or_placeholder(raw)
 
 
 class ZooKeeperLock(Lock):
@@ -142,12 +136,7 @@ class ZooKeeperLock(Lock):
         results = self._backend.call_many(starts, timeout, missing=(None, None))
         fence_raw, fence_stat = results[1]
         raw, lock_stat = results[-1]
-        fence = 0
-        if fence_stat is not None:
-            try:
-                fence = max(0, int(fence_raw.decode("ascii"), 10))
-            except (UnicodeDecodeError, ValueError, AttributeError):
-                log.warning("%s: fence node %r holds no number; treating it as 0", self.name, self.fence_path)
+        fence = fence_number(fence_raw, log, self.name, "fence node", self.fence_path) if fence_stat is not None else 0
         return raw, (lock_stat.version if lock_stat is not None else None), (
             fence_stat.version if fence_stat is not None else None
         ), fence
@@ -156,12 +145,9 @@ class ZooKeeperLock(Lock):
         if raw is None and lock_v is None:
             if fence_v is None:
                 return None
-            # deleted by hand: whoever held it may still lead, so wait a lease, then go above the fence
-            record = LeaderRecord(holder=VANISHED_HOLDER, transitions=fence)
-            return Versioned(record, _version(None, fence_v, fence, False))
-        record = _decode(raw or b"")
-        if fence > record.transitions:
-            record = record.evolve(transitions=fence)
+            # deleted by hand: reads as held by VANISHED_HOLDER at the fence
+            return Versioned(fenced_record(None, fence, VANISHED_HOLDER), _version(None, fence_v, fence, False))
+        record = fenced_record(raw or b"", fence, VANISHED_HOLDER)
         return Versioned(record, _version(lock_v, fence_v, fence, record.decode_error is not None))
 
     def get(self, timeout: float) -> Versioned | None:
@@ -177,12 +163,7 @@ class ZooKeeperLock(Lock):
         if parsed is None:
             raise Conflict(f"{self.name}: {expected_version!r} is not a version of this backend")
         strict, lock_v, fence_v, fence = parsed
-        if record.transitions < fence or (strict and record.transitions <= fence):
-            # not Conflict (the engine would retry at once, forever): see the etcd backend
-            raise BackendUnavailable(
-                f"{self.name}: refused to write fencing token {record.transitions}: the fence "
-                f"{self.fence_path!r} is at {fence} and tokens never go backwards"
-            )
+        refuse_lower_token(self.name, record.transitions, fence, strict, self.fence_path)
         if lock_v is None and fence_v is None:
             raise Conflict(f"{self.name}: nothing to update (use create)")
         return self._write(record, lock_v, fence_v, max(fence, record.transitions), timeout)
@@ -283,7 +264,7 @@ class ZooKeeperBackend(Backend):
             raise ConfigurationError("no ZooKeeper servers; write zookeeper://host:2181[,host2:2181]/PATH")
         if (username is None) != (password is None):
             raise ConfigurationError("give both the ZooKeeper user and the password, or neither")
-        path = "/" + path.strip("/") if path.strip("/") else DEFAULT_PATH
+        path = base_path(path, DEFAULT_PATH)
         if "//" in path or any(part in (".", "..") for part in path.split("/")):
             raise ConfigurationError(f"ZooKeeper path {path!r} is not valid; write zookeeper://host:2181/myapp/leader")
         self.hosts = hosts
@@ -305,27 +286,11 @@ class ZooKeeperBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str) -> "ZooKeeperBackend":
-        shown = redact(url)
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "zookeeper":
-            raise ConfigurationError(f"not a zookeeper:// URL: {shown!r}")
-        if parts.fragment:
-            raise ConfigurationError(f"the ZooKeeper URL {shown!r} has a '#' part; percent-encode '#' in a password as %23")
-        options = UrlOptions(parts.query, scheme="zookeeper", known=OPTIONS)
+        parts, shown, options = split_url(url, scheme="zookeeper", service="ZooKeeper", known=OPTIONS)
         session_timeout = options.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT, minimum=0.5, maximum=600.0)
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username = password = None
-        if userinfo:
-            user, sep, secret = userinfo.partition(":")
-            if not sep or not user:
-                raise ConfigurationError(
-                    f"the ZooKeeper URL {shown!r} needs both user and password: zookeeper://USER:PASSWORD@host:2181/ "
-                    "(percent-encode special characters)"
-                )
-            username, password = unquote(user), unquote(secret)
-        hosts = [host_port(item.strip(), DEFAULT_PORT, service="ZooKeeper", shown=shown) for item in hostlist.split(",") if item.strip()]
-        if not hosts:
-            raise ConfigurationError(f"no ZooKeeper server in {shown!r}; write zookeeper://host:2181[,host2:2181]/PATH")
+        username, password, hosts = users_and_hosts(
+            parts, shown, service="ZooKeeper", default_port=DEFAULT_PORT, member="server", path_word="PATH"
+        )
         return cls(
             hosts,
             path=unquote(parts.path),
