@@ -7,6 +7,7 @@
 * :func:`crash_takeovers`: candidates in child processes; SIGKILL the leader; from the
   ``renewTime`` of its last write (read from the lock after the kill) to the start of the
   next term, over the lease. Only a lease can pass: that is the safety rule.
+* :func:`measure` runs the three on one cluster, :func:`report` tables them for the docs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks._common import HANDOVER_SETTINGS, RenewTimes, handover_seconds, summary, to_ms
+from benchmarks._common import HANDOVER_SETTINGS, RenewTimes, handover_seconds, summary, table, to_ms
 from celery_leader import Election
 from celery_leader.lock import Lock
 from celery_leader.record import LeaderRecord
@@ -176,3 +177,30 @@ def crash_takeovers(url: str, rounds: int) -> dict[str, Any]:
         "crash_takeover_over_lease": summary(ratios),
         "settings": f"lease {LEASE} s, renew deadline {RENEW} s, retry period {RETRY} s; 3 candidate processes",
     }
+
+
+def measure(label: str, url: str, raw_cas: Callable[[], None], args: Any, renew_url: str | None = None) -> dict[str, Any]:
+    """All three measurements on one cluster (``args``: ``samples``, ``handovers``, ``crashes``);
+    renewals on ``renew_url`` if given (the member ``raw_cas`` talks to)."""
+    print(f"{label}: renewals ...", flush=True)
+    data = renew_vs_raw(renew_url or url, raw_cas, args.samples)
+    print(f"{label}: graceful handovers ...", flush=True)
+    data.update(graceful_handovers(url, args.handovers))
+    print(f"{label}: crash takeovers ...", flush=True)
+    data.update(crash_takeovers(url, args.crashes))
+    return data
+
+
+def report(clusters: dict[str, dict[str, Any]], service: str, raw_what: str) -> str:
+    """The Markdown table of :func:`measure`'s results, one block of rows per cluster label."""
+    rows: list[tuple[Any, ...]] = []
+    for label, d in clusters.items():
+        for what, key in ((raw_what, "raw_cas_ms"), ("renew: Lock.update (ms)", "lock_update_ms"),
+                          ("renew: the engine's own (ms)", "engine_renew_ms"), ("get (ms)", "get_ms"),
+                          ("graceful handover, library (ms)", "handover_ms"),
+                          ("crash takeover / lease", "crash_takeover_over_lease")):  # fmt: skip
+            s = d[key]
+            rows.append((label, what, s["n"], s["p50"], s["p99"], s["max"]))
+        rows.append((label, "Lock.update / raw (p50 ratio)", "", d["update_over_raw_p50"], "", ""))
+        rows.append((label, "engine renew / raw (p50 ratio)", "", d["engine_over_raw_p50"], "", ""))
+    return table(rows, [service, "measure", "n", "p50", "p99", "max"])

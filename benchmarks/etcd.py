@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import table, write_results
-from benchmarks._coord import crash_takeovers, graceful_handovers, renew_vs_raw
+from benchmarks._common import write_results
+from benchmarks._coord import measure, report
 from celery_leader.record import LeaderRecord, encode_record
 
 NAME = "etcd"
@@ -72,26 +72,10 @@ def main(argv: list[str]) -> int:
         try:
             url = cluster.url("/bench")
             label = f"{n} member" + ("s" if n > 1 else "")
-            print(f"{label}: renewals ...", flush=True)
-            data = renew_vs_raw(url, RawTxn(cluster.client_ports[0], "/bench-raw"), args.samples)
-            print(f"{label}: graceful handovers ...", flush=True)
-            data.update(graceful_handovers(url, args.handovers))
-            print(f"{label}: crash takeovers ...", flush=True)
-            data.update(crash_takeovers(url, args.crashes))
-            results["clusters"][label] = data
+            results["clusters"][label] = measure(label, url, RawTxn(cluster.client_ports[0], "/bench-raw"), args)
         finally:
             cluster.stop()
     path = write_results(NAME, results)
-    rows = []
-    for label, d in results["clusters"].items():
-        for what, key in (("raw txn, by hand (ms)", "raw_cas_ms"), ("renew: Lock.update (ms)", "lock_update_ms"),
-                          ("renew: the engine's own (ms)", "engine_renew_ms"), ("get (ms)", "get_ms"),
-                          ("graceful handover, library (ms)", "handover_ms"),
-                          ("crash takeover / lease", "crash_takeover_over_lease")):  # fmt: skip
-            s = d[key]
-            rows.append((label, what, s["n"], s["p50"], s["p99"], s["max"]))
-        rows.append((label, "Lock.update / raw (p50 ratio)", "", d["update_over_raw_p50"], "", ""))
-        rows.append((label, "engine renew / raw (p50 ratio)", "", d["engine_over_raw_p50"], "", ""))
-    print(table(rows, ["etcd", "measure", "n", "p50", "p99", "max"]))
+    print(report(results["clusters"], "etcd", "raw txn, by hand (ms)"))
     print(f"\nwrote {path}")
     return 0

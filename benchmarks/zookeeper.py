@@ -19,8 +19,8 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from benchmarks._common import table, write_results
-from benchmarks._coord import crash_takeovers, graceful_handovers, renew_vs_raw
+from benchmarks._common import write_results
+from benchmarks._coord import measure, report
 from celery_leader.record import LeaderRecord, encode_record
 
 NAME = "zookeeper"
@@ -72,29 +72,13 @@ def main(argv: list[str]) -> int:
             url = zk.url("/bench")
             label = "standalone" if n == 1 else f"{n} servers"
             raw = RawMulti(f"127.0.0.1:{zk.client_ports[0]}", "/bench-raw")
-            print(f"{label}: renewals ...", flush=True)
-            data = renew_vs_raw(zk.url("/bench", members=[0]), raw, args.samples)
-            print(f"{label}: graceful handovers ...", flush=True)
-            data.update(graceful_handovers(url, args.handovers))
-            print(f"{label}: crash takeovers ...", flush=True)
-            data.update(crash_takeovers(url, args.crashes))
-            results["ensembles"][label] = data
+            results["ensembles"][label] = measure(label, url, raw, args, renew_url=zk.url("/bench", members=[0]))
         finally:
             if raw is not None:
                 raw.close()
             zk.stop()
             shutil.rmtree(workdir, ignore_errors=True)
     path = write_results(NAME, results)
-    rows = []
-    for label, d in results["ensembles"].items():
-        for what, key in (("raw multi, kazoo by hand (ms)", "raw_cas_ms"), ("renew: Lock.update (ms)", "lock_update_ms"),
-                          ("renew: the engine's own (ms)", "engine_renew_ms"), ("get (ms)", "get_ms"),
-                          ("graceful handover, library (ms)", "handover_ms"),
-                          ("crash takeover / lease", "crash_takeover_over_lease")):  # fmt: skip
-            s = d[key]
-            rows.append((label, what, s["n"], s["p50"], s["p99"], s["max"]))
-        rows.append((label, "Lock.update / raw (p50 ratio)", "", d["update_over_raw_p50"], "", ""))
-        rows.append((label, "engine renew / raw (p50 ratio)", "", d["engine_over_raw_p50"], "", ""))
-    print(table(rows, ["zookeeper", "measure", "n", "p50", "p99", "max"]))
+    print(report(results["ensembles"], "zookeeper", "raw multi, kazoo by hand (ms)"))
     print(f"\nwrote {path}")
     return 0
