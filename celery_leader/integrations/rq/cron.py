@@ -36,8 +36,8 @@ from rq.utils import now
 
 from ...errors import ConfigurationError
 from ...lock import Backend
-from .config import LeaderConfig, check_url, leader_config, open_lock_backend, stamp, with_name
-from .guard import TermGuard
+from .config import LeaderConfig, check_url, leader_config, stamp, with_name
+from .guard import TermGuard, start_guard, stop_guard
 
 __all__ = ["LeaderCronScheduler", "DEFAULT_NAME"]
 
@@ -86,14 +86,7 @@ class LeaderCronScheduler(CronScheduler):
     def _start_election(self) -> None:
         self._check_names()
         conf = self.leader_config
-        backend = open_lock_backend(conf, self.connection)
-        guard = TermGuard(conf.name or DEFAULT_NAME, conf, backend, wake=self._wake, what="cron scheduler")
-        try:
-            guard.start()
-        except BaseException:
-            guard.stop()
-            backend.close()
-            raise
+        guard, backend = start_guard(conf.name or DEFAULT_NAME, conf, self.connection, wake=self._wake, what="cron scheduler")
         self._guard, self._backend = guard, backend
         timing = conf.timing
         self.log.info(
@@ -104,12 +97,7 @@ class LeaderCronScheduler(CronScheduler):
     def _stop_election(self) -> None:
         guard, backend = self._guard, self._backend
         self._guard = self._backend = None
-        if guard is not None:
-            self.log.info("celery-leader: cron scheduler stopping; releasing %s", guard.name)
-            guard.stop()
-        if backend is not None:
-            with contextlib.suppress(Exception):
-                backend.close()
+        stop_guard(guard, backend, self.log, "cron scheduler")
 
     def _check_names(self) -> None:
         counts = Counter(job.name for job in self._cron_jobs)

@@ -21,9 +21,9 @@ from typing import Any
 
 from ...election import Election, Leadership
 from ...lock import Backend
-from .config import LeaderConfig
+from .config import LeaderConfig, open_lock_backend
 
-__all__ = ["TermGuard"]
+__all__ = ["TermGuard", "start_guard", "stop_guard"]
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +94,31 @@ class TermGuard:
         else:
             holder = f"leader: {detail}" if detail else "no leader seen yet"
             log.info("celery-leader: %s is standing by for %s (%s)", self.what, self.name, holder)
+
+
+def start_guard(
+    name: str, config: LeaderConfig, connection: Any, *, wake: threading.Event, what: str
+) -> tuple[TermGuard, Backend]:
+    """Open the lock backend (on RQ's ``connection`` if it is the lock's) and stand for ``name``.
+
+    If starting fails, the election is stopped and the backend closed before the error goes on.
+    """
+    backend = open_lock_backend(config, connection)
+    guard = TermGuard(name, config, backend, wake=wake, what=what)
+    try:
+        guard.start()
+    except BaseException:
+        guard.stop()
+        backend.close()
+        raise
+    return guard, backend
+
+
+def stop_guard(guard: TermGuard | None, backend: Backend | None, logger: logging.Logger, what: str) -> None:
+    """Stop the election (releasing a held lock), then close its backend; either may be None."""
+    if guard is not None:
+        logger.info("celery-leader: %s stopping; releasing %s", what, guard.name)
+        guard.stop()
+    if backend is not None:
+        with contextlib.suppress(Exception):
+            backend.close()

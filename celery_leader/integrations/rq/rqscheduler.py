@@ -28,8 +28,8 @@ from rq_scheduler import Scheduler  # type: ignore[import-untyped]
 from rq_scheduler.utils import get_next_scheduled_time, to_unix  # type: ignore[import-untyped]
 
 from ...lock import Backend
-from .config import LeaderConfig, check_url, election_name, leader_config, open_lock_backend, stamp, with_name
-from .guard import TermGuard
+from .config import LeaderConfig, check_url, election_name, leader_config, stamp, with_name
+from .guard import TermGuard, start_guard, stop_guard
 
 __all__ = ["LeaderScheduler", "DEFAULT_NAME"]
 
@@ -65,14 +65,7 @@ class LeaderScheduler(Scheduler):
         if self._guard is not None:
             return
         conf = self.leader_config
-        backend = open_lock_backend(conf, self.connection)
-        guard = TermGuard(conf.name or DEFAULT_NAME, conf, backend, wake=self._wake, what="rq-scheduler")
-        try:
-            guard.start()
-        except BaseException:
-            guard.stop()
-            backend.close()
-            raise
+        guard, backend = start_guard(conf.name or DEFAULT_NAME, conf, self.connection, wake=self._wake, what="rq-scheduler")
         self._guard, self._backend = guard, backend
         self.log.info(
             "celery-leader: rq-scheduler %s standing for %s on %s", conf.identity, guard.name, backend.describe()
@@ -81,12 +74,7 @@ class LeaderScheduler(Scheduler):
     def stop_election(self) -> None:
         guard, backend = self._guard, self._backend
         self._guard = self._backend = None
-        if guard is not None:
-            self.log.info("celery-leader: rq-scheduler stopping; releasing %s", guard.name)
-            guard.stop()
-        if backend is not None:
-            with contextlib.suppress(Exception):
-                backend.close()
+        stop_guard(guard, backend, self.log, "rq-scheduler")
 
     def _confirmed(self) -> Any:
         guard = self._guard
