@@ -8,8 +8,8 @@ and candidates are stopped and replaced. Every term's work records its own start
 the test asserts that no two recorded work intervals overlap, that tokens only grow, and
 that nothing still works after everything stopped.
 
-The default run spends ~10 s per seed and driver; ``CELERY_LEADER_SOAK=1`` runs the soak
-variant (60 s per seed).
+The default run spends ~10 s on one seed per driver; ``CELERY_LEADER_SOAK=1`` runs the soak
+variant (60 s per seed, four more seeds).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def run_asyncio_driver(seed: int, seconds: float) -> tuple[Record, dict]:
 DRIVERS = {"thread": run_thread_driver, "asyncio": run_asyncio_driver}
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
 def test_random_faults_never_let_two_terms_work_at_once(driver: str, seed: int) -> None:
     record, stats = DRIVERS[driver](seed, _duration(10.0))
@@ -235,7 +235,7 @@ def test_random_faults_never_let_two_terms_work_at_once(driver: str, seed: int) 
 
 @pytest.mark.soak
 @pytest.mark.skipif(os.environ.get("CELERY_LEADER_SOAK") != "1", reason="soak run: set CELERY_LEADER_SOAK=1")
-@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("seed", [2, 11, 12, 13])
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
 def test_random_faults_soak(driver: str, seed: int) -> None:
     record, stats = DRIVERS[driver](seed, _duration(60.0))
