@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,16 @@ def test_idle_connections_do_not_starve_the_election(tmp_path: Path) -> None:
         while (healthz(port) or {}).get("leading") is not True and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (healthz(port) or {}).get("token") == 1
-        # more idle, half-open connections than the process has descriptors
-        for _ in range(LIMIT + 16):
+        # more idle, half-open connections than the process has descriptors; opened from a few
+        # threads at once (one at a time, each full accept queue costs a SYN retransmit: ~1 s)
+        def half_open(_: int) -> socket.socket:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            s.send(b"GET /healthz HTTP/1.1\r\n")  # ...and never the rest
             idle.append(s)
+            s.send(b"GET /healthz HTTP/1.1\r\n")  # ...and never the rest
+            return s
+
+        with ThreadPoolExecutor(8) as pool:
+            assert len(list(pool.map(half_open, range(LIMIT + 16)))) == LIMIT + 16
         lease = locks / "job.lease.json"
         first = json.loads(lease.read_text())["renewTime"]
         deadline = time.monotonic() + 30
