@@ -26,7 +26,7 @@ def test_story_quick(tmp_path):
         PYTHONPATH=os.pathsep.join([str(ROOT / "example_project"), str(ROOT)]),
     )
     done = subprocess.run(
-        [sys.executable, "manage.py", "story", "--quick", "--seconds", "9", "--logs", str(tmp_path / "logs")],
+        [sys.executable, "manage.py", "story", "--quick", "--seconds", "3", "--logs", str(tmp_path / "logs")],
         cwd=ROOT / "example_project",
         env=env,
         capture_output=True,
