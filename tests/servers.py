@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 import pytest
 
@@ -82,3 +82,54 @@ def running(argv: Sequence[str], port: int | None = None, *, timeout: float = 15
         yield proc
     finally:
         stop_process(proc)
+
+
+class Members:
+    """The processes ``procs[i]`` of a cluster of private servers, for tests to kill,
+    pause (SIGSTOP: connections stay open, nothing answers), resume and stop."""
+
+    procs: list[subprocess.Popen | None]
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def pause(self, i: int) -> None:
+        proc = self.procs[i]
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None:
+                stop_process(proc)
+
+
+B = TypeVar("B", bound="Closable")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def closed_afterwards(open: Callable[[str], B]) -> Iterator[Callable[[str], B]]:
+    """The body of an ``open_backend`` fixture (``yield from closed_afterwards(...)``):
+    ``open_backend(url)`` is ``open(url)``, and everything it made is closed at teardown."""
+    opened: list[B] = []
+
+    def make(url: str) -> B:
+        backend = open(url)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()

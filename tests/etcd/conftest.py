@@ -7,8 +7,6 @@ import base64
 import contextlib
 import http.client
 import json
-import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,14 +18,14 @@ from typing import Any
 import pytest
 
 from celery_leader.backends.etcd import EtcdBackend
-from tests.servers import free_port, need_binary, stop_process, unavailable
+from tests.servers import Members, closed_afterwards, free_port, need_binary, unavailable
 
 
 def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-class EtcdCluster:
+class EtcdCluster(Members):
     """``n`` etcd members on 127.0.0.1 (kill, pause, restart any of them).
 
     Heartbeat 25 ms, election timeout 250 ms: a lost raft leader is replaced within about a
@@ -156,33 +154,11 @@ class EtcdCluster:
                     return i
         raise AssertionError("no etcd member is the raft leader")
 
-    # --- faults ---
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-    def pause(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None
-        os.kill(proc.pid, signal.SIGSTOP)
-
-    def resume(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
+    # --- faults (kill, pause, resume, stop: Members) ---
 
     def restart(self, i: int) -> None:
         self.kill(i)
         self.start_member(i)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc is not None:
-                stop_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -217,16 +193,7 @@ def prefix() -> str:
 @pytest.fixture
 def open_backend() -> Iterator[Callable[[str], EtcdBackend]]:
     """``open_backend(url)``: a backend closed at teardown."""
-    opened: list[EtcdBackend] = []
-
-    def make(url: str) -> EtcdBackend:
-        backend = EtcdBackend.from_url(url)
-        opened.append(backend)
-        return backend
-
-    yield make
-    for backend in opened:
-        backend.close()
+    yield from closed_afterwards(EtcdBackend.from_url)
 
 
 from tests.elections import elections  # noqa: E402,F401 - the fixture, for the fault tests

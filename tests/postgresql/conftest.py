@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.servers import unavailable
+from tests.servers import closed_afterwards, unavailable
 
 psycopg = pytest.importorskip("psycopg", reason="the postgresql:// backend needs psycopg 3: pip install 'celery-leader[postgresql]'")
 
@@ -57,16 +57,7 @@ def db(pg_database: str) -> Iterator["psycopg.Connection"]:
 @pytest.fixture
 def open_backend() -> Iterator[Callable[[str], PostgresBackend]]:
     """``open_backend(url)``: a backend closed at teardown."""
-    opened: list[PostgresBackend] = []
-
-    def make(url: str) -> PostgresBackend:
-        backend = PostgresBackend.from_url(url)
-        opened.append(backend)
-        return backend
-
-    yield make
-    for backend in opened:
-        backend.close()
+    yield from closed_afterwards(PostgresBackend.from_url)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from redis.retry import Retry
 
 from celery_leader.backends.redis import RedisBackend
 from tests.elections import elections  # noqa: F401 - the fixture, for the fault tests
-from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
+from tests.servers import closed_afterwards, free_port, need_binary, stop_process, unavailable, wait_for_port
 
 SHARED_PORT = 6379
 
@@ -55,16 +55,7 @@ def prefix(shared_redis: redis.Redis) -> Iterator[str]:
 @pytest.fixture
 def open_backend() -> Iterator[Callable[[str], RedisBackend]]:
     """``open_backend(url)``: a backend closed at teardown."""
-    opened: list[RedisBackend] = []
-
-    def make(url: str) -> RedisBackend:
-        backend = RedisBackend.from_url(url)
-        opened.append(backend)
-        return backend
-
-    yield make
-    for backend in opened:
-        backend.close()
+    yield from closed_afterwards(RedisBackend.from_url)
 
 
 class RedisServer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.elections import elections  # noqa: F401 - the fixture, for the fault tests
-from tests.servers import free_port, stop_process, unavailable
+from tests.servers import Members, closed_afterwards, free_port, unavailable
 
 #: where Debian's package (and upstream's tarball, as a fallback) put the jars
 JAR_DIRS = ("/usr/share/java", "/usr/share/zookeeper/lib", "/usr/share/zookeeper")
@@ -56,7 +55,7 @@ def four_letter(port: int, word: bytes = b"srvr", timeout: float = 1.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-class ZooKeeper:
+class ZooKeeper(Members):
     """``n`` ZooKeeper servers on 127.0.0.1: one is standalone, three an ensemble.
 
     tickTime 200 ms: sessions of 0.4-4 s are allowed, and an ensemble elects a new leader
@@ -159,28 +158,6 @@ class ZooKeeper:
         client.start(20)
         return client
 
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-    def pause(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None
-        os.kill(proc.pid, signal.SIGSTOP)
-
-    def resume(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc is not None:
-                stop_process(proc)
-
 
 @pytest.fixture(scope="session")
 def zk_server() -> Iterator[ZooKeeper]:
@@ -221,15 +198,7 @@ def path() -> str:
 
 @pytest.fixture
 def open_backend():
+    """``open_backend(url)``: a backend closed at teardown."""
     from celery_leader.backends.zookeeper import ZooKeeperBackend
 
-    opened: list[ZooKeeperBackend] = []
-
-    def make(url: str) -> ZooKeeperBackend:
-        backend = ZooKeeperBackend.from_url(url)
-        opened.append(backend)
-        return backend
-
-    yield make
-    for backend in opened:
-        backend.close()
+    yield from closed_afterwards(ZooKeeperBackend.from_url)
