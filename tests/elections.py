@@ -130,3 +130,167 @@ def asyncio_handover(url: str) -> float:
             await b.stop()
 
     return asyncio.run(scenario())
+
+
+def watched_handovers(url: str, rounds: int = 3) -> list[float]:
+    """Seconds from each of ``rounds`` step-downs to the next leader, among four candidates
+    on ``url`` with a 2-s retry period: a follower that only polled would see a release after
+    about 1.1 s on average, one that waits in the backend's watch (or notification) at once.
+
+    Four candidates: one that stepped down waits a lease before competing again.
+    """
+    es = [
+        Election("beat", url=url, identity=f"n{i}", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
+        for i in range(4)
+    ]
+    handovers = []
+    try:
+        for e in es:
+            e.start()
+        leader = wait_for(lambda: leader_of(es))
+        for _ in range(rounds):
+            time.sleep(0.5)  # the followers have read the record and wait for a change
+            started = time.monotonic()
+            leader.step_down()
+            leader = wait_for(lambda old=leader: (lambda e: e if e is not old else None)(leader_of(es)))
+            handovers.append(time.monotonic() - started)
+    finally:
+        for e in es:
+            e.stop(timeout=5)
+    return handovers
+
+
+# --- fault scenarios shared by the backends' fault tests ----------------------------------
+# Each takes started elections (the ``elections`` fixture) and what does the fault to this
+# backend; it asserts safety itself and returns what the test checks on top.
+
+
+def outage_then_back(
+    es: list[Election], down: Callable[[], object], up: Callable[[], object], *, downtime: float, what: str, timeout: float = WAIT
+) -> float:
+    """The backend goes ``down()`` under a leader for ``downtime`` s, then comes ``up()`` with
+    its data: nobody leads from one lease after the outage until it is back, and the next
+    term's token is higher. Returns the seconds from ``up()`` to the next leader."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        killed = time.monotonic()
+        down()
+        # the leader stops by its deadline (< one lease after its last successful renewal)
+        wait_for(lambda: not any(e.is_leader for e in es), LEASE + 1.0)
+        time.sleep(downtime)
+        back = time.monotonic()
+        up()
+        second = wait_for(lambda: leader_of(es), timeout)
+        resumed = time.monotonic() - back
+    assert not watch.overlaps()
+    assert watch.leaders_between(killed + LEASE, back) == set(), f"somebody led while {what} was down"
+    assert second.token is not None and token is not None and second.token > token
+    return resumed
+
+
+def paused_while_leading(es: list[Election], pause: Callable[[], object], resume: Callable[[], object], *, what: str) -> list[int]:
+    """The backend is paused (SIGSTOP) under a leader: it stops by its deadline, nobody leads
+    until the backend resumes, someone leads after. Returns the tokens seen, in order."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        paused = time.monotonic()
+        pause()
+        try:
+            # the leader's renewals time out; it stops by its deadline
+            wait_for(lambda: not first.is_leader, LEASE + 1.0)
+            time.sleep(LEASE)
+        finally:
+            resume()
+            resumed = time.monotonic()
+        wait_for(lambda: leader_of(es))
+    assert not watch.overlaps()
+    assert watch.leaders_between(paused + LEASE, resumed) == set(), f"somebody led while {what} was frozen"
+    tokens = watch.tokens()
+    assert tokens == sorted(tokens)
+    return tokens
+
+
+def lock_deleted_by_hand(es: list[Election], delete: Callable[[], object], vanished: str) -> Election:
+    """The lock entry is deleted under a leader (its fence stays): it reads as held by
+    ``vanished``, is waited out rather than grabbed, and the next token is higher.
+    Returns the next leader."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        deleted = time.monotonic()
+        delete()
+        # the holder learns at its next renewal; everyone waits one lease before taking over
+        wait_for(lambda: not first.is_leader, 5)
+        assert any(e.leader == vanished for e in es), [e.leader for e in es]
+        second = wait_for(lambda: leader_of(es))
+        assert second.token is not None and token is not None and second.token > token
+    assert not watch.overlaps()
+    gap = [t for t, leaders, _ in watch.samples if t > deleted and not any(leaders)]
+    assert gap, "leadership moved on without a pause"
+    return second
+
+
+def lock_overwritten_with_garbage(es: list[Election], overwrite: Callable[[], object]) -> None:
+    """The lock entry is overwritten with bytes that are no record under a leader: the leader
+    stops, and someone leads again with a higher token."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        overwrite()
+        wait_for(lambda: not first.is_leader, LEASE + 1.0)
+        second = wait_for(lambda: leader_of(es))
+    assert not watch.overlaps()
+    assert second.token is not None and token is not None and second.token > token
+
+
+def quorum_member_killed(
+    es: list[Election], kill: Callable[[int], object], leader_member: Callable[[], int], *, settle: float = 0.0, timeout: float = WAIT
+) -> None:
+    """In a three-member cluster, the member that orders all writes (``leader_member()``, asked
+    once the elections have a leader) is killed: elections carry on with the quorum left (after ``settle`` s); then a second
+    member is killed: quorum lost, nobody may keep leading."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        token = first.token
+        ordering = leader_member()
+        kill(ordering)
+        time.sleep(settle)
+        now = wait_for(lambda: leader_of(es), timeout)
+        # a quorum remains: somebody leads with writes confirmed by it
+        assert now.token is not None and token is not None and now.token >= token
+        kill((ordering + 1) % 3)  # quorum lost: nobody may keep leading
+        lost = time.monotonic()
+        wait_for(lambda: not any(e.is_leader for e in es), LEASE + 2.0)
+        time.sleep(LEASE)
+        assert watch.leaders_between(lost + LEASE + 0.5, time.monotonic()) == set()
+    assert not watch.overlaps()
+    tokens = watch.tokens()
+    assert tokens == sorted(tokens)
+
+
+def leaders_member_cut_off(
+    es: list[Election], pause: Callable[[int], object], resume: Callable[[int], object], *, timeout: float = WAIT
+) -> None:
+    """Candidate ``i`` reaches only member ``i``; the leader's member is paused: it stops, a
+    candidate on another member takes over with a higher token, and the cut-off one never
+    leads again, not even once its member is back."""
+    with Watch(es) as watch:
+        first = wait_for(lambda: leader_of(es))
+        i = es.index(first)
+        token = first.token
+        cut = time.monotonic()
+        pause(i)  # SIGSTOP: connections stay open, nothing answers
+        try:
+            wait_for(lambda: not first.is_leader, LEASE + 1.0)
+            second = wait_for(lambda: leader_of(es), timeout)
+            assert second is not first
+            assert second.token is not None and token is not None and second.token > token
+            time.sleep(LEASE)
+        finally:
+            resume(i)
+        time.sleep(LEASE)  # the cut-off candidate sees the new term and follows
+    assert not watch.overlaps()
+    assert i not in watch.leaders_between(cut + LEASE, time.monotonic())
+    tokens = watch.tokens()
+    assert tokens == sorted(tokens)
