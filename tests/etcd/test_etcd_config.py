@@ -17,6 +17,7 @@ from celery_leader.backends.etcd import EtcdBackend, EtcdLock
 from celery_leader.lock import BackendUnavailable, ConfigurationError
 from celery_leader.registry import open_backend as registry_open
 from celery_leader.testing import sample_record
+from tests.locks import close_ends_a_waiting_watch, tokens_below_the_fence_are_refused
 from tests.servers import free_port
 
 from .conftest import EtcdCluster, _b64
@@ -170,21 +171,8 @@ def test_fence_holding_garbage_is_replaced_by_the_next_write(etcd_server: EtcdCl
 
 def test_tokens_below_the_fence_are_refused(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
     lock = open_backend(etcd_server.url(prefix)).lock("t")
-    version = lock.create(sample_record(transitions=7), T)
-    # a foreign writer (a hand edit) puts the token back to 2: reads lift it to the fence
-    etcd_server.put(f"{prefix}/lock/t", b'{"holderIdentity":"x","leaderTransitions":2}')
-    got = lock.get(T)
-    assert got is not None and got.record.transitions == 7 and got.version != version
-    with pytest.raises(BackendUnavailable, match="never go backwards"):
-        lock.update(sample_record(transitions=3), got.version, T)
-    lock.update(sample_record(transitions=8), got.version, T)
-    # a vanished lock key is retaken only above the fence
-    etcd_server.delete(f"{prefix}/lock/t")
-    gone = lock.get(T)
-    assert gone is not None and gone.record.transitions == 8 and not gone.record.is_free
-    with pytest.raises(BackendUnavailable):
-        lock.update(sample_record(transitions=8), gone.version, T)
-    lock.update(sample_record(transitions=9), gone.version, T)
+    key = f"{prefix}/lock/t"
+    tokens_below_the_fence_are_refused(lock, lambda raw: etcd_server.put(key, raw), lambda: etcd_server.delete(key))
 
 
 def test_create_over_a_vanished_lock_conflicts(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
@@ -198,19 +186,7 @@ def test_create_over_a_vanished_lock_conflicts(etcd_server: EtcdCluster, prefix:
 
 
 def test_close_ends_a_waiting_watch(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
-    lock = open_backend(etcd_server.url(prefix)).lock("w")
-    version = lock.create(sample_record(), T)
-    done = threading.Event()
-
-    def wait() -> None:
-        lock.wait_for_change(version, 30.0)
-        done.set()
-
-    threading.Thread(target=wait, daemon=True).start()
-    time.sleep(0.3)
-    assert not done.is_set()
-    lock.close()
-    assert done.wait(5.0), "close() left the watch waiting"
+    close_ends_a_waiting_watch(open_backend(etcd_server.url(prefix)).lock("w"))
 
 
 # --- authentication ---------------------------------------------------------------------

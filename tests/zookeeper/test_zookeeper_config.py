@@ -3,7 +3,6 @@ name the fix, and never show the password."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from celery_leader.backends.zookeeper import ZooKeeperBackend, ZooKeeperLock
 from celery_leader.lock import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.registry import open_backend as registry_open
 from celery_leader.testing import sample_record
+from tests.locks import close_ends_a_waiting_watch, tokens_below_the_fence_are_refused
 from tests.servers import free_port
 
 from .conftest import ZooKeeper
@@ -98,20 +98,9 @@ def test_huge_value_reads_as_undecodable(zk_server: ZooKeeper, zk_admin, path: s
 
 def test_tokens_below_the_fence_are_refused(zk_server: ZooKeeper, zk_admin, path: str, open_backend) -> None:
     lock = open_backend(zk_server.url(path)).lock("t")
-    version = lock.create(sample_record(transitions=7), T)
-    zk_admin.set(f"{path}/lock/t", b'{"holderIdentity":"x","leaderTransitions":2}')
-    got = lock.get(T)
-    assert got is not None and got.record.transitions == 7 and got.version != version
-    with pytest.raises(BackendUnavailable, match="never go backwards"):
-        lock.update(sample_record(transitions=3), got.version, T)
-    lock.update(sample_record(transitions=8), got.version, T)
-    zk_admin.delete(f"{path}/lock/t")
-    gone = lock.get(T)
-    assert gone is not None and gone.record.transitions == 8 and not gone.record.is_free
-    with pytest.raises(BackendUnavailable):
-        lock.update(sample_record(transitions=8), gone.version, T)
-    lock.update(sample_record(transitions=9), gone.version, T)
-    zk_admin.delete(f"{path}/lock/t")
+    node = f"{path}/lock/t"
+    tokens_below_the_fence_are_refused(lock, lambda raw: zk_admin.set(node, raw), lambda: zk_admin.delete(node))
+    zk_admin.delete(node)
     with pytest.raises(Conflict):  # a create over a vanished node: the fence is there
         lock.create(sample_record(transitions=1), T)
 
@@ -129,19 +118,7 @@ def test_recreated_node_does_not_revive_an_old_version(zk_server: ZooKeeper, zk_
 
 
 def test_close_ends_a_waiting_watch(zk_server: ZooKeeper, path: str, open_backend) -> None:
-    lock = open_backend(zk_server.url(path)).lock("w")
-    version = lock.create(sample_record(), T)
-    done = threading.Event()
-
-    def wait() -> None:
-        lock.wait_for_change(version, 30.0)
-        done.set()
-
-    threading.Thread(target=wait, daemon=True).start()
-    time.sleep(0.3)
-    assert not done.is_set()
-    lock.close()
-    assert done.wait(5.0), "close() left the watch waiting"
+    close_ends_a_waiting_watch(open_backend(zk_server.url(path)).lock("w"))
 
 
 # --- digest authentication --------------------------------------------------------------
