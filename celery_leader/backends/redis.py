@@ -732,6 +732,22 @@ class RedisBackend(Backend, RenewBatch):
         seconds = max(0.001, seconds)
         return min(seconds, limit) if limit else seconds
 
+    def _connect_within(self, conn: Any, deadline: float, timeout: float) -> None:
+        """Bound the checked-out connection's timeouts by what is left until ``deadline``; connect it if needed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BackendUnavailable(f"no time left to call Redis (timeout {timeout:.3f} s)")
+        conn.socket_connect_timeout = self._bound(left, self._socket_connect_timeout)
+        conn.socket_timeout = self._bound(left, self._socket_timeout)
+        if conn._sock is None:
+            conn.connect()
+
+    def _credentials_refused(self, exc: AuthenticationError) -> ConfigurationError:
+        return ConfigurationError(
+            f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
+            "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
+        )
+
     def _call(self, timeout: float, *commands: tuple[Any, ...]) -> Any:
         """Send ``commands`` one after another on one connection, within ``timeout``.
 
@@ -744,13 +760,7 @@ class RedisBackend(Backend, RenewBatch):
         conn = self._checkout(timeout)
         healthy = False
         try:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BackendUnavailable(f"no time left to call Redis (timeout {timeout:.3f} s)")
-            conn.socket_connect_timeout = self._bound(left, self._socket_connect_timeout)
-            conn.socket_timeout = self._bound(left, self._socket_timeout)
-            if conn._sock is None:
-                conn.connect()
+            self._connect_within(conn, deadline, timeout)
             reply: Any = None
             for command in commands:
                 conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
@@ -764,10 +774,7 @@ class RedisBackend(Backend, RenewBatch):
             healthy = True
             return reply
         except AuthenticationError as exc:
-            raise ConfigurationError(
-                f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
-                "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
-            ) from None
+            raise self._credentials_refused(exc) from None
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
                 raise ConfigurationError(
@@ -873,13 +880,7 @@ class RedisBackend(Backend, RenewBatch):
         conn = self._checkout(timeout)
         healthy = False
         try:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BackendUnavailable(f"no time left to call Redis (timeout {timeout:.3f} s)")
-            conn.socket_connect_timeout = self._bound(left, self._socket_connect_timeout)
-            conn.socket_timeout = self._bound(left, self._socket_timeout)
-            if conn._sock is None:
-                conn.connect()
+            self._connect_within(conn, deadline, timeout)
             conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             replies: list[Any] = []
@@ -892,10 +893,7 @@ class RedisBackend(Backend, RenewBatch):
             healthy = True
             return replies
         except AuthenticationError as exc:
-            raise ConfigurationError(
-                f"Redis at {self.describe()} refused the credentials ({exc}); put the right "
-                "user and password in the URL: redis://USER:PASSWORD@host:6379/0"
-            ) from None
+            raise self._credentials_refused(exc) from None
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
         finally:
