@@ -8,6 +8,7 @@ connection by hand, and counts the reads each wait makes.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -51,6 +52,16 @@ def notifier():
     assert n.ready.wait(5)
     yield n
     n.stop()
+
+
+def until(condition, timeout: float = LONG) -> bool:
+    """Poll for a condition the other thread brings about (no bet on how soon it runs)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def wait_in_thread(n: Fake, store: Store, version: str, lock: object) -> threading.Event:
@@ -131,7 +142,9 @@ def test_an_older_announcement_than_the_read_version_costs_a_read_not_a_spin(not
     store.version = "v3"  # the election read v3; its announcement is late
     store.reads = 0
     done = wait_in_thread(notifier, store, "v3", lock)
-    assert not done.wait(0.3)  # latest announced (v2) differs: one read, then a real wait
+    # latest announced (v2) differs: one read, then a real wait (not a spin of reads)
+    assert until(lambda: store.reads >= 1), "the wait never read"
+    assert not done.wait(0.3)
     assert store.reads == 1
     announce(notifier, store, "v3")  # the late announcement of what it already has
     assert not done.wait(0.2)
