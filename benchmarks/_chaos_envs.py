@@ -5,6 +5,14 @@ a :class:`~benchmarks.tcpproxy.TcpProxy` of its own, so that one candidate can b
 while the others still reach the backend), and injects the fault kinds its users meet,
 each with the bound the design promises on the time without a leader.
 
+Environments are independent of each other, so that several runs can go at once
+(tests/chaos runs five at a time, beside the long runs): every server, proxy and serf
+agent listens on a free port of its own; PostgreSQL and MariaDB runs create a database of
+their own, S3 runs a key prefix, the fence a Redis key with a random suffix; a gossip
+partition is an iptables chain of its own (random name) whose rules match both an
+agent's uid and the *other* agent's port, so two gossip runs at once (even two whose
+agents got the same uids) never drop each other's packets.
+
 Servers are started with the tests' own code (tests/servers.py, tests/*/conftest.py), so a
 change to how a server starts here changes it in both places.
 """

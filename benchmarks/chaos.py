@@ -91,6 +91,20 @@ class ChaosResult:
     def violations(self) -> list[Fault]:
         return [f for f in self.faults if not f.within_bound]
 
+    @property
+    def handovers(self) -> int:
+        """Terms that followed a term of another candidate (leadership changed hands)."""
+        ivs = self.report.intervals
+        return sum(1 for a, b in zip(ivs, ivs[1:]) if a.node != b.node)
+
+    def safety_lines(self) -> list[str]:
+        """The overlaps and token regressions, one line each (empty: safe)."""
+        try:
+            self.report.assert_safe()
+        except AssertionError as exc:
+            return str(exc).splitlines()
+        return []
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "date": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -102,12 +116,14 @@ class ChaosResult:
             "load": list(self.load),
             "faults_by_kind": dict(Counter(f.kind for f in self.faults)),
             "terms": len(self.report.intervals),
+            "handovers": self.handovers,
             "overlaps": len(self.report.overlaps),
             "token_regressions": len(self.report.token_regressions),
             "duplicates": 0,
             "fenced": self.fenced,
             "faults": [asdict(f) | {"within_bound": f.within_bound} for f in self.faults],
             "notes": self.notes,
+            "safety": self.safety_lines(),
             "machine": machine(),
             "commit": _commit(),
         }
@@ -256,6 +272,23 @@ def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCl
     return detail, t.takeover
 
 
+def covering_plan(rng: random.Random, own: list[str], common: list[str], count: int) -> list[str]:
+    """``count`` fault kinds for a bounded run, all drawn from ``rng`` (the seed replays the
+    plan): one that always hands leadership over (kill or term), a pause (the frozen leader
+    that wakes up), then the backend's own kinds, then the other common one; cut at ``count``
+    and shuffled. Repeats past one of each."""
+    failover = [k for k in ("kill", "term") if k in common]
+    first = [rng.choice(failover)] if failover else []
+    first += [k for k in ("pause",) if k in common]
+    rest = [k for k in common if k not in first]
+    kinds = first + rng.sample(own, len(own)) + rng.sample(rest, len(rest))
+    if not kinds:
+        raise ValueError("no fault kind to plan")
+    plan = (kinds * (count // len(kinds) + 1))[:count]
+    rng.shuffle(plan)
+    return plan
+
+
 def run_chaos(
     backend: str = "file",
     duration: float = 60.0,
@@ -266,8 +299,12 @@ def run_chaos(
     max_faults: int | None = None,
     keep_going: bool = False,
     fence_url: str | None = None,
+    cover: bool = False,
 ) -> ChaosResult:
-    """One run: start the environment and the candidates, inject faults for ``duration`` s."""
+    """One run: start the environment and the candidates, inject faults for ``duration`` s
+    (or until ``max_faults``). ``cover`` (with ``max_faults``): the kinds follow
+    :func:`covering_plan` (a handover and the backend's own kinds first) instead of
+    independent draws."""
     if backend not in ENVIRONMENTS:
         raise SystemExit(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
     seed = random.randrange(1 << 30) if seed is None else seed
@@ -277,6 +314,10 @@ def run_chaos(
     workdir = Path(tempfile.mkdtemp(prefix=f"celery-leader-chaos-{backend}-")) if workdir is None else workdir
     env_cls = ENVIRONMENTS[backend]
     allowed = [k for k in [*COMMON, *env_cls.faults] if not kinds or k in kinds]
+    plan = None
+    if cover and max_faults:
+        plan = covering_plan(rng, [k for k in env_cls.faults if k in allowed], [k for k in COMMON if k in allowed],
+                             max_faults)  # fmt: skip
     t = env_cls.timing
     faults: list[Fault] = []
     notes: list[str] = []
@@ -299,7 +340,7 @@ def run_chaos(
                         if proc is not None and proc.poll() is not None:
                             cluster.restart(i)
                     leader = cluster.wait_for_leader(timeout=120)
-                    kind = rng.choice(allowed)
+                    kind = plan[len(faults)] if plan else rng.choice(allowed)
                     fault = Fault(kind, leader, time.time())
                     faults.append(fault)
                     if kind in COMMON:
@@ -377,7 +418,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kind", action="append", help="only these fault kinds (repeatable)")
     parser.add_argument("--fence-url", default="redis://127.0.0.1:6379/0",
                         help="Redis for the children's fenced writes (celery_leader.fencing.redis); 'none': off")
+    parser.add_argument("--max-faults", type=int, default=None,
+                        help="end a run after N faults (a covering plan: a handover and the backend's own kinds first)")
     parser.add_argument("--no-store", action="store_true", help="do not write benchmarks/results/chaos/")
+    parser.add_argument("--json", type=Path, default=None, help="also append each run's result here (one JSON line)")
     parser.add_argument("--list", action="store_true", help="print every backend's fault kinds and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -398,11 +442,15 @@ def main(argv: list[str]) -> int:
             print(f"chaos: {backend}, seed {run_seed}", flush=True)
             try:
                 result = run_chaos(backend, args.duration, run_seed, kinds=tuple(args.kind or ()), keep_going=True,
-                                   fence_url=None if args.fence_url == "none" else args.fence_url)
+                                   fence_url=None if args.fence_url == "none" else args.fence_url,
+                                   max_faults=args.max_faults, cover=args.max_faults is not None)
             except Exception as exc:  # noqa: BLE001 - a server that would not start: the next run may
                 print(f"chaos: {backend} seed {run_seed} failed to run: {exc!r}", flush=True)
                 continue
             print_result(result)
+            if args.json is not None:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(result.as_dict(), sort_keys=True) + "\n")
             if not args.no_store:
                 print(f"stored {store(result.as_dict())}", flush=True)
             ok = ok and result.report.safe
