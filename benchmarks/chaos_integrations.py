@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -147,7 +148,6 @@ class APSchedulerFleet(_Fleet):
         self.procs[i] = self._popen(argv, self.workdir / f"aps{i}.out")
 
     def runs(self) -> list[Run]:
-        import json
 
         out = []
         for i in range(3):
@@ -187,6 +187,24 @@ def _wait(what: str, predicate: Any, timeout: float) -> Any:
         time.sleep(0.05)
 
 
+def token_counts(runs: list[Run]) -> dict[str, Any]:
+    """The tokens as the workers saw them: regressions and late sends (in the order sent),
+    stale-token runs (in the order run: a token lower than one the worker already ran,
+    what a :class:`FencedStore` refuses), terms, runs without a token."""
+    by_sent = sorted(runs, key=lambda r: r.sent)
+    regressions = sum(1 for a, b in zip(by_sent, by_sent[1:]) if (b.token or -1) < (a.token or -1))
+    highest, late = -1, 0
+    for r in by_sent:
+        if (r.token or -1) < highest:
+            late += 1
+        highest = max(highest, r.token or -1)
+    fence = FencedStore()
+    for r in sorted(runs, key=lambda r: r.ran):
+        fence.write(r.token)
+    return {"token_regressions": regressions, "late_sends": late, "terms": len({r.token for r in runs}),
+            "fenced_refusals": fence.refused, "untokened_runs": sum(1 for r in runs if r.token is None)}
+
+
 def analyse(runs: list[Run], interval: float, shared_schedule: bool = True) -> dict[str, Any]:
     """What the workers saw: failovers, duplicates, regressions, late sends, fenced runs.
 
@@ -198,22 +216,26 @@ def analyse(runs: list[Run], interval: float, shared_schedule: bool = True) -> d
     failovers = sum(1 for a, b in zip(by_sent, by_sent[1:]) if a.node != b.node)
     close = [(a, b) for a, b in zip(by_sent, by_sent[1:]) if b.sent - a.sent < interval / 2]
     duplicates = sum(1 for a, b in close if shared_schedule or a.token == b.token)
-    regressions = sum(1 for a, b in zip(by_sent, by_sent[1:]) if (b.token or -1) < (a.token or -1))
-    highest, late = -1, 0
-    for r in by_sent:
-        if (r.token or -1) < highest:
-            late += 1
-        highest = max(highest, r.token or -1)
-    fence = FencedStore()
-    for r in sorted(runs, key=lambda r: r.ran):
-        fence.write(r.token)
     return {"runs_counted": len(runs), "failovers": failovers, "duplicates": duplicates,
-            "close_at_handover": len(close) - duplicates,
-            "token_regressions": regressions, "late_sends": late, "terms": len({r.token for r in runs}),
-            "fenced_refusals": fence.refused, "untokened_runs": sum(1 for r in runs if r.token is None)}  # fmt: skip
+            "close_at_handover": len(close) - duplicates, **token_counts(runs)}  # fmt: skip
 
 
-def run_fleet(name: str, duration: float, seed: int, workdir: Path) -> dict[str, Any]:
+def rq_runs(records: list[dict[str, Any]]) -> list[Run]:
+    """RQ workers' records (tests/rq/jobs.py ``record``): sent = the leader's
+    ``celery_leader_sent_at`` stamp (else when it ran), node = the sender's identity."""
+    from celery_leader.integrations.rq.config import META_IDENTITY, META_SENT_AT
+
+    nodes: dict[str, int] = {}
+    out = []
+    for r in records:
+        meta = r.get("meta") or {}
+        node = nodes.setdefault(str(meta.get(META_IDENTITY)), len(nodes))
+        sent = meta.get(META_SENT_AT)
+        out.append(Run(float(sent) if sent is not None else r["ran"], r["ran"], node, r.get("token")))
+    return out
+
+
+def run_fleet(name: str, duration: float, seed: int, workdir: Path, max_faults: int | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
     fleet = FLEETS[name](workdir)
     t = TIMING
@@ -225,7 +247,7 @@ def run_fleet(name: str, duration: float, seed: int, workdir: Path) -> dict[str,
     try:
         _wait("a first run", lambda: fleet.runs(), 90)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < duration:
+        while time.monotonic() - t0 < duration and (max_faults is None or len(faults) < max_faults):
             after = time.time()
             latest = _wait("a fresh run", lambda a=after: [r for r in fleet.runs() if r.sent > a - 0.01], 120)
             leader = max(latest, key=lambda r: r.sent).node
@@ -265,17 +287,19 @@ def run_fleet(name: str, duration: float, seed: int, workdir: Path) -> dict[str,
     return _result(name, seed, started, load0, faults, analyse(runs, INTERVAL, fleet.shared_schedule), notes)
 
 
-def run_rq(name: str, duration: float, seed: int, workdir: Path) -> dict[str, Any]:
-    """RQ's schedulers through benchmarks/rq.py's failover loop (SIGKILL, SIGTERM, SIGSTOP in turn)."""
+def run_rq(name: str, duration: float, seed: int, workdir: Path, max_faults: int | None = None) -> dict[str, Any]:
+    """RQ's schedulers through benchmarks/rq.py's failover loop (SIGKILL, SIGTERM, SIGSTOP in
+    turn); tokens counted from the worker's side (the ``job.meta`` of every job it ran)."""
     from benchmarks.rq import failovers
     from tests.servers import free_port, running
 
-    rounds = max(3, int(duration / 4))
+    rounds = max_faults or max(3, int(duration / 4))
     port = free_port()
     load0, started = os.getloadavg()[0], time.time()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    records: list[dict[str, Any]] = []
     with running(argv, port):
-        got = failovers(workdir, f"redis://127.0.0.1:{port}/0", RQ_KINDS[name], rounds)
+        got = failovers(workdir, f"redis://127.0.0.1:{port}/0", RQ_KINDS[name], rounds, worker_runs=records)
     interval = 1.0 if name != "rq-scheduler" else 0.5
     names = {"SIGKILL": "kill", "SIGTERM": "term", "SIGSTOP": "pause"}
     faults = []
@@ -284,10 +308,10 @@ def run_rq(name: str, duration: float, seed: int, workdir: Path) -> dict[str, An
             b = TIMING.takeover + interval
             faults.append({"kind": names[sig], "node": -1, "at": 0.0, "detail": 0.0, "bound": b,
                            "leaderless": value, "within_bound": value <= b})  # fmt: skip
-    counted = {"runs_counted": got.get("jobs", got.get("enqueues", 0)), "failovers": got["failovers"],
-               "duplicates": got["duplicates"], "missed": got.get("missed"), "token_regressions": 0,
-               "terms": got["failovers"] + 1, "fenced_refusals": None, "late_sends": None}  # fmt: skip
-    notes = ["benchmarks/rq.py failover loop: no token check from the worker side (duplicates and missed only)"]
+    counted = {"runs_counted": len(records), "failovers": got["failovers"], "duplicates": got["duplicates"],
+               "missed": got.get("missed"), **token_counts(rq_runs(records))}  # fmt: skip
+    notes = ["benchmarks/rq.py failover loop: duplicates and missed from its counts; tokens from the job.meta "
+             "of every job the RQ worker ran"]  # fmt: skip
     return _result(name, seed, started, load0, faults, counted, notes)
 
 
@@ -305,13 +329,14 @@ def _result(name: str, seed: int, started: float, load0: float, faults: list[dic
     }  # fmt: skip
 
 
-def run_integration(name: str, duration: float, seed: int | None = None, workdir: Path | None = None) -> dict[str, Any]:
+def run_integration(name: str, duration: float, seed: int | None = None, workdir: Path | None = None,
+                    max_faults: int | None = None) -> dict[str, Any]:  # fmt: skip
     seed = random.randrange(1 << 30) if seed is None else seed
     if name not in FLEETS and name not in RQ_KINDS:
         raise SystemExit(f"unknown integration {name!r}: choose {', '.join(INTEGRATIONS)}")
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix=f"celery-leader-chaos-{name}-")) if workdir is None else workdir
-    result = (run_fleet if name in FLEETS else run_rq)(name, duration, seed, workdir)
+    result = (run_fleet if name in FLEETS else run_rq)(name, duration, seed, workdir, max_faults)
     if own_dir:  # logs kept only when something is worth reading
         if result["duplicates"] or result["token_regressions"] or result.get("late_sends") or any("stopped early" in n for n in result["notes"]):
             result["notes"].append(f"logs kept in {workdir}")
@@ -327,7 +352,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--until", default=None, help="HH:MM UTC: keep starting runs until then")
+    parser.add_argument("--max-faults", type=int, default=None,
+                        help="end a run after N faults (RQ: N failovers instead of one per 4 s of --duration)")
     parser.add_argument("--no-store", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also append each run's result here (one JSON line)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = _deadline(args.until)
@@ -338,7 +366,7 @@ def main(argv: list[str]) -> int:
                 return 0 if ok else 1
             run_seed = random.randrange(1 << 30) if seed is None else seed
             try:
-                result = run_integration(name, args.duration, run_seed)
+                result = run_integration(name, args.duration, run_seed, max_faults=args.max_faults)
             except Exception as exc:  # noqa: BLE001 - the next run may work
                 print(f"chaos: {name} seed {run_seed} failed to run: {exc!r}", flush=True)
                 continue
@@ -348,6 +376,9 @@ def main(argv: list[str]) -> int:
                   f"late sends {result.get('late_sends')}, fenced {result.get('fenced_refusals')}, "
                   f"{over} gaps over the bound, load {result['load'][0]:.1f}", flush=True)  # fmt: skip
             ok = ok and not result["duplicates"] and not result["token_regressions"]
+            if args.json is not None:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(result, sort_keys=True) + "\n")
             if not args.no_store:
                 print(f"stored {store(result)}", flush=True)
             if seed is not None:

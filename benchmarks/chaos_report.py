@@ -67,13 +67,19 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[list[Any]], list[list[An
         failovers = sum(r.get("failovers", max(0, r["terms"] - 1)) for r in group)
         fenced = [r["fenced"]["refused"] if "fenced" in r and isinstance(r["fenced"], dict) else r.get("fenced_refusals")
                   for r in group]  # fmt: skip
+        # RQ's first stored runs did not read the tokens from the worker's side (late sends
+        # stored as None): their late sends, regressions and stale-token runs were not counted
+        tokens_read = [r for r in group if not integration or r.get("late_sends", 0) is not None]
+        partial = f" (counted in {len(tokens_read)} of {len(group)} runs)" if len(tokens_read) < len(group) else ""
         totals.append([
             name, len(group), sum(kinds.values()),
             ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
-            sum(r["terms"] for r in group), failovers, f"**{sum(r['overlaps'] for r in group)}**",
-            f"**{sum(r['token_regressions'] for r in group)}**",
+            sum(r["terms"] for r in group), failovers,
+            f"**{sum(r['overlaps'] for r in tokens_read)}**{partial}" if tokens_read else "not counted",
+            f"**{sum(r['token_regressions'] for r in tokens_read)}**{partial}" if tokens_read else "not counted",
             f"**{sum(r.get('duplicates', 0) for r in group)}**" if integration else "-",
-            _fenced_cell(group, fenced),
+            _fenced_cell(tokens_read, [f for r, f in zip(group, fenced) if r in tokens_read]) + partial
+            if tokens_read else "not counted",
             f"{max(loads):.1f}" if loads else "-", _dates(group),
         ])  # fmt: skip
         for kind in sorted(kinds):

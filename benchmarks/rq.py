@@ -273,8 +273,11 @@ def _leader_name(fleet: Any, election: str) -> str | None:
     return None
 
 
-def failovers(workdir: Path, url: str, kind: str, n: int) -> dict[str, Any]:
-    """Ours: ``n`` failovers of the leader, SIGKILL / SIGTERM / SIGSTOP in turn."""
+def failovers(workdir: Path, url: str, kind: str, n: int, worker_runs: list[dict] | None = None) -> dict[str, Any]:
+    """Ours: ``n`` failovers of the leader, SIGKILL / SIGTERM / SIGSTOP in turn.
+
+    ``worker_runs``: a list that receives every run an RQ worker recorded (id, the token in
+    ``job.meta``, when it ran); cron's jobs then get a worker too (otherwise only enqueued)."""
     fleet = _fleet(workdir, f"fo-{kind}", url)
     fleet.env.update(FAST)
     feeder = None
@@ -303,8 +306,9 @@ def failovers(workdir: Path, url: str, kind: str, n: int) -> dict[str, Any]:
             election = f"rq.scheduler.{fleet.queue}"
         else:
             election = f"{fleet.tag}.rqs"
-        if kind != "cron":
+        if kind != "cron" or worker_runs is not None:
             fleet.spawn("worker", _py("-m", "rq.cli", "worker", "--url", url, "-w", "rq.SimpleWorker", fleet.queue))
+        if kind != "cron":
             feeder = Feeder(fleet, rqscheduler=kind == "rqscheduler")
             feeder.start()
         for _ in range(3):
@@ -363,6 +367,12 @@ def failovers(workdir: Path, url: str, kind: str, n: int) -> dict[str, Any]:
             result["longest_wait_s"] = round(max(waits), 2)
         else:
             result = _cron_counts(_cron_rows(fleet), 1.0, start, end)
+            if worker_runs is not None:  # the worker runs what was enqueued
+                with contextlib.suppress(AssertionError):
+                    _wait("the worker to run every cron job",
+                          lambda: {i for _, i, _ in _cron_rows(fleet)} <= {r["id"] for r in fleet.runs()}, 30)
+        if worker_runs is not None:
+            worker_runs.extend(fleet.runs())
         names = {"cron": "celery-leader-rq cron", "worker": "LeaderSimpleWorker --with-scheduler",
                  "rqscheduler": "celery-leader-rq scheduler -i 0.5"}
         return {"kind": kind, "tool": names[kind], "failovers": n, "lease_s": 1.0, **result,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos import FencedStore, fence_replay, store
-from benchmarks.chaos_integrations import Run, analyse
+from benchmarks.chaos import COMMON, FencedStore, covering_plan, fence_replay, store
+from benchmarks.chaos_integrations import Run, analyse, rq_runs, token_counts
 from benchmarks.chaos_report import BEGIN, END, aggregate, load_runs, render, update_doc
 
 
@@ -52,6 +52,39 @@ def test_worker_side_counts() -> None:
     assert analyse([Run(0.0, 0.0, 0, 1), Run(0.1, 0.1, 0, 1)], 0.5, shared_schedule=False)["duplicates"] == 1
 
 
+def test_a_bounded_plan_hands_over_and_covers_the_backends_own_faults() -> None:
+    import random
+
+    own = ["server", "blackhole", "delay"]
+    for seed in range(50):
+        plan = covering_plan(random.Random(seed), own, list(COMMON), 5)
+        assert len(plan) == 5 and set(own) <= set(plan), plan
+        assert {"kill", "term"} & set(plan) and "pause" in plan, plan  # a handover and a frozen leader
+        assert plan == covering_plan(random.Random(seed), own, list(COMMON), 5)  # the seed replays it
+    short = covering_plan(random.Random(1), ["a", "b", "c", "d", "e"], list(COMMON), 4)
+    assert len(short) == 4 and {"kill", "term"} & set(short) and "pause" in short  # never cut
+    assert len(covering_plan(random.Random(1), [], ["kill"], 3)) == 3  # repeats past one of each
+
+
+def test_rq_tokens_are_read_from_the_jobs_the_worker_ran() -> None:
+    """The RQ worker records each job's ``job.meta``: a deposed scheduler that woke up and
+    moved one more job with its old token is a stale-token run (refused by a fence)."""
+
+    def rec(ran: float, token: int | None, who: str, sent: float | None) -> dict:
+        meta = {"celery_leader_identity": who} | ({"celery_leader_sent_at": sent} if sent is not None else {})
+        return {"id": f"j{ran}", "token": token, "ran": ran, "meta": meta}
+
+    records = [rec(1.0, 3, "p0", 0.9), rec(2.0, 4, "p1", 1.9), rec(2.5, 3, "p0", 2.4),  # p0 woke up
+               rec(3.0, 4, "p1", 2.9), rec(3.5, None, "?", None)]  # fmt: skip
+    runs = rq_runs(records)
+    assert [r.node for r in runs] == [0, 1, 0, 1, 2] and runs[-1].sent == 3.5
+    got = token_counts(runs)
+    assert got["fenced_refusals"] == 2  # the stale token 3, and the run without a token
+    assert got["late_sends"] == 2 and got["token_regressions"] == 2 and got["untokened_runs"] == 1
+    clean = token_counts(rq_runs([rec(1.0, 3, "p0", 0.9), rec(2.0, 4, "p1", 1.9), rec(2.1, 4, "p1", 2.0)]))
+    assert (clean["fenced_refusals"], clean["late_sends"], clean["token_regressions"]) == (0, 0, 0)
+
+
 def _run(backend: str, date: str, faults: list[tuple[str, float, float | None]], **extra) -> dict:
     return {"date": date, "backend": backend, "seed": 1, "terms": len(faults) + 1, "overlaps": 0,
             "token_regressions": 0, "load": [1.0, 2.0],
@@ -66,13 +99,20 @@ def test_runs_add_up_in_the_report(tmp_path: Path) -> None:
     # a second run stored in the same second by the same backend and seed is not lost
     store(_run("file", "2026-11-29 12:00:00 UTC", [("term", 0.5, 1.7)]), tmp_path)
     store(_run("file", "2026-11-29 12:00:00 UTC", [("term", 0.7, 1.7)]), tmp_path)
+    # an RQ run from before the worker-side token count, and one after
+    store(_run("rq-cron", "2026-11-29 07:00:00 UTC", [("kill", 1.0, 2.7)], integration=True, failovers=1,
+               duplicates=0, late_sends=None, fenced_refusals=None), tmp_path)  # fmt: skip
+    store(_run("rq-cron", "2026-11-29 13:00:00 UTC", [("kill", 1.0, 2.7)], integration=True, failovers=1,
+               duplicates=0, late_sends=0, fenced_refusals=1), tmp_path)  # fmt: skip
     runs = load_runs(tmp_path)
-    assert len(runs) == 5
+    assert len(runs) == 7
     totals, gaps = aggregate(runs)
     by_name = {row[0]: row for row in totals}
     assert by_name["redis"][1:4] == [2, 4, "delay 1, kill 3"]
     assert by_name["redis"][-1] == "2026-11-28, 2026-11-29"
     assert by_name["celery-beat"][8] == "**0**" and by_name["celery-beat"][9] == "2"
+    assert by_name["rq-cron"][7] == "**0** (counted in 1 of 2 runs)"
+    assert by_name["rq-cron"][9] == "1 (counted in 1 of 2 runs)"
     kill = next(row for row in gaps if row[:2] == ["redis", "kill"])
     assert kill[2] == 3 and kill[3] == 2.0 and kill[4] == 3.0 and kill[6] == 1  # one over the bound
     block = render(runs)
