@@ -176,6 +176,15 @@ class Job:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
+    def server_missing(self) -> str:
+        """The reason, when the run could not start a server (tests/servers.py ``unavailable``
+        inside the harness ends it with pytest's ``Skipped: ...`` or ``Failed: ...``)."""
+        with contextlib.suppress(OSError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith(("Skipped: ", "Failed: ")):
+                    return line.split(": ", 1)[1].strip().removeprefix("required service unavailable: ")
+        return ""
+
     def tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -271,6 +280,8 @@ def lanes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def _check_run(job: Job) -> None:
     print(f"chaos: {job.name}, seed {job.seed}, {job.seconds:.0f} s\n{job.tail()}")
+    if job.result is None and job.server_missing():
+        unavailable(f"{job.server_missing()} {job.where()}")
     assert job.result is not None, f"{job.error} {job.where()}\n{job.tail()}"
     got = job.result
     assert got["faults"], f"no fault was injected {job.where()}"
@@ -298,6 +309,8 @@ def test_chaos_integration(lanes: Lanes, integration: str) -> None:
     _need(integration)
     job = lanes.wait(integration)
     print(f"chaos: {integration}, seed {job.seed}, {job.seconds:.0f} s\n{job.tail()}")
+    if job.result is None and job.server_missing():
+        unavailable(f"{job.server_missing()} {job.where()}")
     assert job.result is not None, f"{job.error} {job.where()}\n{job.tail()}"
     got = job.result
     assert got["faults"], f"no fault was injected {job.where()}"
