@@ -47,8 +47,8 @@ SOAK = os.environ.get("CELERY_LEADER_SOAK") == "1"
 #: concurrent runs (each one backend: its servers, three or five candidates, proxies); they
 #: mostly wait on lease timings: five lanes on 2 cores
 LANES = int(os.environ.get("CELERY_LEADER_CHAOS_LANES", "5"))
-#: faults per bounded run: a handover, a pause and three of the backend's own kinds (all of
-#: them but for Kubernetes, S3 and the git servers, which have four: three of those per run)
+#: faults per bounded run: a handover, a pause, then the backend's own kinds (all of them but
+#: for Kubernetes, S3 and the git servers, which have four: three of those per run)
 MAX_FAULTS = int(os.environ.get("CELERY_LEADER_CHAOS_FAULTS", "5"))
 #: faults per bounded integration run (SIGKILL, SIGTERM, SIGSTOP of the leading scheduler)
 INTEGRATION_FAULTS = 3
@@ -56,10 +56,12 @@ INTEGRATION_FAULTS = 3
 SOAK_SECONDS = float(os.environ.get("CELERY_LEADER_CHAOS_SECONDS", "60"))
 #: a lane's run is stopped (SIGTERM: it cleans up) after this long
 RUN_TIMEOUT = 600.0
-#: the longest runs first (slow servers, 3 s leases), so that the lanes end together
-#: (measured on 2 cores at a load average of 10-20: zookeeper, seaweedfs ~60-90 s; file ~15 s)
-ORDER = ["s3-seaweedfs", "zookeeper", "gossip-5", "git-http", "git-daemon", "runasleader", "s3-moto", "etcd",
-         "gossip-3", "kubernetes", "django-mariadb", "django-postgresql", "redis", "postgresql", "git-file", "file"]  # fmt: skip
+#: the longest runs first, so that the lanes end together (measured on 2 cores at a load
+#: average of 15-25: SeaweedFS, gossip, runasleader and moto ~45 s; file ~17 s); the RQ runs
+#: (soak) go first of all
+ORDER = ["rq-worker", "rq-scheduler", "rq-cron", "s3-seaweedfs", "gossip-5", "runasleader", "s3-moto", "gossip-3",
+         "git-http", "git-daemon", "django-postgresql", "zookeeper", "django-mariadb", "kubernetes", "etcd",
+         "postgresql", "celery-beat", "redis", "git-file", "file", "apscheduler"]  # fmt: skip
 INTEGRATIONS = ["celery-beat", "apscheduler", "rq-cron", "rq-worker", "rq-scheduler"]
 #: the RQ runs start their own redis-server and three schedulers each: soak only
 SOAK_INTEGRATIONS = {"rq-cron", "rq-worker", "rq-scheduler"}
@@ -266,7 +268,7 @@ def lanes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         except (pytest.skip.Exception, pytest.fail.Exception):
             continue  # the test itself skips or fails with the reason
         jobs.append(Job(name, integration, _seed(), tmp_path_factory.mktemp(f"chaos-{name}")))
-    rank = {name: i for i, name in enumerate([*ORDER, *INTEGRATIONS])}
+    rank = {name: i for i, name in enumerate(ORDER)}
     jobs.sort(key=lambda job: rank.get(job.name, len(rank)))
     started = time.monotonic()
     load = os.getloadavg()[0]
