@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.servers import free_port, stop_process, unavailable, wait_for_port
+from tests.servers import free_port, port_open, stop_process, unavailable
 
 ADMIN_KEY, ADMIN_SECRET = "leaderadmin", "leader-admin-secret"
 READER_KEY, READER_SECRET = "leaderreader", "leader-reader-secret"
@@ -107,6 +107,10 @@ def _ready(server: S3Server, timeout: float) -> bool:
     return False
 
 
+#: what weed logs when a port it was given is taken
+PORT_RACE = (b"Port allocation failed", b"address already in use")
+
+
 class Weed:
     """A private SeaweedFS (``weed mini``): own data directory, free ports, auth on.
 
@@ -123,18 +127,37 @@ class Weed:
         self.server = S3Server("seaweedfs", f"http://127.0.0.1:{self.port}", ADMIN_KEY, ADMIN_SECRET)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> S3Server:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> S3Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "S3_BUCKET"}
-        with open(self.base / "weed.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                weed_argv(self.base / "data", self.port, self.base / "s3.json"),
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-        self.server.proc = self.proc
-        if not wait_for_port(self.port, timeout) or not _ready(self.server, timeout):
+        log_path = self.base / "weed.log"
+        for _ in range(attempts):
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            with open(log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    weed_argv(self.base / "data", self.port, self.base / "s3.json"),
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                )
+            self.server.proc = self.proc
+            if self._serving(timeout):
+                return self.server
+            exited = self.proc.poll() is not None
             self.stop()
-            unavailable(f"weed mini did not serve S3 on 127.0.0.1:{self.port}; see {self.base / 'weed.log'}")
-        return self.server
+            # one of the ten ports weed_argv found free was taken before weed bound it (on a
+            # busy machine another process's connection can get it): again, with fresh ones
+            if not (exited and any(m in log_path.read_bytes()[offset:] for m in PORT_RACE)):
+                break
+        unavailable(f"weed mini did not serve S3 on 127.0.0.1:{self.port}; see {log_path}")
+        raise AssertionError("unreachable")
+
+    def _serving(self, timeout: float) -> bool:
+        """The S3 port answers and a bucket can be written; False as soon as weed exits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return _ready(self.server, max(1.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         if self.proc is not None:
