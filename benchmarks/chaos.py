@@ -47,7 +47,7 @@ from benchmarks._chaos_envs import CANDIDATES, ENVIRONMENTS, SLACK, Environment,
 from benchmarks._common import RESULTS, machine, summary, table
 from celery_leader.testing.cluster import ElectorCluster, Interval, Report
 
-__all__ = ["ChaosResult", "Fault", "run_chaos", "SLACK", "BACKENDS", "RUNS_DIR"]
+__all__ = ["ChaosResult", "EnvironmentStartError", "Fault", "run_chaos", "SLACK", "BACKENDS", "RUNS_DIR"]
 
 BACKENDS = list(ENVIRONMENTS)
 RUNS_DIR = RESULTS / "chaos"
@@ -56,6 +56,11 @@ COMMON = {
     "term": "SIGTERM of the leader (graceful release)",
     "pause": "SIGSTOP of the leader and its child for 1.5-3 leases, then SIGCONT",
 }
+
+
+class EnvironmentStartError(RuntimeError):
+    """The backend's servers did not start (before any candidate or fault): e.g. a port
+    found free was taken by another process before the server bound it."""
 
 
 @dataclass
@@ -325,7 +330,14 @@ def run_chaos(
     load0 = os.getloadavg()[0]
     started = time.time()
     env: Environment = env_cls(workdir, n)
-    env.start()
+    try:
+        env.start()
+    except BaseException as exc:  # tests/servers.py's "unavailable" is pytest's skip or fail
+        with contextlib.suppress(Exception):  # what did start (one member of three ...) stops
+            env.stop()
+        if isinstance(exc, Exception):
+            raise EnvironmentStartError(f"{backend}: the environment did not start: {exc!r}") from exc
+        raise
     try:
         cluster = env.cluster("chaos", workdir=workdir / "nodes", lease_duration=t.lease, renew_deadline=t.renew,
                               retry_period=t.retry, grace=t.lease)  # fmt: skip

@@ -142,27 +142,39 @@ class Job:
     def run(self) -> None:
         started = time.monotonic()
         try:
-            with open(self.log, "wb") as log:
-                # a session of its own: a stuck run's whole group can be stopped
-                self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)  # fmt: skip
-                try:
-                    code = self.proc.wait(RUN_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.stop()
-                    code = None
-            lines = self.out.read_text().splitlines() if self.out.exists() else []
-            if lines:
-                self.result = json.loads(lines[-1])
-            elif code is None:
-                self.error = f"still running after {RUN_TIMEOUT:.0f} s (stopped)"
-            else:
+            for attempt in (1, 2):
+                code = self._attempt()
+                lines = self.out.read_text().splitlines() if self.out.exists() else []
+                if lines:
+                    self.result = json.loads(lines[-1])
+                    self.result["attempts"] = attempt
+                    return
+                if code is None:
+                    self.error = f"still running after {RUN_TIMEOUT:.0f} s (stopped)"
+                    return
                 self.error = f"the run stored no result (exit code {code})"
+                # servers that did not start (a free port taken meanwhile on a busy machine):
+                # once more, same seed; a run that failed after it started is not repeated
+                if attempt == 2 or ("EnvironmentStartError" not in self.log.read_text(errors="replace")
+                                    and not self.server_missing()):  # fmt: skip
+                    return
+                print(f"chaos: {self.name} did not start its servers; once more", flush=True)
         except Exception as exc:  # noqa: BLE001 - reported by the backend's test
             self.error = f"the run could not start: {exc!r}"
         finally:
             self.seconds = time.monotonic() - started
             self.done.set()
+
+    def _attempt(self) -> int | None:
+        with open(self.log, "ab") as log:
+            # a session of its own: a stuck run's whole group can be stopped
+            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+            try:
+                return self.proc.wait(RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.stop()
+                return None
 
     def stop(self) -> None:
         """SIGTERM (the harness unwinds: servers, candidates, proxies, partitions), then SIGKILL."""
@@ -281,7 +293,8 @@ def lanes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def _check_run(job: Job) -> None:
-    print(f"chaos: {job.name}, seed {job.seed}, {job.seconds:.0f} s\n{job.tail()}")
+    again = " (the second attempt: the first did not start its servers)" if (job.result or {}).get("attempts") == 2 else ""
+    print(f"chaos: {job.name}, seed {job.seed}, {job.seconds:.0f} s{again}\n{job.tail()}")
     if job.result is None and job.server_missing():
         unavailable(f"{job.server_missing()} {job.where()}")
     assert job.result is not None, f"{job.error} {job.where()}\n{job.tail()}"
