@@ -6,7 +6,7 @@ while the others still reach the backend), and injects the fault kinds its users
 each with the bound the design promises on the time without a leader.
 
 Environments are independent of each other, so that several runs can go at once
-(tests/chaos runs five at a time, beside the long runs): every server, proxy and serf
+(tests/chaos runs six at a time, beside the long runs): every server, proxy and serf
 agent listens on a free port of its own; PostgreSQL and MariaDB runs create a database of
 their own, S3 runs a key prefix, the fence a Redis key with a random suffix; a gossip
 partition is an iptables chain of its own (random name) whose rules match both an
