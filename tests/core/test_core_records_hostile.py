@@ -8,6 +8,7 @@ the backends' own read paths are covered in their folders (tests/*/test_*_hostil
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -26,6 +27,9 @@ from celery_leader.record import (
     encode_record,
     printable,
 )
+
+#: examples per property: each CI run draws new ones; ``CELERY_LEADER_SOAK=1`` draws ten times as many
+EXAMPLES = 1000 if os.environ.get("CELERY_LEADER_SOAK") == "1" else 100
 
 #: byte strings that escaped the decoder before (RecursionError, OverflowError, ...)
 HOSTILE = [
@@ -87,20 +91,20 @@ def test_bounds_accept_the_largest_legal_values() -> None:
     assert record.decode_error is None and record.transitions == 2**63 - 1
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     _assert_record_or_placeholder(decode_or_placeholder(raw))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(json_values | record_like)
 def test_arbitrary_json_never_raises(doc: object) -> None:
     raw = json.dumps(doc, allow_nan=True).encode()
     _assert_record_or_placeholder(decode_or_placeholder(raw))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(record_like, st.integers(min_value=0, max_value=300))
 def test_nested_or_huge_values_in_any_field(doc: dict, depth: int) -> None:
     doc = dict(doc)
@@ -109,7 +113,7 @@ def test_nested_or_huge_values_in_any_field(doc: dict, depth: int) -> None:
     _assert_record_or_placeholder(decode_or_placeholder(raw))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.one_of(json_values, st.dictionaries(st.text(max_size=20), json_values, max_size=8), record_like))
 def test_kubernetes_lease_codec_never_raises(spec: object) -> None:
     kubernetes = pytest.importorskip("celery_leader.backends.kubernetes")
