@@ -1,4 +1,4 @@
-"""Three ``celery beat -S leader`` and one worker: SIGKILL, SIGTERM and SIGSTOP of the leader.
+"""Four ``celery beat -S leader`` and one worker: SIGKILL, SIGTERM and SIGSTOP of the leader.
 
 The task runs every second and records the fencing token and identity of the beat that
 sent it. Over each failover: no run is sent twice, tokens never go back, a paused leader
