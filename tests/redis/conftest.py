@@ -128,7 +128,7 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
         return server.start() if start else server
 
     yield make
-    for server in started:
+    for server in reversed(started):  # replicas first: a primary's SIGTERM waits for its replicas to catch up
         server.stop()
 
 
