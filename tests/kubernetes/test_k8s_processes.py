@@ -21,25 +21,20 @@ pytestmark = pytest.mark.processes
 LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
 
 
-def _cluster(url: str, workdir: Path) -> ElectorCluster:
-    return ElectorCluster(url, "beat", n=3, workdir=workdir, lease_duration=LEASE, renew_deadline=RENEW, retry_period=RETRY)
-
-
 def _assert_tokens_increase(report) -> None:
     report.assert_safe()
     tokens = [iv.token for iv in sorted(report.intervals, key=lambda iv: iv.start)]
     assert tokens == sorted(set(tokens)), f"tokens not strictly increasing: {tokens}"
 
 
-def test_kill_terminate_pause_never_two_leaders(apiserver, k8s_url, tmp_path: Path) -> None:
+def test_kill_terminate_pause_outage_and_cut_watches(apiserver, k8s_url, tmp_path: Path) -> None:
+    """One cluster of three (its start-up is the costly part): the shared kill/term/stop
+    scenario, then watches cut and the API server away for longer than the lease."""
     apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
-    kill_term_stop(k8s_url, workdir=tmp_path / "run")
-    assert apiserver.lease(NAMESPACE, "beat")["spec"]["leaseDurationSeconds"] == 1
+    seen: dict[str, float | int] = {}
 
-
-def test_api_server_outage_and_cut_watches(apiserver, k8s_url, tmp_path: Path) -> None:
-    apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
-    with _cluster(k8s_url, tmp_path / "run") as cluster:
+    def outage_and_cut_watches(cluster: ElectorCluster) -> None:
+        assert apiserver.lease(NAMESPACE, "beat")["spec"]["leaseDurationSeconds"] == 1
         i = cluster.wait_for_leader(timeout=20)
         # cut every watch a few times: no change of leader, followers reconnect
         watches = apiserver.requests["watch"]
@@ -63,9 +58,13 @@ def test_api_server_outage_and_cut_watches(apiserver, k8s_url, tmp_path: Path) -
         apiserver.start()
         k = cluster.wait_for_leader(timeout=20)
         time.sleep(0.5)
-    report = cluster.check()
+        seen.update(j=j, k=k, stopped=stopped)
+
+    outcome = kill_term_stop(k8s_url, workdir=tmp_path / "run", lease_duration=LEASE, renew_deadline=RENEW,
+                             retry_period=RETRY, then=outage_and_cut_watches)  # fmt: skip
+    report, cluster, stopped = outcome.report, outcome.cluster, seen["stopped"]
     _assert_tokens_increase(report)
-    before = [iv for iv in report.intervals if iv.node == cluster.identity(j) and iv.start < stopped][-1]
+    before = [iv for iv in report.intervals if iv.node == cluster.identity(seen["j"]) and iv.start < stopped][-1]
     assert before.end < stopped + LEASE, f"{before.node}'s child ran {before.end - stopped:.3f}s into the outage"
     after = [iv for iv in report.intervals if iv.start > stopped]
-    assert after and after[0].node == cluster.identity(k) and after[0].token > before.token
+    assert after and after[0].node == cluster.identity(seen["k"]) and after[0].token > before.token
