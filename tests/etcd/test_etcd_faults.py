@@ -56,10 +56,7 @@ def test_lock_key_overwritten_with_garbage(etcd_server: EtcdCluster, prefix: str
 
 
 def test_graceful_handover_is_seen_by_the_watch(etcd_server: EtcdCluster, prefix: str) -> None:
-    # A 2 s retry period: a follower that only polled would see a release after ~1.1 s on
-    # average; three handovers all under 0.5 s would be a 1-in-100 fluke for polling.
-    handovers = watched_handovers(etcd_server.url(prefix))
-    assert max(handovers) < 0.5, handovers
+    watched_handovers(etcd_server.url(prefix))  # followers poll every 30 s: each handover must come from the watch
 
 
 # --- three members ----------------------------------------------------------------------
@@ -101,5 +98,4 @@ def test_cluster_member_cut_off_client_moves_to_another(etcd_factory, elections)
 
 
 def test_asyncio_driver_hands_over_through_the_watch(etcd_server: EtcdCluster, prefix: str) -> None:
-    # retry period 2 s: a standby that polled would need about 2 s
-    assert asyncio_handover(etcd_server.url(prefix)) < 1.0
+    asyncio_handover(etcd_server.url(prefix))  # the standby polls every 30 s: it must take over through the watch

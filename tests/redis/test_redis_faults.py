@@ -54,10 +54,7 @@ def test_key_overwritten_with_garbage(redis_server, elections) -> None:
 
 
 def test_graceful_handover_is_seen_by_notification(redis_server) -> None:
-    # A 2 s retry period: a follower that only polled would see a release after ~1.1 s on
-    # average; three handovers all under 0.3 s would be a 1-in-400 fluke for polling.
-    handovers = watched_handovers(redis_server.url)
-    assert max(handovers) < 0.3, handovers
+    watched_handovers(redis_server.url)  # followers poll every 30 s: each handover must come from the notification
 
 
 def test_wrong_type_key_leaves_elections_following(redis_server, elections) -> None:

@@ -16,8 +16,10 @@ from celery_leader import Election
 from celery_leader.backends.zookeeper import VANISHED_HOLDER
 from tests.elections import (
     LEASE,
+    WATCHED,
     Watch,
     asyncio_handover,
+    handover_through_the_watch,
     leader_of,
     leaders_member_cut_off,
     lock_deleted_by_hand,
@@ -69,19 +71,11 @@ def test_sessions_expire_then_elections_and_watches_recover(zk_factory, election
         assert not watch.overlaps()
         # new sessions: a release is still seen through a data watch, not by polling
         url = f"zookeeper://127.0.0.1:{proxies[0].port}/test?session_timeout=1"
-        slow = [
-            Election("h", url=url, identity=f"w{i}", lease_duration=10.0, renew_deadline=6.0, retry_period=2.0)
-            for i in range(2)
-        ]
+        slow = [Election("h", url=url, identity=f"w{i}", **WATCHED) for i in range(2)]
         try:
             for e in slow:
                 e.start()
-            leader = wait_for(lambda: leader_of(slow))
-            time.sleep(0.5)
-            started = time.monotonic()
-            leader.step_down()
-            wait_for(lambda: (lambda e: e if e is not leader else None)(leader_of(slow)))
-            assert time.monotonic() - started < 1.0
+            handover_through_the_watch(wait_for(lambda: leader_of(slow)), slow)
         finally:
             for e in slow:
                 e.stop(timeout=5)
@@ -114,9 +108,7 @@ def test_lock_node_overwritten_with_garbage(zk_server: ZooKeeper, zk_admin, path
 
 
 def test_graceful_handover_is_seen_by_the_watch(zk_server: ZooKeeper, path: str) -> None:
-    # retry period 2 s: polling would need ~1.1 s on average; three handovers under 0.5 s
-    handovers = watched_handovers(zk_server.url(path))
-    assert max(handovers) < 0.5, handovers
+    watched_handovers(zk_server.url(path))  # followers poll every 30 s: each handover must come from the watch
 
 
 # --- three servers ----------------------------------------------------------------------
@@ -136,5 +128,4 @@ def test_ensemble_leaders_server_cut_off(zk_factory, elections) -> None:
 
 
 def test_asyncio_driver_hands_over_through_the_watch(zk_server: ZooKeeper, path: str) -> None:
-    # retry period 2 s: a standby that polled would need about 2 s
-    assert asyncio_handover(zk_server.url(path)) < 1.0
+    asyncio_handover(zk_server.url(path))  # the standby polls every 30 s: it must take over through the watch
