@@ -9,6 +9,7 @@ import time
 from celery_leader.backends.kubernetes import RBAC_VERBS
 from celery_leader.election import Election
 
+from ..elections import HANDOVER_WAIT, WATCHED, wait_for
 from .conftest import NAMESPACE
 
 
@@ -18,22 +19,20 @@ def _election(url: str, identity: str, lease: float = 1.0, renew: float = 0.6, r
 
 def test_graceful_handover_goes_through_the_watch(apiserver, k8s_url) -> None:
     apiserver.allowed_verbs = set(RBAC_VERBS)  # exactly the documented Role
-    # a long retry period: only the watch can make the follower act within a few seconds
-    first = _election(k8s_url, "py-1", lease=10.0, renew=8.0, retry=6.0).start()
-    second = _election(k8s_url, "py-2", lease=10.0, renew=8.0, retry=6.0)
+    # WATCHED timing: the follower polls every 30 s and the lease is 60 s, so a takeover
+    # within HANDOVER_WAIT (10 s) can only come from the watch
+    first = Election("beat", url=k8s_url, identity="py-1", **WATCHED).start()
+    second = Election("beat", url=k8s_url, identity="py-2", **WATCHED)
     try:
         assert first.wait_until_leader(10)
         second.start()
-        time.sleep(0.5)
-        assert not second.is_leader and second.leader == "py-1"
-        assert apiserver.requests["watch"] >= 1, "the follower is not watching"
-        released = time.monotonic()
+        # the follower has read the Lease and opened its watch
+        wait_for(lambda: second.leader == "py-1" and apiserver.requests["watch"] >= 1)
+        assert not second.is_leader
         first.stop()
-        assert second.wait_until_leader(10)
-        handover = time.monotonic() - released
-        assert handover < 4.0, f"handover took {handover:.2f}s: not through the watch"
+        assert second.wait_until_leader(HANDOVER_WAIT), "no takeover within 10 s of the release: not through the watch"
         spec = apiserver.lease(NAMESPACE, "beat")["spec"]
-        assert spec["holderIdentity"] == "py-2" and spec["leaseDurationSeconds"] == 10
+        assert spec["holderIdentity"] == "py-2" and spec["leaseDurationSeconds"] == 60
     finally:
         first.stop()
         second.stop()
