@@ -30,9 +30,12 @@ class Watch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # the time first: a sample that shows a leader then proves it led at or after
+            # that time, however late this thread is scheduled
+            now = time.monotonic()
             leaders = tuple(e.is_leader for e in self.elections)
             tokens = tuple(e.token for e in self.elections)
-            self.samples.append((time.monotonic(), leaders, tokens))
+            self.samples.append((now, leaders, tokens))
             time.sleep(0.01)
 
     def __enter__(self) -> "Watch":

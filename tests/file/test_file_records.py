@@ -174,14 +174,17 @@ def test_forked_child_gets_its_own_flock(lock: FileLock) -> None:
 def test_wait_for_change_sees_creation_and_deletion(lock: FileLock, backend: FileBackend, lock_dir: Path) -> None:
     writer = backend.lock("beat")
     try:
+        # each wait may last two minutes: returning within 10 s means the change woke it
         started = time.monotonic()
         threading.Timer(0.3, lambda: writer.create(sample_record(), T)).start()
-        lock.wait_for_change(None, 10.0)
-        assert 0.2 < time.monotonic() - started < 5.0
+        lock.wait_for_change(None, 120.0)
+        assert 0.2 < time.monotonic() - started < 10.0
         got = lock.get(T)
         assert got is not None
+        started = time.monotonic()
         threading.Timer(0.3, (lock_dir / "beat.lease.json").unlink).start()
-        lock.wait_for_change(got.version, 10.0)
+        lock.wait_for_change(got.version, 120.0)
+        assert 0.2 < time.monotonic() - started < 10.0
         gone = lock.get(T)  # a token was handed out: the vanished file reads as held at it
         assert gone is not None and gone.record.holder == VANISHED_HOLDER and gone.version != got.version
     finally:
