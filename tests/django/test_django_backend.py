@@ -238,7 +238,7 @@ def test_unreachable_server_is_unavailable_within_the_timeout():
             started = time.monotonic()
             with pytest.raises(BackendUnavailable, match="django://gone"):
                 backend.lock("x").get(1.0)
-            assert time.monotonic() - started < 5.0
+            assert time.monotonic() - started < 10.0  # bounded by the timeout (1 s), not hanging
     finally:
         backend.close()
 

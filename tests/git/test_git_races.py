@@ -144,10 +144,10 @@ def test_server_going_away_and_coming_back(git_servers: Servers) -> None:
         lock = GitBackend.from_url(f"git://127.0.0.1:{port}/{repo.name}").lock("beat")
         v1 = lock.create(sample_record(), TIMEOUT)
     started = time.monotonic()
-    for call in (lambda: lock.get(TIMEOUT), lambda: lock.update(sample_record(), v1, TIMEOUT)):
+    for call in (lambda: lock.get(60.0), lambda: lock.update(sample_record(), v1, 60.0)):
         with pytest.raises(BackendUnavailable):
             call()
-    assert time.monotonic() - started < TIMEOUT  # refused at once, not waited out
+    assert time.monotonic() - started < 10.0  # refused at once: waiting out the timeouts would take two minutes
     with daemon(git_servers.root, port=port):
         got = lock.get(TIMEOUT)
         assert got is not None and got.version == v1

@@ -122,7 +122,7 @@ def test_a_silent_server_times_out() -> None:
         started = time.monotonic()
         with pytest.raises(SerfConnectionError, match="did not answer"):
             SerfClient("127.0.0.1", server.getsockname()[1], timeout=0.5)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # bounded by the timeout (0.5 s), not hanging
 
 
 def test_auth_key_is_required_and_checked(tmp_path) -> None:

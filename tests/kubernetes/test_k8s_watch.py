@@ -94,7 +94,7 @@ def test_server_down_for_the_whole_wait_returns_at_the_timeout(apiserver, make_l
     apiserver.stop()
     started = time.monotonic()
     lock.wait_for_change(version, 1.0)
-    assert 0.9 <= time.monotonic() - started < 4.0
+    assert 0.9 <= time.monotonic() - started < 10.0  # at the timeout: neither early nor hanging
 
 
 def test_bookmarks_keep_the_watch_going(apiserver, make_lock) -> None:

@@ -233,7 +233,7 @@ def test_hung_server_is_unavailable_within_the_timeout_and_the_connection_droppe
         started = time.monotonic()
         with pytest.raises(BackendUnavailable, match="no answer|no connection"):
             call()
-        assert time.monotonic() - started < 2.5  # 0.5 s + generous slack on a loaded machine
+        assert time.monotonic() - started < 10.0  # bounded by the timeout (0.5 s), not by TCP's
     proxy.set_mode("pass")
     assert wait_for(lambda: _answers(lock), 10)
     assert lock.get(5.0).version == version

@@ -78,7 +78,7 @@ def test_batch_against_a_paused_server_fails_as_a_whole_within_its_timeout(redis
                 pass
             else:
                 raise AssertionError("a paused server cannot answer")
-            assert time.monotonic() - started < 5.0  # bounded by the timeout, not hanging
+            assert time.monotonic() - started < 10.0  # bounded by the timeout (0.5 s), not hanging
         finally:
             redis_server.resume()
     finally:

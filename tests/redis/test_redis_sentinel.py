@@ -124,7 +124,7 @@ def test_no_reachable_sentinel_is_unavailable() -> None:
     try:
         started = time.monotonic()
         with pytest.raises(BackendUnavailable):
-            backend.lock("x").get(1.0)
-        assert time.monotonic() - started < 3.0
+            backend.lock("x").get(60.0)
+        assert time.monotonic() - started < 10.0  # refused at once, not after the 60 s timeout
     finally:
         backend.close()
