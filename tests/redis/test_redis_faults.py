@@ -26,9 +26,9 @@ def test_redis_killed_while_leading_then_back(redis_server_factory, elections) -
     # AOF with fsync on every write: the fence (and the lock) survive the restart
     server: RedisServer = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
     es = elections(server.url)
-    resumed = outage_then_back(es, server.kill, server.start, downtime=2 * LEASE, what="Redis")
-    # liveness, generous: the record written before the crash is waited out (one lease), then taken
-    assert resumed < 3 * LEASE + 5.0, resumed
+    # liveness: the record written before the crash is waited out (one lease), then taken
+    # (outage_then_back waits up to 20 s for the next leader; how soon is benchmarks/redis.py's)
+    outage_then_back(es, server.kill, server.start, downtime=2 * LEASE, what="Redis")
 
 
 def test_redis_paused_while_leading(redis_server, elections) -> None:
