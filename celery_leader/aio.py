@@ -38,19 +38,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import heapq
 import inspect
+import itertools
 import logging
+import math
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Update, Wait
+from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
 from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
 from .errors import BackendUnavailable, ElectionStopped
-from .lock import BatchItem, Lock, RenewBatch
-from .record import LeaderRecord
+from .lock import Lock, RenewBatch
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
@@ -71,108 +73,357 @@ def _call_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _CALL_POOL
 
 
-class _Batcher:
-    """Collects the renewals due in one turn of the loop for one :class:`RenewBatch`.
+_PARKED, _OUTSTANDING = 1, 2
 
-    A batch goes out :attr:`DELAY` after its first renewal arrived (or when it is full):
-    every hand-over to a pool thread costs far more than one more item, so a short delay
-    turns hundreds of small calls per second into a few dozen. The delay only makes the
-    write later; the core counts the term from when it *asked* for the renewal (before the
-    delay), so it shortens the term, never lengthens it. Up to :attr:`MAX_IN_FLIGHT`
-    batches are out at once (a hung one does not stop the others); while they are, new
-    renewals accumulate. Every renewal keeps its own future: its election bounds the wait
-    as for a lone call.
+#: the scheduler group of every lock renewed one call per renewal (no ``capabilities.batch``)
+_SINGLE = object()
+
+
+class _Out:
+    """One renewal taken from its election's core and not yet answered (pending or in flight)."""
+
+    __slots__ = ("action", "handle", "sent", "until", "bound")
+
+    def __init__(self, action: Update, handle: object, sent: float) -> None:
+        self.action = action
+        #: the core's :attr:`~celery_leader.core.ElectionCore.pending_call` for this renewal
+        self.handle = handle
+        self.sent = sent
+        #: the call's own timeout, then the driver's bound on waiting for it (as a lone call's)
+        self.until = sent + action.timeout
+        self.bound = sent + action.timeout + 1.0
+
+
+class _Renewals:
+    """The renewals of every steady leader of one (event loop, batch group), without their tasks.
+
+    A leader whose next action is "renew at ``next_renew``" *parks*: its task waits on one
+    future and the scheduler owns the election until something changes. The scheduler
+    keeps two heaps: ``due`` (parked elections, by renewal time) and ``ends`` (every member,
+    by the end of its term, or of its call's bound while a renewal is out). One loop timer
+    serves both: at the earliest end exactly, and for renewals on a cadence of
+    :attr:`EARLY` seconds, taking every renewal due within that much (a renewal may go out
+    early, never late, because of the cadence; the term counts from the send).
+
+    Each due election's own core decides (``next_action``): a renewal ``Update`` joins the
+    next ``update_many`` call (or, without ``capabilities.batch``, goes out alone), its
+    outcome goes back to that core (``write_done`` / ``failed``), and the election stays
+    parked while nothing changed. Anything else wakes its task: the core's action is handed
+    to the task, which performs it (a read, a release, a wait): a failure, a conflict, an
+    ended term, a request (``stop``, ``step_down``, ``set_extra`` poke the task; a request
+    that arrives while its renewal is out takes effect once that renewal is answered or
+    abandoned).
+
+    Deadlines do not depend on any call returning: when a member's entry in ``ends`` comes
+    due while its renewal is out, the renewal is abandoned (``failed``: its write may still
+    land, and the core remembers that) and its term ends if its end has come; a parked
+    member's term ends at its end whatever else happens. A late answer of an abandoned
+    renewal is dropped (its handle no longer matches the core's call).
     """
 
     MAX_BATCH = 500
     MAX_IN_FLIGHT = 4
-    #: seconds a renewal may wait for others to join its batch (at most this fraction of its own timeout)
-    DELAY = 0.01
-    DELAY_SHARE = 0.05
+    #: seconds a renewal may go out before its time (at most EARLY_SHARE of its retry_period)
+    EARLY = 0.05
+    EARLY_SHARE = 0.025
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, group: RenewBatch) -> None:
-        self.loop, self.group = loop, group
-        self.pending: list[tuple[BatchItem, float, asyncio.Future[str]]] = []
+    def __init__(self, loop: asyncio.AbstractEventLoop, group: object) -> None:
+        self.loop = loop
+        self.group = group if isinstance(group, RenewBatch) else None
+        self.due: list[tuple[float, int, AsyncElection]] = []
+        self.ends: list[tuple[float, int, AsyncElection]] = []
+        self.pending: list[AsyncElection] = []
         self.in_flight = 0
-        #: False, True (a flush is queued for this turn) or the timer of a delayed flush
-        self.scheduled: bool | asyncio.TimerHandle = False
+        self.members = 0
+        self.cadence = self.EARLY
+        self.last_renewals = -math.inf
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.flush_soon = False
+        self._stamps = itertools.count()
 
-    def submit(self, lock: Lock, record: LeaderRecord, expected: str, timeout: float) -> asyncio.Future[str]:
-        future: asyncio.Future[str] = self.loop.create_future()
-        if len(self.pending) > 4 * self.MAX_BATCH:
-            # renewals given up by their elections while every batch hung: drop them
-            self.pending = [p for p in self.pending if not p[2].done()]
-        self.pending.append(((lock, record, expected), time.monotonic() + timeout, future))
-        if len(self.pending) >= self.MAX_BATCH:
-            self._kick(0.0)
-        else:
-            self._kick(min(self.DELAY, timeout * self.DELAY_SHARE))
-        return future
+    @classmethod
+    def early(cls, timing: Timing) -> float:
+        return min(cls.EARLY, cls.EARLY_SHARE * timing.retry_period)
 
-    def _kick(self, delay: float) -> None:
-        if not self.pending or self.in_flight >= self.MAX_IN_FLIGHT:
+    # --- membership (called from the election's task) --------------------------------
+
+    def park(self, e: AsyncElection, until: float) -> None:
+        """``e``'s task waits; renew it at ``until`` (its ``next_renew``) or end its term."""
+        if not e._sched_state:
+            self.members += 1
+            self.cadence = min(self.cadence, e._early)
+        e._sched_state = _PARKED
+        core = e._core
+        key = until - e._early if until == core.next_renew else until
+        stamp = next(self._stamps)
+        e._due_stamp = stamp
+        heapq.heappush(self.due, (key, stamp, e))
+        self._watch_end(e, core.term_end)
+        self._arm()
+
+    def submit(self, e: AsyncElection, action: Update) -> None:
+        """``e``'s task asked for a renewal itself (e.g. ``set_extra``): send it with the next batch."""
+        if not e._sched_state:
+            self.members += 1
+            self.cadence = min(self.cadence, e._early)
+        self._out(e, action, time.monotonic())
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self._flush_now)
+        self._arm()
+
+    def leave(self, e: AsyncElection) -> None:
+        """``e``'s task runs again: forget it (its heap entries go stale)."""
+        state = e._sched_state
+        if not state:
             return
-        if self.scheduled is not False:
-            if delay > 0 or self.scheduled is True:
-                return  # a flush is already due no later than this one would be
-            self.scheduled.cancel()  # full now: go at once
-        if delay > 0:
-            self.scheduled = self.loop.call_later(delay, self._flush)
+        e._sched_state = 0
+        e._due_stamp = e._end_stamp = -1
+        self.members -= 1
+        out, e._out = e._out, None
+        if state == _OUTSTANDING and out is not None and e._core.pending_call is out.handle:
+            # only when the task is cancelled: the answer will not be awaited
+            e._core.failed(BackendUnavailable("the renewal was abandoned: the election's task was cancelled"))
+            e._announce(e._core.pop_events())
+
+    def _out(self, e: AsyncElection, action: Update, now: float) -> None:
+        out = e._out = _Out(action, e._core.pending_call, now)
+        e._sched_state = _OUTSTANDING
+        e._due_stamp = -1
+        self.pending.append(e)
+        self._watch_end(e, min(e._core.term_end, out.bound))
+
+    def _watch_end(self, e: AsyncElection, when: float) -> None:
+        stamp = next(self._stamps)
+        e._end_stamp = stamp
+        heapq.heappush(self.ends, (when, stamp, e))
+
+    def _wake(self, e: AsyncElection, action: Any = None) -> None:
+        """Hand ``e`` back to its task (with the action its core decided, if any)."""
+        if e._sched_state:
+            e._sched_state = 0
+            e._due_stamp = e._end_stamp = -1
+            e._out = None
+            self.members -= 1
+        e._handed = action
+        waiter = e._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the timer ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        due, ends = self.due, self.ends
+        while due and due[0][2]._due_stamp != due[0][1]:
+            heapq.heappop(due)
+        while ends and ends[0][2]._end_stamp != ends[0][1]:
+            heapq.heappop(ends)
+        if len(due) > 2 * self.members + 64:
+            self.due = due = [x for x in due if x[2]._due_stamp == x[1]]
+            heapq.heapify(due)
+        if len(ends) > 2 * self.members + 64:
+            self.ends = ends = [x for x in ends if x[2]._end_stamp == x[1]]
+            heapq.heapify(ends)
+        when = ends[0][0] if ends else math.inf
+        if due:
+            when = min(when, max(due[0][0], self.last_renewals + self.cadence))
+        timer = self.timer
+        if timer is not None:
+            if self.timer_at <= when:
+                return  # fires no later than needed; it re-arms then
+            timer.cancel()
+            self.timer = None
+        if when < math.inf:
+            self.timer_at = when
+            self.timer = self.loop.call_at(when, self._tick)
         else:
-            self.scheduled = True
-            self.loop.call_soon(self._flush)
+            self.timer_at = math.inf
+
+    def _tick(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        try:
+            now = time.monotonic()
+            ends = self.ends
+            while ends and ends[0][0] <= now:
+                _, stamp, e = heapq.heappop(ends)
+                if e._end_stamp == stamp:
+                    e._end_stamp = -1
+                    self._guarded(self._end_due, e, now)
+            due = self.due
+            if due and due[0][0] <= now and now >= self.last_renewals + self.cadence:
+                self.last_renewals = now
+                while due and due[0][0] <= now:
+                    _, stamp, e = heapq.heappop(due)
+                    if e._due_stamp == stamp:
+                        e._due_stamp = -1
+                        self._guarded(self._renew_due, e, now)
+            self._flush()
+        finally:
+            self._arm()
+
+    def _guarded(self, fn: Callable[..., None], e: AsyncElection, *args: Any) -> None:
+        try:
+            fn(e, *args)
+        except Exception:  # pragma: no cover - the core is meant never to raise
+            log.exception("%s: renewal scheduler failed; the election's task takes over", e.name)
+            self._wake(e)
+
+    def _renew_due(self, e: AsyncElection, now: float) -> None:
+        core = e._core
+        action = core.next_action(e._early)
+        events = core.pop_events()
+        if events:
+            e._announce(events)
+        if isinstance(action, Update) and not action.release and core.leading and not e._woken:
+            self._out(e, action, now)
+        elif isinstance(action, Wait) and action.version is None and core.leading and not e._woken and not events:
+            self.park(e, action.until)  # not due yet (its time moved)
+        else:
+            self._wake(e, action)
+
+    def _end_due(self, e: AsyncElection, now: float) -> None:
+        """A member's term (or its renewal's bound) ends now."""
+        core = e._core
+        out = e._out
+        if e._sched_state == _OUTSTANDING and out is not None:
+            if now < min(core.term_end, out.bound) and core.leading:
+                self._watch_end(e, min(core.term_end, out.bound))  # a timer a hair early
+                return
+            e._out = None
+            if core.pending_call is out.handle:
+                # abandoned: its write may still land (the core keeps it as unanswered)
+                if core.leading and now >= core.term_end:
+                    reason = f"no answer before the term's end ({e.timing.renew_deadline} s after the last renewal)"
+                else:
+                    reason = f"no answer within {out.action.timeout:.3f} s"
+                core.failed(BackendUnavailable(f"renewal: {reason}"))
+            e._announce(core.pop_events())
+            e._observe_call(out.action, out.sent, ok=False, renewing=True)
+            self._wake(e)
+            return
+        if e._sched_state == _PARKED:
+            if core.check_deadline():
+                e._announce(core.pop_events())
+                self._wake(e)
+            elif core.leading:
+                self._watch_end(e, core.term_end)
+            else:
+                self._wake(e)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def _flush_now(self) -> None:
+        self.flush_soon = False
+        self._flush()
+        self._arm()
 
     def _flush(self) -> None:
-        self.scheduled = False
+        if not self.pending:
+            return
         now = time.monotonic()
+        if self.group is None:
+            todo, self.pending = self.pending, []
+            for e in todo:
+                out = e._out
+                if out is not None and e._sched_state == _OUTSTANDING:
+                    self._send_one(e, out, now)
+            return
         while self.pending and self.in_flight < self.MAX_IN_FLIGHT:
             chunk, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
-            live = []
-            for entry in chunk:
-                if entry[2].done():
-                    continue  # its election stopped waiting (term over, or cancelled)
-                if entry[1] <= now:
-                    entry[2].set_exception(BackendUnavailable("no time left for the renewal"))
+            live: list[tuple[AsyncElection, _Out]] = []
+            for e in chunk:
+                out = e._out
+                if out is None or e._sched_state != _OUTSTANDING:
+                    continue  # abandoned before it went out
+                if out.until <= now:
+                    self._apply(e, out, BackendUnavailable("renewal: no time left to send it"))
                     continue
-                live.append(entry)
+                live.append((e, out))
             if not live:
                 continue
             # the call must end within every included renewal's own bound
-            timeout = max(0.001, min(entry[1] for entry in live) - now)
+            timeout = max(0.001, min(out.until for _, out in live) - now)
+            items = [(e.lock, out.action.record, out.action.expected_version) for e, out in live]
             self.in_flight += 1
-            call = self.loop.run_in_executor(_call_pool(), self.group.update_many, [e[0] for e in live], timeout)
-            call.add_done_callback(functools.partial(self._done, live))
+            call = self.loop.run_in_executor(_call_pool(), self.group.update_many, items, timeout)
+            call.add_done_callback(functools.partial(self._batch_done, live))
 
-    def _done(self, live: list[tuple[BatchItem, float, asyncio.Future[str]]], call: asyncio.Future[Any]) -> None:
+    def _send_one(self, e: AsyncElection, out: _Out, now: float) -> None:
+        action, lock = out.action, e.lock
+        if type(lock).aupdate is not Lock.aupdate:
+            call: asyncio.Future[Any] = asyncio.ensure_future(
+                lock.aupdate(action.record, action.expected_version, action.timeout), loop=self.loop
+            )
+        else:
+            fn = functools.partial(lock.update, action.record, action.expected_version, action.timeout)
+            call = self.loop.run_in_executor(_call_pool(), fn)
+        call.add_done_callback(functools.partial(self._one_done, e, out))
+
+    def _one_done(self, e: AsyncElection, out: _Out, call: asyncio.Future[Any]) -> None:
+        if call.cancelled():
+            outcome: Any = BackendUnavailable("the renewal call was cancelled")
+        else:
+            exc = call.exception()
+            outcome = exc if exc is not None else call.result()
+        self._guarded(self._apply, e, out, outcome)
+        self._arm()
+
+    def _batch_done(self, live: list[tuple[AsyncElection, _Out]], call: asyncio.Future[Any]) -> None:
         self.in_flight -= 1
-        exc = call.exception() if not call.cancelled() else BackendUnavailable("the batch call was cancelled")
-        results: list[Any] = [exc] * len(live) if exc is not None else call.result()
-        if exc is None and (not isinstance(results, list) or len(results) != len(live)):
-            bad = BackendUnavailable(f"{type(self.group).__name__}.update_many answered {len(live)} items wrongly")
-            results = [bad] * len(live)
-        for (_, _, future), outcome in zip(live, results):
-            if future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            elif isinstance(outcome, str):
-                future.set_result(outcome)
-            else:
-                future.set_exception(BackendUnavailable(f"update_many gave {type(outcome).__name__}, not a version"))
-        self._kick(0.0)
+        try:
+            exc = call.exception() if not call.cancelled() else BackendUnavailable("the batch call was cancelled")
+            results: list[Any] = [exc] * len(live) if exc is not None else call.result()
+            if exc is None and (not isinstance(results, list) or len(results) != len(live)):
+                assert self.group is not None
+                bad = BackendUnavailable(f"{type(self.group).__name__}.update_many answered {len(live)} items wrongly")
+                results = [bad] * len(live)
+            for (e, out), outcome in zip(live, results):
+                self._guarded(self._apply, e, out, outcome)
+            self._flush()
+        finally:
+            self._arm()
+
+    def _apply(self, e: AsyncElection, out: _Out, outcome: Any) -> None:
+        """Hand one renewal's outcome to its own core; keep it parked if nothing changed."""
+        if e._out is not out:
+            return  # abandoned (its term's end or its bound came first, or its task left)
+        e._out = None
+        core = e._core
+        if core.pending_call is not out.handle:  # pragma: no cover - the task owns the core meanwhile
+            self._wake(e)
+            return
+        ok = isinstance(outcome, str)
+        if ok:
+            core.write_done(outcome)
+        elif isinstance(outcome, BaseException):
+            core.failed(outcome)
+        else:
+            core.failed(BackendUnavailable(f"the renewal answered {type(outcome).__name__}, not a version"))
+        events = core.pop_events()
+        if events:
+            e._announce(events)
+        e._observe_call(out.action, out.sent, ok=ok, renewing=True)
+        if ok and core.leading and not events and not e._woken:
+            lead = e._leadership
+            if lead is not None and lead.threaded is not None:
+                _WATCHDOG.arm(core.term_end, e)
+            self.park(e, core.next_renew)
+        else:
+            self._wake(e)
 
 
-_BATCHERS: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, RenewBatch, _Batcher]] = {}
+_SCHEDULERS: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, object, _Renewals]] = {}
 
 
-def _batcher(loop: asyncio.AbstractEventLoop, group: RenewBatch) -> _Batcher:
-    """One batcher per (event loop, batch group); forgotten with a closed loop."""
+def _scheduler(loop: asyncio.AbstractEventLoop, group: object) -> _Renewals:
+    """One scheduler per (event loop, batch group); forgotten with a closed loop."""
     key = (id(loop), id(group))
-    found = _BATCHERS.get(key)
+    found = _SCHEDULERS.get(key)
     if found is None or found[0] is not loop or found[1] is not group:
-        for k in [k for k, v in _BATCHERS.items() if v[0].is_closed()]:
-            del _BATCHERS[k]
-        found = _BATCHERS[key] = (loop, group, _Batcher(loop, group))
+        for k in [k for k, v in _SCHEDULERS.items() if v[0].is_closed()]:
+            del _SCHEDULERS[k]
+        found = _SCHEDULERS[key] = (loop, group, _Renewals(loop, group))
     return found[2]
 
 
@@ -246,21 +497,32 @@ class AsyncElection(BaseElection):
         self._work: asyncio.Future[Any] | None = None  # the current term's work (a task, or a thread's future)
         self._work_task: asyncio.Task[Any] | None = None
         self._task: asyncio.Task[Any] | None = None
+        # on_new_leader / on_stopped_leading, delivered in order by a task that runs only
+        # while there is something to deliver (none per idle election)
         self._notifier: asyncio.Task[Any] | None = None
-        self._notices: asyncio.Queue[Any] | None = None
+        self._notices: list[tuple[Callback, tuple[Any, ...]]] | None = None
         # wake-ups: a flag plus the future the driver is waiting on (cheaper than an Event per wait)
         self._woken = False
         self._waiter: asyncio.Future[Any] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # made by the first wait_until_leader()
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         # blocking calls go to our pool unless the backend has a native async client
         kind = type(self.lock)
         self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
         # renewals go out in batches when the backend declares it can (capabilities.batch)
-        # (a lock with its own async calls keeps them)
+        # (a lock with its own async calls keeps them, one call per renewal)
         self._batch = self.lock.renew_batch() if kind.capabilities.batch and not self._native_async else None
+        # the renewal scheduler of this loop and batch group (set by start()), and this
+        # election's place in it: see _Renewals
+        self._sched: _Renewals | None = None
+        self._sched_state = 0
+        self._due_stamp = -1
+        self._end_stamp = -1
+        self._out: _Out | None = None
+        self._handed: Any = None
+        self._early = _Renewals.early(self.timing)
 
     # --- public API --------------------------------------------------------------------
 
@@ -276,9 +538,7 @@ class AsyncElection(BaseElection):
             if self.backend is not None:
                 await loop.run_in_executor(_call_pool(), self.backend.check_once, self.timing.renew_deadline)
             self._event_loop = loop
-            self._changed = asyncio.Event()
-            self._notices = asyncio.Queue()
-            self._notifier = loop.create_task(self._notify_loop(), name=f"leader-notify-{self.name}")
+            self._sched = _scheduler(loop, self._batch if self._batch is not None else _SINGLE)
             self._task = loop.create_task(self._run(), name=f"leader-election-{self.name}")
         return self
 
@@ -305,10 +565,11 @@ class AsyncElection(BaseElection):
         except asyncio.TimeoutError:
             # as the thread driver: the release is bounded; the lease runs out by itself
             log.warning("%s: the release did not finish in time; the lease will expire", self.name)
-        if self._notifier is not None:
+        notifier = self._notifier
+        if notifier is not None and not notifier.done():
             # on_stopped_leading has run when stop() returns (bounded, as in the thread driver)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._notifier), 5.0)
+                await asyncio.wait_for(asyncio.shield(notifier), 5.0)
 
     def step_down(self) -> None:
         self._core.request_step_down()
@@ -328,17 +589,20 @@ class AsyncElection(BaseElection):
                 loop.call_soon_threadsafe(self._poke)
             return
         self._woken = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        # a renewal that is out is answered (or abandoned at its bound) first; then the task wakes
+        if waiter is not None and not waiter.done() and self._sched_state != _OUTSTANDING:
+            waiter.set_result(None)
 
     async def wait_until_leader(self, timeout: float | None = None) -> bool:
-        assert self._changed is not None, "start() the election first"
+        assert self._event_loop is not None, "start() the election first"
 
         async def until() -> None:
             while not self._term_ready():
                 if self._task is not None and self._task.done():
                     return
-                assert self._changed is not None
+                if self._changed is None:
+                    self._changed = asyncio.Event()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.25)
 
@@ -374,16 +638,29 @@ class AsyncElection(BaseElection):
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             self._changed_now()
-            if self._notices is not None:
-                self._notices.put_nowait(None)
             self._close()
 
     async def _loop(self) -> None:
+        core = self._core
         while True:
-            action = self._core.next_action()
-            self._announce(self._core.pop_events())
+            action, self._handed = self._handed, None
+            if action is None:  # (else: decided by the scheduler, which announced its events)
+                action = core.next_action()
+            self._announce(core.pop_events())
             if isinstance(action, Finished):
                 return
+            sched = self._sched
+            if (
+                sched is not None
+                and core.leading
+                and not self._woken
+                and (isinstance(action, Wait) and action.version is None or isinstance(action, Update) and not action.release)
+            ):
+                # a steady leader: the scheduler renews it; this task sleeps until something changes
+                await self._park(sched, action)
+                if core.leading:
+                    self._arm_deadline()  # this task watches the term's end again
+                continue
             if isinstance(action, Wait):
                 await self._wait(action)
                 continue
@@ -391,13 +668,25 @@ class AsyncElection(BaseElection):
                 await self._await_work()
             await self._perform(action)
 
+    async def _park(self, sched: _Renewals, action: Wait | Update) -> None:
+        """Leave the renewals to the scheduler until it hands this election back (or a poke)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()  # the scheduler watches the term's end meanwhile
+            self._deadline_timer = None
+        try:
+            if isinstance(action, Update):
+                sched.submit(self, action)
+            else:
+                sched.park(self, action.until)
+            await waiter
+        finally:
+            self._waiter = None
+            sched.leave(self)
+            self._woken = False
+
     def _call(self, action: Read | Create | Update) -> Awaitable[Any]:
         lock = self.lock
-        if self._batch is not None and isinstance(action, Update) and not action.release and self._core.leading:
-            # a renewal: it joins the batch of its backend; the outcome is still this core's
-            return _batcher(asyncio.get_running_loop(), self._batch).submit(
-                lock, action.record, action.expected_version, action.timeout
-            )
         # a backend's own async method where it has one; never Lock's default (to_thread
         # uses the loop's default executor, which hung calls would starve)
         kind = type(lock)
@@ -587,17 +876,23 @@ class AsyncElection(BaseElection):
                 loop.call_soon_threadsafe(_resolve, done)
 
     def _notify(self, fn: Callback, *args: Any) -> None:
-        if self._notices is not None:
-            self._notices.put_nowait((fn, args))
+        notices = self._notices
+        if notices is None:
+            notices = self._notices = []
+        notices.append((fn, args))
+        notifier = self._notifier
+        if notifier is None or notifier.done():
+            loop = self._event_loop
+            assert loop is not None
+            self._notifier = loop.create_task(self._notify_loop(), name=f"leader-notify-{self.name}")
 
     async def _notify_loop(self) -> None:
-        """Deliver ``on_new_leader`` / ``on_stopped_leading`` in order, outside the driver."""
-        assert self._notices is not None
-        while True:
-            item = await self._notices.get()
-            if item is None:
-                return
-            fn, args = item
+        """Deliver ``on_new_leader`` / ``on_stopped_leading`` in order, outside the driver.
+
+        Runs while there are notices, then ends (``_notify`` starts it again)."""
+        notices = self._notices
+        while notices:
+            fn, args = notices.pop(0)
             try:
                 result = fn(*args)
                 if inspect.isawaitable(result):
@@ -613,4 +908,4 @@ class AsyncElection(BaseElection):
         changed = self._changed
         if changed is not None:
             changed.set()
-            self._changed = asyncio.Event()
+            self._changed = None  # the next waiter makes a new one

@@ -163,18 +163,18 @@ def validate_name(name: object) -> str:
 # --- actions the driver performs -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Read:
     timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Create:
     record: LeaderRecord
     timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Update:
     record: LeaderRecord
     expected_version: str
@@ -183,7 +183,7 @@ class Update:
     release: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Wait:
     """Sleep until ``until`` (monotonic); with ``version``, return early when it changes."""
 
@@ -191,7 +191,7 @@ class Wait:
     version: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finished:
     pass
 
@@ -202,19 +202,19 @@ Action = Read | Create | Update | Wait | Finished
 # --- what happened, for the driver to announce ------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StartedLeading:
     term: int
     token: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoppedLeading:
     term: int
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewLeader:
     identity: str
 
@@ -229,7 +229,7 @@ class Phase(Enum):
     DONE = "done"
 
 
-@dataclass
+@dataclass(slots=True)
 class _InFlight:
     kind: str  # "read" | "acquire" | "renew" | "release"
     sent_at: float
@@ -239,9 +239,13 @@ class _InFlight:
     extra_seq: int = 0
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class ElectionCore:
-    """Decides what an elector does next. Not thread-safe: drivers serialise calls."""
+    """Decides what an elector does next. Not thread-safe: drivers serialise calls.
+
+    Slotted: a process may hold ten thousand of these (issue 21), and an instance dict of
+    this many attributes costs more than a kilobyte each.
+    """
 
     name: str
     identity: str
@@ -249,6 +253,35 @@ class ElectionCore:
     clock: Clock = field(default_factory=SystemClock)
     release_on_cancel: bool = True
     rand: Callable[[], float] = random.random
+    # the state below is set in __post_init__ (declared here so that it has slots)
+    phase: Phase = field(init=False, repr=False)
+    events: list[Event] = field(init=False, repr=False)
+    observed: Versioned | None = field(init=False, repr=False)
+    observed_at: float = field(init=False, repr=False)
+    max_seen_transitions: int = field(init=False, repr=False)
+    reported_leader: str | None = field(init=False, repr=False)
+    last_written_version: str | None = field(init=False, repr=False)
+    held: LeaderRecord | None = field(init=False, repr=False)
+    term: int = field(init=False, repr=False)
+    token: int | None = field(init=False, repr=False)
+    deadline: float = field(init=False, repr=False)
+    last_ok_sent: float = field(init=False, repr=False)
+    next_renew: float = field(init=False, repr=False)
+    _need_read: bool = field(init=False, repr=False)
+    _retry_at: float = field(init=False, repr=False)
+    _inflight: _InFlight | None = field(init=False, repr=False)
+    _stop_requested: bool = field(init=False, repr=False)
+    _step_down_requested: bool = field(init=False, repr=False)
+    _release_started: float = field(init=False, repr=False)
+    _release_then: Phase = field(init=False, repr=False)
+    _no_acquire_before: float = field(init=False, repr=False)
+    _vanished_hold: float = field(init=False, repr=False)
+    _failures: int = field(init=False, repr=False)
+    _unanswered_writes: list[LeaderRecord] = field(init=False, repr=False)
+    _reported_garbage: str | None = field(init=False, repr=False)
+    _extra_pending: dict[str, Any] = field(init=False, repr=False)
+    _extra_requested: int = field(init=False, repr=False)
+    extra_written: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -325,6 +358,16 @@ class ElectionCore:
         return (flight is not None and flight.kind != "read") or self._may_hold()
 
     @property
+    def pending_call(self) -> object | None:
+        """An opaque handle of the action in flight (``None``: none).
+
+        A driver that hands an action's outcome back later compares it with the handle it
+        noted when it got the action, so that an answer to an abandoned call (reported as
+        failed, or overtaken by a newer action) is never applied.
+        """
+        return self._inflight
+
+    @property
     def stop_requested(self) -> bool:
         return self._stop_requested
 
@@ -370,7 +413,10 @@ class ElectionCore:
 
     # --- the decision ----------------------------------------------------------------
 
-    def next_action(self) -> Action:
+    def next_action(self, early: float = 0.0) -> Action:
+        """What to do now. ``early``: a leader's renewal may go out up to this many seconds
+        before its time (a driver that renews many elections together gathers the ones
+        due soon; renewing early only shortens the period, the term counts from the send)."""
         now = self.clock.monotonic()
         self.check_deadline()
         if self.phase is Phase.DONE:
@@ -382,7 +428,7 @@ class ElectionCore:
         if now < self._retry_at:
             return Wait(self._retry_at)
         if self.phase is Phase.LEADING:
-            return self._leader_action(now)
+            return self._leader_action(now, early)
         return self._follower_action(now)
 
     def _begin_stop(self, now: float) -> Action:
@@ -398,7 +444,7 @@ class ElectionCore:
         obs = self.observed
         return obs is not None and obs.version == self.last_written_version and obs.record.holder == self.identity
 
-    def _leader_action(self, now: float) -> Action:
+    def _leader_action(self, now: float, early: float = 0.0) -> Action:
         held = self.held
         assert held is not None
         if self._step_down_requested or held.preferred_holder not in ("", self.identity):
@@ -410,7 +456,7 @@ class ElectionCore:
             return self._begin_release(now, then=Phase.FOLLOWING)
         if self._need_read:
             return self._read(now)
-        if now < self.next_renew:
+        if now + early < self.next_renew:
             return Wait(self.next_renew)
         record = held.evolve(renew_time=self.clock.time(), lease_duration=self.timing.lease_duration)
         if self._extra_pending:
