@@ -98,27 +98,30 @@ class _Renewals:
     """The renewals of every steady leader of one (event loop, batch group), without their tasks.
 
     A leader whose next action is "renew at ``next_renew``" *parks*: its task waits on one
-    future and the scheduler owns the election until something changes. The scheduler
-    keeps two heaps: ``due`` (parked elections, by renewal time) and ``ends`` (every member,
-    by the end of its term, or of its call's bound while a renewal is out). One loop timer
-    serves both: at the earliest end exactly, and for renewals on a cadence of
-    :attr:`EARLY` seconds, taking every renewal due within that much (a renewal may go out
-    early, never late, because of the cadence; the term counts from the send).
+    future and the scheduler owns the election until something changes. Two heaps: ``due``
+    (parked elections, by renewal time) and ``ends`` (every member, by the end of its term:
+    an entry may be earlier than the term's end, never later; when it comes due and the
+    term has moved on, it is pushed again at the new end, so a steady leader costs one
+    ``ends`` entry per ``renew_deadline``, not one per renewal). One loop timer serves both:
+    at the earliest end exactly, and for renewals on a cadence of :meth:`early` seconds,
+    taking every renewal due within that much (a renewal may go out early, never late,
+    because of the cadence; the term counts from the send).
 
     Each due election's own core decides (``next_action``): a renewal ``Update`` joins the
     next ``update_many`` call (or, without ``capabilities.batch``, goes out alone), its
     outcome goes back to that core (``write_done`` / ``failed``), and the election stays
-    parked while nothing changed. Anything else wakes its task: the core's action is handed
-    to the task, which performs it (a read, a release, a wait): a failure, a conflict, an
-    ended term, a request (``stop``, ``step_down``, ``set_extra`` poke the task; a request
-    that arrives while its renewal is out takes effect once that renewal is answered or
-    abandoned).
+    parked while nothing changed. Anything else wakes its task, with the core's action
+    handed over for the task to perform (a read, a release, a wait): a failure, a conflict,
+    an ended term, a request (``stop``, ``step_down``, ``set_extra`` poke the task; a
+    request that arrives while its renewal is out takes effect once that renewal is
+    answered or abandoned).
 
-    Deadlines do not depend on any call returning: when a member's entry in ``ends`` comes
-    due while its renewal is out, the renewal is abandoned (``failed``: its write may still
-    land, and the core remembers that) and its term ends if its end has come; a parked
-    member's term ends at its end whatever else happens. A late answer of an abandoned
-    renewal is dropped (its handle no longer matches the core's call).
+    Deadlines do not depend on any call returning. When a member's term ends while its
+    renewal is out, the renewal is abandoned (``failed``: its write may still land, and the
+    core remembers that) and the term ends; a parked member's term ends at its end
+    whatever else happens. A call is also bounded as a lone call would be (its timeout plus
+    one second, one timer per call): past that its renewals are abandoned and retried. An
+    answer to an abandoned renewal is dropped (its handle no longer matches the core's call).
     """
 
     MAX_BATCH = 500
@@ -148,7 +151,7 @@ class _Renewals:
 
     # --- membership (called from the election's task) --------------------------------
 
-    def park(self, e: AsyncElection, until: float) -> None:
+    def park(self, e: AsyncElection, until: float, arm: bool = True) -> None:
         """``e``'s task waits; renew it at ``until`` (its ``next_renew``) or end its term."""
         if not e._sched_state:
             self.members += 1
@@ -160,7 +163,8 @@ class _Renewals:
         e._due_stamp = stamp
         heapq.heappush(self.due, (key, stamp, e))
         self._watch_end(e, core.term_end)
-        self._arm()
+        if arm:
+            self._arm()
 
     def submit(self, e: AsyncElection, action: Update) -> None:
         """``e``'s task asked for a renewal itself (e.g. ``set_extra``): send it with the next batch."""
@@ -168,6 +172,7 @@ class _Renewals:
             self.members += 1
             self.cadence = min(self.cadence, e._early)
         self._out(e, action, time.monotonic())
+        self._watch_end(e, e._core.term_end)
         if not self.flush_soon:
             self.flush_soon = True
             self.loop.call_soon(self._flush_now)
@@ -178,34 +183,37 @@ class _Renewals:
         state = e._sched_state
         if not state:
             return
-        e._sched_state = 0
-        e._due_stamp = e._end_stamp = -1
-        self.members -= 1
-        out, e._out = e._out, None
+        out = e._out
+        self._forget(e)
         if state == _OUTSTANDING and out is not None and e._core.pending_call is out.handle:
             # only when the task is cancelled: the answer will not be awaited
             e._core.failed(BackendUnavailable("the renewal was abandoned: the election's task was cancelled"))
             e._announce(e._core.pop_events())
 
-    def _out(self, e: AsyncElection, action: Update, now: float) -> None:
-        out = e._out = _Out(action, e._core.pending_call, now)
-        e._sched_state = _OUTSTANDING
-        e._due_stamp = -1
-        self.pending.append(e)
-        self._watch_end(e, min(e._core.term_end, out.bound))
-
-    def _watch_end(self, e: AsyncElection, when: float) -> None:
-        stamp = next(self._stamps)
-        e._end_stamp = stamp
-        heapq.heappush(self.ends, (when, stamp, e))
-
-    def _wake(self, e: AsyncElection, action: Any = None) -> None:
-        """Hand ``e`` back to its task (with the action its core decided, if any)."""
+    def _forget(self, e: AsyncElection) -> None:
         if e._sched_state:
             e._sched_state = 0
             e._due_stamp = e._end_stamp = -1
             e._out = None
             self.members -= 1
+
+    def _out(self, e: AsyncElection, action: Update, now: float) -> None:
+        e._out = _Out(action, e._core.pending_call, now)
+        e._sched_state = _OUTSTANDING
+        e._due_stamp = -1
+        self.pending.append(e)
+
+    def _watch_end(self, e: AsyncElection, when: float) -> None:
+        """Make sure ``e`` has an ``ends`` entry no later than ``when``."""
+        if e._end_stamp >= 0 and e._end_key <= when:
+            return
+        stamp = next(self._stamps)
+        e._end_stamp, e._end_key = stamp, when
+        heapq.heappush(self.ends, (when, stamp, e))
+
+    def _wake(self, e: AsyncElection, action: Any = None) -> None:
+        """Hand ``e`` back to its task (with the action its core decided, if any)."""
+        self._forget(e)
         e._handed = action
         waiter = e._waiter
         if waiter is not None and not waiter.done():
@@ -272,51 +280,60 @@ class _Renewals:
     def _renew_due(self, e: AsyncElection, now: float) -> None:
         core = e._core
         action = core.next_action(e._early)
-        events = core.pop_events()
+        events = core.pop_events() if core.events else None
         if events:
             e._announce(events)
         if isinstance(action, Update) and not action.release and core.leading and not e._woken:
             self._out(e, action, now)
         elif isinstance(action, Wait) and action.version is None and core.leading and not e._woken and not events:
-            self.park(e, action.until)  # not due yet (its time moved)
+            self.park(e, action.until, arm=False)  # not due yet (its time moved)
         else:
             self._wake(e, action)
 
     def _end_due(self, e: AsyncElection, now: float) -> None:
-        """A member's term (or its renewal's bound) ends now."""
+        """A member's ``ends`` entry came due: end its term if its end has come."""
         core = e._core
-        out = e._out
-        if e._sched_state == _OUTSTANDING and out is not None:
-            if now < min(core.term_end, out.bound) and core.leading:
-                self._watch_end(e, min(core.term_end, out.bound))  # a timer a hair early
-                return
-            e._out = None
-            if core.pending_call is out.handle:
-                # abandoned: its write may still land (the core keeps it as unanswered)
-                if core.leading and now >= core.term_end:
-                    reason = f"no answer before the term's end ({e.timing.renew_deadline} s after the last renewal)"
-                else:
-                    reason = f"no answer within {out.action.timeout:.3f} s"
-                core.failed(BackendUnavailable(f"renewal: {reason}"))
-            e._announce(core.pop_events())
-            e._observe_call(out.action, out.sent, ok=False, renewing=True)
-            self._wake(e)
+        if core.leading and now < core.term_end:
+            self._watch_end(e, core.term_end)  # renewed since (or a timer a hair early)
             return
-        if e._sched_state == _PARKED:
-            if core.check_deadline():
-                e._announce(core.pop_events())
-                self._wake(e)
-            elif core.leading:
-                self._watch_end(e, core.term_end)
-            else:
-                self._wake(e)
+        out = e._out
+        if out is not None:
+            self._abandon(e, out, f"no answer before the term's end ({e.timing.renew_deadline} s after the last renewal)")
+            return
+        core.check_deadline()
+        if core.events:
+            e._announce(core.pop_events())
+        self._wake(e)
+
+    def _abandon(self, e: AsyncElection, out: _Out, reason: str) -> None:
+        """Stop waiting for ``out``: a failure for its core (its write may still land)."""
+        e._out = None
+        core = e._core
+        if core.pending_call is out.handle:
+            core.failed(BackendUnavailable(f"renewal: {reason}"))
+        if core.events:
+            e._announce(core.pop_events())
+        if e.observer is not None:
+            e._observe_call(out.action, out.sent, ok=False, renewing=True)
+        self._wake(e)
+
+    def _bound_due(self, live: list[tuple[AsyncElection, _Out]]) -> None:
+        """A call outlived its bound (a lone call's: timeout + 1 s): give up on its renewals."""
+        try:
+            for e, out in live:
+                if e._out is out:
+                    self._guarded(self._abandon, e, out, f"no answer within {out.action.timeout:.3f} s")
+        finally:
+            self._arm()
 
     # --- sending -----------------------------------------------------------------------
 
     def _flush_now(self) -> None:
         self.flush_soon = False
-        self._flush()
-        self._arm()
+        try:
+            self._flush()
+        finally:
+            self._arm()
 
     def _flush(self) -> None:
         if not self.pending:
@@ -324,10 +341,14 @@ class _Renewals:
         now = time.monotonic()
         if self.group is None:
             todo, self.pending = self.pending, []
+            sent = []
             for e in todo:
                 out = e._out
                 if out is not None and e._sched_state == _OUTSTANDING:
-                    self._send_one(e, out, now)
+                    self._send_one(e, out)
+                    sent.append((e, out))
+            if sent:
+                self.loop.call_at(max(out.bound for _, out in sent), self._bound_due, sent)
             return
         while self.pending and self.in_flight < self.MAX_IN_FLIGHT:
             chunk, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
@@ -337,19 +358,20 @@ class _Renewals:
                 if out is None or e._sched_state != _OUTSTANDING:
                     continue  # abandoned before it went out
                 if out.until <= now:
-                    self._apply(e, out, BackendUnavailable("renewal: no time left to send it"))
+                    self._guarded(self._apply, e, out, BackendUnavailable("renewal: no time left to send it"))
                     continue
                 live.append((e, out))
             if not live:
                 continue
-            # the call must end within every included renewal's own bound
+            # the call must end within every included renewal's own timeout
             timeout = max(0.001, min(out.until for _, out in live) - now)
             items = [(e.lock, out.action.record, out.action.expected_version) for e, out in live]
             self.in_flight += 1
             call = self.loop.run_in_executor(_call_pool(), self.group.update_many, items, timeout)
-            call.add_done_callback(functools.partial(self._batch_done, live))
+            bound = self.loop.call_at(max(out.bound for _, out in live), self._bound_due, live)
+            call.add_done_callback(functools.partial(self._batch_done, live, bound))
 
-    def _send_one(self, e: AsyncElection, out: _Out, now: float) -> None:
+    def _send_one(self, e: AsyncElection, out: _Out) -> None:
         action, lock = out.action, e.lock
         if type(lock).aupdate is not Lock.aupdate:
             call: asyncio.Future[Any] = asyncio.ensure_future(
@@ -366,11 +388,16 @@ class _Renewals:
         else:
             exc = call.exception()
             outcome = exc if exc is not None else call.result()
-        self._guarded(self._apply, e, out, outcome)
-        self._arm()
+        try:
+            self._guarded(self._apply, e, out, outcome)
+        finally:
+            self._arm()
 
-    def _batch_done(self, live: list[tuple[AsyncElection, _Out]], call: asyncio.Future[Any]) -> None:
+    def _batch_done(
+        self, live: list[tuple[AsyncElection, _Out]], bound: asyncio.TimerHandle, call: asyncio.Future[Any]
+    ) -> None:
         self.in_flight -= 1
+        bound.cancel()
         try:
             exc = call.exception() if not call.cancelled() else BackendUnavailable("the batch call was cancelled")
             results: list[Any] = [exc] * len(live) if exc is not None else call.result()
@@ -400,15 +427,16 @@ class _Renewals:
             core.failed(outcome)
         else:
             core.failed(BackendUnavailable(f"the renewal answered {type(outcome).__name__}, not a version"))
-        events = core.pop_events()
+        events = core.pop_events() if core.events else None
         if events:
             e._announce(events)
-        e._observe_call(out.action, out.sent, ok=ok, renewing=True)
+        if e.observer is not None:
+            e._observe_call(out.action, out.sent, ok=ok, renewing=True)
         if ok and core.leading and not events and not e._woken:
             lead = e._leadership
             if lead is not None and lead.threaded is not None:
                 _WATCHDOG.arm(core.term_end, e)
-            self.park(e, core.next_renew)
+            self.park(e, core.next_renew, arm=False)  # (the caller arms the timer once)
         else:
             self._wake(e)
 
@@ -520,6 +548,7 @@ class AsyncElection(BaseElection):
         self._sched_state = 0
         self._due_stamp = -1
         self._end_stamp = -1
+        self._end_key = 0.0
         self._out: _Out | None = None
         self._handed: Any = None
         self._early = _Renewals.early(self.timing)
