@@ -17,14 +17,17 @@ Rules, so that no work outlives its term (docs/design.md, "asyncio callbacks"):
   default executor, so hung calls cannot starve the application's ``asyncio.to_thread``.
   Backends with a native async client (overriding ``aget``/``acreate``/``aupdate``) are
   awaited directly.
-* Renewals of elections whose locks share a :class:`~celery_leader.lock.RenewBatch`
-  (``capabilities.batch``: Redis, memory) go out together: what falls due in one turn
-  of the loop is one ``update_many`` call (one round trip), each item still a
-  compare-and-swap against its own version and each outcome handed back to its own
-  election's core. The per-call bound and the deadline timer apply to every election as
-  if it had called alone, so a hung batch ends every included term at its deadline.
-* The term ends at ``renew_deadline`` after the last successful write was sent, by a
-  ``loop.call_at`` timer, even while a call hangs. Cancelling the election's own task (for
+* Steady leaders are renewed by one scheduler per (event loop, batch group), not by
+  their own tasks (:class:`_Renewals`): a leader whose next action is a renewal parks its
+  task, the scheduler asks that election's own core for each renewal when it falls due
+  and hands each outcome back to that core, and wakes the task only when something
+  changes. Locks that share a :class:`~celery_leader.lock.RenewBatch`
+  (``capabilities.batch``: Redis, memory) renew together in one ``update_many`` call
+  (one round trip), each item still a compare-and-swap against its own version; other
+  locks renew one call each.
+* The term ends at ``renew_deadline`` after the last successful write was sent, even
+  while a call hangs: by the scheduler's timer while the leader is parked, by the
+  election's own ``loop.call_at`` timer otherwise. Cancelling the election's own task (for
   example at loop shutdown) still releases the lock, within ``renew_deadline``.
 
 Limit: all of this needs a running loop. Code that blocks the loop delays the timer too;
@@ -82,7 +85,7 @@ _SINGLE = object()
 class _Out:
     """One renewal taken from its election's core and not yet answered (pending or in flight)."""
 
-    __slots__ = ("action", "handle", "sent", "until", "bound")
+    __slots__ = ("action", "handle", "sent", "until", "bound", "taken")
 
     def __init__(self, action: Update, handle: object, sent: float) -> None:
         self.action = action
@@ -92,6 +95,8 @@ class _Out:
         #: the call's own timeout, then the driver's bound on waiting for it (as a lone call's)
         self.until = sent + action.timeout
         self.bound = sent + action.timeout + 1.0
+        #: put into a call already (an election can be in ``pending`` twice: abandoned, then due again)
+        self.taken = False
 
 
 class _Renewals:
@@ -201,7 +206,11 @@ class _Renewals:
         e._out = _Out(action, e._core.pending_call, now)
         e._sched_state = _OUTSTANDING
         e._due_stamp = -1
-        self.pending.append(e)
+        pending = self.pending
+        if len(pending) > 4 * self.MAX_BATCH:
+            # renewals abandoned while every call in flight hung: drop them
+            self.pending = pending = [p for p in pending if p._out is not None and not p._out.taken]
+        pending.append(e)
 
     def _watch_end(self, e: AsyncElection, when: float) -> None:
         """Make sure ``e`` has an ``ends`` entry no later than ``when``."""
@@ -344,7 +353,8 @@ class _Renewals:
             sent = []
             for e in todo:
                 out = e._out
-                if out is not None and e._sched_state == _OUTSTANDING:
+                if out is not None and e._sched_state == _OUTSTANDING and not out.taken:
+                    out.taken = True
                     self._send_one(e, out)
                     sent.append((e, out))
             if sent:
@@ -355,8 +365,9 @@ class _Renewals:
             live: list[tuple[AsyncElection, _Out]] = []
             for e in chunk:
                 out = e._out
-                if out is None or e._sched_state != _OUTSTANDING:
-                    continue  # abandoned before it went out
+                if out is None or e._sched_state != _OUTSTANDING or out.taken:
+                    continue  # abandoned before it went out (or listed twice)
+                out.taken = True
                 if out.until <= now:
                     self._guarded(self._apply, e, out, BackendUnavailable("renewal: no time left to send it"))
                     continue
@@ -518,6 +529,14 @@ class AsyncElection(BaseElection):
     >>> async with AsyncElection("jobs", url="redis://localhost/0") as election:
     ...     await election.wait_until_leader()
     """
+
+    # the driver's own state in slots: with the base class's attributes it would be more
+    # than a shared-key instance dict holds, and a process may hold 10,000 elections
+    __slots__ = (
+        "_batch", "_changed", "_deadline_timer", "_due_stamp", "_early", "_end_key", "_end_stamp",
+        "_event_loop", "_handed", "_native_async", "_notices", "_notifier", "_out", "_sched",
+        "_sched_state", "_stopped", "_task", "_waiter", "_woken", "_work", "_work_task",
+    )  # fmt: skip
 
     def _init_driver(self) -> None:
         """Parameters: see :class:`~celery_leader.election.BaseElection`; callbacks may be coroutines."""

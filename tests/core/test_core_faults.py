@@ -15,6 +15,7 @@ variant (60 s per seed, four more seeds).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import threading
@@ -26,7 +27,7 @@ import pytest
 from celery_leader import Election
 from celery_leader.aio import AsyncElection
 from celery_leader.backends.memory import MemoryBackend, MemoryLock
-from celery_leader.lock import BackendUnavailable, Lock
+from celery_leader.lock import BackendUnavailable, BatchItem, Lock, RenewBatch
 
 TIMING = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
 CANDIDATES = 3
@@ -86,6 +87,29 @@ class FaultyLock(Lock):
 
     def wait_for_change(self, version, timeout):
         self.inner.wait_for_change(version, timeout)
+
+
+class FaultyBatch(RenewBatch):
+    """The memory store's ``update_many`` behind the same faults, for a whole batch call
+    (a lost answer or a hang then concerns every item: no item's outcome is known)."""
+
+    def __init__(self, backend: MemoryBackend, rng: random.Random, stats: dict[str, int]) -> None:
+        self.store = backend._store
+        self.faults = FaultyLock(backend.lock("job"), rng, stats)
+
+    def update_many(self, items: list[BatchItem], timeout: float) -> list[str | Exception]:
+        self.faults._count("batch")
+        inner = [(lock.inner, record, version) for lock, record, version in items]  # type: ignore[attr-defined]
+        return self.faults._call(self.store.update_many, inner, timeout, write=True)
+
+
+class BatchedFaultyLock(FaultyLock):
+    """A faulty lock whose renewals the asyncio driver sends through :class:`FaultyBatch`."""
+
+    batch: FaultyBatch
+
+    def renew_batch(self) -> RenewBatch:
+        return self.batch
 
 
 class Record:
@@ -163,10 +187,11 @@ def run_thread_driver(seed: int, seconds: float) -> tuple[Record, dict]:
     return record, stats
 
 
-def run_asyncio_driver(seed: int, seconds: float) -> tuple[Record, dict]:
+def run_asyncio_driver(seed: int, seconds: float, batch: bool = False) -> tuple[Record, dict]:
     rng = random.Random(seed)
     backend = MemoryBackend(uuid.uuid4().hex)
     record, stats = Record(), {}
+    batcher = FaultyBatch(backend, random.Random(rng.random()), stats) if batch else None
 
     def work_for(who: str, plain: bool):
         if plain:  # a plain function runs in a thread with a threading.Event lost
@@ -189,7 +214,11 @@ def run_asyncio_driver(seed: int, seconds: float) -> tuple[Record, dict]:
 
     def make(i: int, gen: int) -> AsyncElection:
         who = f"n{i}.{gen}"
-        lock = FaultyLock(backend.lock("job"), random.Random(rng.random()), stats)
+        if batcher is not None:
+            lock = BatchedFaultyLock(backend.lock("job"), random.Random(rng.random()), stats)
+            lock.batch = batcher
+        else:
+            lock = FaultyLock(backend.lock("job"), random.Random(rng.random()), stats)
         slow_new_leader = lambda identity: asyncio.sleep(rng.uniform(0.0, 1.5))  # noqa: E731 - slow callbacks too
         return AsyncElection("job", lock=lock, identity=who, on_started_leading=work_for(who, plain=i == 0),
                              on_new_leader=slow_new_leader, **TIMING)  # fmt: skip
@@ -222,7 +251,12 @@ def run_asyncio_driver(seed: int, seconds: float) -> tuple[Record, dict]:
     return record, stats
 
 
-DRIVERS = {"thread": run_thread_driver, "asyncio": run_asyncio_driver}
+DRIVERS = {
+    "thread": run_thread_driver,
+    "asyncio": run_asyncio_driver,
+    # renewals through the scheduler's batch path (update_many), faults on whole calls
+    "asyncio-batch": functools.partial(run_asyncio_driver, batch=True),
+}
 
 
 @pytest.mark.parametrize("seed", [1])
@@ -231,6 +265,8 @@ def test_random_faults_never_let_two_terms_work_at_once(driver: str, seed: int) 
     record, stats = DRIVERS[driver](seed, _duration(10.0))
     record.check()
     assert stats.get("hang", 0) and stats.get("lost answer", 0) and stats.get("stop/start", 0), stats
+    if driver == "asyncio-batch":
+        assert stats.get("batch", 0) > 10, stats  # renewals did go through update_many
 
 
 @pytest.mark.soak
