@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -252,6 +253,25 @@ class MeasuredBatchLock(MeasuredLock):
 
     def renew_batch(self) -> RenewBatch:
         return self.batch
+
+
+class FullCollections:
+    """Counts CPython's full (generation 2) garbage collections and their CPU time while on."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.count = 0
+        self.cpu_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.on or info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.count += 1
+            self.cpu_s += time.thread_time() - self._started
 
 
 class LogCounter(logging.Handler):
@@ -493,10 +513,15 @@ async def _many(
     stats.reset()
     stats.recording = True
     rss1, _ = rss_kib()
+    full_gc = FullCollections()
+    gc.callbacks.append(full_gc)
+    full_gc.on = True
     cpu1, w0 = time.process_time(), time.monotonic()
     await asyncio.sleep(window)
     cpu_window = time.process_time() - cpu1
     elapsed = time.monotonic() - w0
+    full_gc.on = False
+    gc.callbacks.remove(full_gc)
     stats.recording = False
     leading_at_end = sum(e.is_leader for e in elections)
     terms_ended = lost["terms_ended"]  # before stop(), which ends every term
@@ -528,6 +553,8 @@ async def _many(
         "window_s": elapsed,
         "cpu_s": cpu_window,
         "cpu_pct": 100.0 * cpu_window / elapsed,
+        "full_gc_count": full_gc.count,
+        "full_gc_cpu_s": full_gc.cpu_s,
         "rss_before_kib": rss0,
         "rss_kib": rss2,
         "rss_hwm_kib": hwm,
@@ -881,8 +908,12 @@ def markdown(data: dict[str, Any]) -> str:
         "retry period 2 s) unless the timing column says otherwise, so every election renews every "
         "retry period: `N / retry_period` compare-and-swap round trips per second are needed. Measured over a window after all were leading. "
         "*Renew lateness* = when the renewal's Redis call started minus when the engine scheduled "
-        "it (previous successful write + retry period); *queue wait* is the part spent waiting "
-        "for a thread of the executor. CPU is the whole process (all threads).",
+        "it (the core's `next_renew`: previous successful write + 0.9-1.0 x retry period; the "
+        "asyncio driver's renewal scheduler sends a renewal up to 50 ms before that, so "
+        "lateness can be negative); *queue wait* is the part spent waiting "
+        "for a thread of the executor. CPU is the whole process (all threads); *full GCs* are "
+        "CPython's generation-2 collections in the window (each walks every tracked object "
+        "of the process) and the CPU they took, part of the CPU column.",
         "",
     ]
     cost = data.get("call_cost")
@@ -905,7 +936,7 @@ def markdown(data: dict[str, Any]) -> str:
         if r.get("measured") is False:
             rows.append(
                 [r["elections"], "/".join(f"{x:g}" for x in r["timing"]), _mode(r)]
-                + ["-"] * 16
+                + ["-"] * 17
                 + [f"no: {r.get('outcome', '?')}"]
             )
             continue
@@ -918,6 +949,7 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{r['leading_at_end']}/{r['elections']}",
                 r["terms_ended"],
                 round(r["cpu_pct"], 1),
+                f"{r['full_gc_count']} / {r['full_gc_cpu_s']:.2f}" if "full_gc_count" in r else "-",
                 round(r["rss_kib"] / 1024, 1),
                 round(r["rss_per_election_kib"], 2),
                 round(r["round_trips_per_s"], 0),
@@ -944,6 +976,7 @@ def markdown(data: dict[str, Any]) -> str:
                 "leading at end",
                 "terms lost",
                 "CPU %",
+                "full GCs / their CPU s",
                 "RSS MiB",
                 "KiB / election",
                 "round trips/s",

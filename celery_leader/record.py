@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .errors import RecordDecodeError
@@ -72,23 +72,12 @@ class LeaderRecord:
         return self.holder == "" and self.decode_error is None
 
     def evolve(self, **changes: Any) -> "LeaderRecord":
-        if type(self) is LeaderRecord and changes.keys() <= _FIELD_NAMES:
-            # what replace() does for this class (no __post_init__, no init-only fields), at
-            # a fraction of its cost: every leader makes one per renewal
-            new = object.__new__(LeaderRecord)
-            state = new.__dict__
-            state.update(self.__dict__)
-            state.update(changes)
-            return new
         return replace(self, **changes)
 
     @classmethod
     def undecodable(cls, raw_size: int, reason: str) -> "LeaderRecord":
         """A placeholder for bytes that are not a record (held by nobody we know)."""
         return cls(holder="", decode_error=f"{reason} ({raw_size} bytes)")
-
-
-_FIELD_NAMES = frozenset(f.name for f in fields(LeaderRecord))
 
 
 def _millis(seconds: float) -> int:

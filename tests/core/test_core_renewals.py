@@ -247,11 +247,14 @@ def test_stop_and_step_down_of_members_whose_renewal_is_out() -> None:
         spy.gate.set()
         await stopping
         assert group[2]._task.done()
-        assert await until(lambda: not group[1].is_leader)
         store = backend._store
-        for name in ("job1", "job2"):
+
+        def released(name: str) -> bool:
             got = MemoryLock(store, name).get(1.0)
-            assert got is not None and got.record.holder == "", f"{name} was not released: {got}"
+            return got is not None and got.record.holder == ""
+
+        assert released("job2")  # stop() returned: released
+        assert await until(lambda: not group[1].is_leader and released("job1"))  # the step-down's release
         calls_before = len(spy.calls)
         await asyncio.sleep(1.2)
         assert group[0].is_leader and group[3].is_leader and not group[2].is_leader
