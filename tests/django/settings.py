@@ -18,6 +18,8 @@ DEBUG = False
 USE_TZ = True
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+#: the admin and view tests log users in; the default hasher spends ~0.3 s per password on purpose
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
