@@ -9,19 +9,21 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from celery_leader.health import _BoundedServer, connection_cap
+from celery_leader.health import MAX_CONNECTIONS, _BoundedServer, connection_cap
 from tests.servers import free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "celery_leader"]
 FAST = ["--lease-duration", "1", "--renew-deadline", "0.6", "--retry-period", "0.2"]
 LIMIT = 64
+#: the health server's cap inside `run` under that descriptor limit (connection_cap)
+RUN_CAP = min(MAX_CONNECTIONS, LIMIT // 8)
 
 
 def _low_fd_limit() -> None:
@@ -54,22 +56,68 @@ def test_idle_connections_do_not_starve_the_election(tmp_path: Path) -> None:
         while (healthz(port) or {}).get("leading") is not True and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (healthz(port) or {}).get("token") == 1
-        # more idle, half-open connections than the process has descriptors; opened from a few
-        # threads at once (one at a time, each full accept queue costs a SYN retransmit: ~1 s)
-        def half_open(_: int) -> socket.socket:
+        # more idle, half-open connections than the process has descriptors, kept up all the
+        # time: one the server closes (over the cap, or timed out) is opened again at once, so
+        # without the cap the descriptors stay exhausted for longer than the renew deadline
+        stop = threading.Event()
+        opened = [0]
+
+        def half_open() -> socket.socket:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            idle.append(s)
             s.send(b"GET /healthz HTTP/1.1\r\n")  # ...and never the rest
+            opened[0] += 1
             return s
 
-        with ThreadPoolExecutor(8) as pool:
-            assert len(list(pool.map(half_open, range(LIMIT + 16)))) == LIMIT + 16
+        def keep_pressure(share: int) -> None:
+            mine = [half_open() for _ in range(share)]
+            idle.extend(mine)
+            while not stop.is_set():
+                for i, s in enumerate(mine):
+                    try:
+                        closed = s.recv(1, socket.MSG_DONTWAIT) == b""
+                    except BlockingIOError:
+                        closed = False
+                    except OSError:
+                        closed = True
+                    if closed and not stop.is_set():
+                        s.close()
+                        try:
+                            mine[i] = half_open()
+                            idle.append(mine[i])
+                        except OSError:
+                            pass
+                stop.wait(0.05)
+
+        def descriptors() -> int:
+            try:
+                return len(os.listdir(f"/proc/{proc.pid}/fd"))
+            except OSError:
+                return 0
+
+        base = descriptors()
+        most = [base]
+
+        def sample() -> None:
+            while not stop.is_set():
+                most[0] = max(most[0], descriptors())
+                stop.wait(0.01)
+
         lease = locks / "job.lease.json"
         first = json.loads(lease.read_text())["renewTime"]
+        threads = [threading.Thread(target=sample, daemon=True)] + [threading.Thread(target=keep_pressure, args=((LIMIT + 16) // 8,), daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
         deadline = time.monotonic() + 30
         while json.loads(lease.read_text())["renewTime"] - first < 6000 and time.monotonic() < deadline:
-            time.sleep(0.1)  # two lease durations of renewals while the connections stay open
+            time.sleep(0.1)  # two lease durations of renewals while the pressure lasts
         record = json.loads(lease.read_text())
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert opened[0] >= LIMIT + 16
+        # the cap, not luck, bounds what hostile clients hold: the connections served at once,
+        # one being refused, and the renewal's own two files
+        assert base > 0 and most[0] <= base + RUN_CAP + 4, (base, most[0], RUN_CAP)
         assert record["renewTime"] - first >= 6000, "renewals stopped while idle connections were open"
         assert record["holderIdentity"] == "a" and record["leaderTransitions"] == 1
         answer = None
