@@ -67,6 +67,9 @@ class _BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    #: the kernel's accept queue (socketserver's default is 5): a burst of probes waits for a
+    #: thread, not for a SYN retransmit (~1 s); queued connections hold no descriptor of ours
+    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cap: int) -> None:
         self._slots = threading.BoundedSemaphore(cap)
