@@ -45,7 +45,7 @@ from typing import Any
 
 from benchmarks._chaos_envs import CANDIDATES, ENVIRONMENTS, SLACK, Environment, Timing
 from benchmarks._common import RESULTS, machine, summary, table
-from celery_leader.testing.cluster import ElectorCluster, Interval, Report
+from celery_leader.testing.cluster import ElectorCluster, Interval, Report, wait_dead
 
 __all__ = ["ChaosResult", "EnvironmentStartError", "Fault", "run_chaos", "SLACK", "BACKENDS", "RUNS_DIR"]
 
@@ -91,6 +91,8 @@ class ChaosResult:
     notes: list[str] = field(default_factory=list)
     #: the end-to-end fence: writes, refused writes, terms with a refused write
     fenced: dict[str, int] = field(default_factory=dict)
+    #: the shared process scenario's per-signal checks that failed (see ``_common_fault``)
+    checks: list[str] = field(default_factory=list)
 
     @property
     def violations(self) -> list[Fault]:
@@ -128,6 +130,7 @@ class ChaosResult:
             "fenced": self.fenced,
             "faults": [asdict(f) | {"within_bound": f.within_bound} for f in self.faults],
             "notes": self.notes,
+            "fault_checks": self.checks,
             "safety": self.safety_lines(),
             "machine": machine(),
             "commit": _commit(),
@@ -260,16 +263,41 @@ def leaderless_after(fault: Fault, intervals: list[Interval], end_of_run: float)
     return (min(later_starts) if later_starts else end_of_run) - t
 
 
-def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCluster, t: Timing) -> tuple[float, float]:
+def _runs_celery_leader(cluster: ElectorCluster) -> bool:
+    """The candidates are ``celery-leader run`` processes (runasleader has its own command)."""
+    return cluster.command(0)[1:4] == ["-m", "celery_leader", "run"]
+
+
+def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCluster, t: Timing,
+                  checks: list[str]) -> tuple[float, float]:  # fmt: skip
+    """One common fault. What must hold for that signal (the shared process scenario's
+    checks, :func:`celery_leader.testing.failover.kill_term_stop`) goes to ``checks`` when
+    it does not: the SIGKILLed ``run``'s child dies with it; on SIGTERM ``run`` stops its
+    child gently, releases the lock (its log says so) and exits 0."""
+    standard = _runs_celery_leader(cluster)
     if kind == "kill":
+        terms = cluster.terms(leader)
+        child = terms[-1].pid if terms else None
         cluster.kill(leader)
+        if standard and child is not None and not wait_dead(child, 5):
+            checks.append(f"kill: the child {child} of node{leader}'s SIGKILLed run outlived it")
         cluster.wait_for_leader(timeout=60, exclude={leader})
         cluster.restart(leader)
         return 0.0, t.takeover
     if kind == "term":
         cluster.terminate(leader)
         cluster.wait_for_leader(timeout=60, exclude={leader})
-        cluster.wait_exit(leader)
+        code = cluster.wait_exit(leader)
+        if standard:
+            out = cluster.workdir / f"node{leader}.{cluster.generation[leader] - 1}.out"
+            said = out.read_text(errors="replace") if out.exists() else ""
+            terms = cluster.terms(leader)
+            if code != 0:
+                checks.append(f"term: node{leader}'s run exited {code} on SIGTERM (not 0)")
+            if not terms or not terms[-1].stopped_cleanly:
+                checks.append(f"term: node{leader}'s child was not stopped gently")
+            if f"{cluster.name}: released the lock" not in said:
+                checks.append(f"term: node{leader}'s run did not log the release ({out})")
         cluster.restart(leader)
         return 0.0, t.poll + SLACK
     detail = t.lease * rng.uniform(1.5, 3.0)
@@ -279,16 +307,16 @@ def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCl
 
 def covering_plan(rng: random.Random, own: list[str], common: list[str], count: int) -> list[str]:
     """``count`` fault kinds for a bounded run, all drawn from ``rng`` (the seed replays the
-    plan): one that always hands leadership over (kill or term), a pause (the frozen leader
-    that wakes up), then the backend's own kinds, then the other common one; cut at ``count``
-    and shuffled. Repeats past one of each."""
-    failover = [k for k in ("kill", "term") if k in common]
-    first = [rng.choice(failover)] if failover else []
-    first += [k for k in ("pause",) if k in common]
-    rest = [k for k in common if k not in first]
-    kinds = first + rng.sample(own, len(own)) + rng.sample(rest, len(rest))
+    plan): every common kind (SIGKILL and SIGTERM of the leader, each a handover; a pause:
+    the frozen leader that wakes up), then the backend's own kinds in an order drawn from
+    ``rng`` (a count too small for all of them rotates which run by seed); cut at ``count``
+    and shuffled. The common kinds are never cut (``count`` at least their number); repeats
+    past one of each."""
+    kinds = list(common) + rng.sample(own, len(own))
     if not kinds:
         raise ValueError("no fault kind to plan")
+    if count < len(common):
+        raise ValueError(f"{count} faults cannot cover {', '.join(common)}")
     plan = (kinds * (count // len(kinds) + 1))[:count]
     rng.shuffle(plan)
     return plan
@@ -308,7 +336,7 @@ def run_chaos(
 ) -> ChaosResult:
     """One run: start the environment and the candidates, inject faults for ``duration`` s
     (or until ``max_faults``). ``cover`` (with ``max_faults``): the kinds follow
-    :func:`covering_plan` (a handover and the backend's own kinds first) instead of
+    :func:`covering_plan` (kill, term, pause and the backend's own kinds) instead of
     independent draws."""
     if backend not in ENVIRONMENTS:
         raise SystemExit(f"unknown backend {backend!r}: choose {', '.join(BACKENDS)}")
@@ -326,6 +354,7 @@ def run_chaos(
     t = env_cls.timing
     faults: list[Fault] = []
     notes: list[str] = []
+    checks: list[str] = []
     fence_key: str | None = None
     load0 = os.getloadavg()[0]
     started = time.time()
@@ -356,7 +385,7 @@ def run_chaos(
                     fault = Fault(kind, leader, time.time())
                     faults.append(fault)
                     if kind in COMMON:
-                        fault.detail, fault.bound = _common_fault(kind, leader, rng, cluster, t)
+                        fault.detail, fault.bound = _common_fault(kind, leader, rng, cluster, t, checks)
                     else:
                         done = env.inject(kind, leader, rng, cluster)
                         fault.detail, fault.bound = done.detail, done.bound
@@ -377,14 +406,14 @@ def run_chaos(
     for fault in faults:
         fault.leaderless = leaderless_after(fault, report.intervals, end_of_run)
     result = ChaosResult(backend, seed, faults, report, (t.lease, t.renew, t.retry), started,
-                         time.time() - started, (load0, os.getloadavg()[0]), n, notes)  # fmt: skip
+                         time.time() - started, (load0, os.getloadavg()[0]), n, notes, checks=checks)  # fmt: skip
     result.fenced = {"writes": fence.accepted + fence.refused, "refused": fence.refused,
                      "refused_terms": len(fence.refused_tokens)}
     if fence_key:
         # the real helper's verdicts: terms whose Redis write was refused (one line each)
         result.fenced |= {"redis_refused_terms": fence_lines["refused"], "redis_errors": fence_lines["fence-error"]}
     if own_dir:
-        if report.safe and not notes:
+        if report.safe and not notes and not checks:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             result.notes.append(f"logs kept in {workdir}")
@@ -405,6 +434,8 @@ def print_result(result: ChaosResult) -> None:
     print(table(rows, ["fault", "n", "leaderless p50 s", "leaderless max s", "bound s", "over bound"]), flush=True)
     if result.fenced:
         print("fence: " + ", ".join(f"{k} {v}" for k, v in result.fenced.items()), flush=True)
+    for line in result.checks:
+        print(f"failed check: {line}")
     for note in result.notes:
         print(note)
 
@@ -431,7 +462,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fence-url", default="redis://127.0.0.1:6379/0",
                         help="Redis for the children's fenced writes (celery_leader.fencing.redis); 'none': off")
     parser.add_argument("--max-faults", type=int, default=None,
-                        help="end a run after N faults (a covering plan: a handover and the backend's own kinds first)")
+                        help="end a run after N >= 3 faults (a covering plan: kill, term, pause, then the backend's own kinds)")
     parser.add_argument("--no-store", action="store_true", help="do not write benchmarks/results/chaos/")
     parser.add_argument("--json", type=Path, default=None, help="also append each run's result here (one JSON line)")
     parser.add_argument("--list", action="store_true", help="print every backend's fault kinds and exit")
@@ -465,7 +496,7 @@ def main(argv: list[str]) -> int:
                     fh.write(json.dumps(result.as_dict(), sort_keys=True) + "\n")
             if not args.no_store:
                 print(f"stored {store(result.as_dict())}", flush=True)
-            ok = ok and result.report.safe
+            ok = ok and result.report.safe and not result.checks
             if seed is not None:
                 seed += 1
         rounds += 1

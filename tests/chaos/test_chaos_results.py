@@ -52,18 +52,27 @@ def test_worker_side_counts() -> None:
     assert analyse([Run(0.0, 0.0, 0, 1), Run(0.1, 0.1, 0, 1)], 0.5, shared_schedule=False)["duplicates"] == 1
 
 
-def test_a_bounded_plan_hands_over_and_covers_the_backends_own_faults() -> None:
+def test_a_bounded_plan_kills_terminates_pauses_and_covers_the_backends_own_faults() -> None:
     import random
 
     own = ["server", "blackhole", "delay"]
     for seed in range(50):
-        plan = covering_plan(random.Random(seed), own, list(COMMON), 5)
-        assert len(plan) == 5 and set(own) <= set(plan), plan
-        assert {"kill", "term"} & set(plan) and "pause" in plan, plan  # a handover and a frozen leader
-        assert plan == covering_plan(random.Random(seed), own, list(COMMON), 5)  # the seed replays it
-    short = covering_plan(random.Random(1), ["a", "b", "c", "d", "e"], list(COMMON), 4)
-    assert len(short) == 4 and {"kill", "term"} & set(short) and "pause" in short  # never cut
-    assert len(covering_plan(random.Random(1), [], ["kill"], 3)) == 3  # repeats past one of each
+        plan = covering_plan(random.Random(seed), own, list(COMMON), 6)
+        assert len(plan) == 6 and set(own) <= set(plan), plan
+        assert {"kill", "term", "pause"} <= set(plan), plan  # both handovers and a frozen leader
+        assert plan == covering_plan(random.Random(seed), own, list(COMMON), 6)  # the seed replays it
+    # more own kinds than room: kill, term and pause are never cut; the own kinds rotate by seed
+    four = ["server", "lost", "blackhole", "delay"]
+    seen: set[str] = set()
+    for seed in range(20):
+        short = covering_plan(random.Random(seed), four, list(COMMON), 6)
+        assert len(short) == 6 and {"kill", "term", "pause"} <= set(short), short
+        assert len(set(short) & set(four)) == 3, short
+        seen |= set(short)
+    assert set(four) <= seen
+    assert sorted(covering_plan(random.Random(1), [], list(COMMON), 6)) == ["kill", "kill", "pause", "pause", "term", "term"]
+    with pytest.raises(ValueError):
+        covering_plan(random.Random(1), own, list(COMMON), 2)  # too few to cover the common kinds
 
 
 def test_rq_tokens_are_read_from_the_jobs_the_worker_ran() -> None:

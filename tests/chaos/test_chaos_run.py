@@ -1,9 +1,9 @@
 """Bounded chaos runs of every backend and of the scheduler integrations, several at once.
 
 Every backend of ``benchmarks.chaos.BACKENDS`` runs in every test run, bounded by a count
-of faults rather than by time: ``MAX_FAULTS`` faults from a seeded covering plan (one that
-hands leadership over, SIGKILL or SIGTERM; a SIGSTOP of the leader; then the backend's own
-kinds; see :func:`benchmarks.chaos.covering_plan`). The harness mostly waits on lease
+of faults rather than by time: ``MAX_FAULTS`` faults from a seeded covering plan (SIGKILL,
+SIGTERM and SIGSTOP of the leader in every run, then the backend's own kinds; see
+:func:`benchmarks.chaos.covering_plan`). The harness mostly waits on lease
 timings, so the runs go through ``LANES`` concurrent lanes: each is its own
 ``python -m benchmarks chaos`` process with its own servers, free ports, proxies, work
 directory and database or key prefix (see :mod:`benchmarks._chaos_envs`). Each backend
@@ -11,9 +11,15 @@ is its own test id; the seed is printed and in every failure message
 (``CELERY_LEADER_CHAOS_SEED`` replays one: the schedule of faults, not the machine's timing).
 
 Asserted: safety only. No overlapping terms, no token regression (a token lower than or
-equal to the one before), at least one fault and one handover per run; for the integrations,
-counted from the worker's side, no duplicate, no token regression, no late send. Gaps are
-not asserted (the benchmark's tables report them against the design's bounds).
+equal to the one before), at least one fault and one handover per run, kill, term and pause
+all injected, and (``celery-leader run`` candidates) each signal's checks of the shared
+process scenario, :func:`celery_leader.testing.failover.kill_term_stop`: the SIGKILLed
+``run``'s child dies with it; on SIGTERM ``run`` stops its child gently, logs the release
+and exits 0. So a lane covers its backend's serial kill/term/stop test, which runs with
+``CELERY_LEADER_SOAK=1`` only where it checks nothing more (file, redis, etcd, zookeeper,
+django-postgresql). For the integrations, counted from the worker's side, no duplicate, no
+token regression, no late send. Gaps are not asserted (the benchmark's tables report them
+against the design's bounds).
 
 ``CELERY_LEADER_SOAK=1`` adds the long version (``test_chaos_soak``: each backend for
 ``CELERY_LEADER_CHAOS_SECONDS`` of independently drawn faults, one after the other) and
@@ -48,9 +54,10 @@ SOAK = os.environ.get("CELERY_LEADER_SOAK") == "1"
 #: mostly wait on lease timings: six lanes on 2 cores (measured: 101 s for the eighteen runs
 #: at a load average of 20-25; five lanes 108-122 s, the runs themselves hardly longer)
 LANES = int(os.environ.get("CELERY_LEADER_CHAOS_LANES", "6"))
-#: faults per bounded run: a handover, a pause, then the backend's own kinds (all of them but
-#: for Kubernetes, S3 and the git servers, which have four: three of those per run)
-MAX_FAULTS = int(os.environ.get("CELERY_LEADER_CHAOS_FAULTS", "5"))
+#: faults per bounded run: SIGKILL, SIGTERM and SIGSTOP of the leader, then the backend's own
+#: kinds (all of them but for Kubernetes, S3 and the git servers, which have four: three of
+#: those per run, rotating by seed)
+MAX_FAULTS = int(os.environ.get("CELERY_LEADER_CHAOS_FAULTS", "6"))
 #: faults per bounded integration run (SIGKILL, SIGTERM, SIGSTOP of the leading scheduler)
 INTEGRATION_FAULTS = 3
 #: seconds of faults per soak run
@@ -305,6 +312,10 @@ def _check_run(job: Job) -> None:
     assert not stopped, f"{stopped} {job.where()}"
     assert not got["overlaps"] and not got["token_regressions"], f"{got.get('safety')} {job.where()}"
     assert got["handovers"] >= 1, f"leadership never changed hands ({got['terms']} terms) {job.where()}"
+    # the shared process scenario's per-signal checks (celery_leader.testing.failover)
+    assert not got.get("fault_checks"), f"{got['fault_checks']} {job.where()}"
+    kinds = set(got["faults_by_kind"])
+    assert {"kill", "term", "pause"} <= kinds, f"the plan missed a common fault: {sorted(kinds)} {job.where()}"
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 300)
