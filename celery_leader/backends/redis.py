@@ -49,6 +49,7 @@ try:
         NoPermissionError,
         NoScriptError,
         ReadOnlyError,
+        RedisError,
         ResponseError,
         TryAgainError,
     )
@@ -703,16 +704,32 @@ class RedisBackend(Backend, RenewBatch):
             self._after_fork()
         if not self._slots.acquire(timeout=max(0.0, timeout)):
             raise BackendUnavailable(
-                f"all {self.max_connections} connections to {self.describe()} are busy (raise ?max_connections=)"
+                f"all {self.max_connections} connections to {self.describe()} stayed busy for the call's "
+                f"{max(0.0, timeout):.3f} s timeout (more calls at once than connections: raise ?max_connections=)"
             )
         with self._idle_guard:
             if self._idle:
                 return self._idle.pop()
         try:
-            return self._pool.make_connection()
+            return self._new_connection()
+        except RedisError as exc:
+            self._slots.release()
+            raise BackendUnavailable(f"Redis at {self.describe()}: cannot open a connection: {exc}") from None
         except BaseException:
             self._slots.release()
             raise
+
+    def _new_connection(self) -> Any:
+        """A new, unconnected connection with the pool's settings.
+
+        Not ``pool.make_connection()``: redis-py's pool counts every connection it ever made
+        and refuses more than its own ``max_connections`` (100 in redis-py 8) with
+        ``MaxConnectionsError``, but the connections made here never go back to the pool (a
+        dropped one is disconnected, not released), so after 100 replacements (a restart, a
+        few timeouts) every call would fail. The number in use is bounded by ``_slots``.
+        """
+        pool = self._pool
+        return pool.connection_class(**pool.connection_kwargs)
 
     def _checkin(self, conn: Any, healthy: bool) -> None:
         try:

@@ -366,3 +366,69 @@ def test_two_waiters_on_one_name_both_wake(prefix, open_backend) -> None:
     first.join(5)
     second.join(5)
     assert sorted(woke) == ["first", "second"]
+
+
+# --- connections ------------------------------------------------------------------------
+
+
+def test_more_calls_than_connections_wait_for_a_free_one(prefix, shared_redis, open_backend) -> None:
+    import threading
+
+    name = f"{prefix}pool".replace(":", "-")
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&max_connections=2&client_name={name}")
+    locks = [backend.lock(f"e{i}") for i in range(12)]
+    errors: list[BaseException] = []
+    done: list[int] = []
+
+    def work(lock) -> None:
+        try:
+            version = lock.create(sample_record(), 60.0)
+            for n in range(30):
+                version = lock.update(sample_record(holder=f"h{n}"), version, 60.0)
+                lock.get(60.0)
+            done.append(1)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(lock,), daemon=True) for lock in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(done) == len(locks)
+    ours = [c for c in shared_redis.client_list() if c.get("name") == name]
+    assert 1 <= len(ours) <= 2, ours  # never more than max_connections at once
+
+
+def test_no_free_connection_within_the_timeout_is_unavailable(prefix, open_backend) -> None:
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&max_connections=1")
+    lock = backend.lock("busy")
+    held = backend._checkout(5.0)  # the only connection, busy elsewhere
+    try:
+        with pytest.raises(BackendUnavailable, match="max_connections"):
+            lock.get(0.2)
+    finally:
+        backend._checkin(held, False)
+    assert lock.get(5.0) is None  # free again: the call goes through
+
+
+def test_connections_killed_over_and_over_never_exhaust_the_backend(prefix, shared_redis, open_backend) -> None:
+    # Every dropped connection is replaced by a new one. redis-py's pool counts the
+    # connections it ever made (100 by default in redis-py 8) and raises MaxConnectionsError
+    # past that; the backend must stay usable however many it has replaced.
+    name = f"{prefix}killed".replace(":", "-")
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&max_connections=2&client_name={name}")
+    lock = backend.lock("victim")
+    lock.create(sample_record(), T)
+    failed = 0
+    for _ in range(250):  # a call on a fresh connection, then one that finds it killed
+        try:
+            assert lock.get(T) is not None
+        except BackendUnavailable:
+            failed += 1  # the killed connection, found dead by this call: dropped
+        for client in shared_redis.client_list():
+            if client.get("name") == name:
+                shared_redis.client_kill_filter(_id=client["id"])
+    assert failed >= 100  # the connection really was replaced that often
+    assert lock.get(T) is not None
+    assert lock.get(T) is not None
