@@ -149,6 +149,20 @@ class _Renewals:
         self.timer_at = math.inf
         self.flush_soon = False
         self._stamps = itertools.count()
+        self._batch_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _batch_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """This scheduler's own threads for its ``update_many`` calls (``MAX_IN_FLIGHT``).
+
+        Not the shared call pool: after many lost terms its 32 threads are busy with
+        reads and acquisitions (one call each), and the renewals of every steady leader
+        must not queue behind them (nor they behind a stalled batch).
+        """
+        if self._batch_threads is None:
+            self._batch_threads = concurrent.futures.ThreadPoolExecutor(
+                self.MAX_IN_FLIGHT, thread_name_prefix="celery-leader-batch"
+            )
+        return self._batch_threads
 
     @classmethod
     def early(cls, timing: Timing) -> float:
@@ -378,7 +392,7 @@ class _Renewals:
             timeout = max(0.001, min(out.until for _, out in live) - now)
             items = [(e.lock, out.action.record, out.action.expected_version) for e, out in live]
             self.in_flight += 1
-            call = self.loop.run_in_executor(_call_pool(), self.group.update_many, items, timeout)
+            call = self.loop.run_in_executor(self._batch_pool(), self.group.update_many, items, timeout)
             bound = self.loop.call_at(max(out.bound for _, out in live), self._bound_due, live)
             call.add_done_callback(functools.partial(self._batch_done, live, bound))
 

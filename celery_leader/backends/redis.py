@@ -89,6 +89,11 @@ SENTINEL_CAPABILITIES = Capabilities(linearizable=False, watch=True, partition_s
 DEFAULT_PREFIX = "celery-leader:"
 DEFAULT_GC_MARGIN = 60.0
 DEFAULT_MAX_CONNECTIONS = 16
+#: connections reserved for batched renewals (``update_many``), on top of ``max_connections``:
+#: as many as the asyncio renewal scheduler keeps in flight, so that a crowd of one-off
+#: calls (reads and acquisitions after lost terms) never makes the renewals of steady
+#: leaders wait for a connection, nor the other way round
+BATCH_CONNECTIONS = 4
 SEQ_KEY = "celeryLeaderSeq"
 #: the commands the scripts and the notifier run (for ACL messages)
 ACL_COMMANDS = "+eval +evalsha +script|load +ping +type +get +getrange +strlen +set +del +hget +hmget +hset +hdel +hincrby +publish +subscribe"
@@ -507,7 +512,8 @@ class RedisBackend(Backend, RenewBatch):
 
     Options in the URL query: ``prefix`` (key prefix), ``gc_margin`` (seconds added to twice
     the lease for the garbage-collection expiry), ``max_connections`` (per backend object,
-    default 16; the pub/sub connection is extra), ``socket_timeout`` and
+    default 16; the pub/sub connection and up to :data:`BATCH_CONNECTIONS` for batched
+    renewals are extra), ``socket_timeout`` and
     ``socket_connect_timeout`` (upper bounds; each call is also bounded by its own timeout),
     ``db``, ``client_name``, TLS files (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_cert_reqs``, ``ssl_check_hostname``) and, for Sentinel, ``sentinel_password``,
@@ -543,6 +549,7 @@ class RedisBackend(Backend, RenewBatch):
         self._socket_connect_timeout = socket_connect_timeout
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._batch_slots = threading.BoundedSemaphore(BATCH_CONNECTIONS)
         self._idle: collections.deque[Any] = collections.deque()
         self._idle_guard = threading.Lock()
         self._pid = os.getpid()
@@ -696,13 +703,21 @@ class RedisBackend(Backend, RenewBatch):
             self._pid = os.getpid()
             self._idle = collections.deque()
             self._slots = threading.BoundedSemaphore(self.max_connections)
+            self._batch_slots = threading.BoundedSemaphore(BATCH_CONNECTIONS)
             self._notifier = _Notifier(self)
 
-    def _checkout(self, timeout: float) -> Any:
-        """An idle connection, or a new one; at most ``max_connections`` in use at once."""
+    def _checkout(self, timeout: float, batch: bool = False) -> Any:
+        """An idle connection, or a new one; at most ``max_connections`` in use at once by
+        one-off calls and :data:`BATCH_CONNECTIONS` by batches (``batch``)."""
         if self._pid != os.getpid():
             self._after_fork()
-        if not self._slots.acquire(timeout=max(0.0, timeout)):
+        slots = self._batch_slots if batch else self._slots
+        if not slots.acquire(timeout=max(0.0, timeout)):
+            if batch:
+                raise BackendUnavailable(
+                    f"all {BATCH_CONNECTIONS} batch connections to {self.describe()} stayed busy for the "
+                    f"call's {max(0.0, timeout):.3f} s timeout (more renewal batches at once than that)"
+                )
             raise BackendUnavailable(
                 f"all {self.max_connections} connections to {self.describe()} stayed busy for the call's "
                 f"{max(0.0, timeout):.3f} s timeout (more calls at once than connections: raise ?max_connections=)"
@@ -713,10 +728,10 @@ class RedisBackend(Backend, RenewBatch):
         try:
             return self._new_connection()
         except RedisError as exc:
-            self._slots.release()
+            slots.release()
             raise BackendUnavailable(f"Redis at {self.describe()}: cannot open a connection: {exc}") from None
         except BaseException:
-            self._slots.release()
+            slots.release()
             raise
 
     def _new_connection(self) -> Any:
@@ -731,7 +746,7 @@ class RedisBackend(Backend, RenewBatch):
         pool = self._pool
         return pool.connection_class(**pool.connection_kwargs)
 
-    def _checkin(self, conn: Any, healthy: bool) -> None:
+    def _checkin(self, conn: Any, healthy: bool, batch: bool = False) -> None:
         try:
             if healthy:
                 with self._idle_guard:
@@ -743,7 +758,7 @@ class RedisBackend(Backend, RenewBatch):
             except Exception:  # noqa: BLE001
                 pass
         finally:
-            self._slots.release()
+            (self._batch_slots if batch else self._slots).release()
 
     def _bound(self, seconds: float, limit: float | None) -> float:
         seconds = max(0.001, seconds)
@@ -886,7 +901,8 @@ class RedisBackend(Backend, RenewBatch):
             )
 
     def _pipeline(self, timeout: float, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` in one write and read every reply: one round trip.
+        """Send ``commands`` in one write and read every reply: one round trip, on one of the
+        connections reserved for batches.
 
         An error reply becomes that command's entry (a ``ResponseError``); a connection
         failure raises :class:`BackendUnavailable` for all (none's outcome is known).
@@ -894,7 +910,7 @@ class RedisBackend(Backend, RenewBatch):
         if self._closed:
             raise BackendUnavailable("the Redis backend is closed")
         deadline = time.monotonic() + max(0.0, timeout)
-        conn = self._checkout(timeout)
+        conn = self._checkout(timeout, batch=True)
         healthy = False
         try:
             self._connect_within(conn, deadline, timeout)
@@ -914,7 +930,7 @@ class RedisBackend(Backend, RenewBatch):
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise BackendUnavailable(f"Redis at {self.describe()} is unavailable: {exc}") from None
         finally:
-            self._checkin(conn, healthy)
+            self._checkin(conn, healthy, batch=True)
 
     def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
         """Every item's WRITE_SCRIPT call in one pipeline (one round trip, no MULTI).

@@ -322,3 +322,35 @@ def test_a_batch_answer_of_the_wrong_shape_fails_each_member_not_the_scheduler()
             await e.stop()
 
     asyncio.run(main())
+
+
+def test_batches_never_wait_for_pool_threads_busy_with_one_off_calls() -> None:
+    """After many lost terms the driver's shared call pool is full of reads and
+    acquisitions (one call each); the steady leaders' batches have threads of their own."""
+    from celery_leader import aio
+
+    backend, spy = spied_backend()
+    ended: list[str] = []
+    release = threading.Event()
+
+    async def main() -> None:
+        group = elections(backend, 10, ended, timing=STEADY)
+        for e in group:
+            await e.start()
+        assert await until(lambda: all(e.is_leader for e in group))
+        busy = [aio._call_pool().submit(release.wait, 60) for _ in range(aio.CALL_POOL_SIZE)]
+        try:
+            before = len(spy.calls)
+            # longer than a renew deadline: a renewal waiting for a pool thread would end its term
+            await asyncio.sleep(STEADY["renew_deadline"] + 1.0)
+            assert not ended, ended
+            assert all(e.is_leader for e in group)
+            assert len(spy.calls) > before
+        finally:
+            release.set()
+        for f in busy:
+            f.result(10)
+        for e in group:
+            await e.stop()
+
+    asyncio.run(main())

@@ -432,3 +432,27 @@ def test_connections_killed_over_and_over_never_exhaust_the_backend(prefix, shar
     assert failed >= 100  # the connection really was replaced that often
     assert lock.get(T) is not None
     assert lock.get(T) is not None
+
+
+def test_batches_and_single_calls_have_their_own_connections(prefix, open_backend) -> None:
+    from celery_leader.backends.redis import BATCH_CONNECTIONS
+
+    backend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&max_connections=1")
+    locks = [backend.lock(f"b{i}") for i in range(3)]
+    versions = [lock.create(sample_record(), T) for lock in locks]
+    held = backend._checkout(5.0)  # every connection for single calls is busy...
+    try:
+        items = [(lock, sample_record(holder="b"), v) for lock, v in zip(locks, versions)]
+        out = backend.update_many(items, T)  # ...and a batch still goes through
+        assert all(isinstance(v, str) for v in out), out
+    finally:
+        backend._checkin(held, True)
+    batch_held = [backend._checkout(5.0, batch=True) for _ in range(BATCH_CONNECTIONS)]
+    try:
+        assert locks[0].get(T) is not None  # every batch connection busy: single calls go on
+        with pytest.raises(BackendUnavailable, match="batch connections"):
+            backend.update_many([(locks[0], sample_record(holder="c"), out[0])], 0.2)
+    finally:
+        for conn in batch_held:
+            backend._checkin(conn, True, batch=True)
+    assert isinstance(backend.update_many([(locks[0], sample_record(holder="c"), out[0])], T)[0], str)
