@@ -71,6 +71,10 @@ STALE_MIN = 5.0
 STALE_FACTOR = 4.0
 #: budget for deleting the start-up probe ref, even after check()'s own timeout ran out
 PROBE_CLEANUP_TIMEOUT = 10.0
+#: a probe ref older than this was left behind (its creation landed after its check gave up):
+#: the next check deletes it; far longer than any check's own probe lives, clock skew included
+PROBE_STALE_AFTER = 600.0
+PROBE_MESSAGE = b"celery-leader start-up probe"
 #: a lock ref's tree may hold this many entries before we stop listing them
 MAX_TREE_ENTRIES = 64
 
@@ -630,17 +634,18 @@ class _RemoteTransport(_Transport):
             return remaining
 
         client = self._client(left())
-        self._run(client, lambda: client.get_refs(self._remote_path()))
+        refs = self._run(client, lambda: client.get_refs(self._remote_path()))
         if not backend.probe:
             return
+        self._sweep_probes(backend, dict(getattr(refs, "refs", refs)), left)
         probe_name = f"probe-{uuid.uuid4().hex[:12]}"
         target = backend._target(probe_name)
         if "{name}" not in backend.ref_template:
             target = _Target(target.ref + "-" + probe_name, target.path)
         ref = target.ref.encode()
         where = f"start-up probe {target.ref} in {self.describe()}"
-        first, objs1 = _build(b"{}", target.path, backend.author, b"celery-leader start-up probe\n")
-        second, objs2 = _build(b"{ }", target.path, backend.author, b"celery-leader start-up probe (rewrite)\n")
+        first, objs1 = _build(b"{}", target.path, backend.author, PROBE_MESSAGE + b"\n")
+        second, objs2 = _build(b"{ }", target.path, backend.author, PROBE_MESSAGE + b" (rewrite)\n")
         try:
             self._push(ref, None, first.id, objs1, left(), where)
             self._push(ref, first.id, second.id, objs2, left(), where)
@@ -648,6 +653,48 @@ class _RemoteTransport(_Transport):
             # also when the budget ran out: check() has then returned already, and this runs
             # on in its abandoned worker thread with a budget of its own
             self._delete_probe(ref, (first.id, second.id), where)
+
+    def _sweep_probes(self, backend: GitBackend, refs: dict[bytes, bytes], left: Callable[[], float]) -> None:
+        """Delete probe refs that earlier checks left behind.
+
+        A probe's creation can land after its check gave up on it (the server was slow and
+        our socket timed out first): that check's cleanup read the refs before the write
+        landed and found nothing to delete. Only refs named like a probe whose commit is a
+        probe commit older than :data:`PROBE_STALE_AFTER` are deleted, so another process's
+        check in progress and an election that happens to be called ``probe-...`` are left alone.
+        """
+        pattern = backend._probe_ref_pattern()
+        for ref, sha in sorted(refs.items()):
+            if sha is None or not pattern.match(ref):
+                continue
+            commit = self._fetch_commit(ref, sha, left())
+            if commit is None or commit.parents or not commit.message.startswith(PROBE_MESSAGE):
+                continue
+            age = time.time() - commit.commit_time
+            if age < PROBE_STALE_AFTER:
+                continue
+            try:
+                self._push(ref, sha, ZERO_SHA, [], left(), f"stale start-up probe {ref.decode()} in {self.describe()}")
+            except Conflict:
+                continue  # gone or moved meanwhile: not ours to judge any more
+            log.warning("deleted the start-up probe ref %s (%.0f s old) that an earlier check left behind",
+                        ref.decode(), age)
+
+    def _fetch_commit(self, ref: bytes, sha: bytes, timeout: float) -> Commit | None:
+        client = self._client(timeout)
+        target = MemoryRepo()
+
+        def wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
+            return [sha] if refs.get(ref) == sha else []
+
+        self._run(client, lambda: client.fetch(self._remote_path(), target, wants, depth=1, ref_prefix=[ref],
+                                               protocol_version=0))
+        lookup: Callable[[Any], ShaFile] = target.object_store.__getitem__
+        try:
+            found = lookup(sha)
+        except KeyError:
+            return None
+        return found if isinstance(found, Commit) else None
 
     def _delete_probe(self, ref: bytes, ours: tuple[bytes, ...], where: str) -> None:
         try:
@@ -779,6 +826,15 @@ class GitBackend(Backend):
 
     def lock(self, name: str) -> GitLock:
         return GitLock(self, name, self._target(name))
+
+    def _probe_ref_pattern(self) -> re.Pattern[bytes]:
+        """Names of the start-up probes' refs (see ``_RemoteTransport.check``)."""
+        probe = "probe-[0-9a-f]{12}"
+        if "{name}" in self.ref_template:
+            body = probe.join(re.escape(part) for part in self.ref_template.split("{name}"))
+        else:
+            body = re.escape(self.ref_template) + "-" + probe
+        return re.compile((body + r"\Z").encode())
 
     def check(self, timeout: float = 10.0) -> None:
         try:

@@ -282,9 +282,17 @@ def test_a_web_server_that_is_not_a_git_server(tmp_path: Path) -> None:
                 call()
 
 
-def test_probe_is_cleaned_up_even_when_check_times_out(git_servers: Servers) -> None:
-    """The engine checks with a short budget; a probe cut off by it still deletes its ref."""
+def test_probe_is_cleaned_up_even_when_check_times_out(git_servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine checks with a short budget; no probe cut off by it stays behind.
+
+    A cut-off probe deletes its ref in its abandoned worker thread; one whose creation the
+    server applied after that cleanup read the refs (a slow server) is deleted by the next
+    check (here with a stale bound of 0 s; the deterministic case is the test below).
+    """
+    import threading
     import time
+
+    import celery_leader.backends.git as git_module
 
     repo = git_servers.new_repo()
     backend = GitBackend.from_url(git_servers.url("daemon", repo))
@@ -293,12 +301,15 @@ def test_probe_is_cleaned_up_even_when_check_times_out(git_servers: Servers) -> 
             backend.check(budget)
         except BackendUnavailable:
             pass
-    import threading
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(t.name == "celery-leader-git-check" for t in threading.enumerate()):
         time.sleep(0.05)  # the cut-off probes finish in their abandoned worker threads
-    assert git(repo, "for-each-ref") == ""
+    monkeypatch.setattr(git_module, "PROBE_STALE_AFTER", 0.0)
+    while True:
+        backend.check(TIMEOUT)  # sweeps what a write that landed late left
+        if git(repo, "for-each-ref") == "" or time.monotonic() > deadline:
+            break
+    assert git(repo, "for-each-ref") == "", "a probe ref was left behind"
 
 
 @pytest.mark.parametrize("transport", ["file", "daemon"])
@@ -314,3 +325,65 @@ def test_lock_path_that_is_a_symlink_is_garbage_not_a_crash(git_servers: Servers
     assert got.record.decode_error and "not a regular file" in got.record.decode_error
     lock.update(sample_record(), got.version, TIMEOUT)
     assert git(repo, "ls-tree", "refs/celery-leader/beat").startswith("100644 blob")
+
+
+_STALL_HOOK = """#!/bin/sh
+# stall the first write of a start-up probe (its creation) until the test opens the gate
+while read old new ref; do
+  case "$ref" in
+    */probe-*)
+      if [ "$old" = 0000000000000000000000000000000000000000 ] && [ ! -e "{gate}" ]; then
+        : > "{stalled}"
+        n=0
+        while [ ! -e "{gate}" ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n + 1)); done
+      fi;;
+  esac
+done
+exit 0
+"""
+
+
+def test_probe_that_lands_after_check_gave_up_is_swept_by_the_next_check(
+    git_servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server applies a probe's creation after check() and its cleanup gave up on it.
+
+    The cleanup read the refs before the write landed, so it found nothing to delete;
+    the next check() must delete that probe (it is older than the bound, here 0 s).
+    """
+    import threading
+    import time
+
+    import celery_leader.backends.git as git_module
+
+    repo = git_servers.new_repo()
+    gate, stalled = tmp_path / "gate", tmp_path / "stalled"
+    hook = repo / "hooks" / "pre-receive"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(_STALL_HOOK.format(gate=gate, stalled=stalled))
+    hook.chmod(0o755)
+    backend = GitBackend.from_url(git_servers.url("daemon", repo))
+
+    def check_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "celery-leader-git-check"]
+
+    budget = 0.5
+    while not stalled.exists():  # the budget must let the probe's first push reach the server
+        with pytest.raises(BackendUnavailable):
+            backend.check(budget)
+        for thread in check_threads():
+            thread.join(60)  # the cut-off check's cleanup has run (and found no probe ref)
+        budget *= 2
+        assert budget < 60, "the probe's first push never reached the server"
+    assert git(repo, "for-each-ref") == ""
+    gate.touch()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and git(repo, "for-each-ref") == "":
+        time.sleep(0.02)  # the stalled write lands now, after everyone gave up on it
+    (leaked,) = git(repo, "for-each-ref", "--format=%(refname)").splitlines()
+    assert "/probe-" in leaked
+    backend.check(TIMEOUT)  # a young probe may be another process's check in progress: kept
+    assert git(repo, "for-each-ref", "--format=%(refname)") == leaked
+    monkeypatch.setattr(git_module, "PROBE_STALE_AFTER", 0.0)
+    backend.check(TIMEOUT)
+    assert git(repo, "for-each-ref") == ""
