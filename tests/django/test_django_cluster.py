@@ -18,5 +18,5 @@ from .conftest import subprocess_env
 def test_three_electors_on_postgres_kill_term_stop(pg_alias, tmp_path) -> None:
     """Soak only: CI's bounded version is tests/chaos lane ``django-postgresql`` (same processes and signals)."""
     # DJANGO_SETTINGS_MODULE: the backend calls django.setup()
-    outcome = kill_term_stop(f"django://{pg_alias}", name="cluster", workdir=tmp_path, timeout=30.0, env=subprocess_env())
+    outcome = kill_term_stop(f"django://{pg_alias}", name="cluster", workdir=tmp_path, env=subprocess_env())
     print(outcome.report.summary())
