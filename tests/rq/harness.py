@@ -33,7 +33,7 @@ TIMING = ["--lease-duration", "1.0", "--renew-deadline", "0.6", "--retry-period"
 LEASE = 1.0
 
 
-def wait_for(what: str, predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> object:
+def wait_for(what: str, predicate: Callable[[], object], timeout: float = 60.0, every: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -86,7 +86,7 @@ class Fleet:
             else:
                 proc.send_signal(sig)
 
-    def wait_dead(self, name: str, timeout: float = 20.0) -> int:
+    def wait_dead(self, name: str, timeout: float = 60.0) -> int:
         return self.procs[name].wait(timeout)
 
     def stop_all(self) -> None:

@@ -1,11 +1,12 @@
 """RQ's cron scheduler, elected: three real ``celery-leader-rq cron`` processes and a worker.
 
 The leader is SIGKILLed, then SIGTERMed, then SIGSTOPped (and later resumed). Proof:
-every slot is enqueued once (no two enqueues closer than half the interval), fencing
+every slot is enqueued once (a new term's first enqueue comes at least an interval after
+the previous term's last, and no two enqueues are closer than half the interval), fencing
 tokens never go backwards in enqueue order (so the resumed, deposed leader enqueued
-nothing), each failover is followed by an enqueue from the new term within a lease plus
-one interval (generous slack for a loaded machine), and the worker ran every job with its
-token in ``job.meta``.
+nothing), each failover is followed by an enqueue from a new term (a higher token) by
+another process, and the worker ran every job once with its token in ``job.meta``. How
+fast a takeover is belongs to ``benchmarks/rq.py`` (``takeover_s``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from pathlib import Path
 import pytest
 from rq.job import Job
 
-from .harness import LEADER, LEASE, REDIS_URL, RQ, TIMING, Fleet, wait_for
+from .harness import LEADER, REDIS_URL, RQ, TIMING, Fleet, wait_for
 
 pytestmark = pytest.mark.processes
 
 INTERVAL = 1
-SLACK = 8.0  # seconds on top of lease + interval: the machine is shared and slow
+#: float scores: a new term schedules its first run from the stored score plus the interval
+ROUNDING = 0.001
 
 
 def cron_config(path: Path, fleet: Fleet) -> Path:
@@ -56,6 +58,9 @@ def check_once_per_slot(rows: list[tuple[float, str, int | None]]) -> None:
     tokens = [tok for _, _, tok in rows]
     assert all(tok is not None for tok in tokens), "a job was enqueued without a fencing token"
     assert tokens == sorted(tokens), f"tokens went backwards (a deposed leader enqueued): {tokens}"
+    # a new term reloads the last run from Redis: its first slot is the one after it
+    rerun = [(a, b) for a, b in zip(rows, rows[1:]) if b[2] != a[2] and b[0] - a[0] < INTERVAL - ROUNDING]
+    assert not rerun, f"a new term re-ran the previous term's last slot: {rerun}"
 
 
 @pytest.fixture
@@ -87,9 +92,9 @@ def test_three_cron_schedulers_one_enqueue_per_slot_through_kill_term_and_stop(f
         old_token = max(tok for _, _, tok in enqueues(fleet))
         at = time.time()
         fleet.signal(leader, sig)
-        wait_for("a new term enqueuing", lambda old=old_token: any(tok > old for _, _, tok in enqueues(fleet)), timeout=30)
+        wait_for("a new term enqueuing", lambda old=old_token: any(tok > old for _, _, tok in enqueues(fleet)), timeout=60)
         first = min(t for t, _, tok in enqueues(fleet) if tok > old_token)
-        takeovers[signal.Signals(sig).name] = first - at
+        takeovers[signal.Signals(sig).name] = first - at  # shown, not judged: benchmarks/rq.py times it
         assert fleet.holder(election) != leader
         if sig == signal.SIGSTOP:
             stopped = leader
@@ -101,12 +106,11 @@ def test_three_cron_schedulers_one_enqueue_per_slot_through_kill_term_and_stop(f
     assert stopped is not None
     fleet.signal(stopped, signal.SIGCONT)
     count = len(enqueues(fleet))
-    wait_for("more enqueues after the resume", lambda: len(enqueues(fleet)) >= count + 3, timeout=30)
+    wait_for("more enqueues after the resume", lambda: len(enqueues(fleet)) >= count + 3, timeout=60)
     fleet.signal("c3", signal.SIGTERM)  # a standby leaving changes nothing
     rows = enqueues(fleet)
     check_once_per_slot(rows)
-    for name, took in takeovers.items():
-        assert took <= LEASE + INTERVAL + SLACK, f"takeover after {name} took {took:.1f}s: {takeovers}"
+    assert len({tok for _, _, tok in rows}) >= 4, "three failovers, but fewer than four terms enqueued"
     # the worker ran every enqueued job, each with the token it was enqueued with
     wanted = {job_id: tok for _, job_id, tok in rows}
     wait_for("the worker to run every job", lambda: wanted.keys() <= {r["id"] for r in fleet.runs()}, timeout=60)
