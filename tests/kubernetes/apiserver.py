@@ -210,6 +210,9 @@ class LeaseAPIServer:
         self.warnings: list[str] = []
         self._stalled = 0
         self._watch_generation = 0
+        #: watch streams started (each from then on sees every change and every cut), and open now
+        self.watches_started = 0
+        self.watches_open = 0
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -691,54 +694,64 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 except ValueError:
                     raise APIError(400, f"resourceVersion: Invalid value: {rv_text!r}") from None
                 gone = start < api.compacted
-            if gone and api.gone_as_http:
-                raise APIError(410, f"too old resource version: {start} ({api.compacted})")
-        self.wfile.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n"
-        )
-        if gone:
-            status = APIError(410, f"too old resource version: {start} ({api.compacted})").status()
-            self._chunk({"type": "ERROR", "object": status})
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        for event in initial:
-            self._chunk(event)
-        deadline = time.monotonic() + timeout
-        last_bookmark = time.monotonic()
-        sent = start
-        while True:
-            with api.cond:
-                while True:
-                    if api._stopping or api._watch_generation != generation:
-                        cut = True
-                        break
-                    pending = [h for h in api.history if h[0] > sent]
-                    now = time.monotonic()
-                    if pending or now >= deadline or (bookmarks and now - last_bookmark >= api.bookmark_interval):
-                        cut = False
-                        break
-                    wait = deadline - now
-                    if bookmarks:
-                        wait = min(wait, api.bookmark_interval - (now - last_bookmark))
-                    api.cond.wait(max(0.001, wait))
-                revision = api.revision
-            if cut:
-                # break the stream mid-way: no terminating chunk
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.request.shutdown(socket.SHUT_RDWR)
-                return
-            for _rev, ns, kind, obj in pending:
-                if ns == namespace and (name is None or obj["metadata"]["name"] == name):
-                    self._chunk({"type": kind, "object": obj})
-            # every event up to this revision was sent or does not match
-            sent = max(sent, revision)
-            if time.monotonic() >= deadline:
+            if gone:
+                api.requests["watch gone"] += 1
+                if api.gone_as_http:
+                    raise APIError(410, f"too old resource version: {start} ({api.compacted})")
+            else:
+                api.watches_started += 1
+                api.watches_open += 1
+        try:
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n"
+            )
+            if gone:
+                status = APIError(410, f"too old resource version: {start} ({api.compacted})").status()
+                self._chunk({"type": "ERROR", "object": status})
                 self.wfile.write(b"0\r\n\r\n")
                 return
-            if bookmarks and time.monotonic() - last_bookmark >= api.bookmark_interval:
-                last_bookmark = time.monotonic()
-                self._chunk({"type": "BOOKMARK", "object": {"kind": "Lease", "apiVersion": GV, "metadata": {"resourceVersion": str(sent)}}})
+            for event in initial:
+                self._chunk(event)
+            deadline = time.monotonic() + timeout
+            last_bookmark = time.monotonic()
+            sent = start
+            while True:
+                with api.cond:
+                    while True:
+                        if api._stopping or api._watch_generation != generation:
+                            cut = True
+                            break
+                        pending = [h for h in api.history if h[0] > sent]
+                        now = time.monotonic()
+                        if pending or now >= deadline or (bookmarks and now - last_bookmark >= api.bookmark_interval):
+                            cut = False
+                            break
+                        wait = deadline - now
+                        if bookmarks:
+                            wait = min(wait, api.bookmark_interval - (now - last_bookmark))
+                        api.cond.wait(max(0.001, wait))
+                    revision = api.revision
+                if cut:
+                    # break the stream mid-way: no terminating chunk
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.request.shutdown(socket.SHUT_RDWR)
+                    return
+                for _rev, ns, kind, obj in pending:
+                    if ns == namespace and (name is None or obj["metadata"]["name"] == name):
+                        self._chunk({"type": kind, "object": obj})
+                # every event up to this revision was sent or does not match
+                sent = max(sent, revision)
+                if time.monotonic() >= deadline:
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                if bookmarks and time.monotonic() - last_bookmark >= api.bookmark_interval:
+                    last_bookmark = time.monotonic()
+                    self._chunk({"type": "BOOKMARK", "object": {"kind": "Lease", "apiVersion": GV, "metadata": {"resourceVersion": str(sent)}}})
+        finally:
+            if not gone:
+                with api.cond:
+                    api.watches_open -= 1
 
 
 def _field_selector(selector: str, namespace: str) -> str | None:

@@ -9,10 +9,13 @@ import pytest
 
 from celery_leader.testing import sample_record
 
+from ..elections import wait_for
 from .apiserver import LeaseAPIServer
 from .conftest import NAMESPACE
 
 TIMEOUT = 5.0
+#: for things that must happen (a watch open, a wait ended by a change): only safety is timed
+WAIT = 60.0
 
 
 class Waiter:
@@ -39,19 +42,27 @@ def _watch_requests(server: LeaseAPIServer) -> int:
     return server.requests["watch"]
 
 
+def _watching(server: LeaseAPIServer, started: int = 0, waiter: Waiter | None = None) -> None:
+    """Until a watch stream started after the first ``started`` is open on the server: from
+    then on it is sent every change and broken by every cut (a waiter that returned first fails)."""
+    wait_for(lambda: (waiter is not None and waiter.done.is_set())
+             or (server.watches_started > started and server.watches_open >= 1), WAIT)
+    assert waiter is None or not waiter.done.is_set(), f"the wait returned before its watch was open: {waiter.error!r}"
+
+
 def test_cut_stream_reconnects_and_still_sees_the_change(apiserver, make_lock) -> None:
     watcher, writer = make_lock("beat"), make_lock("beat")
     version = writer.create(sample_record(), TIMEOUT)
-    waiter = Waiter(watcher, version, 20.0)
-    time.sleep(0.3)
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
     before = _watch_requests(apiserver)
     for _ in range(3):
+        started = apiserver.watches_started
         apiserver.cut_watches()
-        time.sleep(0.3)
-    assert not waiter.done.is_set(), "a cut stream is not a change"
+        _watching(apiserver, started, waiter)  # reconnected; "a cut stream is not a change"
     assert _watch_requests(apiserver) >= before + 3, "the watch did not reconnect after the cuts"
     writer.update(sample_record(holder="b"), version, TIMEOUT)
-    assert waiter.done.wait(10) and waiter.error is None
+    assert waiter.done.wait(WAIT) and waiter.error is None
 
 
 @pytest.mark.parametrize("gone_as_http", [False, True], ids=["error-event", "http-410"])
@@ -60,8 +71,8 @@ def test_change_during_restart_is_found_through_410_and_reread(apiserver, make_l
     apiserver.allowed_verbs = {"get", "create", "update", "watch"}  # the documented Role
     watcher, writer = make_lock("beat"), make_lock("beat")
     version = writer.create(sample_record(), TIMEOUT)
-    waiter = Waiter(watcher, version, 20.0)
-    time.sleep(0.3)
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
     apiserver.stop()
     # written while the watch cannot be connected (through the store, as another apiserver would)
     with apiserver.cond:
@@ -70,7 +81,7 @@ def test_change_during_restart_is_found_through_410_and_reread(apiserver, make_l
         apiserver._commit(NAMESPACE, "beat", obj, "MODIFIED")
     reads = apiserver.requests["get"]
     apiserver.restart()  # a restart empties the watch cache: the old version is now too old
-    assert waiter.done.wait(10), "the change made while the server was down was missed"
+    assert waiter.done.wait(WAIT), "the change made while the server was down was missed"
     assert waiter.error is None
     assert apiserver.requests["get"] > reads, "410 Gone did not lead to a fresh read"
 
@@ -79,13 +90,21 @@ def test_restart_without_change_keeps_waiting(apiserver, make_lock) -> None:
     lock = make_lock("beat")
     version = lock.create(sample_record(), TIMEOUT)
     make_lock("other").create(sample_record(), TIMEOUT)  # the revision moves past our version
-    waiter = Waiter(lock, version, 2.5)
-    time.sleep(0.3)
-    apiserver.restart()  # 410 for the old version; the re-list shows it unchanged
-    assert waiter.done.wait(10) and waiter.error is None
-    assert apiserver.requests["get"] >= 1, "410 Gone did not lead to a fresh read"
+    # the wait must meet the restart: its watch reconnects and gets 410 Gone. A machine so slow
+    # that a short wait ended first (no 410 served to it) tries again with a longer one
+    for timeout in (2.5, 10.0, 40.0):
+        waiter = Waiter(lock, version, timeout)
+        _watching(apiserver, apiserver.watches_started, waiter)
+        gone, reads = apiserver.requests["watch gone"], apiserver.requests["get"]
+        apiserver.restart()  # 410 for the old version; the re-read shows it unchanged
+        assert waiter.done.wait(timeout + WAIT) and waiter.error is None
+        if apiserver.requests["watch gone"] > gone:
+            break
+    else:
+        raise AssertionError("the wait never met the restart")
+    assert apiserver.requests["get"] > reads, "410 Gone did not lead to a fresh read"
     assert apiserver.requests["list"] == 0, "the watch needs only get and watch"
-    assert waiter.elapsed >= 2.3, f"returned after {waiter.elapsed:.2f}s without a change"
+    assert waiter.elapsed >= timeout - 0.2, f"returned after {waiter.elapsed:.2f}s without a change"
 
 
 def test_server_down_for_the_whole_wait_returns_at_the_timeout(apiserver, make_lock) -> None:
@@ -104,40 +123,40 @@ def test_bookmarks_keep_the_watch_going(apiserver, make_lock) -> None:
     # other Leases move the revision on; only bookmarks tell our watch about it
     other = make_lock("other")
     v = other.create(sample_record(), TIMEOUT)
-    waiter = Waiter(watcher, version, 20.0)
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
     for i in range(5):
         v = other.update(sample_record(transitions=i + 10), v, TIMEOUT)
         time.sleep(0.15)
     assert not waiter.done.is_set(), "changes of another Lease woke the watcher"
     writer.update(sample_record(holder="b"), version, TIMEOUT)
-    assert waiter.done.wait(10) and waiter.error is None
+    assert waiter.done.wait(WAIT) and waiter.error is None
 
 
 def test_absent_lease_then_created(apiserver, make_lock) -> None:
     apiserver.allowed_verbs = {"get", "create", "update", "watch"}  # the documented Role
     watcher, writer = make_lock("beat"), make_lock("beat")
     assert watcher.get(TIMEOUT) is None
-    waiter = Waiter(watcher, None, 20.0)
-    time.sleep(0.3)
-    assert not waiter.done.is_set()
+    waiter = Waiter(watcher, None, 120.0)
+    _watching(apiserver, waiter=waiter)
     writer.create(sample_record(), TIMEOUT)
-    assert waiter.done.wait(10) and waiter.error is None
+    assert waiter.done.wait(WAIT) and waiter.error is None
 
 
 def test_deleted_lease_is_a_change(apiserver, make_lock) -> None:
     lock = make_lock("beat")
     version = lock.create(sample_record(), TIMEOUT)
-    waiter = Waiter(lock, version, 20.0)
-    time.sleep(0.3)
+    waiter = Waiter(lock, version, 120.0)
+    _watching(apiserver, waiter=waiter)
     apiserver.delete(NAMESPACE, "beat")
-    assert waiter.done.wait(10) and waiter.error is None
+    assert waiter.done.wait(WAIT) and waiter.error is None
 
 
-def test_close_ends_a_wait(make_lock) -> None:
+def test_close_ends_a_wait(apiserver, make_lock) -> None:
     lock = make_lock("beat")
     version = lock.create(sample_record(), TIMEOUT)
-    waiter = Waiter(lock, version, 30.0)
-    time.sleep(0.3)
+    waiter = Waiter(lock, version, 120.0)
+    _watching(apiserver, waiter=waiter)
     lock.close()
-    assert waiter.done.wait(5), "close() did not end the watch"
+    assert waiter.done.wait(WAIT), "close() did not end the watch"
     lock.close()
