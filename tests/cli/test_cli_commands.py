@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_leader import open_backend
 from celery_leader.testing.cluster import ElectorCluster, pid_alive
 from tests.servers import free_port, wait_for_port
 
@@ -78,9 +79,16 @@ def test_run_passes_token_and_exits_with_the_childs_code(lockdir, tmp_path):
 def test_status_and_step_down_move_leadership(lockdir, tmp_path):
     with ElectorCluster(lockdir, "job", 2, workdir=tmp_path / "c", lease_duration=2, renew_deadline=1.2, retry_period=0.4) as c:
         first = c.wait_for_leader()
+        backend = open_backend(lockdir)
+        lock = backend.lock("job")
+        renewed_before, asked = lock.get(5).record.renew_time, time.time()
         status = json.loads(cli("status", "--url", lockdir, "--name", "job", "--json").stdout)
+        answered, renewed_after = time.time(), lock.get(5).record.renew_time
+        backend.close()
         assert status["holder"] == c.identity(first) and status["token"] == 1
-        assert 0 <= status["renewed_seconds_ago"] < 2
+        # judged at some moment of the call, on a renew_time the record had meanwhile (ms rounding)
+        low, high = asked - renewed_after - 0.0005, answered - renewed_before + 0.0005
+        assert low <= status["renewed_seconds_ago"] <= high, (low, status["renewed_seconds_ago"], high)
         other = 1 - first
         out = cli("step-down", "--url", lockdir, "--name", "job", "--to", c.identity(other))
         assert out.returncode == 0, out.stdout + out.stderr

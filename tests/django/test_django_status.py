@@ -79,17 +79,20 @@ def without(row: dict, keys: set[str]) -> dict:
 def test_held_expired_and_last_slot_match_the_cli(sqlite_alias) -> None:
     held, expired = unique("held"), unique("expired")
     now = time.time()
-    write(held, LeaderRecord(holder="h", lease_duration=15, renew_time=now, transitions=4, extra={LAST_SLOT_KEY: "2026-11-29"}))
+    # held for an hour: no slow machine turns it "expired" before the CLI subprocess judges it
+    write(held, LeaderRecord(holder="h", lease_duration=3600, renew_time=now, transitions=4, extra={LAST_SLOT_KEY: "2026-11-29"}))
     write(expired, LeaderRecord(holder="gone", lease_duration=1, renew_time=now - 100, transitions=9))
 
     row = json_row(held)
-    assert (row["state"], row["holder"], row["token"], row["lease_duration"]) == ("held", "h", 4, 15)
+    judged_by = time.time()
+    assert (row["state"], row["holder"], row["token"], row["lease_duration"]) == ("held", "h", 4, 3600)
     assert row["last_slot"] == "2026-11-29" and row["judged"] == "wall clock" and row["exists"] is True
-    assert 0 <= row["renewed_seconds_ago"] < 15
+    # the time since the record's own renew_time, judged between the write and now (ms rounding)
+    assert 0 <= row["renewed_seconds_ago"] <= judged_by - now + 0.0005, (row["renewed_seconds_ago"], judged_by - now)
     # the same judgement as the CLI, field for field (the CLI has no row version)
     assert without(cli_status(held), MOVING) == without(row, MOVING | {"version"})
     line = text_line(held)
-    assert "held by h (token 4), renewed" in line and "lease 15 s" in line and "last slot done: 2026-11-29" in line
+    assert "held by h (token 4), renewed" in line and "lease 3600 s" in line and "last slot done: 2026-11-29" in line
 
     row = json_row(expired)
     assert (row["state"], row["holder"], row["token"]) == ("expired", "gone", 9)
@@ -110,7 +113,7 @@ def test_held_expired_and_last_slot_match_the_cli(sqlite_alias) -> None:
     page = client.get("/admin/django_leader/lease/")
     assert page.status_code == 200
     html = page.content.decode()
-    assert "2026-11-29" in html and "expired" in html and "lease 15 s" in html
+    assert "2026-11-29" in html and "expired" in html and "lease 3600 s" in html
 
 
 def test_a_deleted_row_shows_as_vanished_not_missing(sqlite_alias) -> None:
