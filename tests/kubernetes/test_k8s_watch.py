@@ -93,8 +93,11 @@ def test_restart_without_change_keeps_waiting(apiserver, make_lock) -> None:
     # the wait must meet the restart: its watch reconnects and gets 410 Gone. A machine so slow
     # that a short wait ended first (no 410 served to it) tries again with a longer one
     for timeout in (2.5, 10.0, 40.0):
+        started = apiserver.watches_started
         waiter = Waiter(lock, version, timeout)
-        _watching(apiserver, apiserver.watches_started, waiter)
+        wait_for(lambda w=waiter, n=started: w.done.is_set() or apiserver.watches_started > n, WAIT)
+        if waiter.done.is_set():
+            continue  # ended before its watch was open
         gone, reads = apiserver.requests["watch gone"], apiserver.requests["get"]
         apiserver.restart()  # 410 for the old version; the re-read shows it unchanged
         assert waiter.done.wait(timeout + WAIT) and waiter.error is None
