@@ -209,6 +209,8 @@ class LeaseAPIServer:
         self.requests: collections.Counter[str] = collections.Counter()
         self.warnings: list[str] = []
         self._stalled = 0
+        #: requests received and held unanswered by :meth:`stall` right now
+        self.held = 0
         self._watch_generation = 0
         #: watch streams started (each from then on sees every change and every cut), and open now
         self.watches_started = 0
@@ -569,8 +571,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _wait_if_stalled(self) -> bool:
         with self.api.cond:
-            while self.api._stalled and not self.api._stopping:
-                self.api.cond.wait(0.1)
+            if self.api._stalled:
+                self.api.held += 1
+                try:
+                    while self.api._stalled and not self.api._stopping:
+                        self.api.cond.wait(0.1)
+                finally:
+                    self.api.held -= 1
             return not self.api._stopping
 
     def _dispatch(self) -> None:

@@ -163,3 +163,16 @@ def test_close_ends_a_wait(apiserver, make_lock) -> None:
     lock.close()
     assert waiter.done.wait(WAIT), "close() did not end the watch"
     lock.close()
+
+
+def test_close_before_the_watch_is_answered_ends_the_wait(apiserver, make_lock) -> None:
+    """close() while the watch request waits for its answer: the stream that then comes is
+    not read (it was not there to shut down when close() ran)."""
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    with apiserver.stall():
+        waiter = Waiter(lock, version, 120.0)
+        wait_for(lambda: apiserver.held >= 1, WAIT)  # the watch request is in, unanswered
+        lock.close()
+    assert waiter.done.wait(WAIT), "close() did not end the watch answered after it"
+    assert waiter.error is None

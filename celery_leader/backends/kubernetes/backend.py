@@ -232,6 +232,10 @@ class KubernetesLock(Lock):
         with self._guard:
             self._watches.add(raw)
         try:
+            if self._closed:
+                # close() ran while this request waited for its answer: it had no stream to
+                # shut down then (it sets the flag before it looks at the registered streams)
+                return "ended", start
             for event in watch_events(raw):
                 kind = event.get("type")
                 raw_obj = event.get("object")
