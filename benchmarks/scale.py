@@ -460,6 +460,7 @@ async def _many(
     prefix: str = "",
     partial: Path | None = None,
     batch: bool = True,
+    gc_freeze: bool = False,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     executor = None
@@ -508,6 +509,11 @@ async def _many(
     all_leading_s = time.monotonic() - t0
     leading_at_start = sum(e.is_leader for e in elections)
     cpu_startup = time.process_time() - cpu0
+    if gc_freeze:
+        # what AsyncElection's docstring and docs/design.md recommend for thousands of elections: once they are running,
+        # move everything alive to the permanent generation, out of every later collection
+        gc.collect()
+        gc.freeze()
     # let the first, bunched renewals spread out before measuring
     await asyncio.sleep(retry)
     stats.reset()
@@ -537,6 +543,8 @@ async def _many(
     result: dict[str, Any] = {
         "elections": n,
         "batched": batch,
+        "gc_freeze": gc_freeze,
+        "gc_frozen_objects": gc.get_freeze_count(),
         "renewals_per_s": (renewals_batched + calls.get("update", 0)) / elapsed,
         "batch_size_mean": renewals_batched / calls["batch"] if calls.get("batch") else None,
         "loadavg_1min": [load_before, load_after],
@@ -607,12 +615,19 @@ def many(
     prefix: str = "",
     partial: Path | None = None,
     batch: bool = True,
+    gc_freeze: bool = False,
 ) -> dict[str, Any]:
-    return asyncio.run(_many(url, n, window, executor_threads, retry, prefix, partial, batch))
+    return asyncio.run(_many(url, n, window, executor_threads, retry, prefix, partial, batch, gc_freeze))
 
 
 def many_in_child(
-    url: str, n: int, window: float, executor_threads: int, retry: float = 2.0, batch: bool = True
+    url: str,
+    n: int,
+    window: float,
+    executor_threads: int,
+    retry: float = 2.0,
+    batch: bool = True,
+    gc_freeze: bool = False,
 ) -> dict[str, Any]:
     """Run one case in a fresh interpreter, so that its RSS and CPU are its own.
 
@@ -624,7 +639,8 @@ def many_in_child(
         out = Path(tmp) / "case.json"
         stacks = Path(tmp) / "stacks.txt"
         argv = [sys.executable, "-m", "benchmarks", "scale", "--one-case", str(n), str(executor_threads), str(window), str(out),
-                str(retry), "1" if batch else "0", "--url", url, "--prefix", prefix]  # fmt: skip
+                str(retry), "1" if batch else "0", "--url", url, "--prefix", prefix,
+                "--gc-freeze", "1" if gc_freeze else "0"]  # fmt: skip
         limit = 120.0 + retry + window + n / 50  # starting and stopping 10,000 take minutes on a loaded machine
         env = dict(os.environ, BENCH_SCALE_STACKS=str(stacks), BENCH_SCALE_STACKS_AFTER=str(limit - 10))
         finished, outcome = True, "ok"
@@ -645,6 +661,7 @@ def many_in_child(
             return {
                 "elections": n,
                 "batched": batch,
+                "gc_freeze": gc_freeze,
                 "timing": [15.0, 10.0, retry],
                 "executor_threads": executor_threads or min(32, (os.cpu_count() or 1) + 4),
                 "executor": "default" if not executor_threads else "custom",
@@ -1071,10 +1088,11 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def _mode(r: dict[str, Any]) -> str:
+    freeze = ", gc.freeze()" if r.get("gc_freeze") else ""
     if r.get("batched"):
         size = r.get("batch_size_mean")
-        return "batched" + (f" (mean {size:.1f} per call)" if size else "")
-    return "one by one"
+        return "batched" + (f" (mean {size:.1f} per call)" if size else "") + freeze
+    return "one by one" + freeze
 
 
 def main(argv: list[str]) -> int:
@@ -1114,6 +1132,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--followers", default="0,12,60", help="standby counts for the followers part")
     parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gc-freeze",
+        default="0",
+        help="batched cases of the largest size: 0 = as is, 1 = gc.freeze() once all lead (docs/design.md), "
+        "0,1 = both (default 0)",
+    )
     args = parser.parse_args(argv)
     if args.one_case:
         _quiet_library_logs()
@@ -1122,7 +1146,8 @@ def main(argv: list[str]) -> int:
         if stacks:
             handle = open(stacks, "w")  # noqa: SIM115 - open until the process ends
             faulthandler.dump_traceback_later(float(os.environ.get("BENCH_SCALE_STACKS_AFTER", "300")), file=handle)
-        result = many(args.url, int(n), float(win), int(threads), float(retry), args.prefix, Path(out), batched == "1")
+        freeze = args.gc_freeze.strip() == "1"
+        result = many(args.url, int(n), float(win), int(threads), float(retry), args.prefix, Path(out), batched == "1", freeze)
         Path(out).write_text(json.dumps(result))
         return 0
     sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "1000,3000,10000")).split(",")]
@@ -1199,17 +1224,24 @@ def _run_many(
 ) -> None:
     results: list[dict[str, Any]] = []
     unbatched = {int(x) for x in args.unbatched.split(",") if x.strip()}
-    cases = [(n, threads, 2.0, True) for n in sizes for threads in (pools if n == max(sizes) else pools[:1])]
-    cases += [(n, pools[0], 2.0, False) for n in sizes if n in unbatched]
+    freezes = [x.strip() == "1" for x in args.gc_freeze.split(",") if x.strip()] or [False]
+    cases = [
+        (n, threads, 2.0, True, freeze)
+        for n in sizes
+        for threads in (pools if n == max(sizes) else pools[:1])
+        for freeze in (freezes if n == max(sizes) else freezes[:1])
+    ]
+    cases += [(n, pools[0], 2.0, False, False) for n in sizes if n in unbatched]
     if args.slow_retry and not args.quick:
-        cases.append((max(sizes), pools[0], args.slow_retry, False))
-    for n, threads, retry, batch in cases:
+        cases.append((max(sizes), pools[0], args.slow_retry, False, False))
+    for n, threads, retry, batch, freeze in cases:
         print(
             f"many: {n} elections, {'batched' if batch else 'one by one'}, "
-            f"thread pool {'default' if not threads else threads}, retry {retry} s ...",
+            f"thread pool {'default' if not threads else threads}, retry {retry} s"
+            f"{', gc.freeze()' if freeze else ''} ...",
             flush=True,
         )
-        r = many_in_child(args.url, n, window, threads, retry, batch)
+        r = many_in_child(args.url, n, window, threads, retry, batch, freeze)
         results.append(r)
         if r.get("measured") is False:
             continue
