@@ -307,7 +307,8 @@ def draw_scale(results: Path, out: Path) -> bool:
         timing = r.get("timing") or [None, None, None]
         retry = f"retry {timing[2]:g} s, " if isinstance(timing[2], NUMBER) else ""
         mode = "batched" if r.get("batched") else ("one by one" if "batched" in r else f"pool {r.get('executor_threads', '?')} threads")
-        label = f"{r['elections']} elections, {retry}{mode}"
+        freeze = ", gc.freeze()" if r.get("gc_freeze") else ""
+        label = f"{r['elections']} elections, {retry}{mode}{freeze}"
         ax.plot(values, ys, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("renewal sent late by (ms, log)")
