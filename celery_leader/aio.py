@@ -138,7 +138,11 @@ class _Renewals:
     def __init__(self, loop: asyncio.AbstractEventLoop, group: object) -> None:
         self.loop = loop
         self.group = group if isinstance(group, RenewBatch) else None
-        self.due: list[tuple[float, int, AsyncElection]] = []
+        # (renewal time, stamp): tuples of a float and an int, which CPython's collector
+        # stops tracking, so a renewal's heap entry never reaches the oldest generation;
+        # the election is found by its stamp
+        self.due: list[tuple[float, int]] = []
+        self.due_of: dict[int, AsyncElection] = {}
         self.ends: list[tuple[float, int, AsyncElection]] = []
         self.pending: list[AsyncElection] = []
         self.in_flight = 0
@@ -180,7 +184,8 @@ class _Renewals:
         key = until - e._early if until == core.next_renew else until
         stamp = next(self._stamps)
         e._due_stamp = stamp
-        heapq.heappush(self.due, (key, stamp, e))
+        self.due_of[stamp] = e
+        heapq.heappush(self.due, (key, stamp))
         self._watch_end(e, core.term_end)
         if arm:
             self._arm()
@@ -245,14 +250,15 @@ class _Renewals:
     # --- the timer ---------------------------------------------------------------------
 
     def _arm(self) -> None:
-        due, ends = self.due, self.ends
-        while due and due[0][2]._due_stamp != due[0][1]:
-            heapq.heappop(due)
+        due, ends, due_of = self.due, self.ends, self.due_of
+        while due and due_of[due[0][1]]._due_stamp != due[0][1]:
+            del due_of[heapq.heappop(due)[1]]
         while ends and ends[0][2]._end_stamp != ends[0][1]:
             heapq.heappop(ends)
         if len(due) > 2 * self.members + 64:
-            self.due = due = [x for x in due if x[2]._due_stamp == x[1]]
+            self.due = due = [x for x in due if due_of[x[1]]._due_stamp == x[1]]
             heapq.heapify(due)
+            self.due_of = {stamp: due_of[stamp] for _, stamp in due}
         if len(ends) > 2 * self.members + 64:
             self.ends = ends = [x for x in ends if x[2]._end_stamp == x[1]]
             heapq.heapify(ends)
@@ -284,8 +290,10 @@ class _Renewals:
             due = self.due
             if due and due[0][0] <= now and now >= self.last_renewals + self.cadence:
                 self.last_renewals = now
+                due_of = self.due_of
                 while due and due[0][0] <= now:
-                    _, stamp, e = heapq.heappop(due)
+                    _, stamp = heapq.heappop(due)
+                    e = due_of.pop(stamp)
                     if e._due_stamp == stamp:
                         e._due_stamp = -1
                         self._guarded(self._renew_due, e, now)

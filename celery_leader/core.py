@@ -587,7 +587,10 @@ class ElectionCore:
         assert flight is not None and flight.record is not None
         self._retry_at = 0.0
         self._recovered()
-        self._unanswered_writes = []
+        if self._unanswered_writes:
+            # (not a new empty list per renewal: it would live a retry period and be promoted
+            # to the oldest GC generation, whose full collections walk every election)
+            self._unanswered_writes = []
         self.last_written_version = version
         self._observe(Versioned(flight.record, version), now)
         if flight.kind == "release":
