@@ -22,9 +22,15 @@ from celery_leader import Election
 from celery_leader.errors import StaleTokenError
 from tests.fencing.stores import open_store
 
+_SAY = threading.Lock()
+
 
 def say(**doc: object) -> None:
-    print(json.dumps(doc), flush=True)
+    """One whole line per document: the heartbeat thread and the work thread both speak, and
+    ``print`` writes the text and its newline separately (two documents could share a line)."""
+    with _SAY:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
 
 
 def main(name: str, url: str, trigger: str, specs_json: str) -> None:

@@ -25,7 +25,10 @@ from tests.fencing.stores import KINDS, open_store
 
 def _lines(proc: subprocess.Popen, into: list, event: threading.Event) -> None:
     for line in proc.stdout:
-        into.append(json.loads(line))
+        try:
+            into.append(json.loads(line))
+        except ValueError:  # kept, so a failure shows it, instead of ending the reader
+            into.append({"unparsed": line})
         event.set()
 
 
