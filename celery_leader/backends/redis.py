@@ -72,7 +72,7 @@ from ..lock import (
     Versioned,
 )
 from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record, printable
-from ..urls import UrlOptions, redact
+from ..urls import UrlOptions, redact, scrub
 from .notify import ChangeNotifier
 
 __all__ = ["RedisBackend", "RedisLock", "SentinelRedisLock", "VANISHED_HOLDER"]
@@ -729,7 +729,7 @@ class RedisBackend(Backend, RenewBatch):
             return self._new_connection()
         except RedisError as exc:
             slots.release()
-            raise BackendUnavailable(f"Redis at {self.describe()}: cannot open a connection: {exc}") from None
+            raise BackendUnavailable(f"Redis at {self.describe()}: cannot open a connection: {scrub(exc, self.url)}") from None
         except BaseException:
             slots.release()
             raise
