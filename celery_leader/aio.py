@@ -85,9 +85,12 @@ _SINGLE = object()
 class _Out:
     """One renewal taken from its election's core and not yet answered (pending or in flight)."""
 
-    __slots__ = ("action", "handle", "sent", "until", "bound", "taken")
+    __slots__ = ("election", "action", "handle", "sent", "until", "bound", "taken")
 
-    def __init__(self, action: Update, handle: object, sent: float) -> None:
+    def __init__(self, election: AsyncElection, action: Update, handle: object, sent: float) -> None:
+        #: (the calls' lists hold these alone, not (election, renewal) tuples: one object less
+        #: per renewal in flight, where a GC generation change may catch it)
+        self.election = election
         self.action = action
         #: the core's :attr:`~celery_leader.core.ElectionCore.pending_call` for this renewal
         self.handle = handle
@@ -143,7 +146,9 @@ class _Renewals:
         # the election is found by its stamp
         self.due: list[tuple[float, int]] = []
         self.due_of: dict[int, AsyncElection] = {}
-        self.ends: list[tuple[float, int, AsyncElection]] = []
+        # (term end, stamp), the same way
+        self.ends: list[tuple[float, int]] = []
+        self.ends_of: dict[int, AsyncElection] = {}
         self.pending: list[AsyncElection] = []
         self.in_flight = 0
         self.members = 0
@@ -222,7 +227,7 @@ class _Renewals:
             self.members -= 1
 
     def _out(self, e: AsyncElection, action: Update, now: float) -> None:
-        e._out = _Out(action, e._core.pending_call, now)
+        e._out = _Out(e, action, e._core.pending_call, now)
         e._sched_state = _OUTSTANDING
         e._due_stamp = -1
         pending = self.pending
@@ -237,7 +242,8 @@ class _Renewals:
             return
         stamp = next(self._stamps)
         e._end_stamp, e._end_key = stamp, when
-        heapq.heappush(self.ends, (when, stamp, e))
+        self.ends_of[stamp] = e
+        heapq.heappush(self.ends, (when, stamp))
 
     def _wake(self, e: AsyncElection, action: Any = None) -> None:
         """Hand ``e`` back to its task (with the action its core decided, if any)."""
@@ -250,18 +256,19 @@ class _Renewals:
     # --- the timer ---------------------------------------------------------------------
 
     def _arm(self) -> None:
-        due, ends, due_of = self.due, self.ends, self.due_of
+        due, ends, due_of, ends_of = self.due, self.ends, self.due_of, self.ends_of
         while due and due_of[due[0][1]]._due_stamp != due[0][1]:
             del due_of[heapq.heappop(due)[1]]
-        while ends and ends[0][2]._end_stamp != ends[0][1]:
-            heapq.heappop(ends)
+        while ends and ends_of[ends[0][1]]._end_stamp != ends[0][1]:
+            del ends_of[heapq.heappop(ends)[1]]
         if len(due) > 2 * self.members + 64:
             self.due = due = [x for x in due if due_of[x[1]]._due_stamp == x[1]]
             heapq.heapify(due)
             self.due_of = {stamp: due_of[stamp] for _, stamp in due}
         if len(ends) > 2 * self.members + 64:
-            self.ends = ends = [x for x in ends if x[2]._end_stamp == x[1]]
+            self.ends = ends = [x for x in ends if ends_of[x[1]]._end_stamp == x[1]]
             heapq.heapify(ends)
+            self.ends_of = {stamp: ends_of[stamp] for _, stamp in ends}
         when = ends[0][0] if ends else math.inf
         if due:
             when = min(when, max(due[0][0], self.last_renewals + self.cadence))
@@ -281,9 +288,10 @@ class _Renewals:
         self.timer, self.timer_at = None, math.inf
         try:
             now = time.monotonic()
-            ends = self.ends
+            ends, ends_of = self.ends, self.ends_of
             while ends and ends[0][0] <= now:
-                _, stamp, e = heapq.heappop(ends)
+                _, stamp = heapq.heappop(ends)
+                e = ends_of.pop(stamp)
                 if e._end_stamp == stamp:
                     e._end_stamp = -1
                     self._guarded(self._end_due, e, now)
@@ -348,10 +356,11 @@ class _Renewals:
             e._observe_call(out.action, out.sent, ok=False, renewing=True)
         self._wake(e)
 
-    def _bound_due(self, live: list[tuple[AsyncElection, _Out]]) -> None:
+    def _bound_due(self, live: list[_Out]) -> None:
         """A call outlived its bound (a lone call's: timeout + 1 s): give up on its renewals."""
         try:
-            for e, out in live:
+            for out in live:
+                e = out.election
                 if e._out is out:
                     self._guarded(self._abandon, e, out, f"no answer within {out.action.timeout:.3f} s")
         finally:
@@ -372,19 +381,19 @@ class _Renewals:
         now = time.monotonic()
         if self.group is None:
             todo, self.pending = self.pending, []
-            sent = []
+            sent: list[_Out] = []
             for e in todo:
                 out = e._out
                 if out is not None and e._sched_state == _OUTSTANDING and not out.taken:
                     out.taken = True
                     self._send_one(e, out)
-                    sent.append((e, out))
+                    sent.append(out)
             if sent:
-                self.loop.call_at(max(out.bound for _, out in sent), self._bound_due, sent)
+                self.loop.call_at(max(out.bound for out in sent), self._bound_due, sent)
             return
         while self.pending and self.in_flight < self.MAX_IN_FLIGHT:
             chunk, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
-            live: list[tuple[AsyncElection, _Out]] = []
+            live: list[_Out] = []
             for e in chunk:
                 out = e._out
                 if out is None or e._sched_state != _OUTSTANDING or out.taken:
@@ -393,15 +402,15 @@ class _Renewals:
                 if out.until <= now:
                     self._guarded(self._apply, e, out, BackendUnavailable("renewal: no time left to send it"))
                     continue
-                live.append((e, out))
+                live.append(out)
             if not live:
                 continue
             # the call must end within every included renewal's own timeout
-            timeout = max(0.001, min(out.until for _, out in live) - now)
-            items = [(e.lock, out.action.record, out.action.expected_version) for e, out in live]
+            timeout = max(0.001, min(out.until for out in live) - now)
+            items = [(out.election.lock, out.action.record, out.action.expected_version) for out in live]
             self.in_flight += 1
             call = self.loop.run_in_executor(self._batch_pool(), self.group.update_many, items, timeout)
-            bound = self.loop.call_at(max(out.bound for _, out in live), self._bound_due, live)
+            bound = self.loop.call_at(max(out.bound for out in live), self._bound_due, live)
             call.add_done_callback(functools.partial(self._batch_done, live, bound))
 
     def _send_one(self, e: AsyncElection, out: _Out) -> None:
@@ -427,7 +436,7 @@ class _Renewals:
             self._arm()
 
     def _batch_done(
-        self, live: list[tuple[AsyncElection, _Out]], bound: asyncio.TimerHandle, call: asyncio.Future[Any]
+        self, live: list[_Out], bound: asyncio.TimerHandle, call: asyncio.Future[Any]
     ) -> None:
         self.in_flight -= 1
         bound.cancel()
@@ -438,8 +447,8 @@ class _Renewals:
                 assert self.group is not None
                 bad = BackendUnavailable(f"{type(self.group).__name__}.update_many answered {len(live)} items wrongly")
                 results = [bad] * len(live)
-            for (e, out), outcome in zip(live, results):
-                self._guarded(self._apply, e, out, outcome)
+            for out, outcome in zip(live, results):
+                self._guarded(self._apply, out.election, out, outcome)
             self._flush()
         finally:
             self._arm()

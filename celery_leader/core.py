@@ -71,6 +71,10 @@ class SystemClock:
     time = staticmethod(time.time)
 
 
+#: every core's default clock (stateless: one is enough, not one object per election)
+SYSTEM_CLOCK = SystemClock()
+
+
 @dataclass(frozen=True)
 class Timing:
     """client-go's timing parameters (seconds), validated at construction."""
@@ -250,13 +254,17 @@ class ElectionCore:
     name: str
     identity: str
     timing: Timing = field(default_factory=Timing)
-    clock: Clock = field(default_factory=SystemClock)
+    clock: Clock = SYSTEM_CLOCK
     release_on_cancel: bool = True
     rand: Callable[[], float] = random.random
     # the state below is set in __post_init__ (declared here so that it has slots)
     phase: Phase = field(init=False, repr=False)
-    events: list[Event] = field(init=False, repr=False)
-    observed: Versioned | None = field(init=False, repr=False)
+    #: what happened since the driver last asked (a tuple: the shared empty one costs an idle
+    #: election nothing, where an empty list per election is one more object for every full GC)
+    events: tuple[Event, ...] = field(init=False, repr=False)
+    # what was last observed: a record and its version, kept apart (see :attr:`observed`)
+    _obs_record: LeaderRecord | None = field(init=False, repr=False)
+    _obs_version: str = field(init=False, repr=False)
     observed_at: float = field(init=False, repr=False)
     max_seen_transitions: int = field(init=False, repr=False)
     reported_leader: str | None = field(init=False, repr=False)
@@ -277,7 +285,7 @@ class ElectionCore:
     _no_acquire_before: float = field(init=False, repr=False)
     _vanished_hold: float = field(init=False, repr=False)
     _failures: int = field(init=False, repr=False)
-    _unanswered_writes: list[LeaderRecord] = field(init=False, repr=False)
+    _unanswered_writes: tuple[LeaderRecord, ...] = field(init=False, repr=False)
     _reported_garbage: str | None = field(init=False, repr=False)
     _extra_pending: dict[str, Any] = field(init=False, repr=False)
     _extra_requested: int = field(init=False, repr=False)
@@ -287,9 +295,10 @@ class ElectionCore:
         validate_name(self.name)
         validate_identity(self.identity)
         self.phase = Phase.FOLLOWING
-        self.events: list[Event] = []
+        self.events: tuple[Event, ...] = ()
         # what we last observed, and when (monotonic, on receipt) it last changed
-        self.observed: Versioned | None = None
+        self._obs_record: LeaderRecord | None = None
+        self._obs_version = ""
         self.observed_at: float = 0.0
         self.max_seen_transitions = 0
         self.reported_leader: str | None = None
@@ -313,7 +322,7 @@ class ElectionCore:
         self._no_acquire_before = 0.0
         self._vanished_hold = 0.0
         self._failures = 0
-        self._unanswered_writes: list[LeaderRecord] = []
+        self._unanswered_writes: tuple[LeaderRecord, ...] = ()
         self._reported_garbage: str | None = None
         # extra record keys the leader was asked to write (once-per-slot marks)
         self._extra_pending: dict[str, Any] = {}
@@ -341,10 +350,22 @@ class ElectionCore:
         return self.phase is Phase.LEADING and self.clock.monotonic() < self.term_end
 
     @property
+    def observed(self) -> Versioned | None:
+        """The record last read or written, with its version (``None``: absent, or none yet).
+
+        Made on demand: the core keeps the two parts in its own slots, because a
+        ``Versioned`` object per renewal would live a retry period and be promoted to the
+        oldest GC generation, whose full collections walk every election (issue 21).
+        """
+        rec = self._obs_record
+        return None if rec is None else Versioned(rec, self._obs_version)
+
+    @property
     def observed_holder(self) -> str | None:
-        if self.observed is None or self.observed.record.decode_error:
+        rec = self._obs_record
+        if rec is None or rec.decode_error:
             return None
-        return self.observed.record.holder or None
+        return rec.holder or None
 
     def may_hold(self) -> bool:
         """Could the lock be ours right now (leading, releasing, a write in flight, our record)?
@@ -372,8 +393,8 @@ class ElectionCore:
         return self._stop_requested
 
     def pop_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
+        events, self.events = self.events, ()
+        return list(events)
 
     # --- requests --------------------------------------------------------------------
 
@@ -441,8 +462,8 @@ class ElectionCore:
         return Finished()
 
     def _may_hold(self) -> bool:
-        obs = self.observed
-        return obs is not None and obs.version == self.last_written_version and obs.record.holder == self.identity
+        rec = self._obs_record
+        return rec is not None and self._obs_version == self.last_written_version and rec.holder == self.identity
 
     def _leader_action(self, now: float, early: float = 0.0) -> Action:
         held = self.held
@@ -568,7 +589,10 @@ class ElectionCore:
         self._need_read = False
         self._retry_at = 0.0
         self._recovered()
-        self._observe(result, now)
+        if result is None:
+            self._observe(None, "", now)
+        else:
+            self._observe(result.record, result.version, now)
         if self.phase is Phase.LEADING:
             obs = self.observed
             if obs is not None and not obs.record.decode_error and obs.record.holder == self.identity:
@@ -588,11 +612,12 @@ class ElectionCore:
         self._retry_at = 0.0
         self._recovered()
         if self._unanswered_writes:
-            # (not a new empty list per renewal: it would live a retry period and be promoted
-            # to the oldest GC generation, whose full collections walk every election)
-            self._unanswered_writes = []
+            # (the shared empty tuple, not a new empty list per renewal: that would live a retry
+            # period and be promoted to the oldest GC generation, whose full collections walk
+            # every election)
+            self._unanswered_writes = ()
         self.last_written_version = version
-        self._observe(Versioned(flight.record, version), now)
+        self._observe(flight.record, version, now)
         if flight.kind == "release":
             log.info("%s: released the lock", self.name)
             self._finish_release_state()
@@ -622,7 +647,7 @@ class ElectionCore:
             self._step_down_requested = False
             self._extra_pending.clear()
             self.extra_written = self._extra_requested
-            self.events.append(StartedLeading(self.term, self.token))
+            self.events += (StartedLeading(self.term, self.token),)
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
 
     def _renew_period(self) -> float:
@@ -657,7 +682,7 @@ class ElectionCore:
         kind = flight.kind if flight else "?"
         if flight is not None and flight.record is not None and not isinstance(exc, Conflict):
             # the write may have landed even though no answer came: recognise it if seen
-            self._unanswered_writes = [*self._unanswered_writes[-3:], flight.record]
+            self._unanswered_writes = (*self._unanswered_writes[-3:], flight.record)
         if isinstance(exc, Conflict):
             log.debug("%s: %s lost a race (%s)", self.name, kind, exc)
             self._need_read = True
@@ -685,26 +710,26 @@ class ElectionCore:
 
     # --- bookkeeping -----------------------------------------------------------------
 
-    def _observe(self, result: Versioned | None, now: float) -> None:
-        previous = self.observed
-        appeared_or_vanished = (result is None) != (previous is None)
-        if appeared_or_vanished or (result is not None and previous is not None and result.version != previous.version):
+    def _observe(self, rec: LeaderRecord | None, version: str, now: float) -> None:
+        """Note what a read or write found (``rec`` None: the lock object is absent)."""
+        previous = self._obs_record
+        appeared_or_vanished = (rec is None) != (previous is None)
+        if appeared_or_vanished or (rec is not None and previous is not None and version != self._obs_version):
             self.observed_at = now
-        self.observed = result
-        if result is None:
-            if previous is not None and (previous.record.holder or previous.record.decode_error):
+        self._obs_record, self._obs_version = rec, version if rec is not None else ""
+        if rec is None:
+            if previous is not None and (previous.holder or previous.decode_error):
                 # a held lock object vanished (deleted by hand, evicted): its holder may still
                 # lead until its lease runs out, so count it as held for that long from now
-                lease = previous.record.lease_duration or self.timing.lease_duration
-                self._vanished_hold = max(lease, self.timing.lease_duration if previous.record.decode_error else 0.0)
+                lease = previous.lease_duration or self.timing.lease_duration
+                self._vanished_hold = max(lease, self.timing.lease_duration if previous.decode_error else 0.0)
             return
         self._vanished_hold = 0.0
-        rec = result.record
         # an undecodable placeholder may still carry the backend's last known token
         self.max_seen_transitions = max(self.max_seen_transitions, rec.transitions)
         if rec.decode_error:
-            if self._reported_garbage != result.version:
-                self._reported_garbage = result.version
+            if self._reported_garbage != version:
+                self._reported_garbage = version
                 log.error(
                     "%s: the lock holds something that is not a leader record (%s); treating it as held "
                     "until it has been unchanged for %s s, then overwriting it",
@@ -715,7 +740,7 @@ class ElectionCore:
             return
         if rec.holder and rec.holder != self.reported_leader:
             self.reported_leader = rec.holder
-            self.events.append(NewLeader(rec.holder))
+            self.events += (NewLeader(rec.holder),)
 
     def _end_term(self, reason: str, requested: bool = False) -> None:
         if self.phase is not Phase.LEADING:
@@ -725,7 +750,7 @@ class ElectionCore:
         self._extra_pending.clear()
         # an involuntary end: do not start a new term before the old one's work is surely over
         self._no_acquire_before = max(self._no_acquire_before, self.deadline)
-        self.events.append(StoppedLeading(self.term, reason))
+        self.events += (StoppedLeading(self.term, reason),)
         log.log(
             logging.INFO if requested else logging.WARNING,
             "%s: %s stopped leading (token %s): %s",

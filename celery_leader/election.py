@@ -192,6 +192,10 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+#: Timing objects made from separate seconds, shared (see :func:`_timing`)
+_TIMINGS: dict[Timing, Timing] = {}
+
+
 def _timing(
     timing: Timing | None,
     lease_duration: float | None,
@@ -211,7 +215,13 @@ def _timing(
         if value is not None
     }
     if timing is None:
-        return Timing(**given)
+        made = Timing(**given)
+        # elections made with the same seconds share one (frozen) Timing: thousands of
+        # elections in a process then cost one object, not one each, in every full GC
+        shared = _TIMINGS.get(made)
+        if shared is None and len(_TIMINGS) < 64:
+            shared = _TIMINGS[made] = made
+        return shared if shared is not None else made
     if not isinstance(timing, Timing):
         raise ConfigurationError(f"timing= must be a celery_leader.Timing, got {type(timing).__name__}")
     if given:

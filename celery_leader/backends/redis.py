@@ -940,23 +940,31 @@ class RedisBackend(Backend, RenewBatch):
         """
         deadline = time.monotonic() + max(0.0, timeout)
         out: list[str | Exception | None] = [None] * len(items)
-        todo: list[tuple[int, RedisLock, LeaderRecord, str]] = []
-        for i, (lock, record, expected) in enumerate(items):
+        # indexes into ``items``, not (index, lock, record, version) tuples: a batch is in
+        # flight for tens of ms, long enough for a GC generation change to promote them
+        todo: list[int] = []
+        for i, (lock, _record, expected) in enumerate(items):
             if not isinstance(lock, RedisLock) or lock._backend is not self:
                 out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
             elif not expected:
                 out[i] = Conflict(f"{lock.name}: empty expected version")
             else:
-                todo.append((i, lock, record, expected))
+                todo.append(i)
         use_sha = True
         while todo:
             head = ("EVALSHA", WRITE_SHA) if use_sha else ("EVAL", WRITE_SCRIPT)
-            commands = [(*head, 2, lk.key, lk.fence_key, *lk._write_args(rec, exp)) for _, lk, rec, exp in todo]
+            commands = []
+            for i in todo:
+                lk, rec, exp = items[i]
+                assert isinstance(lk, RedisLock)
+                commands.append((*head, 2, lk.key, lk.fence_key, *lk._write_args(rec, exp)))
             replies = self._pipeline(deadline - time.monotonic(), commands)
             again = []
-            for (i, lock, record, expected), reply in zip(todo, replies):
+            for i, reply in zip(todo, replies):
+                lock, record, expected = items[i]
+                assert isinstance(lock, RedisLock)
                 if isinstance(reply, NoScriptError) and use_sha:
-                    again.append((i, lock, record, expected))  # not run: send the script itself
+                    again.append(i)  # not run: send the script itself
                     continue
                 try:
                     if isinstance(reply, ResponseError):

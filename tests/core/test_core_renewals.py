@@ -11,6 +11,7 @@ have renewed it is still hanging.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
@@ -142,6 +143,30 @@ def test_steady_leaders_are_renewed_without_waking_their_tasks(monkeypatch: pyte
         assert not from_tasks, f"tasks woke for steady renewals: {from_tasks[:5]}"
         assert len(seen) >= renewed  # every renewal was decided by its own core
         assert max(len(names) for names in spy.calls[calls_before:]) > 1  # gathered into batches
+        for e in group:
+            await e.stop()
+
+    asyncio.run(main())
+
+
+def test_the_schedulers_heaps_hold_nothing_the_collector_walks() -> None:
+    """Issue 21: every parked leader has an entry in the renewal heap (new each retry
+    period) and in the term-end heap (new each renew deadline). They are ``(time, stamp)``
+    tuples of a float and an int, which CPython stops tracking, so they never count towards
+    a full collection (an entry holding its election would, and would be walked by each)."""
+    backend, spy = spied_backend()
+
+    async def main() -> None:
+        group = elections(backend, 10, timing=STEADY)
+        for e in group:
+            await e.start()
+        assert await until(lambda: all(e._sched_state for e in group))  # all parked
+        sched = group[0]._sched
+        assert sched is not None and all(e._sched is sched for e in group)
+        gc.collect()
+        entries = [*sched.due, *sched.ends]
+        assert len(entries) >= 2 * len(group)
+        assert [x for x in entries if gc.is_tracked(x)] == []
         for e in group:
             await e.stop()
 

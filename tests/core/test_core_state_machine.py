@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from celery_leader.core import (
@@ -249,6 +251,32 @@ def test_renew_fast_path_uses_last_version_and_extends_from_send_time(clock):
     core.write_done("v2")
     assert core.deadline == pytest.approx(sent + L * 0.98)
     assert core.last_written_version == "v2"
+
+
+def test_a_renewal_leaves_only_the_record_it_wrote_behind(clock):
+    """Issue 21: what outlives a renewal by a retry period reaches CPython's oldest GC
+    generation, and enough of those start a full collection, which walks every election of
+    the process (pausing its event loop). The core keeps the record it wrote and nothing else
+    new: not a ``Versioned`` wrapper, not a fresh list."""
+    core = make(clock)
+    lead(core, "v1")
+
+    def kept() -> dict[int, object]:
+        return {id(o): o for o in gc.get_referents(core) if gc.is_tracked(o)}
+
+    for version in ("v2", "v3"):
+        clock.advance(RP)
+        assert isinstance(core.next_action(), Update)
+        core.write_done(version)
+    before = kept()
+    clock.advance(RP)
+    renew = core.next_action()
+    assert isinstance(renew, Update)
+    core.write_done("v4")
+    new = [o for key, o in kept().items() if key not in before]
+    assert new == [renew.record]
+    # and what was observed is still there to read
+    assert core.observed == Versioned(renew.record, "v4") and core.observed_holder == "me"
 
 
 def test_renew_conflict_falls_back_to_read_and_keeps_a_record_still_ours(clock):
