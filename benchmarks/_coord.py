@@ -88,15 +88,22 @@ def graceful_handovers(url: str, rounds: int) -> dict[str, Any]:
 
 
 _CANDIDATE = r"""
-import json, sys, time
+import json, sys, threading, time
 from celery_leader import Election
 url, name, ident, lease, renew, retry = sys.argv[1:7]
+said = threading.Lock()
+def say(obj):
+    # one whole line per write, under a lock: print() writes text and newline apart, and
+    # the leader callback's thread and this one could share a line
+    with said:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 def start(lead):
-    print(json.dumps({"start": time.time(), "identity": ident, "token": lead.token}), flush=True)
+    say({"start": time.time(), "identity": ident, "token": lead.token})
 e = Election(name, url=url, identity=ident, lease_duration=float(lease), renew_deadline=float(renew),
              retry_period=float(retry), on_started_leading=start)
 e.start()
-print(json.dumps({"ready": ident}), flush=True)
+say({"ready": ident})
 while True:
     time.sleep(3600)
 """
