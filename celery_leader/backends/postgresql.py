@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -40,9 +41,9 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
     raise ImportError(exc.msg, name="psycopg") from exc
 
 from ..errors import RegressionError
-from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict
+from ..lock import Backend, BackendUnavailable, BatchItem, Capabilities, ConfigurationError, Conflict, RenewBatch
 from ..urls import UrlOptions, redact, scrub
-from .sql import VANISHED_HOLDER, Listener, SqlLock, Tables, Watchdog, channel_for
+from .sql import VANISHED_HOLDER, Listener, SqlLock, Tables, Watchdog, channel_for, renew_many_sql
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
 
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: one primary: a write acknowledged is seen by every later read; a partition can only make
 #: it unreachable. (A read replica or asynchronous failover is not: point the URL at the primary.)
-CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+#: Renewals batch: :meth:`PostgresBackend.update_many` sends them as one statement.
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True, batch=True)
 
 DEFAULT_TABLE = "celery_leader_lease"
 MAX_IDLE = 4
@@ -139,6 +141,9 @@ class PostgresLock(SqlLock):
         super().__init__(backend, name)
         self._pg = backend
 
+    def renew_batch(self) -> PostgresBackend:
+        return self._pg
+
     def recover_hint(self) -> str:
         return f"delete that row: DELETE FROM {_quoted(self._pg.table)} WHERE name = '{self.name}'; the fence stays"
 
@@ -191,8 +196,11 @@ def _close(conn: Any) -> None:
         log.debug("closing a postgresql connection failed: %s", exc)
 
 
-class PostgresBackend(Backend):
-    """Leases in one PostgreSQL database, shared by every election opened on it."""
+class PostgresBackend(Backend, RenewBatch):
+    """Leases in one PostgreSQL database, shared by every election opened on it.
+
+    Its locks renew in batches (:meth:`update_many`: one statement for many rows).
+    """
 
     schemes = ("postgresql", "postgres")
     capabilities = CAPABILITIES
@@ -334,6 +342,76 @@ class PostgresBackend(Backend):
                 raise
             finally:
                 self._pool.give(conn, healthy and not conn.broken)
+
+    def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
+        """Every plain renewal among ``items`` in one statement (:func:`~celery_leader.backends.sql.renew_many_sql`).
+
+        A plain renewal is what :meth:`SqlLock.update` sends as one statement without a
+        notification (the lock's own term, same holder): each row is compared with its own
+        expected version, and a row that moved on is that item's :class:`Conflict` only.
+        Anything else (a new term that raises the fence, a release that notifies, an absent
+        row, a version that is not ours, a second item for a row already in the statement)
+        goes through its lock's own :meth:`~SqlLock.update` afterwards, in the time left, so
+        fencing and notifications stay exactly as they are. A failure of the statement
+        (server gone, no answer within ``timeout``) is the outcome of each item in it.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        out: list[str | Exception | None] = [None] * len(items)
+        batched: list[int] = []
+        alone: list[int] = []
+        names: list[str] = []
+        expected: list[int] = []
+        records: list[str] = []
+        holders: list[str] = []
+        tokens: list[int] = []
+        seen: set[str] = set()
+        for i, (lock, record, version) in enumerate(items):
+            if not isinstance(lock, PostgresLock) or lock._pg is not self:
+                out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
+                continue
+            try:
+                plain = lock._renewal(record, version)
+            except Exception as exc:  # noqa: BLE001 - this item's own outcome (a record that cannot be encoded)
+                out[i] = exc
+                continue
+            if plain is None or lock.name in seen:
+                alone.append(i)
+                continue
+            seen.add(lock.name)
+            batched.append(i)
+            names.append(lock.name)
+            expected.append(plain[0])
+            records.append(plain[1])
+            holders.append(plain[2])
+            tokens.append(plain[3])
+        if batched:
+
+            def renew(cur: Any, t: Tables) -> set[str]:
+                cur.execute(renew_many_sql(t), [names, expected, records, holders, tokens])
+                return {row[0] for row in cur.fetchall()}
+
+            try:
+                written: set[str] | Exception = self._call(deadline - time.monotonic(), renew)
+            except (BackendUnavailable, ConfigurationError, Conflict) as exc:
+                written = exc  # nothing is known about any row of the statement
+            for i, name, exp in zip(batched, names, expected):
+                if isinstance(written, Exception):
+                    out[i] = written
+                elif name in written:
+                    out[i] = str(exp + 1)
+                else:
+                    out[i] = Conflict(f"{name}: the stored version is no longer {exp}")
+        for i in alone:
+            lock, record, version = items[i]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out[i] = BackendUnavailable(f"{lock.describe()}: no time left in the batch's timeout")
+                continue
+            try:
+                out[i] = lock.update(record, version, left)
+            except Exception as exc:  # noqa: BLE001 - this item's own outcome
+                out[i] = exc
+        return [o if o is not None else BackendUnavailable("no answer") for o in out]
 
     @staticmethod
     def _set_timeouts(conn: Any, left: float) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "Watchdog",
     "channel_for",
     "fetch",
+    "renew_many_sql",
     "row_record",
     "versioned",
 ]
@@ -220,6 +221,24 @@ class SqlLock(Lock):
             return version
         return self._fenced_write(write, record.holder, token, timeout, regression_is_conflict=False)
 
+    def _renewal(self, record: LeaderRecord, expected_version: object) -> tuple[int, str, str, int] | None:
+        """``(expected, encoded record, holder, token)`` if :meth:`update` would send this
+        write as its one plain statement with no notification (a renewal of this lock's own
+        term by the same holder); ``None`` for anything else (an absent row, a version that
+        is not ours, a new term that raises the fence, a release that notifies), which must
+        go through :meth:`update` itself. A batch sends these with :func:`renew_many_sql`.
+        """
+        if not isinstance(expected_version, str) or expected_version.startswith(ABSENT):
+            return None
+        try:
+            expected = int(expected_version)
+        except ValueError:
+            return None
+        token = int(record.transitions)
+        if token != self._written or record.holder != self._written_holder:
+            return None
+        return expected, encode_record(record).decode(), record.holder, token
+
     def _insert(self, record: LeaderRecord, timeout: float) -> str:
         version = time.time_ns() // 1000
         raw = encode_record(record).decode()
@@ -368,6 +387,27 @@ class SqlLock(Lock):
             return str(version)
 
         return self._backend._call(timeout, self._then_notify(put, True))
+
+
+def renew_many_sql(t: Tables) -> str:
+    """One statement (PostgreSQL) that renews many lease rows, each against its own version.
+
+    Parameters: five arrays of equal length, one entry per row (names unique):
+    ``name text[], expected bigint[], record text[], holder text[], token bigint[]``.
+    Each row is written exactly as :meth:`SqlLock.update` writes a renewal (``version =
+    expected + 1``, the record, the holder and token copies) if, and only if, its stored
+    version is its own ``expected``; ``RETURNING`` names the rows written, every other one
+    is that row's :class:`Conflict`. The rows are locked in name order first (``ORDER BY
+    ... FOR UPDATE`` in a materialized CTE), so two batches over the same rows (a stale
+    leader's late renewal beside the new leader's) queue instead of deadlocking.
+    """
+    return (
+        f"WITH v AS MATERIALIZED (SELECT l.name, v.expected, v.record, v.holder, v.token FROM {t.lease} l "
+        "JOIN unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[]) AS v(name, expected, record, holder, token) "
+        "ON l.name = v.name AND l.version = v.expected ORDER BY l.name FOR UPDATE OF l) "
+        f"UPDATE {t.lease} AS l SET record = v.record, version = v.expected + 1, holder = v.holder, token = v.token "
+        "FROM v WHERE l.name = v.name AND l.version = v.expected RETURNING l.name"
+    )
 
 
 _PIPELINE: bool | None = None
