@@ -35,12 +35,22 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from ..lock import Backend, BackendUnavailable, Capabilities, ConfigurationError, Conflict, Lock, Versioned
+from ..lock import (
+    Backend,
+    BackendUnavailable,
+    BatchItem,
+    Capabilities,
+    ConfigurationError,
+    Conflict,
+    Lock,
+    RenewBatch,
+    Versioned,
+)
 from ..record import LeaderRecord, encode_record
 from ..urls import redact
 from ._coordination import base_path, fence_number, fenced_record, refuse_lower_token, split_url, users_and_hosts
@@ -50,8 +60,9 @@ __all__ = ["EtcdBackend", "EtcdLock", "VANISHED_HOLDER", "DEFAULT_PREFIX"]
 log = logging.getLogger(__name__)
 
 #: raft: a write is acknowledged once a quorum has it, reads are linearizable, and the
-#: minority side of a partition can neither read nor write.
-CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
+#: minority side of a partition can neither read nor write. Renewals batch: one transaction
+#: of nested transactions (:meth:`EtcdBackend.update_many`).
+CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True, batch=True)
 
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/celery-leader"
@@ -64,6 +75,11 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 #: a pooled connection idle for longer is not reused for a write (it may have been closed)
 MAX_IDLE = 30.0
 OPTIONS = ("tls", "cacert", "cert", "key", "connect_timeout")
+#: renewals per transaction of :meth:`EtcdBackend.update_many`. etcd refuses a transaction
+#: with more than ``--max-txn-ops`` (default 128) operations, and counts a nested
+#: transaction's against what its parent leaves: with N nested renewals of 2 compares and
+#: 2 puts each, N + 2 <= 128. A member started with a lower limit halves it (see there).
+TXN_RENEWALS = 100
 _GRANTS = (
     "grant the user a role with read-write permission on the prefix, e.g. "
     "etcdctl role grant-permission ROLE --prefix=true readwrite {prefix}/"
@@ -194,8 +210,9 @@ class EtcdLock(Lock):
         refuse_lower_token(self.name, record.transitions, fence, strict, self.fence_key)
         return self._write(record, lock_mod, fence_mod, max(fence, record.transitions), timeout, "the stored version moved on")
 
-    def _write(self, record: LeaderRecord, lock_mod: int, fence_mod: int, fence: int, timeout: float, why: str) -> str:
-        body = {
+    def _txn(self, record: LeaderRecord, lock_mod: int, fence_mod: int, fence: int) -> dict[str, Any]:
+        """The write's transaction: both keys compared with the revisions read, both put."""
+        return {
             "compare": [
                 {"key": _b64(self.key), "target": "MOD", "mod_revision": str(lock_mod), "result": "EQUAL"},
                 {"key": _b64(self.fence_key), "target": "MOD", "mod_revision": str(fence_mod), "result": "EQUAL"},
@@ -205,6 +222,26 @@ class EtcdLock(Lock):
                 {"request_put": {"key": _b64(self.fence_key), "value": _b64(str(fence))}},
             ],
         }
+
+    def _renewal(self, record: LeaderRecord, expected_version: object) -> dict[str, Any] | None:
+        """:meth:`update`'s transaction if this write renews the term the fence already holds
+        (same token, a lock key that exists and was readable); ``None`` for anything else
+        (a new term, a garbage or absent key, a version that is not ours), which
+        :meth:`update` itself must send. A batch nests these (:meth:`EtcdBackend.update_many`).
+        """
+        parsed = _parse_version(expected_version) if isinstance(expected_version, str) else None
+        if parsed is None:
+            return None
+        strict, lock_mod, fence_mod, fence = parsed
+        if strict or lock_mod == 0 or int(record.transitions) != fence:
+            return None
+        return self._txn(record, lock_mod, fence_mod, fence)
+
+    def renew_batch(self) -> "EtcdBackend":
+        return self._backend
+
+    def _write(self, record: LeaderRecord, lock_mod: int, fence_mod: int, fence: int, timeout: float, why: str) -> str:
+        body = self._txn(record, lock_mod, fence_mod, fence)
         reply = self._backend.call("kv/txn", body, timeout, idempotent=False)
         if not reply.get("succeeded"):
             raise Conflict(f"{self.name}: {why}")
@@ -261,8 +298,10 @@ def _abort(conn: http.client.HTTPConnection) -> None:
             pass
 
 
-class EtcdBackend(Backend):
+class EtcdBackend(Backend, RenewBatch):
     """An etcd v3 cluster (one or more members listed in the URL); one set of connections for all locks.
+
+    Its locks renew in batches (:meth:`update_many`: one transaction of nested ones).
 
     URL options: ``tls`` (``true`` for https; implied by the file options), ``cacert``
     (CA bundle that signed the members' certificates), ``cert`` and ``key`` (client
@@ -307,6 +346,7 @@ class EtcdBackend(Backend):
         self._pid = os.getpid()
         self._closed = False
         self._locks: weakref.WeakSet[EtcdLock] = weakref.WeakSet()
+        self._txn_renewals = TXN_RENEWALS
 
     def _default_url(self) -> str:
         user = f"{self._username}:***@" if self._username else ""
@@ -389,6 +429,92 @@ class EtcdBackend(Backend):
             left(),
             idempotent=True,
         )
+
+    # --- batched renewals -------------------------------------------------------------
+
+    def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
+        """Plain renewals in one ``kv/txn`` per :data:`TXN_RENEWALS` items, each a nested
+        transaction (etcd >= 3.3) that is exactly :meth:`EtcdLock.update`'s: its own lock and
+        fence keys compared with the revisions its version names, both put.
+
+        The outer transaction has no condition: every nested one is decided on its own and
+        its ``succeeded`` is that item's outcome (a key that moved on is that item's
+        :class:`Conflict`, never another's); every put of the transaction gets its revision,
+        so each landed item's new version is ``<revision>:<revision>:<fence>`` as for a lone
+        write. Anything else (a new term, a key read as garbage or absent, a version that is
+        not ours, a second item for a key already in the transaction) goes through its
+        lock's own :meth:`~EtcdLock.update` afterwards, in the time left. A transaction that
+        fails as a whole (member gone, no answer in time) is the outcome of each item in it.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        out: list[str | Exception | None] = [None] * len(items)
+        batched: list[tuple[int, dict[str, Any], int]] = []  # (index, nested txn, fence)
+        alone: list[int] = []
+        seen: set[str] = set()
+        for i, (lock, record, version) in enumerate(items):
+            if not isinstance(lock, EtcdLock) or lock._backend is not self:
+                out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
+                continue
+            try:
+                txn = lock._renewal(record, version)
+            except Exception as exc:  # noqa: BLE001 - this item's own outcome (a record that cannot be encoded)
+                out[i] = exc
+                continue
+            if txn is None or lock.key in seen:
+                alone.append(i)  # two puts of one key in one transaction: etcd refuses it
+                continue
+            seen.add(lock.key)
+            batched.append((i, txn, int(record.transitions)))
+        while batched:
+            size = self._txn_renewals
+            chunk, rest = batched[:size], batched[size:]
+            try:
+                reply = self.call(
+                    "kv/txn", {"success": [{"request_txn": txn} for _, txn, _ in chunk]}, deadline - time.monotonic(), idempotent=False
+                )
+            except (BackendUnavailable, ConfigurationError) as exc:
+                if "too many operations" in str(exc) and size > 1:
+                    # refused before anything was applied: this member has a lower --max-txn-ops
+                    self._txn_renewals = max(1, size // 2)
+                    log.info("%s refused %d nested renewals in one transaction; sending %d", self.describe(), size, self._txn_renewals)
+                    continue
+                for i, _, _ in chunk:
+                    out[i] = exc  # nothing is known about any item of this transaction
+            else:
+                for (i, _, fence), outcome in zip(chunk, self._nested_outcomes(reply, len(chunk))):
+                    lock = items[i][0]
+                    if outcome is None:
+                        out[i] = Conflict(f"{lock.name}: the stored version moved on")
+                    elif isinstance(outcome, Exception):
+                        out[i] = outcome
+                    else:
+                        out[i] = f"{outcome}:{outcome}:{fence}"
+            batched = rest
+        for i in alone:
+            lock, record, version = items[i]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out[i] = BackendUnavailable(f"{lock.describe()}: no time left in the batch's timeout")
+                continue
+            try:
+                out[i] = lock.update(record, version, left)
+            except Exception as exc:  # noqa: BLE001 - this item's own outcome
+                out[i] = exc
+        return [o if o is not None else BackendUnavailable("no answer") for o in out]
+
+    def _nested_outcomes(self, reply: dict[str, Any], n: int) -> list[int | None | Exception]:
+        """Per nested transaction: the revision it wrote at, ``None`` if its compare failed,
+        or the error when the answer cannot be read (then the write may have landed)."""
+        try:
+            revision = int(reply["header"]["revision"])
+            responses = reply.get("responses") or []
+            if len(responses) != n:
+                raise ValueError(f"{len(responses)} answers to {n} transactions")
+            # proto3 JSON leaves out false: a missing "succeeded" is a compare that failed
+            return [revision if bool((r.get("response_txn") or {}).get("succeeded")) else None for r in responses]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            error = BackendUnavailable(f"etcd at {self.describe()}: unexpected answer to a batch of renewals ({exc!r})")
+            return [error] * n
 
     def _protocol_mismatch(self, timeout: float) -> str | None:
         """Why a member did not answer, if it speaks TLS and we do not, or the other way round."""
