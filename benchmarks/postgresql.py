@@ -17,12 +17,18 @@ Markdown for ``docs/bench-postgresql.md``.
 3. Crash takeover: two ``celery-leader run`` processes; the holder's process group is
    SIGKILLed; the time runs to the row naming the other candidate.
 4. A hung server: calls through a black-holed TCP proxy, timed until BackendUnavailable.
+5. Batched renewals (issue 21): N elections renewed one by one (``PostgresLock.update``)
+   and in batches (``PostgresBackend.update_many``, one statement per call); client CPU,
+   server CPU (the server's backend processes, from /proc) and statements (round trips)
+   per renewal. ``--only batch`` runs just this part and adds it to the existing results
+   and docs/bench-postgresql.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -34,7 +40,8 @@ from typing import Any, Iterator
 
 import psycopg
 
-from benchmarks._common import handover_seconds, machine, summary, table, wait_until, write_results
+from benchmarks import _batch
+from benchmarks._common import RESULTS, handover_seconds, machine, summary, table, wait_until, write_results
 from celery_leader.backends.postgresql import DEFAULT_TABLE, PostgresBackend
 from celery_leader.record import LeaderRecord, encode_record
 
@@ -199,6 +206,62 @@ def hung_server(rounds: int, timeout: float = 0.5) -> dict[str, Any]:
     return {"timeout_s": timeout, "open_connection_s": summary(open_conn), "new_connection_s": summary(new_conn)}
 
 
+# --- 5. batched renewals ---------------------------------------------------------------------
+
+
+def batch_renewals(url: str, n: int, rounds: int) -> dict[str, Any]:
+    """One by one against ``update_many`` over ``n`` lease rows (see benchmarks/_batch.py)."""
+    backend = PostgresBackend.from_url(url)
+    statements = [0]
+    execute = psycopg.Cursor.execute
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        statements[0] += 1  # every statement of the backend: one round trip each (no pipeline here)
+        return execute(self, *args, **kwargs)
+
+    admin = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=DB_NAME, autocommit=True)
+    pids: list[int] = []
+
+    def server_cpu() -> float | None:
+        if not pids:  # the backend's own sessions (its pool), found once it has connected
+            cur = admin.cursor()
+            execute(cur, "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'celery-leader'", [DB_NAME])
+            pids.extend(row[0] for row in cur.fetchall())
+        return _batch.process_cpu(pids)
+
+    psycopg.Cursor.execute = counting  # type: ignore[method-assign]
+    try:
+        return _batch.measure(backend, n, rounds, lambda: statements[0], server_cpu)
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        admin.close()
+        backend.close()
+
+
+BATCH_TITLE = "## Batched renewals (issue 21)"
+
+
+def batch_markdown(b: dict[str, Any]) -> str:
+    one, bat = b["one_by_one"], b["batched"]
+    return "\n".join([
+        BATCH_TITLE,
+        "",
+        f"{b['n']:,} elections on one `PostgresBackend`, renewed {b['rounds']} rounds one by one (`PostgresLock.update`, "
+        f"one statement each) and {b['rounds']} rounds in batches (`update_many`, {b['batch_size']} renewals per call as "
+        "the asyncio scheduler sends them: one `UPDATE ... FROM unnest(...) RETURNING name` each), alternating (CPU and round trips: "
+        f"means over the rounds; time per round: the median), at a load average of {b.get('loadavg_before', b['loadavg'])[0]:.1f} before and {b['loadavg'][0]:.1f} after ({b.get('when', '')}). Server CPU is the "
+        "backend sessions' own (/proc); round trips are the statements the client sent.",
+        "",
+        _batch.markdown_table(b),
+        "",
+        f"Batched, a renewal costs **{b['client_cpu_ratio']:.2f}x** the client CPU and **{b['server_cpu_ratio']:.2f}x** "
+        f"the server CPU of one by one, and {bat['round_trips']:.4f} round trips instead of {one['round_trips']:.2f}; "
+        f"a round of {b['n']:,} renewals takes {bat['wall_ms']:.0f} ms instead of {one['wall_ms']:.0f} ms. Each row is "
+        "still compared with its own version (a row that moved on is that item's Conflict); new terms and releases "
+        "go one by one as before (they raise the fence and notify).",
+    ]) + "\n"  # fmt: skip
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -280,6 +343,8 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "Target: the call's timeout + 0.5 s at most.",
         ]
+    if data.get("batch"):
+        lines += ["", batch_markdown(data["batch"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -291,7 +356,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lease", type=float, default=6.0, help="lease of the crash runs (seconds)")
     parser.add_argument("--hung", type=int, default=20, help="calls into a hung server (each kind)")
     parser.add_argument("--skip-django", action="store_true")
+    parser.add_argument("--batch-n", type=int, default=1000, help="elections of the batched-renewal part")
+    parser.add_argument("--batch-rounds", type=int, default=10, help="rounds each way of the batched-renewal part")
+    parser.add_argument("--only", choices=["all", "batch"], default="all", help="batch: only the batched-renewal part")
     args = parser.parse_args(argv)
+    if args.only == "batch":
+        return main_batch(args, argv)
     data: dict[str, Any] = {"command": ("python -m benchmarks postgresql " + " ".join(argv)).strip(), "loadavg_before": os.getloadavg()}
     with database() as url:
         with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres") as c:
@@ -305,6 +375,8 @@ def main(argv: list[str]) -> int:
             data["django_handover"] = django_handovers(args.handovers)
         print("hung server...", flush=True)
         data["hung"] = hung_server(args.hung)
+        print("batched renewals...", flush=True)
+        data["batch"] = {**batch_renewals(url, args.batch_n, args.batch_rounds), "when": machine()["when"]}
         print("crash takeovers...", flush=True)
         values = [crash_takeover(url, args.lease) for _ in range(args.crashes)]
         print("  ", [round(v, 3) if v else None for v in values], flush=True)
@@ -321,5 +393,21 @@ def main(argv: list[str]) -> int:
     text = markdown({**data, "machine": machine()})
     print(text)
     (ROOT / "docs" / "bench-postgresql.md").write_text(text)
+    print(f"results: {path}")
+    return 0
+
+
+def main_batch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Only the batched-renewal part, added to the existing results and document."""
+    with database() as url:
+        found = {**batch_renewals(url, args.batch_n, args.batch_rounds), "when": machine()["when"]}
+    found["command"] = ("python -m benchmarks postgresql " + " ".join(argv)).strip()
+    path = RESULTS / f"{NAME}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data["batch"] = found
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    text = batch_markdown(found)
+    print(text)
+    _batch.splice(ROOT / "docs" / "bench-postgresql.md", BATCH_TITLE, text)
     print(f"results: {path}")
     return 0
