@@ -20,6 +20,9 @@ ones the writer read (0: absent), so nothing can come between the check and the 
 The version handed to the engine is ``"<lock mod_revision>:<fence mod_revision>:<fence
 value>"`` (``g`` in front when the lock key held something undecodable): every put gives
 a new revision, so identical records still get new versions.
+
+Many elections' renewals go in one transaction of nested ones (:meth:`EtcdBackend.update_many`,
+``capabilities.batch``; etcd >= 3.3).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ others) are created on first use; a role without ``CREATE`` gets a
 
 Followers wait on ``LISTEN`` (one connection per backend); a writer that changes the holder
 sends ``NOTIFY`` after its write has landed (best effort: a failed ``NOTIFY`` is logged,
-never raised). Renewals stay one statement.
+never raised). Renewals stay one statement; many elections' renewals go in one statement
+together (:meth:`PostgresBackend.update_many`, ``capabilities.batch``).
 
 Every call is bounded on the client side, whatever the network does: the connect runs under
 ``connect_timeout`` in a helper thread the caller stops waiting for at its deadline; a query

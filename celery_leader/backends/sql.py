@@ -18,7 +18,8 @@ held across a lease:
 A new row starts its version at the current time in microseconds and every write adds one,
 so a row deleted and created again never reuses a version a stale candidate holds. Starting
 a new term (a token this lock has not written) raises the fence in the same short
-transaction; renewals and releases of the writer's own term stay one statement.
+transaction; renewals and releases of the writer's own term stay one statement, and on
+PostgreSQL many locks' renewals can go in one statement together (:func:`renew_many_sql`).
 A row deleted by hand while its fence remains reads as held by :data:`VANISHED_HOLDER`
 (see :func:`versioned`): its holder may still be inside its lease, so every candidate, even
 one that never saw the old record, waits one lease before starting the next term.
