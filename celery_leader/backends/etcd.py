@@ -83,6 +83,10 @@ OPTIONS = ("tls", "cacert", "cert", "key", "connect_timeout")
 #: transaction's against what its parent leaves: with N nested renewals of 2 compares and
 #: 2 puts each, N + 2 <= 128. A member started with a lower limit halves it (see there).
 TXN_RENEWALS = 100
+#: request bytes per transaction of :meth:`EtcdBackend.update_many` (records may carry
+#: extra keys up to 64 KiB): etcd refuses a request over ``--max-request-bytes`` (default
+#: 1.5 MiB); a member started with a lower limit halves it (see there)
+TXN_BYTES = 1024 * 1024
 _GRANTS = (
     "grant the user a role with read-write permission on the prefix, e.g. "
     "etcdctl role grant-permission ROLE --prefix=true readwrite {prefix}/"
@@ -350,6 +354,7 @@ class EtcdBackend(Backend, RenewBatch):
         self._closed = False
         self._locks: weakref.WeakSet[EtcdLock] = weakref.WeakSet()
         self._txn_renewals = TXN_RENEWALS
+        self._txn_bytes = TXN_BYTES
 
     def _default_url(self) -> str:
         user = f"{self._username}:***@" if self._username else ""
@@ -436,7 +441,8 @@ class EtcdBackend(Backend, RenewBatch):
     # --- batched renewals -------------------------------------------------------------
 
     def update_many(self, items: Sequence[BatchItem], timeout: float) -> list[str | Exception]:
-        """Plain renewals in one ``kv/txn`` per :data:`TXN_RENEWALS` items, each a nested
+        """Plain renewals in one ``kv/txn`` per :data:`TXN_RENEWALS` items (or
+        :data:`TXN_BYTES` of request), each a nested
         transaction (etcd >= 3.3) that is exactly :meth:`EtcdLock.update`'s: its own lock and
         fence keys compared with the revisions its version names, both put.
 
@@ -451,7 +457,7 @@ class EtcdBackend(Backend, RenewBatch):
         """
         deadline = time.monotonic() + max(0.0, timeout)
         out: list[str | Exception | None] = [None] * len(items)
-        batched: list[tuple[int, dict[str, Any], int]] = []  # (index, nested txn, fence)
+        batched: list[tuple[int, dict[str, Any], int, int]] = []  # (index, nested txn, fence, request bytes)
         alone: list[int] = []
         seen: set[str] = set()
         for i, (lock, record, version) in enumerate(items):
@@ -467,24 +473,33 @@ class EtcdBackend(Backend, RenewBatch):
                 alone.append(i)  # two puts of one key in one transaction: etcd refuses it
                 continue
             seen.add(lock.key)
-            batched.append((i, txn, int(record.transitions)))
+            size = 200 + sum(len(op["request_put"]["key"]) + len(op["request_put"]["value"]) for op in txn["success"])
+            batched.append((i, txn, int(record.transitions), size + 2 * len(txn["compare"][0]["key"])))
         while batched:
-            size = self._txn_renewals
-            chunk, rest = batched[:size], batched[size:]
+            # as many as one transaction may carry, by count and by bytes (at least one)
+            count, request = 1, batched[0][3]
+            while count < min(len(batched), self._txn_renewals) and request + batched[count][3] <= self._txn_bytes:
+                request += batched[count][3]
+                count += 1
+            chunk, rest = batched[:count], batched[count:]
             try:
                 reply = self.call(
-                    "kv/txn", {"success": [{"request_txn": txn} for _, txn, _ in chunk]}, deadline - time.monotonic(), idempotent=False
+                    "kv/txn", {"success": [{"request_txn": txn} for _, txn, _, _ in chunk]}, deadline - time.monotonic(), idempotent=False
                 )
             except (BackendUnavailable, ConfigurationError) as exc:
-                if "too many operations" in str(exc) and size > 1:
-                    # refused before anything was applied: this member has a lower --max-txn-ops
-                    self._txn_renewals = max(1, size // 2)
-                    log.info("%s refused %d nested renewals in one transaction; sending %d", self.describe(), size, self._txn_renewals)
+                # refused before anything was applied: this member has lower limits than ours
+                if "too many operations" in str(exc) and count > 1:
+                    self._txn_renewals = max(1, count // 2)
+                    log.info("%s refused %d nested renewals in one transaction; sending %d", self.describe(), count, self._txn_renewals)
                     continue
-                for i, _, _ in chunk:
+                if ("too large" in str(exc) or "larger than max" in str(exc)) and count > 1:
+                    self._txn_bytes = max(1, request // 2)
+                    log.info("%s refused a %d-byte transaction of renewals; sending at most %d", self.describe(), request, self._txn_bytes)
+                    continue
+                for i, _, _, _ in chunk:
                     out[i] = exc  # nothing is known about any item of this transaction
             else:
-                for (i, _, fence), outcome in zip(chunk, self._nested_outcomes(reply, len(chunk))):
+                for (i, _, fence, _), outcome in zip(chunk, self._nested_outcomes(reply, len(chunk))):
                     lock = items[i][0]
                     if outcome is None:
                         out[i] = Conflict(f"{lock.name}: the stored version moved on")

@@ -86,6 +86,18 @@ def test_a_member_with_a_lower_txn_limit_gets_smaller_transactions(etcd_factory:
     assert backend._txn_renewals <= 14  # 16 operations: N nested + 2 of each
 
 
+def test_a_member_with_a_lower_request_size_limit_gets_smaller_transactions(etcd_factory: Callable[..., EtcdCluster], open_backend) -> None:
+    cluster = etcd_factory(1, "--max-request-bytes", "20000")
+    backend: EtcdBackend = open_backend(cluster.url("/small"))
+    big = rec("me", 0).evolve(holder="me-" + "x" * 2000)  # about 2.8 KB per nested transaction
+    locks = [backend.lock(f"job{i}") for i in range(40)]
+    versions = [lock.create(big, 5.0) for lock in locks]
+    out = backend.update_many([(lock, big.evolve(renew_time=1.0), v) for lock, v in zip(locks, versions)], 10.0)
+    assert all(isinstance(o, str) for o in out), out  # refused whole (nothing applied), then sent smaller
+    assert [lock.get(5.0).version for lock in locks] == out
+    assert backend._txn_bytes < 20000
+
+
 def test_the_key_that_moved_on_is_that_items_conflict_and_the_others_land(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
     backend: EtcdBackend = open_backend(etcd_server.url(prefix))
     locks = [backend.lock(f"job{i}") for i in range(5)]
