@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import quote
 
 from celery_leader.aio import AsyncElection
 from celery_leader.backends.postgresql import DEFAULT_TABLE, PostgresBackend, PostgresLock
@@ -169,6 +170,64 @@ def test_writes_that_are_not_plain_renewals_go_through_update(pg_url, db, open_b
     payloads = [n.payload for n in listener.notifies(timeout=5.0, stop_after=3)]
     named = {p.split(" ", 1)[1] for p in payloads}
     assert named == {new_term.name, release.name, absent.name}
+
+
+def test_two_batches_over_the_same_rows_in_opposite_orders_queue_instead_of_deadlocking(pg_url, pg_database, open_backend) -> None:
+    """A stale leader's late batch beside the new leader's: the rows are locked in name order
+    whatever the items' order, so the second batch waits for the first (no deadlock error
+    after deadlock_timeout) and then finds every row moved on: its own Conflicts."""
+    import threading
+
+    from .conftest import admin_connect
+
+    # plans that visit the rows in the items' order (index nested loops), as on a big table:
+    # without its own locking order each batch would lock the rows in its items' order
+    forced = pg_url + "?options=" + quote("-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off")
+    first: PostgresBackend = open_backend(forced)
+    second: PostgresBackend = open_backend(forced)
+    names = sorted(unique(f"order{i}") for i in range(3))
+    locks = [first.lock(n) for n in names]
+    versions = [lock.create(rec("me", 0), 5.0) for lock in locks]
+    others = [second.lock(n) for n in names]
+    for lock in others:  # the same term through the second backend's lock objects (for the test only)
+        lock._written, lock._written_holder = 1, "me"
+    holder = admin_connect(pg_database)  # holds the middle row so both batches must wait
+    holder.execute("BEGIN")
+    holder.execute(f"SELECT 1 FROM {DEFAULT_TABLE} WHERE name = %s FOR UPDATE", [names[1]])
+    outcomes: dict[str, list[object]] = {}
+
+    def run(label: str, backend: PostgresBackend, items: list) -> None:  # type: ignore[type-arg]
+        outcomes[label] = backend.update_many(items, 20.0)
+
+    watcher = admin_connect(pg_database)  # not the holder: a transaction sees one snapshot of the statistics
+
+    def waiting() -> int:
+        rows = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+        return int(rows[0])
+
+    one = threading.Thread(target=run, args=("first", first, [(lk, rec("me", 1), v) for lk, v in zip(locks, versions)]))
+    one.start()
+    deadline = time.monotonic() + 20
+    while waiting() < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reverse = [(lk, rec("me", 2), v) for lk, v in zip(others, versions)][::-1]
+    two = threading.Thread(target=run, args=("second", second, reverse))
+    two.start()
+    while waiting() < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert waiting() == 2, "both batches wait for a row lock"
+    holder.execute("COMMIT")
+    one.join(30)
+    two.join(30)
+    holder.close()
+    watcher.close()
+    assert all(isinstance(o, str) for o in outcomes["first"]), outcomes
+    assert all(isinstance(o, Conflict) for o in outcomes["second"]), outcomes
+    # each its own row's Conflict, not a deadlock's ("lost a race") for the whole statement
+    assert all("the stored version is no longer" in str(o) for o in outcomes["second"]), outcomes
+    assert [lock.get(5.0).version for lock in locks] == outcomes["first"]
 
 
 def test_a_hung_server_fails_the_batch_within_its_timeout(proxy, pg_database, open_backend) -> None:
