@@ -22,7 +22,7 @@ Rules, so that no work outlives its term (docs/design.md, "asyncio callbacks"):
   task, the scheduler asks that election's own core for each renewal when it falls due
   and hands each outcome back to that core, and wakes the task only when something
   changes. Locks that share a :class:`~celery_leader.lock.RenewBatch`
-  (``capabilities.batch``: Redis, memory) renew together in one ``update_many`` call
+  (``capabilities.batch``: Redis, PostgreSQL, etcd, memory) renew together in one ``update_many`` call
   (one round trip), each item still a compare-and-swap against its own version; other
   locks renew one call each.
 * The term ends at ``renew_deadline`` after the last successful write was sent, even
