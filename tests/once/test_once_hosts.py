@@ -23,14 +23,18 @@ FAST = ["--lease-duration", "1", "--renew-deadline", "0.6", "--retry-period", "0
 JOB = 'echo $$ >> "$1/pids"; echo "start $CELERY_LEADER_TOKEN" >> "$1/log"; while [ ! -e "$1/go" ]; do sleep 0.05; done; echo end >> "$1/log"'
 
 
-def host(url: str, work: Path, *slot_args: str, python_api: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+def host(url: str, work: Path, tag: str, *slot_args: str, python_api: bool = False) -> subprocess.Popen:
+    """Host ``tag`` (also its identity); what it logs goes to ``work/tag.err`` (see :func:`said`)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CELERY_LEADER_LOG_LEVEL": "INFO"}
     if python_api:
         code = (
             "import os, subprocess, sys\n"
             "from celery_leader import once_per\n"
             "from celery_leader.once import current_leadership\n"
-            f"@once_per(name='job', slot={slot_args[1]!r}, url={url!r}, lease_duration=1, renew_deadline=0.6, retry_period=0.2)\n"
+            "def seen(who):\n"  # what `run` logs when its election sees who leads
+            "    print(f'{who} leads job', file=sys.stderr, flush=True)\n"
+            f"@once_per(name='job', slot={slot_args[1]!r}, url={url!r}, identity={tag!r}, on_new_leader=seen, "
+            "lease_duration=1, renew_deadline=0.6, retry_period=0.2)\n"
             "def job():\n"
             "    env = dict(os.environ, CELERY_LEADER_TOKEN=str(current_leadership().token))\n"
             f"    subprocess.run(['sh', '-c', {JOB!r}, 'sh', {str(work)!r}], check=True, env=env)\n"
@@ -38,15 +42,38 @@ def host(url: str, work: Path, *slot_args: str, python_api: bool = False) -> sub
         )
         argv = [sys.executable, "-c", code]
     else:
-        argv = [sys.executable, "-m", "celery_leader", "run", "--url", url, "--name", "job", *FAST, *slot_args,
-                "--", "sh", "-c", JOB, "sh", str(work)]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        argv = [sys.executable, "-m", "celery_leader", "run", "--url", url, "--name", "job", "--identity", tag, *FAST,
+                *slot_args, "--", "sh", "-c", JOB, "sh", str(work)]
+    with open(work / f"{tag}.err", "ab") as err:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:
+def said(work: Path, tag: str) -> str:
+    path = work / f"{tag}.err"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_standing_by(work: Path, tag: str, proc: subprocess.Popen, leader: str, timeout: float = 60.0) -> None:
+    """Until host ``tag`` has seen ``leader`` hold the lock: it made its attempt and now waits.
+
+    Its election read the lock and found it held (the ``NewLeader`` notice: ``run`` logs
+    "<leader> leads <name>"), so it is past starting up and retrying; a sleep instead
+    would leave that to how fast a loaded machine starts a Python process.
+    """
+    text = f"{leader} leads job"
+    deadline = time.monotonic() + timeout
+    while text not in said(work, tag):
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{tag} did not log {text!r} (standing by) within {timeout} s (exit {proc.poll()}):\n{said(work, tag)[-3000:]}"
+            )
+        time.sleep(0.05)
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
         time.sleep(0.05)
 
 
@@ -67,46 +94,47 @@ def stored_slot(url: str) -> str | None:
 @pytest.mark.parametrize("slot_args", [("--slot", "nightly-1"), ("--once-per", "1h")])
 def test_three_hosts_seconds_apart_run_the_job_once(lock_url, tmp_path, slot_args):
     before = Slot.every("1h").key
-    first = host(lock_url, tmp_path, *slot_args)
+    first = host(lock_url, tmp_path, "first", *slot_args)
     try:
-        wait_for(lambda: lines(tmp_path) == ["start 1"])
-        second = host(lock_url, tmp_path, *slot_args)  # arrives while the first runs
-        time.sleep(0.5)
+        wait_for(lambda: lines(tmp_path) == ["start 1"], what="the first host starting the job")
+        second = host(lock_url, tmp_path, "second", *slot_args)  # arrives while the first runs
+        wait_standing_by(tmp_path, "second", second, leader="first")
         (tmp_path / "go").touch()
-        assert first.wait(30) == 0, first.stderr.read()
-        third = host(lock_url, tmp_path, *slot_args)  # arrives after the first released
-        assert second.wait(30) == 0, second.stderr.read()
-        assert third.wait(30) == 0, third.stderr.read()
+        assert first.wait(30) == 0, said(tmp_path, "first")
+        third = host(lock_url, tmp_path, "third", *slot_args)  # arrives after the first released
+        assert second.wait(30) == 0, said(tmp_path, "second")
+        assert third.wait(30) == 0, said(tmp_path, "third")
     finally:
         for proc in (first, locals().get("second"), locals().get("third")):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
     assert lines(tmp_path) == ["start 1", "end"]
-    assert "already done" in third.stderr.read()
+    assert "already done" in said(tmp_path, "third")
     expected = {"nightly-1"} if slot_args[0] == "--slot" else {before, Slot.every("1h").key}
     assert stored_slot(lock_url) in expected
 
 
 @pytest.mark.parametrize("python_api", [False, True], ids=["cli", "python"])
 def test_a_host_killed_mid_run_leaves_the_slot_open_for_the_next(lock_url, tmp_path, python_api):
-    first = host(lock_url, tmp_path, "--slot", "s1", python_api=python_api)
+    first = host(lock_url, tmp_path, "first", "--slot", "s1", python_api=python_api)
     second = third = None
     try:
-        wait_for(lambda: lines(tmp_path) == ["start 1"])
-        second = host(lock_url, tmp_path, "--slot", "s1", python_api=python_api)
-        time.sleep(0.3)
+        wait_for(lambda: lines(tmp_path) == ["start 1"], what="the first host starting the job")
+        second = host(lock_url, tmp_path, "second", "--slot", "s1", python_api=python_api)
+        wait_standing_by(tmp_path, "second", second, leader="first")  # a standby when the first dies
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         if python_api:  # the job's own shell is not tied to the Python process: end it as a crash would
             os.kill(int((tmp_path / "pids").read_text().split()[0]), signal.SIGKILL)
         assert stored_slot(lock_url) is None
-        wait_for(lambda: len(lines(tmp_path)) == 2)  # the standby took over after the lease and started it
+        # the standby took over after the lease and started it
+        wait_for(lambda: len(lines(tmp_path)) == 2, what="the standby starting the job")
         assert lines(tmp_path)[1].startswith("start ") and lines(tmp_path)[1] != "start 1"
         (tmp_path / "go").touch()
-        assert second.wait(30) == 0, second.stderr.read()
-        third = host(lock_url, tmp_path, "--slot", "s1", python_api=python_api)
-        assert third.wait(30) == 0, third.stderr.read()
+        assert second.wait(30) == 0, said(tmp_path, "second")
+        third = host(lock_url, tmp_path, "third", "--slot", "s1", python_api=python_api)
+        assert third.wait(30) == 0, said(tmp_path, "third")
     finally:
         for proc in (first, second, third):
             if proc is not None and proc.poll() is None:
