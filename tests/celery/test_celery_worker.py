@@ -36,16 +36,28 @@ def consuming(dep: Deployment, name: str) -> bool:
     return "consuming" in dep.log_text(name)
 
 
+def two_workers(dep: Deployment, single: str) -> tuple[str, str]:
+    """w1 and w2 on the leader queue ``single``: (the one consuming it, the one standing by).
+
+    Returns once the other has seen the first hold the queue's lock (it logs "<leader> leads
+    <queue>: standing by" when its election reads the lock held): it is in the election
+    and retrying, not still starting up, however slowly this machine starts a worker.
+    """
+    for name in ("w1", "w2"):
+        dep.worker(name, "--leader-queues", single, CLT_IDENTITY=name)
+    wait_for(lambda: consuming(dep, "w1") or consuming(dep, "w2"), 60, "a worker consuming the leader queue", dep)
+    first = "w1" if consuming(dep, "w1") else "w2"
+    other = "w2" if first == "w1" else "w1"
+    standby = f"celery-leader: {first} leads {single}: standing by"
+    wait_for(lambda: standby in dep.log_text(other), 60, f"{other} logging {standby!r}", dep)
+    return first, other
+
+
 def test_one_worker_consumes_a_leader_queue_at_a_time(tmp_path, lock_url, redis_broker):
     with Deployment(tmp_path / "run", lock_url, redis_broker, CLT_WORKER_STEP="1") as dep:
         single = dep.queue + "-single"
-        for name in ("w1", "w2"):
-            dep.worker(name, "--leader-queues", single)
-        wait_for(lambda: consuming(dep, "w1") or consuming(dep, "w2"), 30, "a worker consuming the leader queue", dep)
-        time.sleep(1.0)  # the other one has joined the election by now
-        assert consuming(dep, "w1") != consuming(dep, "w2"), "both workers consume the singleton queue"
-        first = "w1" if consuming(dep, "w1") else "w2"
-        other = "w2" if first == "w1" else "w1"
+        first, other = two_workers(dep, single)
+        assert not consuming(dep, other), "both workers consume the singleton queue"
 
         send(redis_broker, single, range(10), 0.1)
         wait_for(lambda: len(dep.runs("single")) >= 4, 20, "singleton tasks running", dep)
@@ -77,12 +89,7 @@ def test_graceful_shutdown_hands_the_queue_over(tmp_path, lock_url, redis_broker
     """SIGTERM: the leader stops consuming, finishes its task, releases; the other starts at once."""
     with Deployment(tmp_path / "run", lock_url, redis_broker, CLT_WORKER_STEP="1") as dep:
         single = dep.queue + "-single"
-        for name in ("w1", "w2"):
-            dep.worker(name, "--leader-queues", single)
-        wait_for(lambda: consuming(dep, "w1") or consuming(dep, "w2"), 30, "a worker consuming the leader queue", dep)
-        time.sleep(1.0)
-        first = "w1" if consuming(dep, "w1") else "w2"
-        other = "w2" if first == "w1" else "w1"
+        first, other = two_workers(dep, single)
         send(redis_broker, single, range(6), 0.3)
         wait_for(lambda: len(dep.runs("single")) >= 1, 20, "a singleton task", dep)
         t_term = time.time()

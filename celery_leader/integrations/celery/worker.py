@@ -15,6 +15,7 @@ the next worker starts consuming only after this one stopped. Messages already d
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -25,6 +26,7 @@ from celery import bootsteps
 
 from ...election import Election, Leadership
 from ...errors import ConfigurationError
+from ...record import printable
 from .beat import leader_config
 
 __all__ = ["LeaderQueues", "install", "parse_queues"]
@@ -108,13 +110,20 @@ class LeaderQueues(bootsteps.StartStopStep):
                 timing = conf.timing
                 self._stopped[q] = threading.Event()
                 self._stopped[q].set()
-                self.elections[q] = Election(
+                election = Election(
                     conf.name,
                     url=conf.url,
                     identity=conf.identity,
                     timing=timing,
                     on_started_leading=lambda lead, q=q: self._lead(q, lead),
-                ).start()
+                    on_new_leader=functools.partial(self._new_leader, q),
+                )
+                self.elections[q] = election
+                try:
+                    election.start()  # registered first: its callbacks look it up
+                except BaseException:
+                    del self.elections[q]
+                    raise
         if c.hub is not None:
             self._timer = c.hub.call_repeatedly(RECONCILE_EVERY, self.reconcile)
         elif getattr(c, "timer", None) is not None:
@@ -142,6 +151,11 @@ class LeaderQueues(bootsteps.StartStopStep):
                     self._stopped[q].set()
             except Exception:  # noqa: BLE001 - never take the worker down
                 log.exception("celery-leader: could not reconcile queue %s", q)
+
+    def _new_leader(self, q: str, identity: str) -> None:
+        """Another worker leads ``q`` (this one says "consuming" when it leads)."""
+        if identity != self.elections[q].identity:
+            log.info("celery-leader: %s leads %s: standing by", printable(identity), q)
 
     def _lead(self, q: str, lead: Leadership) -> None:
         """The term's work: at its end, wait until the event loop stopped consuming (bounded)."""
