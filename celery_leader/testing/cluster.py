@@ -164,6 +164,97 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+#: how long :func:`_freeze` waits for one process to be seen stopped (a loaded machine is slow)
+FREEZE_TIMEOUT = 60.0
+
+
+def _freeze(root: int, timeout: float = FREEZE_TIMEOUT) -> list[int]:
+    """SIGSTOP ``root`` and all its descendants, top down; returns their pids, parents first.
+
+    Race-free: each process is seen stopped (every thread in state ``T``) before its
+    children are read. A stopped process starts no child, and it reaps none, so a child
+    that exits meanwhile stays a zombie and its pid cannot be reused: the pids read are
+    the tree as it is, and stay those processes until :func:`_thaw`. Reading the
+    children first and stopping afterwards (as this once did) could stop a stranger
+    (a pid reused after ``run`` restarted its child), or miss the child ``run`` started
+    in between. ``root`` must be an unreaped child of ours (a ``Popen`` whose ``poll()``
+    returned None). The stopped processes' children are read again until nothing new
+    appears, so an orphan re-parented to an already stopped subreaper is stopped too.
+    """
+    frozen: list[int] = []
+    seen: set[int] = set()
+    todo = [root]
+    try:
+        while todo:
+            while todo:
+                pid = todo.pop(0)
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                frozen.append(pid)
+                _wait_stopped(pid, timeout)
+                todo.extend(_children(pid))
+            # a process that exited before it was stopped left its children to a subreaper
+            # (the supervisor), maybe after that was read: read the stopped ones again
+            todo = [kid for pid in frozen for kid in _children(pid) if kid not in seen]
+    except BaseException:
+        _thaw(frozen)
+        raise
+    return frozen
+
+
+def _thaw(frozen: Sequence[int]) -> None:
+    """SIGCONT what :func:`_freeze` stopped, children first.
+
+    Each process is continued while its parent is still stopped (so its pid is still
+    its own: nobody has reaped it); once continued, a parent may reap its children,
+    which are not signalled again.
+    """
+    for pid in reversed(frozen):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def _task_states(pid: int) -> list[str] | None:
+    """The state letter of every thread of ``pid`` (``/proc``), or None where there is no /proc entry."""
+    tasks = Path(f"/proc/{pid}/task")
+    states = []
+    try:
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError):  # a thread that just exited
+                stat = (task / "stat").read_text()
+                states.append(stat.rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return None
+    return states
+
+
+def _wait_stopped(pid: int, timeout: float) -> None:
+    """Until every thread of ``pid`` is stopped (``T``/``t``) or dead (``Z``/``X``): SIGSTOP acts asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _task_states(pid)
+        if states is None or all(state in "TtZX" for state in states):
+            return  # gone, or no /proc here (then the tree below is not read either)
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"pid {pid} did not stop within {timeout} s of SIGSTOP (thread states {states})")
+        time.sleep(0.001)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (of all its threads), from ``/proc/PID/task/TID/children``."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                kids.extend(int(k) for k in (task / "children").read_text().split())
+    return kids
+
+
 class ElectorCluster:
     """``n`` candidates: ``celery-leader run --url URL --name NAME ... -- child LOG``.
 
@@ -250,15 +341,15 @@ class ElectorCluster:
         self.kill(i, signal.SIGTERM)
 
     def pause(self, i: int, seconds: float) -> None:
-        """Freeze node ``i`` (``run`` and its child, as a VM pause would) for ``seconds``."""
-        pids = [self.proc(i).pid, *_descendants(self.proc(i).pid)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        """Freeze node ``i`` (``run`` and its child, as a VM pause would) for ``seconds``.
+
+        The whole tree is stopped before the ``seconds`` start (see :func:`_freeze`), so no
+        pid read here can belong to a process started, or reused, after the read.
+        """
+        proc = self.proc(i)
+        frozen = _freeze(proc.pid) if proc.poll() is None else []
         time.sleep(seconds)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        _thaw(frozen)
 
     def wait_exit(self, i: int, timeout: float = 15.0) -> int | None:
         try:
