@@ -64,9 +64,8 @@ def wait_standing_by(work: Path, tag: str, proc: subprocess.Popen, leader: str, 
     deadline = time.monotonic() + timeout
     while text not in said(work, tag):
         if proc.poll() is not None or time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{tag} did not log {text!r} (standing by) within {timeout} s (exit {proc.poll()}):\n{said(work, tag)[-3000:]}"
-            )
+            when = f"before it exited {proc.returncode}" if proc.returncode is not None else f"within {timeout} s"
+            raise AssertionError(f"{tag} did not log {text!r} (standing by) {when}:\n{said(work, tag)[-3000:]}")
         time.sleep(0.05)
 
 
