@@ -42,6 +42,7 @@ from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, BaseSchedu
 from ..aio import AsyncElection
 from ..election import Election
 from ..lock import ConfigurationError
+from ..record import printable
 
 __all__ = ["guard", "LeaderGuard", "LeaderJobStore", "is_leader", "current_token"]
 
@@ -104,7 +105,9 @@ class LeaderGuard:
         self.catch_up = catch_up
         self._async = _is_asyncio(scheduler)
         options = _election_kwargs(election)
-        callbacks: dict[str, Any] = dict(on_started_leading=self._elected, on_stopped_leading=self._deposed)
+        callbacks: dict[str, Any] = dict(
+            on_started_leading=self._elected, on_stopped_leading=self._deposed, on_new_leader=self._new_leader
+        )
         self.election: Election | AsyncElection = (
             AsyncElection(name, **options, **callbacks) if self._async else Election(name, **options, **callbacks)
         )
@@ -191,6 +194,10 @@ class LeaderGuard:
             if not self.catch_up:
                 self._skip_overdue()
             self.scheduler.resume()  # resume() wakes the scheduler at once
+
+    def _new_leader(self, identity: str) -> None:
+        if identity != self.election.identity:  # this process says "resuming jobs" when it leads
+            log.info("%s leads %r: standing by", printable(identity), self.name)
 
     def _skip_overdue(self) -> None:
         """Move runs that fell due while standing by to their next time after now.

@@ -1,10 +1,13 @@
 """A plain APScheduler script as users write it: no signal handling, no shutdown() call.
 
+It logs at INFO (to stderr), as a deployed script would: the tests read its lines.
+
 ``python -m tests.apscheduler.plain_script URL NAME IDENTITY LOG blocking|background [--no-signals]``
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -12,6 +15,7 @@ import time
 from celery_leader.apscheduler import current_token, guard
 
 url, name, identity, log, kind = sys.argv[1:6]
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 handle_signals = "--no-signals" not in sys.argv
 
 

@@ -34,7 +34,9 @@ def test_sigterm_releases_so_the_standby_takes_over_at_once(tmp_path, kind):
     try:
         assert wait_holder(url, "aps", set()) == "first"
         second = script(tmp_path, url, "second", kind)
-        time.sleep(1.0)  # the standby is up and watching
+        # the standby is up and has seen the lock held (its election read it, so it is
+        # retrying): from here it takes over when the lock is released, or else after the lease
+        wait_log(tmp_path / "second.err", "first leads 'aps': standing by", second)
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 143, (tmp_path / "first.err").read_text()
         # well within the 30 s lease: the lock was released, not waited out
@@ -49,6 +51,14 @@ def test_sigterm_releases_so_the_standby_takes_over_at_once(tmp_path, kind):
             if proc is not None:
                 stop_process(proc)
     assert set(tokens(tmp_path)) == {"1", "2"}
+
+
+def wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (said := path.read_text(errors="replace") if path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            raise AssertionError(f"{path.stem} did not log {text!r} (exit {proc.poll()}):\n{said[-3000:]}")
+        time.sleep(0.05)
 
 
 def tokens(tmp: Path) -> list[str]:
