@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -139,7 +141,10 @@ class LeaderGuard:
             # fail closed: look for due jobs only while leadership is confirmed right now
             if not self.election.is_leader:
                 return self._retry if sched.state == STATE_RUNNING else None
-            return original_process()
+            if threading.current_thread() is not threading.main_thread():
+                return original_process()
+            with _exit_held_back():  # BlockingScheduler: APScheduler would swallow the SystemExit
+                return original_process()
 
         sched._process_jobs = process_jobs
         sched.add_listener(self._on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
@@ -271,8 +276,42 @@ def _job_store_plugin(kind: str) -> Any:
     )
 
 
+class _Exit:
+    """SIGTERM's ``SystemExit``, held back while the main thread processes jobs.
+
+    APScheduler catches ``BaseException`` around submitting a job (and around calling
+    listeners) and logs it: a ``SystemExit`` raised there by the SIGTERM handler was
+    swallowed, and a ``BlockingScheduler`` went on running as if no SIGTERM had come (the
+    lock was not released; the standby waited until the process was killed and the lease
+    ran out). So while the main thread is in ``_process_jobs`` the handler only notes the
+    exit, and the guard raises it as soon as that returns, outside APScheduler's handlers.
+    Only the main thread runs signal handlers and touches this.
+    """
+
+    depth = 0
+    pending: int | None = None
+
+
+@contextlib.contextmanager
+def _exit_held_back() -> Iterator[None]:
+    _Exit.depth += 1
+    try:
+        yield
+    finally:
+        _Exit.depth -= 1
+        if _Exit.depth == 0 and _Exit.pending is not None:
+            code, _Exit.pending = _Exit.pending, None
+            raise SystemExit(code)
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM in the main thread: unwind it (``finally`` blocks run; exit status 143)."""
+    """SIGTERM in the main thread: unwind it (``finally`` blocks run; exit status 143).
+
+    Inside APScheduler's job processing it is raised when that returns (:class:`_Exit`).
+    """
+    if _Exit.depth:
+        _Exit.pending = 128 + signum
+        return
     raise SystemExit(128 + signum)
 
 

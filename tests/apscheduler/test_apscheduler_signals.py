@@ -66,6 +66,43 @@ def tokens(tmp: Path) -> list[str]:
     return [line.split()[1] for line in log.read_text().splitlines() if line.count(" ") == 1] if log.exists() else []
 
 
+# SIGTERM lands while APScheduler submits a job, where it catches BaseException
+SIGTERM_IN_SUBMIT = """
+import signal, sys
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from celery_leader.apscheduler import guard
+
+class SignalledWhileSubmitting(ThreadPoolExecutor):
+    def submit_job(self, job, run_times):
+        signal.raise_signal(signal.SIGTERM)  # its handler runs here, inside APScheduler's try
+        super().submit_job(job, run_times)
+
+sched = BlockingScheduler(executors={"default": SignalledWhileSubmitting()})
+guard(sched, url=sys.argv[1], name="aps", identity="only", lease_duration=30, renew_deadline=20, retry_period=0.5)
+sched.add_job(print, "interval", seconds=0.2, args=("ran",))
+sched.start()
+print("start() returned", flush=True)
+"""
+
+
+def test_sigterm_while_a_job_is_submitted_is_not_swallowed(tmp_path):
+    """APScheduler logged the SystemExit as 'Error submitting job' and ran on: the lock was kept."""
+    url = f"file://{tmp_path}"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_IN_SUBMIT, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+        raise AssertionError(f"still running 60 s after its SIGTERM:\n{proc.communicate()[0][-3000:]}") from None
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 143, out
+    assert "Error submitting" not in out and "Traceback" not in out and "start() returned" not in out, out
+    assert holder(url, "aps") != "only", "the lock was not released"
+
+
 def test_opting_out_leaves_signals_alone(tmp_path):
     url = f"file://{tmp_path}"
     proc = script(tmp_path, url, "only", "blocking", "--no-signals")
