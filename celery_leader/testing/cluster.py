@@ -153,14 +153,12 @@ def wait_dead(pid: int, timeout: float) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
+    """``pid``'s descendants as /proc lists them now (a running tree may change meanwhile)."""
     found, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*") if Path(f"/proc/{p}/task").exists() else []:
-            with contextlib.suppress(OSError):
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                found.extend(kids)
-                todo.extend(kids)
+        kids = _children(todo.pop())
+        found.extend(kids)
+        todo.extend(kids)
     return found
 
 
