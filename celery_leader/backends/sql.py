@@ -441,9 +441,10 @@ class Watchdog:
     an error, on any driver; the caller then drops the connection. One thread serves every
     armed call; arming wakes it only when the new deadline comes before its next planned
     wake-up (so a renewal costs no thread switch), and it ends after a minute without calls.
+    With nothing armed it sleeps until then (it used to look once a second: an idle
+    standby's only regular wake-up besides its reads).
     """
 
-    IDLE_TICK = 1.0
     IDLE_EXIT = 60.0
 
     def __init__(self, name: str = "celery-leader-sql-watchdog") -> None:
@@ -453,10 +454,14 @@ class Watchdog:
         self._fired: set[int] = set()
         self._next = 0
         self._next_wake = math.inf
+        self._last_arm = 0.0
         self._thread: threading.Thread | None = None
+        #: times the thread woke up (the tests count them)
+        self.wakeups = 0
 
     def arm(self, fileno: int, deadline: float) -> int:
         with self._cond:
+            self._last_arm = time.monotonic()
             self._next += 1
             ticket = self._next
             self._armed[ticket] = (deadline, fileno)
@@ -479,9 +484,9 @@ class Watchdog:
             return False
 
     def _run(self) -> None:
-        idle_since = time.monotonic()
         with self._cond:
             while True:
+                self.wakeups += 1
                 now = time.monotonic()
                 for ticket, (deadline, fd) in list(self._armed.items()):
                     if deadline <= now:
@@ -490,14 +495,14 @@ class Watchdog:
                         self._fired.add(ticket)
                         _shutdown(fd)
                 if self._armed:
-                    idle_since = now
-                    wake = min(min(deadline for deadline, _ in self._armed.values()), now + self.IDLE_TICK)
-                elif now - idle_since >= self.IDLE_EXIT:
+                    wake = min(deadline for deadline, _ in self._armed.values())
+                elif now - self._last_arm >= self.IDLE_EXIT:
                     self._thread = None  # arm() starts another
                     self._next_wake = math.inf
                     return
                 else:
-                    wake = now + self.IDLE_TICK
+                    # nothing armed: arm() wakes the thread for any deadline before this
+                    wake = self._last_arm + self.IDLE_EXIT
                 self._next_wake = wake
                 self._cond.wait(max(0.0, wake - now))
 
@@ -594,17 +599,34 @@ class Listener(ChangeNotifier):
 
 
 def _notifications(conn: Any, timeout: float) -> list[tuple[str, str]]:
-    """Notifications received within ``timeout`` (psycopg 3 or psycopg2)."""
+    """Notifications received within ``timeout`` (psycopg 3 or psycopg2).
+
+    The wait is a plain block on the socket: psycopg 3's own ``notifies(timeout=...)`` wakes
+    every 0.1 s (its ``wait`` interval, so that Ctrl-C gets through), which made an idle
+    standby's listening thread run ten times a second. Only ``timeout=0`` calls go through
+    the driver: they return what it has buffered (notifications that came with another
+    statement's answer) and what the socket holds, without blocking.
+    """
     if callable(getattr(conn, "notifies", None)):  # psycopg 3
-        got = [(n.channel, n.payload) for n in conn.notifies(timeout=timeout, stop_after=1)]
-        if got:
-            got += [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+        got = [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+        if not got and _readable(conn.fileno(), timeout):
+            got = [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
         return got
     # psycopg2: notifications arrive on poll(); wait for the socket first
-    if not conn.notifies:
-        readable, _, _ = select.select([conn], [], [], timeout)
-        if readable:
-            conn.poll()
+    if not conn.notifies and _readable(conn.fileno(), timeout):
+        conn.poll()
     got = [(n.channel, n.payload) for n in conn.notifies]
     del conn.notifies[:]
     return got
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Block until ``fd`` is readable (data, end of stream or an error) or ``timeout`` passes."""
+    if timeout <= 0:
+        return True  # the caller's non-blocking read looks
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(timeout * 1000.0))
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return bool(readable)
