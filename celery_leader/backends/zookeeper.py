@@ -117,6 +117,12 @@ class ZooKeeperLock(Lock):
         self._changed = threading.Condition()
         self._generation = 0
         self._fired = 0
+        #: (generation, fired, version) of the last get(), which set a watch on the lock node
+        #: before reading it: while nothing fired or changed session since, ``version`` is
+        #: current and a wait for a change from it needs no read of its own
+        self._watched: tuple[int, int, str | None] | None = None
+        #: reads made by waits (the tests count them)
+        self.wait_reads = 0
 
     # --- reading ----------------------------------------------------------------------
 
@@ -124,18 +130,23 @@ class ZooKeeperLock(Lock):
         """(lock data, lock version, fence version, fence), in one round trip: the requests
         are pipelined (a session's requests are answered in order): ``sync`` first, so that
         the server the session is on has caught up with the ensemble's leader and the reads
-        see every write acknowledged before, then the fence, then the lock node."""
+        see every write acknowledged before, then the fence, then the lock node (with
+        ``watch`` set by the same request: it fires on every later change or deletion).
+        A lock node that is not there sets no watch that way: then a second round trip sets
+        one with ``exists()`` (it fires on creation)."""
+        deadline = time.monotonic() + max(0.0, timeout)
         starts: list[Callable[[KazooClient], Any]] = [
             lambda c: c.sync_async(self.path),
             lambda c: c.get_async(self.fence_path),
+            lambda c: c.get_async(self.path, watch=watch),
         ]
-        if watch is not None:
-            # exists() sets a watch that fires on creation, deletion and data changes
-            starts.append(lambda c: c.exists_async(self.path, watch=watch))
-        starts.append(lambda c: c.get_async(self.path))
         results = self._backend.call_many(starts, timeout, missing=(None, None))
         fence_raw, fence_stat = results[1]
         raw, lock_stat = results[-1]
+        if watch is not None and lock_stat is None:
+            created = self._backend.call(lambda c: c.exists_async(self.path, watch=watch), max(0.0, deadline - time.monotonic()))
+            if created is not None:
+                watch("created")  # it appeared after the read: whoever waits must read again
         fence = fence_number(fence_raw, log, self.name, "fence node", self.fence_path) if fence_stat is not None else 0
         return raw, (lock_stat.version if lock_stat is not None else None), (
             fence_stat.version if fence_stat is not None else None
@@ -151,7 +162,16 @@ class ZooKeeperLock(Lock):
         return Versioned(record, _version(lock_v, fence_v, fence, record.decode_error is not None))
 
     def get(self, timeout: float) -> Versioned | None:
-        return self._versioned(*self._read(timeout))
+        """Read, with a data watch set on the lock node (it rides in the same round trip), so
+        that a standby's next :meth:`wait_for_change` from this version needs no read: the
+        watch fires for every change after this read."""
+        with self._changed:
+            generation, fired = self._generation, self._fired
+        raw, lock_v, fence_v, fence = self._read(timeout, watch=self._wake)
+        current = self._versioned(raw, lock_v, fence_v, fence)
+        with self._changed:
+            self._watched = (generation, fired, current.version if current else None) if lock_v is not None else None
+        return current
 
     # --- writing ----------------------------------------------------------------------
 
@@ -214,12 +234,19 @@ class ZooKeeperLock(Lock):
         timeout. A session event (suspended, lost, reconnected) makes it read again: a
         watch may have been lost with the session."""
         deadline = time.monotonic() + max(0.0, timeout)
+        first = True
         while not self._closed and time.monotonic() < deadline:
             with self._changed:
                 generation, fired = self._generation, self._fired
-            current = self._versioned(*self._read(max(0.0, deadline - time.monotonic()), watch=self._wake))
-            if (current.version if current else None) != version:
-                return
+                # the last get() read ``version`` with the watch already set, and nothing has
+                # fired or changed session since: every later change will fire it
+                trusted = first and self._watched == (generation, fired, version)
+            first = False
+            if not trusted:
+                self.wait_reads += 1
+                current = self._versioned(*self._read(max(0.0, deadline - time.monotonic()), watch=self._wake))
+                if (current.version if current else None) != version:
+                    return
             with self._changed:
                 while self._generation == generation and not self._closed:
                     left = deadline - time.monotonic()
