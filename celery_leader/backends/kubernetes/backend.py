@@ -537,6 +537,11 @@ def _load_client(kubeconfig: str | None, context: str | None) -> tuple[Any, str 
                     f"({incluster_error}) and no usable kubeconfig ({exc}); run in a pod with a service account, "
                     "set KUBECONFIG, or write kubernetes://NAMESPACE?kubeconfig=/path/to/kubeconfig"
                 ) from exc
+    # The loaders' refresh hook assigns ``host`` again before every request, and while the
+    # proxy comes from the environment each such assignment scans os.environ (getproxies()):
+    # about a sixth of an idle standby's CPU per read. The REST client's pool is built below
+    # with the proxy found now and never looks again, so pinning it changes nothing else.
+    cfg.proxy = cfg.proxy
     # the engine retries; urllib3's own retries would multiply the caller's timeout
     cfg.retries = False
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 16)
