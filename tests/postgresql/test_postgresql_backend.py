@@ -393,3 +393,74 @@ def test_a_wrong_or_missing_password_is_a_configuration_error_that_shows_no_pass
     assert "Wr0ngPassw0rd" not in str(wrong.value) and "postgres:***@" in str(wrong.value)
     with pytest.raises(ConfigurationError, match="cannot log in"):
         open_backend(f"postgresql://postgres@{base}").check(10.0)
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_an_idle_listener_blocks_until_a_notification_or_its_ping(driver, pg_url, pg_database):
+    """The listening thread sleeps on its socket between notifications (psycopg 3's own
+    ``notifies(timeout=...)`` woke it ten times a second), and still hears the next one."""
+    from celery_leader.backends.sql import Listener, Watchdog
+    from tests.wakeups import wakeups
+
+    module = pytest.importorskip(driver)
+
+    def connect():
+        conn = module.connect(host="127.0.0.1", port=5432, user="postgres", dbname=pg_database, connect_timeout=5)
+        conn.autocommit = True
+        return conn
+
+    backend = PostgresBackend.from_url(pg_url)
+    lock = backend.lock(unique("idle"))
+    version = lock.create(sample_record(), 5.0)
+    # no ping within the idle interval below: only a notification could wake the thread
+    listener = Listener(connect, backend._tables.channel, watchdog=Watchdog(), ping_interval=60.0, label=driver)
+    backend._listener.stop()
+    backend._listener = listener
+    done = threading.Event()
+    try:
+        waiter = threading.Thread(target=lambda: (lock.wait_for_change(version, 60.0), done.set()))
+        waiter.start()
+        assert listener.listening.wait(10)
+        thread = listener._thread
+        assert thread is not None
+        time.sleep(0.3)  # the waiter has read and sleeps; the listener blocks in its read
+        before = wakeups(thread)
+        time.sleep(2.0)
+        idle = wakeups(thread) - before
+        assert not done.is_set(), "woke without a change"
+        assert idle <= 2, f"{driver}: the idle listening thread woke {idle} times in 2 s"
+        lock.update(sample_record(holder="next"), version, 5.0)  # a holder change: NOTIFY
+        assert done.wait(20), f"{driver}: the NOTIFY did not wake the waiter"
+    finally:
+        listener.stop()
+        backend.close()
+
+
+def test_the_watchdog_sleeps_while_nothing_is_armed():
+    """With nothing armed the watchdog's thread sleeps until its idle exit (it looked once a
+    second), and an armed deadline still fires."""
+    import socket as socket_module
+
+    from celery_leader.backends.sql import Watchdog
+    from tests.wakeups import wakeups
+
+    watchdog = Watchdog("test-watchdog")
+    ticket = watchdog.arm(-1, time.monotonic() + 3600)
+    assert not watchdog.disarm(ticket)
+    thread = watchdog._thread
+    assert thread is not None
+    time.sleep(0.2)
+    before, counted = wakeups(thread), watchdog.wakeups
+    time.sleep(2.5)
+    assert watchdog.wakeups == counted, "the idle watchdog woke up"
+    assert wakeups(thread) - before == 0
+    # a deadline still fires: the blocked reader of a socket pair is woken by the shutdown
+    a, b = socket_module.socketpair()
+    try:
+        ticket = watchdog.arm(a.fileno(), time.monotonic() + 0.2)
+        a.settimeout(30)
+        assert a.recv(1) == b""  # shut down by the watchdog
+        assert watchdog.disarm(ticket)
+    finally:
+        a.close()
+        b.close()
