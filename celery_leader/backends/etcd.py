@@ -33,12 +33,13 @@ import http.client
 import json
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -166,8 +167,16 @@ class EtcdLock(Lock):
         self.key = f"{backend.prefix}/lock/{name}"
         self.fence_key = f"{backend.prefix}/fence/{name}"
         self._closed = False
-        self._watches: set[http.client.HTTPConnection] = set()
+        #: watch streams of waits that could not use the kept one (close() aborts them)
+        self._streams: set[_Stream] = set()
         self._guard = threading.Lock()
+        #: the watch kept open between waits, from revision ``_watch_start`` on
+        self._watch: _Stream | None = None
+        self._watch_start = 0
+        self._watch_guard = threading.Lock()
+        #: watch streams this lock opened, and waits that used a kept one (the tests count them)
+        self.watches_opened = 0
+        self.kept_watch_waits = 0
 
     # --- reading ----------------------------------------------------------------------
 
@@ -256,40 +265,139 @@ class EtcdLock(Lock):
             revision = int(reply["header"]["revision"])
         except (KeyError, TypeError, ValueError):
             raise BackendUnavailable(f"{self.describe()}: etcd answered a write without a revision") from None
+        if self._watch is not None:
+            self._drop_watch()  # a writer leads and does not wait: its watch would only fill up
         # both puts of one transaction get the transaction's revision
         return f"{revision}:{revision}:{fence}"
 
     # --- watching ---------------------------------------------------------------------
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
-        """Read; if unchanged, watch the lock key from the next revision until a change or the timeout."""
+        """Return when the lock key changes from ``version``, or after ``timeout``.
+
+        One watch on the lock key is kept open across waits (a standby used to read and open
+        a new watch stream per wait, that is per renewal of the leader). A kept watch that
+        started no later than the revision after ``version``'s lock revision has delivered,
+        or will deliver, every later change of the key, so the wait needs no read: an event
+        newer than that revision ends it. Otherwise (no watch yet, it broke, it started
+        later, the preferred member changed, a version of another form): read, and if
+        unchanged open a new watch from the read's revision + 1 and keep it.
+        """
         deadline = time.monotonic() + max(0.0, timeout)
-        state = self._read(timeout)
+        if self._closed:
+            return
+        if not self._watch_guard.acquire(blocking=False):
+            # another thread waits on this lock's kept watch: a watch of its own
+            self._wait_once(version, deadline)
+            return
+        try:
+            parsed = _parse_version(version) if version else None
+            watch = self._kept_watch()
+            if watch is not None and parsed is not None and parsed[1] > 0 and self._watch_start <= parsed[1] + 1:
+                self.kept_watch_waits += 1
+                try:
+                    self._until_event(watch, parsed[1], deadline)
+                    return
+                except BackendUnavailable:
+                    self._drop_watch()  # read and watch anew below
+            state = self._read(max(0.0, deadline - time.monotonic()))
+            current = self._versioned(state)
+            if (current.version if current else None) != version or self._closed:
+                return
+            self._drop_watch()
+            body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
+            watch = self._backend.open_stream("watch", body, deadline)
+            self.watches_opened += 1
+            with self._guard:
+                self._watch, self._watch_start = watch, state.revision + 1
+            if self._closed:
+                self._drop_watch()
+                return
+            self._until_event(watch, state.lock_mod, deadline)
+        except BackendUnavailable:
+            self._drop_watch()
+            if self._closed:
+                return  # close() aborted the watch
+            raise
+        finally:
+            self._watch_guard.release()
+
+    def _kept_watch(self) -> _Stream | None:
+        watch = self._watch
+        if watch is None:
+            return None
+        if watch.pid != os.getpid():
+            self._watch = None  # a forked child: the parent's socket, never touched here
+            return None
+        endpoints = self._backend.endpoints
+        if watch.broken or endpoints[self._backend._preferred % len(endpoints)] != watch.endpoint:
+            self._drop_watch()  # later calls go to another member: watch there
+            return None
+        return watch
+
+    def _until_event(self, watch: _Stream, seen: int, deadline: float) -> None:
+        """Read the kept watch until an event newer than revision ``seen`` or the deadline."""
+        while True:
+            line = watch.next(deadline)
+            if line is None:
+                return  # the deadline: no change, the watch stays
+            result = line.get("result") or {}
+            if result.get("canceled") or line.get("error"):
+                # refused or ended (compacted, permission): re-read, and watch anew next time
+                if result.get("cancel_reason"):
+                    log.debug("%s: watch canceled: %s", self.name, result.get("cancel_reason"))
+                self._drop_watch()
+                return
+            for event in result.get("events") or ():
+                try:
+                    revision = int((event.get("kv") or {}).get("mod_revision") or 0)
+                except (TypeError, ValueError, AttributeError):
+                    revision = 0
+                if revision == 0 or revision > seen:
+                    return  # a change after the version the caller knows (or one we cannot place)
+            if self._closed:
+                return
+
+    def _wait_once(self, version: str | None, deadline: float) -> None:
+        """Read; if unchanged, watch the lock key on a stream of this wait's own until a change or the deadline."""
+        state = self._read(max(0.0, deadline - time.monotonic()))
         current = self._versioned(state)
         if (current.version if current else None) != version or self._closed:
             return
         body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
+        watch = self._backend.open_stream("watch", body, deadline)
+        with self._guard:
+            self._streams.add(watch)
         try:
-            for line in self._backend.stream("watch", body, deadline, self._watches, self._guard, lambda: self._closed):
+            while not self._closed:  # (close() may have come before the stream was registered)
+                line = watch.next(deadline)
+                if line is None or self._closed:
+                    return
                 result = line.get("result") or {}
                 if result.get("events") or result.get("canceled") or line.get("error"):
-                    # a change, or the watch was refused (compacted, permission): re-read either way
-                    if result.get("canceled") and result.get("cancel_reason"):
-                        log.debug("%s: watch canceled: %s", self.name, result.get("cancel_reason"))
-                    return
-                if self._closed:
                     return
         except BackendUnavailable:
             if self._closed:
-                return  # close() aborted the watch
+                return
             raise
+        finally:
+            with self._guard:
+                self._streams.discard(watch)
+            watch.close()
+
+    def _drop_watch(self) -> None:
+        with self._guard:
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
 
     def close(self) -> None:
         self._closed = True
         with self._guard:
-            watches, self._watches = list(self._watches), set()
-        for conn in watches:
-            _abort(conn)
+            streams, self._streams = list(self._streams), set()
+            watch, self._watch = self._watch, None
+        for stream in streams + ([watch] if watch is not None else []):
+            stream.close()
 
     def describe(self) -> str:
         return f"etcd key {self.key!r} at {self._backend.describe()}"
@@ -303,6 +411,143 @@ def _abort(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+class _Stream:
+    """The messages of one streaming answer (a watch), read only when asked for.
+
+    Between reads the connection stays open and what the member sends waits in the socket,
+    so a standby can keep one watch across its waits instead of opening one per wait.
+    :meth:`next` blocks on the socket itself (``poll``) and reads only what has arrived
+    (the chunked framing is taken apart here: ``http.client``'s own reader blocks for the
+    next chunk's header right after a chunk), so a deadline that passes while nothing came
+    leaves the stream intact for the next call.
+    """
+
+    def __init__(self, backend: "EtcdBackend", endpoint: _Endpoint, conn: http.client.HTTPConnection,
+                 resp: http.client.HTTPResponse) -> None:  # fmt: skip
+        self.backend = backend
+        self.endpoint = endpoint
+        self.conn = conn
+        self._fp = resp.fp  # the socket's buffered reader, at the start of the body
+        self._chunked = bool(resp.chunked)
+        #: bytes of the answer not yet taken apart, and what is left of the current chunk
+        #: (None: its size line comes next; 0: the CRLF after its data)
+        self._raw = b""
+        self._chunk_left: int | None = None
+        self._buffer = b""
+        self._decoder = json.JSONDecoder()
+        self.broken = False
+        self.pid = os.getpid()
+
+    def _waiting(self) -> bool:
+        """Has the buffered reader or TLS already taken in bytes not yet handed out?"""
+        sock = self.conn.sock
+        if sock is None or self._fp is None:
+            return True  # closed under us: the read says so
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        sock.settimeout(0.0)  # peek at the buffered reader without blocking on the socket
+        try:
+            return bool(self._fp.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        except Exception:  # noqa: BLE001 - closed meanwhile (by close() in another thread): the read reports it
+            return True
+
+    def next(self, deadline: float) -> dict[str, Any] | None:
+        """The next message; ``None`` once ``deadline`` passes with none complete. Raises
+        :class:`BackendUnavailable` when the stream ended or failed (and closes it)."""
+        while True:
+            message = self._decode()
+            if message is not None:
+                return message
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not self._waiting():
+                sock = self.conn.sock
+                if sock is None or not _readable(sock.fileno(), left):
+                    continue  # the deadline (checked above), or closed: the read reports it
+            try:
+                # bytes have arrived: this read returns them without waiting for more
+                self.backend._settimeout(self.conn, max(deadline, time.monotonic() + 0.05))
+                data = self._fp.read1(65536)
+                ended = not data or self._take(data)
+            except Exception as exc:  # noqa: BLE001 - OSError; ValueError for a bad chunk;
+                # AttributeError when close() in another thread closed it meanwhile
+                self.close()
+                raise _Unavailable(f"etcd watch on {self.endpoint} failed: {exc!r}") from None
+            if ended:
+                self.close()
+                raise _Unavailable(f"etcd member {self.endpoint} ended the watch stream")
+            if len(self._buffer) > MAX_RESPONSE or len(self._raw) > MAX_RESPONSE:
+                self.close()
+                return {"error": "watch message too large"}
+
+    def _take(self, data: bytes) -> bool:
+        """Add bytes read from the socket to the body; ``True`` at the end of the body."""
+        if not self._chunked:
+            self._buffer += data
+            return False
+        self._raw += data
+        while self._raw:
+            if self._chunk_left is None:
+                end = self._raw.find(b"\r\n")
+                if end < 0:
+                    if len(self._raw) > 1024:
+                        raise ValueError("chunk size line too long")
+                    return False
+                size = int(self._raw[:end].split(b";", 1)[0].strip(), 16)
+                self._raw = self._raw[end + 2 :]
+                if size == 0:
+                    return True  # the last chunk
+                self._chunk_left = size
+            elif self._chunk_left == 0:
+                if len(self._raw) < 2:
+                    return False
+                if self._raw[:2] != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+                self._raw = self._raw[2:]
+                self._chunk_left = None
+            else:
+                part = self._raw[: self._chunk_left]
+                self._buffer += part
+                self._raw = self._raw[len(part) :]
+                self._chunk_left -= len(part)
+        return False
+
+    def _decode(self) -> dict[str, Any] | None:
+        while True:
+            text = self._buffer.lstrip()
+            if not text:
+                self._buffer = b""
+                return None
+            try:
+                decoded = text.decode("utf-8")
+                message, end = self._decoder.raw_decode(decoded)
+            except (ValueError, UnicodeDecodeError):
+                self._buffer = text
+                return None  # incomplete: read more
+            self._buffer = decoded[end:].encode("utf-8")
+            if isinstance(message, dict):
+                return message
+
+    def close(self) -> None:
+        self.broken = True
+        if self.pid == os.getpid():
+            _abort(self.conn)
+            self.conn.close()
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Block until ``fd`` is readable (data, end of stream or an error) or ``timeout`` passes."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(0.0, timeout) * 1000.0))
+    readable, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(readable)
 
 
 class EtcdBackend(Backend, RenewBatch):
@@ -507,6 +752,8 @@ class EtcdBackend(Backend, RenewBatch):
                         out[i] = outcome
                     else:
                         out[i] = f"{outcome}:{outcome}:{fence}"
+                        if isinstance(lock, EtcdLock) and lock._watch is not None:
+                            lock._drop_watch()  # it leads (as after a lone write): no waiting
             batched = rest
         for i in alone:
             lock, record, version = items[i]
@@ -816,20 +1063,11 @@ class EtcdBackend(Backend, RenewBatch):
             self._pid = os.getpid()
             self._idle = {e: collections.deque() for e in self.endpoints}
 
-    def stream(
-        self,
-        path: str,
-        body: Any,
-        deadline: float,
-        registry: set[http.client.HTTPConnection],
-        guard: threading.Lock,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> Iterator[dict[str, Any]]:
-        """Yield the JSON messages of a streaming request (a watch) until ``deadline``.
+    def open_stream(self, path: str, body: Any, deadline: float) -> "_Stream":
+        """Start a streaming request (a watch) on its own connection to the preferred member.
 
-        Uses its own connection (registered in ``registry`` so that ``close()`` can abort it).
-        A member that cannot be reached raises :class:`BackendUnavailable`; the deadline
-        passing ends the iteration quietly.
+        A member that cannot be reached, or that refuses the request, raises
+        :class:`BackendUnavailable` (or the error its answer means).
         """
         headers = {"Content-Type": "application/json"}
         token = self._auth_token(deadline)
@@ -841,64 +1079,30 @@ class EtcdBackend(Backend, RenewBatch):
         except _NotSent:
             self._rotate(endpoint)
             raise
-        with guard:
-            registry.add(conn)
         try:
-            if cancelled():
-                return  # closed while connecting: close() may have missed this connection
-            try:
-                self._settimeout(conn, deadline)
-                conn.request("POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers)
-                self._settimeout(conn, deadline)
-                resp = conn.getresponse()
-                if resp.status != 200:
-                    raw = resp.read(MAX_RESPONSE)
-                    try:
-                        reply = json.loads(raw)
-                    except ValueError:
-                        reply = {}
-                    message = str(reply.get("message") or "") if isinstance(reply, dict) else ""
-                    raise self._error(path, resp.status, reply, message)
-                buffer = b""
-                decoder = json.JSONDecoder()
-                while True:
-                    self._settimeout(conn, deadline)
-                    chunk = resp.read1(65536)
-                    if not chunk:
-                        if self._closed or cancelled():
-                            return
-                        raise _Unavailable(f"etcd member {endpoint} ended the watch stream")
-                    buffer += chunk
-                    if len(buffer) > MAX_RESPONSE:
-                        yield {"error": "watch message too large"}
-                        return
-                    while True:
-                        text = buffer.lstrip()
-                        if not text:
-                            buffer = b""
-                            break
-                        try:
-                            message, end = decoder.raw_decode(text.decode("utf-8"))
-                        except (ValueError, UnicodeDecodeError):
-                            buffer = text
-                            break  # incomplete: read more
-                        buffer = text.decode("utf-8")[end:].encode("utf-8")
-                        if isinstance(message, dict):
-                            yield message
-            except TimeoutError:
-                return  # the deadline: no change seen
-            except ssl.SSLError as exc:
-                raise self._tls_error(exc) from None
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                # (a chunked stream cut in the middle can also raise ValueError in http.client)
-                if self._closed or cancelled():
-                    return
-                raise _Unavailable(f"etcd watch on {endpoint} failed: {exc!r}") from None
-        finally:
-            with guard:
-                registry.discard(conn)
-            _abort(conn)
+            self._settimeout(conn, deadline)
+            conn.request("POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers)
+            self._settimeout(conn, deadline)
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raw = resp.read(MAX_RESPONSE)
+                try:
+                    reply = json.loads(raw)
+                except ValueError:
+                    reply = {}
+                message = str(reply.get("message") or "") if isinstance(reply, dict) else ""
+                raise self._error(path, resp.status, reply, message)
+        except ssl.SSLError as exc:
             conn.close()
+            raise self._tls_error(exc) from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            conn.close()
+            self._rotate(endpoint)
+            raise _Unavailable(f"etcd watch on {endpoint} failed: {exc!r}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return _Stream(self, endpoint, conn, resp)
 
     # --- housekeeping -----------------------------------------------------------------
 
