@@ -238,10 +238,15 @@ class ZooKeeperLock(Lock):
         while not self._closed and time.monotonic() < deadline:
             with self._changed:
                 generation, fired = self._generation, self._fired
-                # the last get() read ``version`` with the watch already set, and nothing has
-                # fired or changed session since: every later change will fire it
-                trusted = first and self._watched == (generation, fired, version)
+                watched = self._watched if first else None
             first = False
+            trusted = False
+            if watched is not None and watched[2] == version:
+                if fired != watched[1]:
+                    return  # the watch the last get() set has fired since: a change
+                # the last get() read ``version`` with the watch already set, and the session
+                # has not changed since: every later change will fire it
+                trusted = generation == watched[0]
             if not trusted:
                 self.wait_reads += 1
                 current = self._versioned(*self._read(max(0.0, deadline - time.monotonic()), watch=self._wake))

@@ -1,0 +1,75 @@
+"""An idle standby on ZooKeeper reads once per renewal of the leader (its election's get,
+which sets the data watch in the same round trip), not twice: its wait trusts that read
+while the watch has not fired and the session has not changed. Counted, never timed."""
+
+from __future__ import annotations
+
+import threading
+
+from celery_leader.testing import sample_record
+from tests.elections import wait_for
+
+from .conftest import ZooKeeper
+
+T = 5.0
+#: long enough never to end a wait in these tests: a wait that returns was woken by the watch
+LONG = 60.0
+
+
+def _wait_in_thread(lock, version) -> threading.Event:
+    done = threading.Event()
+    threading.Thread(target=lambda: (lock.wait_for_change(version, LONG), done.set()), daemon=True).start()
+    return done
+
+
+def test_a_standby_wait_needs_no_read_after_its_get(zk_server: ZooKeeper, path: str, open_backend) -> None:
+    url = zk_server.url(path)
+    leader, standby = open_backend(url).lock("s"), open_backend(url).lock("s")
+    version = leader.create(sample_record(holder="leader"), T)
+    assert standby.get(T) is not None  # connects: the session's CONNECTED event wakes its locks once
+    assert wait_for(lambda: standby._generation > 0)
+    for i in range(6):
+        got = standby.get(T)  # the engine's read; it sets the watch
+        assert got is not None and got.version == version
+        renewed = sample_record(holder="leader", renew_time=1_700_000_100.0 + i)
+        if i % 2:
+            version = leader.update(renewed, version, T)  # before the wait: the watch has fired
+            standby.wait_for_change(got.version, LONG)
+        else:
+            done = _wait_in_thread(standby, got.version)  # during the wait: the watch wakes it
+            version = leader.update(renewed, version, T)
+            assert done.wait(20), "the renewal did not end the standby's wait"
+    assert standby.wait_reads == 0
+    # a release is seen through the watch as well
+    got = standby.get(T)
+    assert got is not None
+    done = _wait_in_thread(standby, got.version)
+    leader.update(sample_record(holder=""), version, T)
+    assert done.wait(20), "the release did not end the standby's wait"
+    assert standby.wait_reads == 0
+    released = standby.get(T)
+    assert released is not None and released.record.holder == ""
+
+
+def test_a_session_event_or_another_version_makes_the_wait_read(zk_server: ZooKeeper, path: str, open_backend) -> None:
+    url = zk_server.url(path)
+    leader, standby = open_backend(url).lock("e"), open_backend(url).lock("e")
+    old = leader.create(sample_record(), T)
+    got = standby.get(T)
+    assert got is not None and got.version == old
+    standby._wake()  # what a suspended or reconnected session does: a watch may be gone
+    standby.wait_for_change(old, 0.2)
+    assert standby.wait_reads == 1
+    new = leader.update(sample_record(holder="next"), old, T)
+    assert standby.get(T).version == new  # type: ignore[union-attr]
+    standby.wait_for_change(old, LONG)  # not the version the get read: read, changed, return
+    assert standby.wait_reads == 2
+
+
+def test_a_missing_lock_node_is_watched_for_its_creation(zk_server: ZooKeeper, path: str, open_backend) -> None:
+    url = zk_server.url(path)
+    writer, standby = open_backend(url).lock("m"), open_backend(url).lock("m")
+    assert standby.get(T) is None
+    done = _wait_in_thread(standby, None)
+    writer.create(sample_record(), T)
+    assert done.wait(20), "the creation did not end the wait"
