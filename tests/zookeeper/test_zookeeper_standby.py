@@ -73,3 +73,35 @@ def test_a_missing_lock_node_is_watched_for_its_creation(zk_server: ZooKeeper, p
     done = _wait_in_thread(standby, None)
     writer.create(sample_record(), T)
     assert done.wait(20), "the creation did not end the wait"
+
+
+def test_a_standby_election_reads_once_per_renewal_and_takes_over_on_release(zk_server: ZooKeeper, path: str,
+                                                                             open_backend) -> None:  # fmt: skip
+    from celery_leader import Election
+
+    url = zk_server.url(path)
+    timing = {"lease_duration": 1.0, "renew_deadline": 0.6, "retry_period": 0.2}
+    leader = Election("beat", url=url, identity="leader", **timing).start()
+    standby_lock = open_backend(url).lock("beat")
+    reads = [0]
+    original = standby_lock.get
+
+    def counted_get(timeout: float):
+        reads[0] += 1
+        return original(timeout)
+
+    standby_lock.get = counted_get  # type: ignore[method-assign]
+    standby = Election("beat", lock=standby_lock, identity="standby", **timing)
+    try:
+        assert leader.wait_until_leader(20)
+        standby.start()
+        assert wait_for(lambda: reads[0] >= 15), "the standby did not read"
+        assert standby.leader == "leader" and not standby.is_leader
+        # its waits trusted the election's reads: at most one read of their own, after the
+        # session's first CONNECTED event
+        assert standby_lock.wait_reads <= 1
+        leader.stop()  # releases: the data watch wakes the standby
+        assert standby.wait_until_leader(20)
+    finally:
+        standby.stop()
+        leader.stop()
