@@ -5,7 +5,8 @@ process leads, on each backend, at the default timing (15 s / 10 s / 2 s).
 
 Backends: file, redis, postgresql, etcd, zookeeper, kubernetes (the tests' Lease API server,
 bookmarks once a minute as a real API server sends them), s3 (moto server), git
-(``git+file://``), gossip (two serf agents: the standby's acceptor answers the leader's
+(``git+file://``), gossip (three serf agents: the leader's, the standby's, and a third
+whose acceptor runs in the leader's process; the standby's acceptor answers the leader's
 renewals), django (``django://`` on PostgreSQL, LISTEN/NOTIFY). The servers run on 127.0.0.1.
 
 The leader runs in this process (thread driver); the standby in a fresh interpreter that
@@ -245,6 +246,7 @@ def main(argv: list[str]) -> int:
         return 0
     rows, results = [], []
     load_before = os.getloadavg()[0]
+    m = machine()  # before Django's settings set the process's TZ (its default TIME_ZONE)
     for kind in args.backends.split(","):
         with backend_urls(kind) as (leader_url, standby_url):
             for driver in args.drivers.split(","):
@@ -263,17 +265,16 @@ def main(argv: list[str]) -> int:
     print(text)
     if args.no_write:
         return 0
-    m = machine()
     write_results(NAME, {"machine": m, "load_before": load_before, "runs": results, "command": "python -m benchmarks standby " + " ".join(argv)})
     section = "\n".join([
         MARK,
         "## An idle standby, per backend",
         "",
-        f"Command: `python -m benchmarks standby {' '.join(argv)}`. One process leads (thread driver), another "
+        f"Command: `{' '.join(['python -m benchmarks standby', *argv])}`. One process leads (thread driver), another "
         "process does nothing but stand by for the same name at the default timing (15 s / 10 s / 2 s); its whole "
         "CPU (all threads) over the window, and its voluntary context switches (wakeups). Servers on 127.0.0.1: "
         "kubernetes is the tests' Lease API server (a watch bookmark a minute), s3 moto, git `git+file://`, gossip "
-        "two serf agents (the standby's acceptor answers each renewal), django `django://` on PostgreSQL. "
+        "three serf agents (the standby's acceptor answers each renewal), django `django://` on PostgreSQL. "
         f"Run {m.get('when', '?')}, load average {load_before:.1f} before.",
         "",
         text,
