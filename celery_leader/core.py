@@ -566,7 +566,12 @@ class ElectionCore:
             return self._read(now)
         obs = self.observed
         if obs is None or obs.record.decode_error or obs.record.holder != self.identity:
-            return self._finish_release()  # not ours (any more): nothing to release
+            # not ours (any more): a fault ended the term first, or our release landed but
+            # its answer was lost; either way said, so a stop is never silent about the lock
+            state = "absent" if obs is None else "unreadable" if obs.record.decode_error else (
+                f"held by {printable(obs.record.holder)}" if obs.record.holder else "free")
+            log.info("%s: nothing to release: the lock is %s", self.name, state)
+            return self._finish_release()
         rec = obs.record
         preferred = rec.preferred_holder if rec.preferred_holder not in (ANY_HOLDER, self.identity) else ""
         record = rec.evolve(holder="", renew_time=self.clock.time(), preferred_holder=preferred)
