@@ -57,6 +57,7 @@ from ..lock import (
 )
 from ..record import LeaderRecord, encode_record
 from ..urls import redact
+from ._batch import send_alone, sort_items
 from ._coordination import base_path, fence_number, fenced_record, refuse_lower_token, split_url, users_and_hosts
 
 __all__ = ["EtcdBackend", "EtcdLock", "VANISHED_HOLDER", "DEFAULT_PREFIX"]
@@ -701,25 +702,18 @@ class EtcdBackend(Backend, RenewBatch):
         fails as a whole (member gone, no answer in time) is the outcome of each item in it.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        out: list[str | Exception | None] = [None] * len(items)
+        todo = sort_items(
+            items,
+            self.describe(),
+            lambda lock: isinstance(lock, EtcdLock) and lock._backend is self,
+            lambda lock, item: lock._renewal(item[1], item[2]) if isinstance(lock, EtcdLock) else None,
+            lambda lock: lock.key if isinstance(lock, EtcdLock) else lock.name,  # two puts of one key: etcd refuses it
+        )
+        out = todo.out
         batched: list[tuple[int, dict[str, Any], int, int]] = []  # (index, nested txn, fence, request bytes)
-        alone: list[int] = []
-        seen: set[str] = set()
-        for i, (lock, record, version) in enumerate(items):
-            if not isinstance(lock, EtcdLock) or lock._backend is not self:
-                out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
-                continue
-            try:
-                txn = lock._renewal(record, version)
-            except Exception as exc:  # noqa: BLE001 - this item's own outcome (a record that cannot be encoded)
-                out[i] = exc
-                continue
-            if txn is None or lock.key in seen:
-                alone.append(i)  # two puts of one key in one transaction: etcd refuses it
-                continue
-            seen.add(lock.key)
+        for i, txn in todo.batched:
             size = 200 + sum(len(op["request_put"]["key"]) + len(op["request_put"]["value"]) for op in txn["success"])
-            batched.append((i, txn, int(record.transitions), size + 2 * len(txn["compare"][0]["key"])))
+            batched.append((i, txn, int(items[i][1].transitions), size + 2 * len(txn["compare"][0]["key"])))
         while batched:
             # as many as one transaction may carry, by count and by bytes (at least one)
             count, request = 1, batched[0][3]
@@ -755,17 +749,7 @@ class EtcdBackend(Backend, RenewBatch):
                         if isinstance(lock, EtcdLock) and lock._watch is not None:
                             lock._drop_watch()  # it leads (as after a lone write): no waiting
             batched = rest
-        for i in alone:
-            lock, record, version = items[i]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                out[i] = BackendUnavailable(f"{lock.describe()}: no time left in the batch's timeout")
-                continue
-            try:
-                out[i] = lock.update(record, version, left)
-            except Exception as exc:  # noqa: BLE001 - this item's own outcome
-                out[i] = exc
-        return [o if o is not None else BackendUnavailable("no answer") for o in out]
+        return send_alone(items, todo, deadline)
 
     def _nested_outcomes(self, reply: dict[str, Any], n: int) -> list[int | None | Exception]:
         """Per nested transaction: the revision it wrote at, ``None`` if its compare failed,

@@ -44,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - registry turns this into the pi
 from ..errors import RegressionError
 from ..lock import Backend, BackendUnavailable, BatchItem, Capabilities, ConfigurationError, Conflict, RenewBatch
 from ..urls import UrlOptions, redact, scrub
+from ._batch import send_alone, sort_items
 from .sql import VANISHED_HOLDER, Listener, SqlLock, Tables, Watchdog, channel_for, renew_many_sql
 
 __all__ = ["PostgresBackend", "PostgresLock", "DEFAULT_TABLE", "VANISHED_HOLDER", "ddl"]
@@ -357,35 +358,16 @@ class PostgresBackend(Backend, RenewBatch):
         (server gone, no answer within ``timeout``) is the outcome of each item in it.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        out: list[str | Exception | None] = [None] * len(items)
-        batched: list[int] = []
-        alone: list[int] = []
-        names: list[str] = []
-        expected: list[int] = []
-        records: list[str] = []
-        holders: list[str] = []
-        tokens: list[int] = []
-        seen: set[str] = set()
-        for i, (lock, record, version) in enumerate(items):
-            if not isinstance(lock, PostgresLock) or lock._pg is not self:
-                out[i] = ConfigurationError(f"{lock.describe()} does not belong to {self.describe()}")
-                continue
-            try:
-                plain = lock._renewal(record, version)
-            except Exception as exc:  # noqa: BLE001 - this item's own outcome (a record that cannot be encoded)
-                out[i] = exc
-                continue
-            if plain is None or lock.name in seen:
-                alone.append(i)
-                continue
-            seen.add(lock.name)
-            batched.append(i)
-            names.append(lock.name)
-            expected.append(plain[0])
-            records.append(plain[1])
-            holders.append(plain[2])
-            tokens.append(plain[3])
-        if batched:
+        todo = sort_items(
+            items,
+            self.describe(),
+            lambda lock: isinstance(lock, PostgresLock) and lock._pg is self,
+            lambda lock, item: lock._renewal(item[1], item[2]) if isinstance(lock, PostgresLock) else None,
+            lambda lock: lock.name,
+        )
+        if todo.batched:
+            names = [items[i][0].name for i, _ in todo.batched]
+            expected, records, holders, tokens = (list(column) for column in zip(*(plain for _, plain in todo.batched)))
 
             def renew(cur: Any, t: Tables) -> set[str]:
                 cur.execute(renew_many_sql(t), [names, expected, records, holders, tokens])
@@ -395,24 +377,14 @@ class PostgresBackend(Backend, RenewBatch):
                 written: set[str] | Exception = self._call(deadline - time.monotonic(), renew)
             except (BackendUnavailable, ConfigurationError, Conflict) as exc:
                 written = exc  # nothing is known about any row of the statement
-            for i, name, exp in zip(batched, names, expected):
+            for (i, _), name, exp in zip(todo.batched, names, expected):
                 if isinstance(written, Exception):
-                    out[i] = written
+                    todo.out[i] = written
                 elif name in written:
-                    out[i] = str(exp + 1)
+                    todo.out[i] = str(exp + 1)
                 else:
-                    out[i] = Conflict(f"{name}: the stored version is no longer {exp}")
-        for i in alone:
-            lock, record, version = items[i]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                out[i] = BackendUnavailable(f"{lock.describe()}: no time left in the batch's timeout")
-                continue
-            try:
-                out[i] = lock.update(record, version, left)
-            except Exception as exc:  # noqa: BLE001 - this item's own outcome
-                out[i] = exc
-        return [o if o is not None else BackendUnavailable("no answer") for o in out]
+                    todo.out[i] = Conflict(f"{name}: the stored version is no longer {exp}")
+        return send_alone(items, todo, deadline)
 
     @staticmethod
     def _set_timeouts(conn: Any, left: float) -> None:
