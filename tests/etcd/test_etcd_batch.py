@@ -5,20 +5,16 @@ lock, each comparing that lock's own keys; anything else goes through the lock's
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
-from celery_leader.aio import AsyncElection
 from celery_leader.backends.etcd import TXN_RENEWALS, EtcdBackend, EtcdLock
 from celery_leader.errors import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.lock import RenewBatch
 from celery_leader.record import LeaderRecord
+from tests.batches import assert_renewed_in_batches
 
 from .conftest import EtcdCluster
-
-#: renewals every 0.2 s, but terms that survive a loaded machine's hiccups
-STEADY = dict(lease_duration=3.0, renew_deadline=2.0, retry_period=0.2)
 
 
 def rec(holder: str, n: int, token: int = 1) -> LeaderRecord:
@@ -215,55 +211,4 @@ def test_errors_name_no_secret(etcd_factory: Callable[..., EtcdCluster], open_ba
 
 def test_asyncio_elections_on_etcd_renew_in_batches(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
     backend: EtcdBackend = open_backend(etcd_server.url(prefix))
-    sizes: list[int] = []
-    alone: list[str] = []
-    inner_many = backend.update_many
-
-    def counting(items, timeout):  # type: ignore[no-untyped-def]
-        sizes.append(len(items))
-        return inner_many(items, timeout)
-
-    backend.update_many = counting  # type: ignore[method-assign]
-    original_lock = backend.lock
-
-    def lock(name: str) -> EtcdLock:  # every update() outside a batch is noted
-        made = original_lock(name)
-        inner = made.update
-
-        def spying(record, expected, timeout):  # type: ignore[no-untyped-def]
-            alone.append(name)
-            return inner(record, expected, timeout)
-
-        made.update = spying  # type: ignore[method-assign]
-        return made
-
-    backend.lock = lock  # type: ignore[method-assign]
-    started: dict[str, int] = {}
-    stopped: list[str] = []
-
-    def on_started(name: str) -> Callable[[object], None]:
-        return lambda leadership: started.__setitem__(name, started.get(name, 0) + 1)
-
-    async def main() -> None:
-        elections = [
-            AsyncElection(f"job{i}", backend=backend, identity=f"me{i}", on_started_leading=on_started(f"job{i}"),
-                          on_stopped_leading=lambda i=i: stopped.append(f"job{i}"), **STEADY)
-            for i in range(30)
-        ]  # fmt: skip
-        for e in elections:
-            await e.start()
-        deadline = time.monotonic() + 20
-        while not all(e.is_leader for e in elections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert all(e.is_leader for e in elections)
-        before = sum(sizes)
-        await asyncio.sleep(4.0)  # longer than the lease: only the batched renewals kept them
-        assert all(e.is_leader for e in elections)
-        assert stopped == [], "no term ended"
-        assert sum(sizes) - before >= 30 * 5
-        for e in elections:
-            await e.stop()
-
-    asyncio.run(main())
-    assert all(n == 1 for n in started.values()) and len(started) == 30  # one term each, never lost
-    assert len(alone) < sum(sizes) // 4  # the one-off updates are the releases (and any retry), not the renewals
+    assert_renewed_in_batches(backend, [f"job{i}" for i in range(30)])

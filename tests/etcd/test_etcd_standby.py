@@ -12,6 +12,7 @@ import pytest
 
 from celery_leader.backends.etcd import EtcdLock, _Stream
 from celery_leader.testing import sample_record
+from tests.wakeups import count_calls
 
 from .conftest import EtcdCluster
 from .test_etcd_config import _tls_cluster, pki  # noqa: F401 - the fixture
@@ -21,23 +22,11 @@ T = 5.0
 LONG = 60.0
 
 
-def _counting_reads(lock: EtcdLock) -> list[int]:
-    reads = [0]
-    original = lock._read
-
-    def counted(timeout: float):
-        reads[0] += 1
-        return original(timeout)
-
-    lock._read = counted  # type: ignore[method-assign]
-    return reads
-
-
 def _standby_rounds(leader: EtcdLock, standby: EtcdLock, renewals: int) -> None:
     version = leader.create(sample_record(holder="leader"), T)
     got = standby.get(T)
     assert got is not None and got.version == version
-    reads = _counting_reads(standby)
+    reads = count_calls(standby, "_read")
     # nothing changes: the wait reads once, opens the watch, and times out with it kept
     standby.wait_for_change(got.version, 0.3)
     assert (reads[0], standby.watches_opened) == (1, 1)
@@ -109,7 +98,7 @@ def test_a_version_older_than_the_kept_watch_is_read_first(etcd_server: EtcdClus
     old = leader.create(sample_record(), T)
     new = leader.update(sample_record(holder="next"), old, T)
     standby.wait_for_change(new, 0.2)  # watch from after ``new``
-    reads = _counting_reads(standby)
+    reads = count_calls(standby, "_read")
     standby.wait_for_change(old, LONG)  # ``old`` is not current: the read says so at once
     assert reads[0] == 1
 

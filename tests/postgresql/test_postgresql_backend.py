@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -321,24 +322,31 @@ def test_three_electors_hand_over_through_notify(pg_url):
 # --- the shared LISTEN loop on either driver ---------------------------------------------
 
 
-@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
-def test_listener_hears_notifications_on_both_drivers_and_survives_a_kill(driver, pg_url, pg_database, db):
-    """django:// listens with whatever driver Django uses (psycopg 3 or psycopg2)."""
+def listen_with(module: Any, pg_database: str, backend: PostgresBackend, ping_interval: float) -> Any:
+    """A Listener whose connections come from the driver ``module`` (psycopg or psycopg2),
+    put in place of ``backend``'s own: the lock's writes notify its channel."""
     from celery_leader.backends.sql import Listener, Watchdog
-
-    module = pytest.importorskip(driver)
 
     def connect():
         conn = module.connect(host="127.0.0.1", port=5432, user="postgres", dbname=pg_database, connect_timeout=5)
         conn.autocommit = True
         return conn
 
+    listener = Listener(connect, backend._tables.channel, watchdog=Watchdog(), ping_interval=ping_interval,
+                        label=module.__name__)  # fmt: skip
+    backend._listener.stop()
+    backend._listener = listener
+    return listener
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_listener_hears_notifications_on_both_drivers_and_survives_a_kill(driver, pg_url, pg_database, db):
+    """django:// listens with whatever driver Django uses (psycopg 3 or psycopg2)."""
+    module = pytest.importorskip(driver)
     backend = PostgresBackend.from_url(pg_url)
     lock = backend.lock(unique("listen"))
     version = lock.create(sample_record(), 5.0)
-    listener = Listener(connect, backend._tables.channel, watchdog=Watchdog(), ping_interval=0.5, label=driver)
-    backend._listener.stop()
-    backend._listener = listener  # the lock's writes notify this listener's channel
+    listener = listen_with(module, pg_database, backend, ping_interval=0.5)
     woke = []
     try:
         for round_ in range(2):
@@ -399,23 +407,14 @@ def test_a_wrong_or_missing_password_is_a_configuration_error_that_shows_no_pass
 def test_an_idle_listener_blocks_until_a_notification_or_its_ping(driver, pg_url, pg_database):
     """The listening thread sleeps on its socket between notifications (psycopg 3's own
     ``notifies(timeout=...)`` woke it ten times a second), and still hears the next one."""
-    from celery_leader.backends.sql import Listener, Watchdog
     from tests.wakeups import wakeups
 
     module = pytest.importorskip(driver)
-
-    def connect():
-        conn = module.connect(host="127.0.0.1", port=5432, user="postgres", dbname=pg_database, connect_timeout=5)
-        conn.autocommit = True
-        return conn
-
     backend = PostgresBackend.from_url(pg_url)
     lock = backend.lock(unique("idle"))
     version = lock.create(sample_record(), 5.0)
     # no ping within the idle interval below: only a notification could wake the thread
-    listener = Listener(connect, backend._tables.channel, watchdog=Watchdog(), ping_interval=60.0, label=driver)
-    backend._listener.stop()
-    backend._listener = listener
+    listener = listen_with(module, pg_database, backend, ping_interval=60.0)
     done = threading.Event()
     try:
         waiter = threading.Thread(target=lambda: (lock.wait_for_change(version, 60.0), done.set()))

@@ -5,21 +5,16 @@ as they are."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from urllib.parse import quote
 
-from celery_leader.aio import AsyncElection
 from celery_leader.backends.postgresql import DEFAULT_TABLE, PostgresBackend, PostgresLock
 from celery_leader.backends.sql import channel_for
 from celery_leader.errors import BackendUnavailable, ConfigurationError, Conflict
 from celery_leader.lock import RenewBatch
 from celery_leader.record import LeaderRecord
-
-#: renewals every 0.2 s, but terms that survive a loaded machine's hiccups
-STEADY = dict(lease_duration=3.0, renew_deadline=2.0, retry_period=0.2)
+from tests.batches import assert_renewed_in_batches
 
 
 def rec(holder: str, n: int, token: int = 1) -> LeaderRecord:
@@ -265,55 +260,5 @@ def test_errors_name_no_secret(proxy, pg_database, open_backend) -> None:
 
 def test_asyncio_elections_on_postgresql_renew_in_batches(pg_url, open_backend) -> None:
     backend: PostgresBackend = open_backend(pg_url)
-    sizes: list[int] = []
-    alone: list[str] = []
-    inner_many = backend.update_many
-
-    def counting(items, timeout):  # type: ignore[no-untyped-def]
-        sizes.append(len(items))
-        return inner_many(items, timeout)
-
-    backend.update_many = counting  # type: ignore[method-assign]
-    started: dict[str, int] = {}
-    stopped: list[str] = []
     prefix = unique("aio")
-
-    def lock(name: str) -> PostgresLock:  # every update() outside a batch is noted
-        made = PostgresLock(backend, name)
-        inner = made.update
-
-        def spying(record, expected, timeout):  # type: ignore[no-untyped-def]
-            alone.append(name)
-            return inner(record, expected, timeout)
-
-        made.update = spying  # type: ignore[method-assign]
-        return made
-
-    backend.lock = lock  # type: ignore[method-assign]
-
-    def on_started(name: str) -> Callable[[object], None]:
-        return lambda leadership: started.__setitem__(name, started.get(name, 0) + 1)
-
-    async def main() -> None:
-        elections = [
-            AsyncElection(f"{prefix}-{i}", backend=backend, identity=f"me{i}", on_started_leading=on_started(f"{prefix}-{i}"),
-                          on_stopped_leading=lambda i=i: stopped.append(f"{prefix}-{i}"), **STEADY)
-            for i in range(30)
-        ]  # fmt: skip
-        for e in elections:
-            await e.start()
-        deadline = time.monotonic() + 20
-        while not all(e.is_leader for e in elections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert all(e.is_leader for e in elections)
-        before = sum(sizes)
-        await asyncio.sleep(4.0)  # longer than the lease: only the batched renewals kept them
-        assert all(e.is_leader for e in elections)
-        assert stopped == [], "no term ended"
-        assert sum(sizes) - before >= 30 * 5
-        for e in elections:
-            await e.stop()
-
-    asyncio.run(main())
-    assert all(n == 1 for n in started.values()) and len(started) == 30  # one term each, never lost
-    assert len(alone) < sum(sizes) // 4  # the one-off updates are the releases (and any retry), not the renewals
+    assert_renewed_in_batches(backend, [f"{prefix}-{i}" for i in range(30)])

@@ -8,6 +8,7 @@ import threading
 
 from celery_leader.testing import sample_record
 from tests.elections import wait_for
+from tests.wakeups import count_calls
 
 from .conftest import ZooKeeper
 
@@ -83,14 +84,7 @@ def test_a_standby_election_reads_once_per_renewal_and_takes_over_on_release(zk_
     timing = {"lease_duration": 1.0, "renew_deadline": 0.6, "retry_period": 0.2}
     leader = Election("beat", url=url, identity="leader", **timing).start()
     standby_lock = open_backend(url).lock("beat")
-    reads = [0]
-    original = standby_lock.get
-
-    def counted_get(timeout: float):
-        reads[0] += 1
-        return original(timeout)
-
-    standby_lock.get = counted_get  # type: ignore[method-assign]
+    reads = count_calls(standby_lock, "get")
     standby = Election("beat", lock=standby_lock, identity="standby", **timing)
     try:
         assert leader.wait_until_leader(20)
