@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -176,3 +177,91 @@ def test_close_before_the_watch_is_answered_ends_the_wait(apiserver, make_lock) 
         lock.close()
     assert waiter.done.wait(WAIT), "close() did not end the watch answered after it"
     assert waiter.error is None
+
+
+_RENEWALS = itertools.count(2)
+
+
+def _renew_and_wait(watcher, writer, version: str, times: int) -> str:
+    """A standby's cycle ``times`` over: its wait ends on the leader's renewal, then it reads.
+
+    (Each renewal writes a new record: an update that changes nothing keeps its version and
+    sends no event, as on a real API server.)"""
+    for _ in range(times):
+        waiter = Waiter(watcher, version, 120.0)
+        wait_for(lambda w=waiter: w.done.is_set() or watcher._kept is None or watcher._watch_guard.locked(), WAIT)
+        version = writer.update(sample_record(transitions=next(_RENEWALS)), version, TIMEOUT)
+        assert waiter.done.wait(WAIT) and waiter.error is None
+        got = watcher.get(TIMEOUT)
+        assert got is not None and got.version == version
+    return version
+
+
+def test_a_standby_keeps_one_watch_across_its_leaders_renewals(apiserver, make_lock) -> None:
+    """Issue 21: a wait ends on the renewal's event, the next wait reads on from the same stream."""
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = writer.create(sample_record(), TIMEOUT)
+    version = _renew_and_wait(watcher, writer, version, 1)
+    before, opened = _watch_requests(apiserver), watcher.watches_opened
+    _renew_and_wait(watcher, writer, version, 6)
+    assert _watch_requests(apiserver) == before, "a wait opened a new watch while its stream was open"
+    assert watcher.watches_opened == opened and watcher.kept_watch_waits >= 6
+    assert apiserver.watches_open == 1
+
+
+def test_a_change_read_before_the_next_wait_ends_it_at_once(apiserver, make_lock) -> None:
+    """Two renewals came on the kept stream; a wait for the first one's version returns at once."""
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    v1 = writer.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, v1, 120.0)
+    _watching(apiserver, waiter=waiter)
+    v2 = writer.update(sample_record(transitions=2), v1, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    writer.update(sample_record(transitions=3), v2, TIMEOUT)
+    watcher.wait_for_change(v2, 30.0)  # reads v3's event from the kept stream
+    requests = _watch_requests(apiserver)
+    started = time.monotonic()
+    watcher.wait_for_change(v2, 30.0)  # v3 was already read: no wait, no request
+    assert time.monotonic() - started < 5.0 and _watch_requests(apiserver) == requests
+
+
+def test_a_kept_stream_still_ends_each_wait_at_its_deadline(apiserver, make_lock) -> None:
+    """No change: the wait returns at its timeout even while bookmarks arrive on its stream."""
+    apiserver.bookmark_interval = 0.2
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = _renew_and_wait(watcher, writer, writer.create(sample_record(), TIMEOUT), 1)
+    assert watcher._kept is not None
+    started = time.monotonic()
+    watcher.wait_for_change(version, 1.5)
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 10.0, f"returned after {elapsed:.2f}s"
+    # and the next change is still seen (on a new stream: the timed-out one was dropped)
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
+    writer.update(sample_record(holder="b"), version, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+
+
+def test_a_kept_stream_cut_between_waits_is_replaced_and_the_change_seen(apiserver, make_lock) -> None:
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = _renew_and_wait(watcher, writer, writer.create(sample_record(), TIMEOUT), 1)
+    assert watcher._kept is not None
+    apiserver.cut_watches()
+    version = writer.update(sample_record(holder="b"), version, TIMEOUT)
+    # the change came after the cut: whatever the old stream still holds, a wait for the
+    # version before it must end (on the old stream's end it watches anew from its version)
+    got = watcher.get(TIMEOUT)
+    assert got is not None and got.version == version
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
+    writer.update(sample_record(holder="c"), version, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+
+
+def test_a_standby_that_writes_drops_its_kept_stream(apiserver, make_lock) -> None:
+    lock, other = make_lock("beat"), make_lock("beat")
+    version = _renew_and_wait(lock, other, other.create(sample_record(), TIMEOUT), 1)
+    assert lock._kept is not None and apiserver.watches_open == 1
+    lock.update(sample_record(holder="me"), version, TIMEOUT)  # it leads now: no more waits
+    assert lock._kept is None
+    wait_for(lambda: apiserver.watches_open == 0, WAIT)

@@ -82,6 +82,38 @@ def _rbac_error(namespace: str, verb: str, detail: str) -> ConfigurationError:
     )
 
 
+#: seconds of watch a kept stream asks for (a real API server may end it sooner: its
+#: --min-request-timeout, 1800 s by default, randomized); the next wait then opens another
+KEPT_WATCH_SECONDS = 300.0
+
+
+class _Stream:
+    """One watch stream: its response, its events as read, the versions it showed."""
+
+    __slots__ = ("raw", "events", "seen", "resume", "pid")
+
+    def __init__(self, raw: Any, start: str | None) -> None:
+        self.raw = raw
+        self.events = watch_events(raw)
+        #: resourceVersions of the Lease this stream delivered, oldest first: every change
+        #: after them comes on this stream, in order
+        self.seen: collections.deque[str] = collections.deque(maxlen=8)
+        #: where a new watch would resume (the last event's or bookmark's version)
+        self.resume = start
+        self.pid = os.getpid()
+
+
+def _bound_reads(stream: _Stream, deadline: float) -> bool:
+    """Make the stream's next socket read time out at ``deadline`` (urllib3 sets one read
+    timeout per request, which a kept stream's later waits and every event would extend)."""
+    conn = getattr(stream.raw, "connection", None) or getattr(stream.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return False
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    return True
+
+
 class KubernetesLock(Lock):
     """One Lease. Thread-safe; many locks share their backend's connection pool."""
 
@@ -96,6 +128,12 @@ class KubernetesLock(Lock):
         #: back every field (labels, annotations, strategy, managedFields) it came with
         self._seen: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._watches: set[Any] = set()
+        #: the stream the last wait ended on, for the next wait (read by one thread at a time)
+        self._kept: _Stream | None = None
+        self._watch_guard = threading.Lock()
+        #: counted for tests and benchmarks: watch requests made, waits served by a kept stream
+        self.watches_opened = 0
+        self.kept_watch_waits = 0
         self._closed = False
 
     # --- cache ---
@@ -144,6 +182,7 @@ class KubernetesLock(Lock):
         self._check(resp, "create")
         version = self._remember(resp.data)
         self._backend._leadership_event(self, None, record, resp.data)
+        self._drop_kept()
         return version
 
     def update(self, record: LeaderRecord, expected_version: str, timeout: float) -> str:
@@ -168,6 +207,7 @@ class KubernetesLock(Lock):
         self._check(resp, "update")
         version = self._remember(resp.data)
         self._backend._leadership_event(self, previous, record, resp.data)
+        self._drop_kept()
         return version
 
     def _check(self, resp: _Response, verb: str) -> None:
@@ -185,8 +225,39 @@ class KubernetesLock(Lock):
         cache) it reads the Lease again and, if unchanged, watches on from "now", whose
         initial ADDED event shows the current state. Only the ``get`` and ``watch`` verbs
         are needed (no ``list``).
+
+        The stream a wait ended on is kept open for the next wait (a standby used to open
+        one watch request per renewal of its leader, beside its read). A kept stream has
+        delivered, in order, every change after the versions it showed, so a wait for one
+        of those versions reads on from it without a new request.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        if self._closed:
+            return
+        if not self._watch_guard.acquire(blocking=False):
+            self._wait(version, deadline, keep=False)  # another thread reads the kept stream
+            return
+        try:
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                if version is not None and version in kept.seen and kept.pid == os.getpid():
+                    self.kept_watch_waits += 1
+                    if kept.seen[-1] != version:
+                        self._kept = kept  # a change after ``version`` came on it already
+                        return
+                    outcome = self._read(kept, version, deadline)
+                    if outcome == "changed":
+                        self._kept = kept
+                        return
+                    if outcome == "deadline":
+                        return  # no change in the whole wait (its stream timed out: dropped)
+                else:
+                    self._drop(kept)  # a version it never showed (another lock wrote, or it is old)
+            self._wait(version, deadline, keep=True)
+        finally:
+            self._watch_guard.release()
+
+    def _wait(self, version: str | None, deadline: float, keep: bool) -> None:
         # no version yet: watch from "now"; a Lease created since the caller's read shows
         # up as the stream's initial ADDED event
         start: str | None = version
@@ -194,8 +265,8 @@ class KubernetesLock(Lock):
             if deadline - time.monotonic() <= 0.0:
                 return
             try:
-                outcome, start = self._watch_once(version, start, deadline)
-                if outcome == "changed":
+                outcome, start = self._watch_once(version, start, deadline, keep)
+                if outcome in ("changed", "deadline"):
                     return
                 if outcome == "gone":
                     resp = self._backend._call(
@@ -211,14 +282,22 @@ class KubernetesLock(Lock):
                 log.debug("watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
                 time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
-    def _watch_once(self, version: str | None, start: str | None, deadline: float) -> tuple[str, str | None]:
-        """One watch request. Returns ("changed"|"gone"|"ended", resourceVersion to resume from)."""
+    def _watch_once(
+        self, version: str | None, start: str | None, deadline: float, keep: bool
+    ) -> tuple[str, str | None]:
+        """One watch request. Returns ("changed"|"gone"|"ended"|"deadline", resourceVersion to resume from).
+
+        With ``keep``, a stream that showed a change is left open in ``_kept``.
+        """
         remaining = max(0.001, deadline - time.monotonic())
+        # a stream that may be kept asks the server for a long watch; each wait bounds its
+        # own reads (a read that times out ends the stream: the next wait opens another)
+        seconds = max(remaining, KEPT_WATCH_SECONDS) if keep else remaining
         query: list[tuple[str, str]] = [
             ("watch", "true"),
             ("fieldSelector", f"metadata.name={self.name}"),
             ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(max(1, int(math.ceil(remaining))))),
+            ("timeoutSeconds", str(max(1, int(math.ceil(seconds))))),
         ]
         if start:
             query.append(("resourceVersion", start))
@@ -228,49 +307,89 @@ class KubernetesLock(Lock):
         if resp.status == 410:
             return "gone", start
         self._backend._check(resp, "watch", self.name)
-        raw = resp.raw
+        stream = _Stream(resp.raw, start)
+        self.watches_opened += 1
         with self._guard:
-            self._watches.add(raw)
+            self._watches.add(stream.raw)
+        kept = False
         try:
             if self._closed:
                 # close() ran while this request waited for its answer: it had no stream to
                 # shut down then (it sets the flag before it looks at the registered streams)
                 return "ended", start
-            for event in watch_events(raw):
+            outcome = self._read(stream, version, deadline, own=True)
+            if outcome == "changed" and keep and not self._closed:
+                self._kept, kept = stream, True
+            return outcome, stream.resume or start
+        finally:
+            if not kept:
+                self._drop(stream)
+
+    def _read(self, stream: _Stream, version: str | None, deadline: float, own: bool = False) -> str:
+        """Read ``stream`` until an event that is not ``version``: "changed", "gone", "ended"
+        (the server closed it) or "deadline" (nothing before ``deadline``; the stream is then
+        dropped). A kept stream (not ``own``) is dropped on anything but "changed"."""
+        outcome = "ended"
+        try:
+            if not _bound_reads(stream, deadline) and not own:
+                return outcome
+            for event in stream.events:
                 kind = event.get("type")
                 raw_obj = event.get("object")
                 obj: dict[str, Any] = raw_obj if isinstance(raw_obj, dict) else {}
                 rv = resource_version(obj)
                 if kind in ("ADDED", "MODIFIED"):
-                    if rv is not None and rv != version:
-                        self._remember(obj)
-                        return "changed", rv
+                    if rv is not None:
+                        stream.seen.append(rv)
+                        stream.resume = rv
+                        if rv != version:
+                            self._remember(obj)
+                            outcome = "changed"
+                            return outcome
                 elif kind == "DELETED":
-                    return "changed", rv
+                    outcome = "changed"
+                    return outcome
                 elif kind == "BOOKMARK":
-                    start = rv or start
+                    stream.resume = rv or stream.resume
                 elif kind == "ERROR":
                     if obj.get("code") == 410:
-                        return "gone", start
+                        outcome = "gone"
+                        return outcome
                     raise BackendUnavailable(f"watch error: {str(obj.get('message'))[:200]}")
-            return "ended", start
+                _bound_reads(stream, deadline)  # the next read still ends by this wait's deadline
+            return outcome
         except urllib3.exceptions.ReadTimeoutError:
-            return "ended", start
+            outcome = "deadline" if time.monotonic() >= deadline - 0.01 else "ended"
+            return outcome
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if self._closed:
-                return "ended", start
+                return outcome
             raise BackendUnavailable(f"watch stream broke: {exc}") from exc
         finally:
+            if not own and outcome != "changed":
+                self._drop(stream)
+
+    def _drop_kept(self) -> None:
+        """A writer leads and does not wait: a kept stream would only fill up with its own writes."""
+        if self._kept is not None:
             with self._guard:
-                self._watches.discard(raw)
+                kept, self._kept = self._kept, None
+            if kept is not None:
+                self._drop(kept)
+
+    def _drop(self, stream: _Stream) -> None:
+        with self._guard:
+            self._watches.discard(stream.raw)
+        if stream.pid == os.getpid():
             # never hand a half-read stream back to the pool
-            raw.close()
+            stream.raw.close()
 
     def close(self) -> None:
         self._closed = True
         with self._guard:
             watches = list(self._watches)
             self._seen.clear()
+            self._kept = None
         for raw in watches:
             try:
                 raw.shutdown()
