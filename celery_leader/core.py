@@ -479,7 +479,7 @@ class ElectionCore:
             return self._read(now)
         if now + early < self.next_renew:
             return Wait(self.next_renew)
-        record = held.evolve(renew_time=self.clock.time(), lease_duration=self.timing.lease_duration)
+        record = held.renewed(self.clock.time(), self.timing.lease_duration)
         if self._extra_pending:
             record = record.evolve(extra={**held.extra, **self._extra_pending})
         assert self.last_written_version is not None

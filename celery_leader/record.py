@@ -74,10 +74,29 @@ class LeaderRecord:
     def evolve(self, **changes: Any) -> "LeaderRecord":
         return replace(self, **changes)
 
+    def renewed(self, renew_time: float, lease_duration: float) -> "LeaderRecord":
+        """``evolve(renew_time=..., lease_duration=...)`` for the copy every renewal makes.
+
+        The same fields, without ``dataclasses.replace``'s walk over every field and its
+        call to ``__init__`` (a tenth of a renewal's CPU at 1,000 elections in one process).
+        """
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__, renew_time=renew_time, lease_duration=lease_duration)
+        return new
+
     @classmethod
     def undecodable(cls, raw_size: int, reason: str) -> "LeaderRecord":
         """A placeholder for bytes that are not a record (held by nobody we know)."""
         return cls(holder="", decode_error=f"{reason} ({raw_size} bytes)")
+
+
+#: one encoder for every record: ``json.dumps`` with arguments builds a new one per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+def canonical_json(doc: Any) -> str:
+    """``doc`` as compact JSON with sorted keys: the form records and their extras are stored in."""
+    return _ENCODER.encode(doc)
 
 
 def _millis(seconds: float) -> int:
@@ -102,7 +121,7 @@ def encode_record(record: LeaderRecord, **additional: Any) -> bytes:
     else:
         doc.pop(KEY_PREFERRED, None)
     doc.update(additional)
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    return _ENCODER.encode(doc).encode()
 
 
 def _int(doc: Mapping[str, Any], key: str, limit: int) -> int:

@@ -60,6 +60,11 @@ try:
 except ImportError as exc:  # pragma: no cover - registry turns this into the pip hint
     raise ImportError(exc.msg, name="redis") from exc
 
+try:  # redis-py's own C helper (``redis[hiredis]``, in our extra): optional
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - redis-py's pure-Python packer then
+    _hiredis_pack = None  # type: ignore[assignment]
+
 from ..lock import (
     Backend,
     BackendUnavailable,
@@ -71,7 +76,7 @@ from ..lock import (
     RenewBatch,
     Versioned,
 )
-from ..record import MAX_RECORD_BYTES, LeaderRecord, decode_or_placeholder, encode_record, printable
+from ..record import MAX_RECORD_BYTES, LeaderRecord, canonical_json, decode_or_placeholder, encode_record, printable
 from ..urls import UrlOptions, redact, scrub
 from .notify import ChangeNotifier
 
@@ -249,9 +254,25 @@ class _Oversized(bytes):
         return obj
 
 
+def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """``commands`` in the Redis protocol, for one write.
+
+    With hiredis, its C packer straight on each command: redis-py's ``pack_commands`` does
+    the same through a Python pass over every argument first, a sixth of a renewal's CPU
+    in a batch. Our arguments are only ``str``, ``bytes`` and ``int``, which both encode
+    alike (UTF-8; an int as its decimal digits).
+    """
+    if _hiredis_pack is not None:
+        try:
+            return [b"".join([_hiredis_pack(command) for command in commands])]
+        except TypeError:  # pragma: no cover - an argument hiredis does not take: redis-py's way
+            pass
+    return conn.pack_commands(commands)
+
+
 def _extra_json(record: LeaderRecord) -> str:
     """The record's extra keys as JSON for the fence hash ('' when there are none)."""
-    return json.dumps(dict(record.extra), separators=(",", ":"), sort_keys=True) if record.extra else ""
+    return canonical_json(dict(record.extra)) if record.extra else ""
 
 
 def _fence_extra(got: list[Any]) -> dict[str, Any]:
@@ -915,7 +936,7 @@ class RedisBackend(Backend, RenewBatch):
         try:
             self._connect_within(conn, deadline, timeout)
             conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            conn.send_packed_command(_packed(conn, commands), check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))

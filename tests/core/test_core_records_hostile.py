@@ -169,3 +169,24 @@ def test_an_election_takes_over_a_hostile_record_after_one_lease(raw: bytes) -> 
         assert got is not None and got.record.holder == "n1" and got.record.decode_error is None
     finally:
         election.stop()
+
+
+@settings(max_examples=EXAMPLES // 10, deadline=None)
+@given(
+    holder=st.text(max_size=40),
+    times=st.tuples(st.floats(0, 2**40), st.floats(0, 2**40), st.floats(0, 1e6)),
+    token=st.integers(0, 2**62),
+    preferred=st.text(max_size=10),
+    extra=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3),
+)
+def test_renewed_is_evolve(holder: str, times: tuple[float, float, float], token: int, preferred: str, extra: dict) -> None:
+    """The renewal's copy (no ``dataclasses.replace``) equals ``evolve``'s in every field and in its encoding."""
+    acquire, renew, lease = times
+    base = LeaderRecord(holder=holder, lease_duration=15.0, acquire_time=acquire, renew_time=1.0, transitions=token,
+                        preferred_holder=preferred, extra=extra)  # fmt: skip
+    fast, slow = base.renewed(renew, lease), base.evolve(renew_time=renew, lease_duration=lease)
+    assert type(fast) is LeaderRecord and vars(fast) == vars(slow) and fast == slow and hash(fast) == hash(slow)
+    assert encode_record(fast) == encode_record(slow)
+    assert base.renew_time == 1.0 and base.lease_duration == 15.0  # the original is untouched
+    with pytest.raises(AttributeError):
+        fast.holder = "x"  # type: ignore[misc]  # still frozen

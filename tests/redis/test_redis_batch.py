@@ -114,3 +114,24 @@ def test_asyncio_elections_on_redis_renew_in_batches(open_backend, prefix) -> No
 
     asyncio.run(main())
     assert sum(sizes) >= 20 * 5
+
+
+def test_batch_packing_is_byte_for_byte_redis_pys_own() -> None:
+    """The batch packs its commands with hiredis' C packer; the bytes on the wire must be
+    exactly what redis-py's packer makes of the same commands (non-ASCII holders, bytes
+    that are not UTF-8, large and negative numbers, empty strings)."""
+    import redis
+
+    from celery_leader.backends.redis import WRITE_SHA, _packed
+
+    backend = RedisBackend.from_url("redis://127.0.0.1:6379/0?prefix=pack-test:")
+    try:
+        lock = backend.lock("jöb/1")
+        records = [rec("me", 5), rec("h\u00f6lder \u2603\n\"", 7, token=2**62), LeaderRecord(holder="", lease_duration=0.001)]
+        commands = [("EVALSHA", WRITE_SHA, 2, lock.key, lock.fence_key, *lock._write_args(r, v))
+                    for r, v in zip(records, ["1:2", "", "x" * 300])]  # fmt: skip
+        commands.append(("SET", b"\xff\xfe\x00", -17, ""))
+        conn = redis.Connection()
+        assert b"".join(_packed(conn, commands)) == b"".join(conn.pack_commands(commands))
+    finally:
+        backend.close()
