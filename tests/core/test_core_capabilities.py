@@ -32,6 +32,7 @@ def test_a_backend_with_every_required_capability_opens() -> None:
         (sentinel_url(), ["linearizable", "partition_safe"], ["not linearizable and not partition_safe"]),
         ("git+file:///srv/never-opened.git", "watch", ["is not watch"]),
     ],
+    ids=["sentinel-partition", "sentinel-both", "git-watch"],  # (the URLs hold free ports: not stable ids)
 )
 def test_a_backend_lacking_a_required_capability_is_refused(url: str, require, words: list[str]) -> None:
     with pytest.raises(ConfigurationError) as err:
