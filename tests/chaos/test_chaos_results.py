@@ -179,3 +179,23 @@ def test_the_fenced_child_stops_writing_when_a_newer_term_wrote(tmp_path: Path) 
     finally:
         client.delete(key, f"{key}:fence")
         client.close()
+
+
+def test_a_sigterm_after_the_term_ended_is_not_held_to_the_leaders_checks() -> None:
+    """The harness picks the leader, then signals it; a fault just before (a black hole
+    reaching the deadline) may end that term in between. The run's own log says which came
+    first; a leader that mishandles SIGTERM logs the signal before its term ends."""
+    from benchmarks.chaos import _led_when_signalled
+
+    ended_first = ("x INFO celery_leader.core: chaos: node2 started leading (token 3)\n"
+                   "x WARNING celery_leader.core: chaos: node2 stopped leading (token 3): the lease deadline passed\n"
+                   "x INFO celery_leader.cli: received SIGTERM: stopping\n")  # fmt: skip
+    signal_first = ("x INFO celery_leader.core: chaos: node2 started leading (token 3)\n"
+                    "x INFO celery_leader.cli: received SIGTERM: stopping\n"
+                    "x INFO celery_leader.core: chaos: node2 stopped leading (token 3): stopped\n")  # fmt: skip
+    assert _led_when_signalled(ended_first, "chaos") is False
+    assert _led_when_signalled(signal_first, "chaos") is True
+    assert _led_when_signalled("x INFO celery_leader.cli: received SIGTERM: stopping\n", "chaos") is False
+    assert _led_when_signalled(signal_first.replace("received SIGTERM", "received nothing"), "chaos") is None
+    # another election's lines in the same log do not count
+    assert _led_when_signalled(ended_first.replace("chaos: node2 stopped", "other: node2 stopped"), "chaos") is True
