@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Mapping, Protocol
 
 from .lock import BackendUnavailable, ConfigurationError, Conflict, Versioned
@@ -132,12 +133,12 @@ class Timing:
                 "raise lease_duration or lower renew_deadline"
             )
 
-    @property
+    @cached_property
     def safe_lease(self) -> float:
         """How long after *sending* a successful write the leader may still lead."""
         return self.lease_duration * (1.0 - 2.0 * self.max_drift)
 
-    @property
+    @cached_property
     def op_timeout(self) -> float:
         """Timeout of one backend call (client-go: max(1 s, renew_deadline / 2), scaled for short leases)."""
         return min(max(self.retry_period, self.renew_deadline / 2.0), self.renew_deadline)
@@ -274,6 +275,13 @@ class ElectionCore:
     token: int | None = field(init=False, repr=False)
     deadline: float = field(init=False, repr=False)
     last_ok_sent: float = field(init=False, repr=False)
+    #: when the current term ends unless a write succeeds first (monotonic):
+    #: ``renew_deadline`` after the send time of the last successful write, which is always
+    #: before the lease deadline (validated); the gap is the shutdown window in which the
+    #: term's work must stop. It holds even while a call is in flight. Kept (set with
+    #: ``deadline`` and ``last_ok_sent`` in :meth:`_confirmed`), not computed: it is read
+    #: several times per renewal
+    term_end: float = field(init=False, repr=False)
     next_renew: float = field(init=False, repr=False)
     _need_read: bool = field(init=False, repr=False)
     _retry_at: float = field(init=False, repr=False)
@@ -310,6 +318,7 @@ class ElectionCore:
         self.token: int | None = None
         self.deadline = 0.0
         self.last_ok_sent = 0.0
+        self.term_end = 0.0
         self.next_renew = 0.0
         # requests and guards
         self._need_read = True
@@ -334,16 +343,6 @@ class ElectionCore:
     @property
     def leading(self) -> bool:
         return self.phase is Phase.LEADING
-
-    @property
-    def term_end(self) -> float:
-        """When the current term ends unless a write succeeds first (monotonic).
-
-        ``renew_deadline`` after the send time of the last successful write, which is always
-        before the lease deadline (validated): the gap is the shutdown window in which the
-        term's work must stop. It holds even while a call is in flight.
-        """
-        return min(self.deadline, self.last_ok_sent + self.timing.renew_deadline)
 
     def is_leader(self) -> bool:
         """Leading, and the term's end has not passed (even if nobody noticed yet)."""
@@ -630,8 +629,7 @@ class ElectionCore:
         if flight.kind == "renew":
             if self.phase is Phase.LEADING and flight.term == self.term:
                 self.held = flight.record
-                self.deadline = flight.sent_at + self.timing.safe_lease
-                self.last_ok_sent = flight.sent_at
+                self._confirmed(flight.sent_at)
                 self.next_renew = flight.sent_at + self._renew_period()
                 if flight.extra_seq > self.extra_written:
                     self.extra_written = flight.extra_seq
@@ -646,14 +644,19 @@ class ElectionCore:
             self.term = flight.term
             self.token = flight.record.transitions
             self.phase = Phase.LEADING
-            self.deadline = deadline
-            self.last_ok_sent = flight.sent_at
+            self._confirmed(flight.sent_at)
             self.next_renew = flight.sent_at + self._renew_period()
             self._step_down_requested = False
             self._extra_pending.clear()
             self.extra_written = self._extra_requested
             self.events += (StartedLeading(self.term, self.token),)
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
+
+    def _confirmed(self, sent_at: float) -> None:
+        """A write sent at ``sent_at`` succeeded: the lease and the term count from then."""
+        self.deadline = sent_at + self.timing.safe_lease
+        self.last_ok_sent = sent_at
+        self.term_end = min(self.deadline, sent_at + self.timing.renew_deadline)
 
     def _renew_period(self) -> float:
         """``retry_period x uniform(1 - s, 1)`` with ``s = min(0.5, (jitter - 1) / 2)``: a
