@@ -265,3 +265,18 @@ def test_a_standby_that_writes_drops_its_kept_stream(apiserver, make_lock) -> No
     lock.update(sample_record(holder="me"), version, TIMEOUT)  # it leads now: no more waits
     assert lock._kept is None
     wait_for(lambda: apiserver.watches_open == 0, WAIT)
+
+
+def test_a_kept_stream_cut_while_a_wait_reads_it_is_not_a_change(apiserver, make_lock) -> None:
+    """The wait reading the kept stream sees it break: it watches anew from its version
+    (not a change, no error), and the next change still ends it."""
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = _renew_and_wait(watcher, writer, writer.create(sample_record(), TIMEOUT), 1)
+    assert watcher._kept is not None
+    started = apiserver.watches_started
+    waiter = Waiter(watcher, version, 120.0)
+    wait_for(lambda: waiter.done.is_set() or watcher._watch_guard.locked(), WAIT)
+    apiserver.cut_watches()
+    _watching(apiserver, started, waiter)  # a new stream, and the wait goes on
+    writer.update(sample_record(holder="b"), version, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None

@@ -245,9 +245,16 @@ class KubernetesLock(Lock):
                     if kept.seen[-1] != version:
                         self._kept = kept  # a change after ``version`` came on it already
                         return
-                    outcome = self._read(kept, version, deadline)
+                    try:
+                        outcome = self._read(kept, version, deadline)
+                    except BackendUnavailable as exc:  # (dropped) watch anew below
+                        log.debug("kept watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
+                        outcome = "broke"
                     if outcome == "changed":
-                        self._kept = kept
+                        if self._closed:
+                            self._drop(kept)
+                        else:
+                            self._kept = kept
                         return
                     if outcome == "deadline":
                         return  # no change in the whole wait (its stream timed out: dropped)
