@@ -55,7 +55,7 @@ from typing import Any
 from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
 from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
 from .errors import BackendUnavailable, ElectionStopped
-from .lock import Lock, RenewBatch
+from .lock import Lock, RenewBatch, _watch_pool
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
@@ -497,6 +497,19 @@ def _scheduler(loop: asyncio.AbstractEventLoop, group: object) -> _Renewals:
     return found[2]
 
 
+class _Ticket:
+    """One wait's claim on the read its watch thread makes (stale once the wait is over)."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
+async def _done(value: Any) -> Any:
+    return value
+
+
 def _resolve(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
@@ -574,8 +587,8 @@ class AsyncElection(BaseElection):
     # than a shared-key instance dict holds, and a process may hold 10,000 elections
     __slots__ = (
         "_batch", "_changed", "_deadline_timer", "_due_stamp", "_early", "_end_key", "_end_stamp",
-        "_event_loop", "_handed", "_native_async", "_notices", "_notifier", "_out", "_sched",
-        "_sched_state", "_stopped", "_task", "_waiter", "_woken", "_work", "_work_task",
+        "_event_loop", "_fold_read", "_handed", "_native_async", "_notices", "_notifier", "_out", "_prefetched",
+        "_sched", "_sched_state", "_stopped", "_task", "_waiter", "_woken", "_work", "_work_task",
     )  # fmt: skip
 
     def _init_driver(self) -> None:
@@ -598,6 +611,9 @@ class AsyncElection(BaseElection):
         # blocking calls go to our pool unless the backend has a native async client
         kind = type(self.lock)
         self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
+        # a blocking watch is followed by the read in the same pool thread (see _watch_then_read)
+        self._fold_read = kind.await_for_change is Lock.await_for_change and kind.aget is Lock.aget
+        self._prefetched: tuple[float, bool, Any] | None = None
         # renewals go out in batches when the backend declares it can (capabilities.batch)
         # (a lock with its own async calls keeps them, one call per renewal)
         self._batch = self.lock.renew_batch() if kind.capabilities.batch and not self._native_async else None
@@ -734,6 +750,8 @@ class AsyncElection(BaseElection):
             action, self._handed = self._handed, None
             if action is None:  # (else: decided by the scheduler, which announced its events)
                 action = core.next_action()
+            # the read a wait's thread made, for the action right after that wait only
+            prefetched, self._prefetched = self._prefetched, None
             self._announce(core.pop_events())
             if isinstance(action, Finished):
                 return
@@ -754,7 +772,7 @@ class AsyncElection(BaseElection):
                 continue
             if isinstance(action, Update) and action.release:
                 await self._await_work()
-            await self._perform(action)
+            await self._perform(action, prefetched if isinstance(action, Read) else None)
 
     async def _park(self, sched: _Renewals, action: Wait | Update) -> None:
         """Leave the renewals to the scheduler until it hands this election back (or a poke)."""
@@ -793,10 +811,19 @@ class AsyncElection(BaseElection):
             fn = functools.partial(lock.update, action.record, action.expected_version, action.timeout)
         return loop.run_in_executor(_call_pool(), fn)
 
-    async def _perform(self, action: Read | Create | Update) -> None:
+    async def _perform(self, action: Read | Create | Update, prefetched: tuple[float, bool, Any] | None = None) -> None:
         started, renewing, ok = time.monotonic(), self._core.leading, False
         try:
-            call = self._call(action)
+            if prefetched is not None:
+                # the read its wait's thread made when the wait ended (it started then, a
+                # moment before this decision: what it saw is counted as seen now, later
+                # than it was, so a lease is never judged to have run out early)
+                started, fetched_ok, value = prefetched
+                if not fetched_ok:
+                    raise value
+                call: Awaitable[Any] = _done(value)
+            else:
+                call = self._call(action)
             # the backend promises to honour the timeout; this bounds a broken one
             if sys.version_info >= (3, 11):
                 async with asyncio.timeout(action.timeout + 1.0):
@@ -865,21 +892,50 @@ class AsyncElection(BaseElection):
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_at(action.until, _resolve, waiter)
-            watch = None
+            watch: asyncio.Future[Any] | None = None
+            ticket = _Ticket()
             if action.version is not None and type(self.lock).capabilities.watch:
-                watch = loop.create_task(self.lock.await_for_change(action.version, timeout))
-                watch.add_done_callback(lambda _: _resolve(waiter))
+                if self._fold_read:
+                    watch = loop.run_in_executor(_watch_pool(), self._watch_then_read, action.version, timeout, ticket)
+                    watch.add_done_callback(functools.partial(self._watched, waiter, ticket))
+                else:
+                    watch = loop.create_task(self.lock.await_for_change(action.version, timeout))
+                    watch.add_done_callback(lambda _: _resolve(waiter))
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
+                ticket.stale = True  # whatever the watch's thread reads from now on is not for this wait
                 if watch is not None and not watch.done():
                     watch.cancel()
                     with contextlib.suppress(BaseException):
                         await watch
         self._woken = False
         self._core.wait_done()
+
+    def _watch_then_read(self, version: str, timeout: float, ticket: _Ticket) -> tuple[float, bool, Any] | None:
+        """In a watch thread: wait for a change, then make the read that follows every
+        follower's wait (the core's next action), so that a wait costs the event loop one
+        hand-off from a thread instead of two (issue 21: an idle asyncio standby). Nothing
+        is read when the wait no longer matters (it ended otherwise, or the election stops)."""
+        try:
+            self.lock.wait_for_change(version, timeout)
+        except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
+            log.debug("%s: wait_for_change failed: %s", self.name, exc)
+            return None
+        if ticket.stale or self._stopped:
+            return None
+        started = time.monotonic()
+        try:
+            return started, True, self.lock.get(self.timing.op_timeout)
+        except Exception as exc:  # noqa: BLE001 - the read's own failure, for the core
+            return started, False, exc
+
+    def _watched(self, waiter: asyncio.Future[Any], ticket: _Ticket, watch: asyncio.Future[Any]) -> None:
+        if not ticket.stale and not watch.cancelled() and watch.exception() is None:
+            self._prefetched = watch.result()
+        _resolve(waiter)
 
     async def _await_work(self) -> None:
         """Before a graceful release, let the ended term's work finish (bounded by its deadline)."""

@@ -261,3 +261,38 @@ def test_asyncio_standbys_do_not_starve_leaders_renewals():
             s._task.cancel()
 
     asyncio.run(main())
+
+
+def test_an_asyncio_standby_reads_in_its_watch_thread_right_after_each_change():
+    """Issue 21: the read that follows a follower's wait is made by the wait's own thread
+    (one hand-off to the loop per renewal of the leader, not two); what it reads is what
+    the standby acts on, so a takeover after the leader stops still happens, once."""
+
+    async def main() -> None:
+        backend = MemoryBackend(uuid.uuid4().hex)
+        leader = AsyncElection("job", backend=backend, identity="leader", **FAST)
+        await leader.start()
+        assert await leader.wait_until_leader(5)
+        standby = AsyncElection("job", backend=backend, identity="standby", **FAST)
+        threads: list[str] = []
+        original = standby.lock.get
+
+        def get(timeout: float):
+            threads.append(threading.current_thread().name)
+            return original(timeout)
+
+        standby.lock.get = get  # type: ignore[method-assign]
+        await standby.start()
+        for _ in range(200):  # until it has followed about ten renewals (each one a change)
+            if len(threads) >= 12:
+                break
+            await asyncio.sleep(0.05)
+        assert standby.leader == "leader" and not standby.is_leader
+        later = threads[2:]  # (its first read comes before any wait)
+        assert later and all(name.startswith("celery-leader-watch") for name in later), threads
+        await leader.stop()  # released: the standby's wait ends on that change, its read sees it free
+        assert await standby.wait_until_leader(5)
+        assert not leader.is_leader
+        await standby.stop()
+
+    asyncio.run(main())
