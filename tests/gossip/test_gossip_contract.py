@@ -33,6 +33,8 @@ def voters(cluster, tmp_path_factory):
 class TestGossipLock(LockContract):
     race_clients = 6
     race_rounds = 3
+    #: seen once in nine loaded runs: six updaters all lost a round (docs/gossip.md, liveness)
+    race_all_may_lose = True
 
     @pytest.fixture
     def new_backend(self, cluster, voters):
