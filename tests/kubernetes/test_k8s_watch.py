@@ -197,6 +197,14 @@ def _renew_and_wait(watcher, writer, version: str, times: int) -> str:
     return version
 
 
+def _next_change_ends_a_wait(apiserver, watcher, writer, version: str, holder: str) -> None:
+    """A wait from ``version`` is open on the server; ``writer``'s next write ends it, without error."""
+    waiter = Waiter(watcher, version, 120.0)
+    _watching(apiserver, waiter=waiter)
+    writer.update(sample_record(holder=holder), version, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+
+
 def test_a_standby_keeps_one_watch_across_its_leaders_renewals(apiserver, make_lock) -> None:
     """Issue 21: a wait ends on the renewal's event, the next wait reads on from the same stream."""
     watcher, writer = make_lock("beat"), make_lock("beat")
@@ -236,10 +244,7 @@ def test_a_kept_stream_still_ends_each_wait_at_its_deadline(apiserver, make_lock
     elapsed = time.monotonic() - started
     assert 1.4 <= elapsed < 10.0, f"returned after {elapsed:.2f}s"
     # and the next change is still seen (on a new stream: the timed-out one was dropped)
-    waiter = Waiter(watcher, version, 120.0)
-    _watching(apiserver, waiter=waiter)
-    writer.update(sample_record(holder="b"), version, TIMEOUT)
-    assert waiter.done.wait(WAIT) and waiter.error is None
+    _next_change_ends_a_wait(apiserver, watcher, writer, version, "b")
 
 
 def test_a_kept_stream_cut_between_waits_is_replaced_and_the_change_seen(apiserver, make_lock) -> None:
@@ -252,10 +257,7 @@ def test_a_kept_stream_cut_between_waits_is_replaced_and_the_change_seen(apiserv
     # version before it must end (on the old stream's end it watches anew from its version)
     got = watcher.get(TIMEOUT)
     assert got is not None and got.version == version
-    waiter = Waiter(watcher, version, 120.0)
-    _watching(apiserver, waiter=waiter)
-    writer.update(sample_record(holder="c"), version, TIMEOUT)
-    assert waiter.done.wait(WAIT) and waiter.error is None
+    _next_change_ends_a_wait(apiserver, watcher, writer, version, "c")
 
 
 def test_a_standby_that_writes_drops_its_kept_stream(apiserver, make_lock) -> None:
