@@ -266,11 +266,16 @@ class ElectionCore:
     # what was last observed: a record and its version, kept apart (see :attr:`observed`)
     _obs_record: LeaderRecord | None = field(init=False, repr=False)
     _obs_version: str = field(init=False, repr=False)
+    #: the observed record's renew time when it differs from ``_obs_record``'s (see :attr:`held`)
+    _obs_renew: float = field(init=False, repr=False)
     observed_at: float = field(init=False, repr=False)
     max_seen_transitions: int = field(init=False, repr=False)
     reported_leader: str | None = field(init=False, repr=False)
     last_written_version: str | None = field(init=False, repr=False)
-    held: LeaderRecord | None = field(init=False, repr=False)
+    # what this leader last wrote (or read as its own): a record and the renew time of its
+    # last write, kept apart (see :attr:`held`)
+    _held: LeaderRecord | None = field(init=False, repr=False)
+    _held_renew: float = field(init=False, repr=False)
     term: int = field(init=False, repr=False)
     token: int | None = field(init=False, repr=False)
     deadline: float = field(init=False, repr=False)
@@ -307,12 +312,14 @@ class ElectionCore:
         # what we last observed, and when (monotonic, on receipt) it last changed
         self._obs_record: LeaderRecord | None = None
         self._obs_version = ""
+        self._obs_renew = 0.0
         self.observed_at: float = 0.0
         self.max_seen_transitions = 0
         self.reported_leader: str | None = None
         # our own writes
         self.last_written_version: str | None = None
-        self.held: LeaderRecord | None = None
+        self._held: LeaderRecord | None = None
+        self._held_renew = 0.0
         # the current (or last) term
         self.term = 0
         self.token: int | None = None
@@ -357,7 +364,30 @@ class ElectionCore:
         oldest GC generation, whose full collections walk every election (issue 21).
         """
         rec = self._obs_record
-        return None if rec is None else Versioned(rec, self._obs_version)
+        if rec is None:
+            return None
+        if rec.renew_time != self._obs_renew:
+            rec = rec.renewed(self._obs_renew, rec.lease_duration)
+        return Versioned(rec, self._obs_version)
+
+    @property
+    def held(self) -> LeaderRecord | None:
+        """The record of this leader's last successful write (or last read of its own record).
+
+        Made on demand, like :attr:`observed`: a renewal changes only the renew time, so the
+        core keeps the record of the term (replaced only when its content changes: extra
+        keys, a read) and the renew time of the last renewal apart. A record object per
+        renewal kept for a retry period would be promoted to the oldest GC generation, and
+        the full collections that promotion triggers walk every election of the process
+        (issue 21); the record a renewal sends dies young instead.
+        """
+        rec = self._held
+        if rec is None or rec.renew_time == self._held_renew:
+            return rec
+        return rec.renewed(self._held_renew, rec.lease_duration)
+
+    def _hold(self, rec: LeaderRecord) -> None:
+        self._held, self._held_renew = rec, rec.renew_time
 
     @property
     def observed_holder(self) -> str | None:
@@ -465,7 +495,7 @@ class ElectionCore:
         return rec is not None and self._obs_version == self.last_written_version and rec.holder == self.identity
 
     def _leader_action(self, now: float, early: float = 0.0) -> Action:
-        held = self.held
+        held = self._held
         assert held is not None
         if self._step_down_requested or held.preferred_holder not in ("", self.identity):
             preferred = held.preferred_holder
@@ -601,7 +631,7 @@ class ElectionCore:
             obs = self.observed
             if obs is not None and not obs.record.decode_error and obs.record.holder == self.identity:
                 # still ours; somebody else wrote (e.g. a step-down request): renew at once
-                self.held = obs.record
+                self._hold(obs.record)
                 self.last_written_version = obs.version
                 self.next_renew = now
             else:
@@ -621,14 +651,23 @@ class ElectionCore:
             # every election)
             self._unanswered_writes = ()
         self.last_written_version = version
-        self._observe(flight.record, version, now)
+        record = flight.record
+        # a plain renewal: the record of the term stays, only its renew time moves (see :attr:`held`)
+        plain = flight.kind == "renew" and self._held is not None and self._renews(self._held, record)
+        if plain:
+            self._observe(self._held, version, now, record.renew_time)
+        else:
+            self._observe(record, version, now)
         if flight.kind == "release":
             log.info("%s: released the lock", self.name)
             self._finish_release_state()
             return
         if flight.kind == "renew":
             if self.phase is Phase.LEADING and flight.term == self.term:
-                self.held = flight.record
+                if plain:
+                    self._held_renew = record.renew_time
+                else:
+                    self._hold(record)  # the renewal carried new content (extra keys)
                 self._confirmed(flight.sent_at)
                 self.next_renew = flight.sent_at + self._renew_period()
                 if flight.extra_seq > self.extra_written:
@@ -637,7 +676,7 @@ class ElectionCore:
                         self._extra_pending.clear()
             return
         # an acquisition
-        self.held = flight.record
+        self._hold(record)
         deadline = flight.sent_at + self.timing.safe_lease
         gives_up = flight.sent_at + self.timing.renew_deadline
         if self.phase is Phase.FOLLOWING and not self._stop_requested and now < min(deadline, gives_up):
@@ -718,13 +757,29 @@ class ElectionCore:
 
     # --- bookkeeping -----------------------------------------------------------------
 
-    def _observe(self, rec: LeaderRecord | None, version: str, now: float) -> None:
-        """Note what a read or write found (``rec`` None: the lock object is absent)."""
+    @staticmethod
+    def _renews(held: LeaderRecord, record: LeaderRecord) -> bool:
+        """Is ``record`` ``held`` with only its renew time moved (what a plain renewal writes)?"""
+        return (
+            record.extra is held.extra
+            and record.lease_duration == held.lease_duration
+            and record.holder == held.holder
+            and record.transitions == held.transitions
+            and record.acquire_time == held.acquire_time
+            and record.preferred_holder == held.preferred_holder
+            and record.decode_error is None
+            and held.decode_error is None
+        )
+
+    def _observe(self, rec: LeaderRecord | None, version: str, now: float, renew: float | None = None) -> None:
+        """Note what a read or write found (``rec`` None: the lock object is absent; ``renew``:
+        its renew time, when it differs from ``rec``'s own)."""
         previous = self._obs_record
         appeared_or_vanished = (rec is None) != (previous is None)
         if appeared_or_vanished or (rec is not None and previous is not None and version != self._obs_version):
             self.observed_at = now
         self._obs_record, self._obs_version = rec, version if rec is not None else ""
+        self._obs_renew = renew if renew is not None else rec.renew_time if rec is not None else 0.0
         if rec is None:
             if previous is not None and (previous.holder or previous.decode_error):
                 # a held lock object vanished (deleted by hand, evicted): its holder may still

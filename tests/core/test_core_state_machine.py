@@ -253,11 +253,12 @@ def test_renew_fast_path_uses_last_version_and_extends_from_send_time(clock):
     assert core.last_written_version == "v2"
 
 
-def test_a_renewal_leaves_only_the_record_it_wrote_behind(clock):
+def test_a_renewal_leaves_nothing_tracked_behind(clock):
     """Issue 21: what outlives a renewal by a retry period reaches CPython's oldest GC
     generation, and enough of those start a full collection, which walks every election of
-    the process (pausing its event loop). The core keeps the record it wrote and nothing else
-    new: not a ``Versioned`` wrapper, not a fresh list."""
+    the process (pausing its event loop). A plain renewal moves only the renew time, so the
+    core keeps the term's record and that time (a float), and nothing new the collector
+    tracks: not the record it sent, not a ``Versioned`` wrapper, not a fresh list."""
     core = make(clock)
     lead(core, "v1")
 
@@ -274,9 +275,29 @@ def test_a_renewal_leaves_only_the_record_it_wrote_behind(clock):
     assert isinstance(renew, Update)
     core.write_done("v4")
     new = [o for key, o in kept().items() if key not in before]
-    assert new == [renew.record]
-    # and what was observed is still there to read
+    assert new == []
+    # and what was written is still there to read, renew time and all
     assert core.observed == Versioned(renew.record, "v4") and core.observed_holder == "me"
+    assert core.held == renew.record and core.held.renew_time == renew.record.renew_time
+    assert core.held.extra is renew.record.extra
+
+
+def test_a_renewal_that_carries_extra_keys_becomes_the_terms_record(clock):
+    """The term's record is replaced when a renewal changes more than the renew time, and
+    later plain renewals keep the new keys."""
+    core = make(clock)
+    lead(core, "v1")
+    assert core.request_extra({"slot": "s1"}) == 1
+    marked = core.next_action()
+    assert isinstance(marked, Update) and marked.record.extra == {"slot": "s1"}
+    core.write_done("v2")
+    assert core.extra_written == 1 and core.held == marked.record and core.held.extra == {"slot": "s1"}
+    clock.advance(RP)
+    plain = core.next_action()
+    assert isinstance(plain, Update) and plain.record.extra == {"slot": "s1"}
+    assert plain.record.renew_time > marked.record.renew_time
+    core.write_done("v3")
+    assert core.held == plain.record and core.observed == Versioned(plain.record, "v3")
 
 
 def test_renew_conflict_falls_back_to_read_and_keeps_a_record_still_ours(clock):
