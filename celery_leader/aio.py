@@ -46,6 +46,7 @@ import inspect
 import itertools
 import logging
 import math
+import queue
 import sys
 import threading
 import time
@@ -102,6 +103,69 @@ class _Out:
         self.taken = False
 
 
+class _Lane:
+    """The threads of one scheduler for its ``update_many`` calls (at most ``size`` at once).
+
+    Not the shared call pool: after many lost terms its threads are busy with reads and
+    acquisitions (one call each), and the renewals of every steady leader must not queue
+    behind them (nor they behind a stalled batch). Not ``run_in_executor`` either: each
+    call would make a concurrent future and an asyncio future chained by callbacks, three
+    loop callbacks per call; a lane thread answers with one ``call_soon_threadsafe``.
+    Threads start as calls need them and end after ``IDLE`` seconds without one.
+    """
+
+    IDLE = 60.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.size = size
+        self.jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any, Any], None]]] = (
+            queue.SimpleQueue()
+        )
+        self.guard = threading.Lock()
+        self.threads = 0
+        self.idle = 0
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Callable[[Any, Any], None]) -> None:
+        """Run ``fn(*args)`` in a lane thread; then ``done(result, exception)`` on the loop."""
+        # ``idle``: threads waiting for a job minus jobs waiting for a thread (under the guard,
+        # with the queue, so that a thread that gives up after IDLE never strands a job)
+        with self.guard:
+            start = self.idle <= 0 and self.threads < self.size
+            if start:
+                self.threads += 1
+            else:
+                self.idle -= 1
+            self.jobs.put((fn, args, done))
+        if start:
+            threading.Thread(target=self._work, name="celery-leader-batch", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn, args, done = self.jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self.guard:
+                    if self.jobs.empty():
+                        self.threads -= 1
+                        self.idle -= 1
+                        return
+                continue
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides
+                error = exc
+            with self.guard:
+                self.idle += 1
+            try:
+                self.loop.call_soon_threadsafe(done, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for the answer
+                pass
+            del fn, args, done, result, error
+
+
 class _Renewals:
     """The renewals of every steady leader of one (event loop, batch group), without their tasks.
 
@@ -110,10 +174,12 @@ class _Renewals:
     (parked elections, by renewal time) and ``ends`` (every member, by the end of its term:
     an entry may be earlier than the term's end, never later; when it comes due and the
     term has moved on, it is pushed again at the new end, so a steady leader costs one
-    ``ends`` entry per ``renew_deadline``, not one per renewal). One loop timer serves both:
-    at the earliest end exactly, and for renewals on a cadence of :meth:`early` seconds,
-    taking every renewal due within that much (a renewal may go out early, never late,
-    because of the cadence; the term counts from the send).
+    ``ends`` entry per ``renew_deadline``, not one per renewal). One loop timer serves both,
+    on a grid of ``cadence`` seconds (the smallest :meth:`early` of the members): a renewal
+    is keyed to the first grid point at most ``early`` before its time (it may go out
+    early, never late, because of the grid; the term counts from the send), a term's end
+    to the last grid point before it (exactly to the end once that point has passed). So
+    however many members there are, the timer fires at most once per grid point.
 
     Each due election's own core decides (``next_action``): a renewal ``Update`` joins the
     next ``update_many`` call (or, without ``capabilities.batch``, goes out alone), its
@@ -152,26 +218,13 @@ class _Renewals:
         self.pending: list[AsyncElection] = []
         self.in_flight = 0
         self.members = 0
+        #: the grid of the timer (seconds): every member's ``early`` or less
         self.cadence = self.EARLY
-        self.last_renewals = -math.inf
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = math.inf
         self.flush_soon = False
         self._stamps = itertools.count()
-        self._batch_threads: concurrent.futures.ThreadPoolExecutor | None = None
-
-    def _batch_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        """This scheduler's own threads for its ``update_many`` calls (``MAX_IN_FLIGHT``).
-
-        Not the shared call pool: after many lost terms its 32 threads are busy with
-        reads and acquisitions (one call each), and the renewals of every steady leader
-        must not queue behind them (nor they behind a stalled batch).
-        """
-        if self._batch_threads is None:
-            self._batch_threads = concurrent.futures.ThreadPoolExecutor(
-                self.MAX_IN_FLIGHT, thread_name_prefix="celery-leader-batch"
-            )
-        return self._batch_threads
+        self._lane = _Lane(loop, self.MAX_IN_FLIGHT)
 
     @classmethod
     def early(cls, timing: Timing) -> float:
@@ -186,7 +239,16 @@ class _Renewals:
             self.cadence = min(self.cadence, e._early)
         e._sched_state = _PARKED
         core = e._core
-        key = until - e._early if until == core.next_renew else until
+        if until == core.next_renew:
+            # on the scheduler's grid (multiples of the cadence), within ``early`` before
+            # ``until``: renewals due close together go out in one tick, and a tick for one
+            # member's term end (also on the grid) serves the renewals due then too
+            grid = self.cadence
+            key = math.ceil((until - e._early) / grid) * grid
+            if key + e._early < until:  # (rounding)
+                key += grid
+        else:
+            key = until
         stamp = next(self._stamps)
         e._due_stamp = stamp
         self.due_of[stamp] = e
@@ -237,13 +299,23 @@ class _Renewals:
         pending.append(e)
 
     def _watch_end(self, e: AsyncElection, when: float) -> None:
-        """Make sure ``e`` has an ``ends`` entry no later than ``when``."""
+        """Make sure ``e`` has an ``ends`` entry no later than ``when``.
+
+        On the grid, rounded down: a steady leader's entry comes due before its term could
+        end (it is pushed again then, at the new end), and on the grid such checks share
+        the ticks of the renewals instead of a wake-up each. Only when the grid point has
+        passed (the term ends within a cadence) is the entry exactly at the end.
+        """
         if e._end_stamp >= 0 and e._end_key <= when:
             return
+        grid = self.cadence
+        key = math.floor(when / grid) * grid
+        if key <= time.monotonic():
+            key = when
         stamp = next(self._stamps)
-        e._end_stamp, e._end_key = stamp, when
+        e._end_stamp, e._end_key = stamp, key
         self.ends_of[stamp] = e
-        heapq.heappush(self.ends, (when, stamp))
+        heapq.heappush(self.ends, (key, stamp))
 
     def _wake(self, e: AsyncElection, action: Any = None) -> None:
         """Hand ``e`` back to its task (with the action its core decided, if any)."""
@@ -271,7 +343,7 @@ class _Renewals:
             self.ends_of = {stamp: ends_of[stamp] for _, stamp in ends}
         when = ends[0][0] if ends else math.inf
         if due:
-            when = min(when, max(due[0][0], self.last_renewals + self.cadence))
+            when = min(when, due[0][0])
         timer = self.timer
         if timer is not None:
             if self.timer_at <= when:
@@ -296,8 +368,7 @@ class _Renewals:
                     e._end_stamp = -1
                     self._guarded(self._end_due, e, now)
             due = self.due
-            if due and due[0][0] <= now and now >= self.last_renewals + self.cadence:
-                self.last_renewals = now
+            if due and due[0][0] <= now:
                 due_of = self.due_of
                 while due and due[0][0] <= now:
                     _, stamp = heapq.heappop(due)
@@ -409,9 +480,8 @@ class _Renewals:
             timeout = max(0.001, min(out.until for out in live) - now)
             items = [(out.election.lock, out.action.record, out.action.expected_version) for out in live]
             self.in_flight += 1
-            call = self.loop.run_in_executor(self._batch_pool(), self.group.update_many, items, timeout)
             bound = self.loop.call_at(max(out.bound for out in live), self._bound_due, live)
-            call.add_done_callback(functools.partial(self._batch_done, live, bound))
+            self._lane.submit(self.group.update_many, (items, timeout), functools.partial(self._batch_done, live, bound))
 
     def _send_one(self, e: AsyncElection, out: _Out) -> None:
         action, lock = out.action, e.lock
@@ -435,14 +505,11 @@ class _Renewals:
         finally:
             self._arm()
 
-    def _batch_done(
-        self, live: list[_Out], bound: asyncio.TimerHandle, call: asyncio.Future[Any]
-    ) -> None:
+    def _batch_done(self, live: list[_Out], bound: asyncio.TimerHandle, answer: Any, exc: BaseException | None) -> None:
         self.in_flight -= 1
         bound.cancel()
         try:
-            exc = call.exception() if not call.cancelled() else BackendUnavailable("the batch call was cancelled")
-            results: list[Any] = [exc] * len(live) if exc is not None else call.result()
+            results: list[Any] = [exc] * len(live) if exc is not None else answer
             if exc is None and (not isinstance(results, list) or len(results) != len(live)):
                 assert self.group is not None
                 bad = BackendUnavailable(f"{type(self.group).__name__}.update_many answered {len(live)} items wrongly")
