@@ -173,6 +173,87 @@ def test_the_schedulers_heaps_hold_nothing_the_collector_walks() -> None:
     asyncio.run(main())
 
 
+def test_the_schedulers_timer_keys_lie_on_its_grid_never_after_their_time() -> None:
+    """Issue 21: a wake-up per member's term-end check (each at its own instant) cost more
+    than the renewals. Every key is on the grid (multiples of ``cadence``), so the timer
+    fires at most once per grid point whatever the number of members: a renewal within
+    ``early`` before its time (never after), a term-end check before the term's end."""
+    backend, spy = spied_backend()
+
+    async def main() -> None:
+        group = elections(backend, 20, timing=STEADY)
+        for e in group:
+            await e.start()
+        assert await until(lambda: all(e._sched_state for e in group))  # all parked
+        sched = group[0]._sched
+        assert sched is not None
+        grid = sched.cadence
+        assert grid == group[0]._early > 0
+        for _ in range(3):  # across renewals, not only the first
+            await asyncio.sleep(STEADY["retry_period"])
+            live = [e for e in group if e._due_stamp >= 0]
+            assert live, "no member parked"
+            for key, stamp in sched.due:
+                e = sched.due_of[stamp]
+                if e._due_stamp != stamp:
+                    continue  # stale (renewed since)
+                steps = key / grid
+                assert abs(steps - round(steps)) < 1e-6, (key, grid)
+                assert key + e._early >= e._core.next_renew > key
+            for key, stamp in sched.ends:
+                e = sched.ends_of[stamp]
+                if e._end_stamp != stamp:
+                    continue
+                steps = key / grid
+                assert abs(steps - round(steps)) < 1e-6, (key, grid)
+                assert key <= e._core.term_end
+        assert all(e.is_leader for e in group)
+        for e in group:
+            await e.stop()
+
+    asyncio.run(main())
+
+
+def test_the_batch_lane_answers_on_the_loop_and_lets_idle_threads_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler's own threads for ``update_many``: an answer or an exception comes back
+    on the loop; calls beyond the lane's size wait for a thread; idle threads end and a
+    later call starts one again."""
+    from celery_leader import aio
+
+    monkeypatch.setattr(aio._Lane, "IDLE", 0.2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lane = aio._Lane(loop, 2)
+        answers: list[tuple[Any, Any, bool]] = []
+        gate = threading.Event()
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            answers.append((result, exc, threading.current_thread() is threading.main_thread()))
+
+        def boom() -> None:
+            raise Conflict("no")
+
+        lane.submit(gate.wait, (30,), done)
+        lane.submit(gate.wait, (30,), done)
+        lane.submit(lambda x: x * 2, (21,), done)  # both threads busy: this one waits
+        await asyncio.sleep(0.1)
+        assert answers == [] and lane.threads == 2
+        gate.set()
+        assert await until(lambda: len(answers) == 3)
+        assert sorted(str(r) for r, _, _ in answers) == ["42", "True", "True"]
+        assert all(on_loop for _, _, on_loop in answers)
+        lane.submit(boom, (), done)
+        assert await until(lambda: len(answers) == 4)
+        assert answers[-1][0] is None and isinstance(answers[-1][1], Conflict)
+        assert await until(lambda: lane.threads == 0, timeout=10)  # idle ones ended
+        lane.submit(lambda: "again", (), done)
+        assert await until(lambda: len(answers) == 5)
+        assert answers[-1][:2] == ("again", None)
+
+    asyncio.run(main())
+
+
 def test_a_hung_batch_ends_every_members_term_while_the_call_still_hangs() -> None:
     backend, spy = spied_backend()
     ended: list[str] = []
