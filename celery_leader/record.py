@@ -116,14 +116,32 @@ def _millis(seconds: float) -> int:
     return int(round(seconds * 1000))
 
 
+#: JSON of a string, as the encoder above writes it (``ensure_ascii``)
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _lease_millis(seconds: float) -> int:
+    # a lease is never stored shorter than configured: round up
+    return int(math.ceil(round(seconds * 1000, 6)))
+
+
 def encode_record(record: LeaderRecord, **additional: Any) -> bytes:
     """Encode as the Go seed's JSON; ``additional`` keys (a backend's nonce) are added."""
+    if not record.extra and not additional:
+        # the common record (no extra keys: every renewal of a plain election) written out
+        # directly, the same bytes as the general way below (tests/core compares them) at a
+        # third of the cost; a batch encodes hundreds of these per call
+        preferred = f'"{KEY_PREFERRED}":{_quote(record.preferred_holder)},' if record.preferred_holder else ""
+        return (
+            f'{{"{KEY_ACQUIRE}":{_millis(record.acquire_time)},"{KEY_HOLDER}":{_quote(record.holder)},'
+            f'"{KEY_TRANSITIONS}":{int(record.transitions)},"{KEY_LEASE_MS}":{_lease_millis(record.lease_duration)},'
+            f'{preferred}"{KEY_RENEW}":{_millis(record.renew_time)}}}'
+        ).encode()
     doc: dict[str, Any] = dict(record.extra)
     doc.update(
         {
             KEY_HOLDER: record.holder,
-            # a lease is never stored shorter than configured: round up
-            KEY_LEASE_MS: int(math.ceil(round(record.lease_duration * 1000, 6))),
+            KEY_LEASE_MS: _lease_millis(record.lease_duration),
             KEY_ACQUIRE: _millis(record.acquire_time),
             KEY_RENEW: _millis(record.renew_time),
             KEY_TRANSITIONS: int(record.transitions),

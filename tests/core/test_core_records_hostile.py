@@ -8,6 +8,7 @@ the backends' own read paths are covered in their folders (tests/*/test_*_hostil
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -190,3 +191,40 @@ def test_renewed_is_evolve(holder: str, times: tuple[float, float, float], token
     assert base.renew_time == 1.0 and base.lease_duration == 15.0  # the original is untouched
     with pytest.raises(AttributeError):
         fast.holder = "x"  # type: ignore[misc]  # still frozen
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    holder=st.text(max_size=40),
+    times=st.tuples(st.floats(0, 2**40), st.floats(0, 2**40), st.floats(0, 1e6)),
+    token=st.integers(0, 2**62),
+    preferred=st.text(max_size=10),
+)
+def test_a_record_without_extra_keys_encodes_as_the_sorted_json_of_its_fields(
+    holder: str, times: tuple[float, float, float], token: int, preferred: str
+) -> None:
+    """A record without extra keys (every renewal of a plain election) is written out
+    directly; the bytes are exactly ``json.dumps`` of its fields with sorted keys, as every
+    other record's (and as the Go seed reads them), whatever its strings hold."""
+    acquire, renew, lease = times
+    record = LeaderRecord(holder=holder, lease_duration=lease, acquire_time=acquire, renew_time=renew,
+                          transitions=token, preferred_holder=preferred)  # fmt: skip
+    doc = {
+        "holderIdentity": holder,
+        "leaseDurationMilliSeconds": int(math.ceil(round(lease * 1000, 6))),
+        "acquireTime": int(round(acquire * 1000)),
+        "renewTime": int(round(renew * 1000)),
+        "leaderTransitions": token,
+    }
+    if preferred:
+        doc["preferredHolder"] = preferred
+    raw = encode_record(record)
+    assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert decode_record(raw) == record.evolve(
+        lease_duration=doc["leaseDurationMilliSeconds"] / 1000,
+        acquire_time=doc["acquireTime"] / 1000,
+        renew_time=doc["renewTime"] / 1000,
+    )
+    # and with one extra key the general way gives the same fields around it
+    extra = json.loads(encode_record(record.evolve(extra={"zz": 1})))
+    assert extra == {**doc, "zz": 1}
