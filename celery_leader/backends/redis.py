@@ -64,6 +64,12 @@ try:  # redis-py's own C helper (``redis[hiredis]``, in our extra): optional
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - redis-py's pure-Python packer then
     _hiredis_pack = None  # type: ignore[assignment]
+try:  # redis-py's hiredis reply parser, read directly in batches (see RedisBackend._replies)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+except ImportError:  # pragma: no cover - without hiredis, or another redis-py layout: read_response
+    _HiredisParser = None  # type: ignore[assignment,misc]
+    _NOT_ENOUGH_DATA = object()
 
 from ..lock import (
     Backend,
@@ -937,13 +943,7 @@ class RedisBackend(Backend, RenewBatch):
             self._connect_within(conn, deadline, timeout)
             conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
             conn.send_packed_command(_packed(conn, commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            replies = self._replies(conn, len(commands), deadline)
             healthy = True
             return replies
         except AuthenticationError as exc:
@@ -995,6 +995,35 @@ class RedisBackend(Backend, RenewBatch):
                     out[i] = exc
             todo, use_sha = again, False
         return [o if o is not None else BackendUnavailable("no answer") for o in out]
+
+    def _replies(self, conn: Any, count: int, deadline: float) -> list[Any]:
+        """Read ``count`` replies, an error reply as its ``ResponseError`` (not raised).
+
+        With hiredis, straight from its reader, going to the socket (with the time left)
+        only when no whole reply is buffered: a few reads per batch, where redis-py's
+        ``read_response`` per reply (and a socket timeout set before each) cost several
+        microseconds a renewal.
+        """
+        replies: list[Any] = []
+        parser = conn._parser
+        reader = getattr(parser, "_reader", None)
+        if _HiredisParser is not None and isinstance(parser, _HiredisParser) and reader is not None:
+            while len(replies) < count:
+                reply = reader.gets()
+                if reply is _NOT_ENOUGH_DATA:
+                    parser.read_from_socket(timeout=self._bound(deadline - time.monotonic(), self._socket_timeout))
+                elif isinstance(reply, RedisConnectionError):
+                    raise reply
+                else:
+                    replies.append(reply)
+            return replies
+        for _ in range(count):
+            conn._sock.settimeout(self._bound(deadline - time.monotonic(), self._socket_timeout))
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     def _script_error(self, reply: ResponseError, lock: RedisLock, timeout: float) -> Exception:
         """An error reply of one script call -> the exception ``lock``'s own call would raise."""

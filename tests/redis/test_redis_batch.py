@@ -51,6 +51,56 @@ def test_batch_refuses_foreign_locks_and_empty_versions_per_item(open_backend, p
     assert b.get(2.0).version == vb
 
 
+def test_a_batch_whose_replies_span_many_socket_reads_keeps_each_answer_with_its_key(
+    open_backend, prefix, shared_redis
+) -> None:
+    """The replies of a large batch arrive over several reads (more than the parser's
+    64 KiB buffer), with an error reply among them; each outcome stays with its own item."""
+    backend: RedisBackend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    n = 3000
+    locks = [backend.lock(f"job{i:04d}") for i in range(n)]
+    first = backend.update_many([(lk, rec("me" * 20, 0), "0") for lk in locks[:1]], 2.0)
+    assert isinstance(first[0], Conflict)  # nothing there yet: no version matches
+    versions = [lock.create(rec("me" * 20, 0), 2.0) for lock in locks]
+    shared_redis.delete(locks[1234].key)
+    shared_redis.lpush(locks[1234].key, "not ours")  # a WRONGTYPE error reply in the middle
+    out = backend.update_many([(lk, rec("me" * 20, 7), v) for lk, v in zip(locks, versions)], 10.0)
+    assert len(out) == n
+    assert isinstance(out[1234], ConfigurationError) and "not celery-leader's" in str(out[1234])
+    rest = [o for i, o in enumerate(out) if i != 1234]
+    assert all(isinstance(o, str) for o in rest), [o for o in rest if not isinstance(o, str)][:3]
+    for i in (0, 1233, 1235, n - 1):
+        got = locks[i].get(2.0)
+        assert got is not None and got.version == out[i] and got.record.renew_time == 7.0
+
+
+def test_a_connection_killed_during_a_batch_fails_it_as_a_whole_and_the_next_goes_through(
+    open_backend, prefix, shared_redis
+) -> None:
+    name = f"{prefix}batch".replace(":", "-")
+    backend: RedisBackend = open_backend(f"redis://127.0.0.1:6379/0?prefix={prefix}&client_name={name}")
+    locks = [backend.lock(f"job{i}") for i in range(3)]
+    versions = [lock.create(rec("me", 0), 2.0) for lock in locks]
+    out = backend.update_many([(lk, rec("me", 1), v) for lk, v in zip(locks, versions)], 2.0)
+    assert all(isinstance(o, str) for o in out)
+    killed = 0
+    for client in shared_redis.client_list():  # this backend's connections, the batch's included
+        if client.get("name") == name:
+            shared_redis.client_kill_filter(_id=client["id"])
+            killed += 1
+    assert killed >= 1
+    failures = 0
+    for _ in range(3):  # the dead connection fails one call as a whole; the next reconnects
+        try:
+            out = backend.update_many([(lk, rec("me", 2), v) for lk, v in zip(locks, out)], 2.0)
+            break
+        except BackendUnavailable:
+            failures += 1
+    assert all(isinstance(o, str) for o in out), out
+    assert [lk.get(2.0).record.renew_time for lk in locks] == [2.0, 2.0, 2.0]
+    assert failures <= 1
+
+
 def test_batch_after_script_flush_reloads_the_script(redis_server: RedisServer) -> None:
     backend = RedisBackend.from_url(redis_server.url)
     try:
