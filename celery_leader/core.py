@@ -242,6 +242,8 @@ class _InFlight:
     record: LeaderRecord | None = None
     #: the extra-key request (see :meth:`ElectionCore.request_extra`) this write carries
     extra_seq: int = 0
+    #: a renewal that moves only the renew time of the term's record (see :attr:`ElectionCore.held`)
+    plain: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -468,6 +470,11 @@ class ElectionCore:
         before its time (a driver that renews many elections together gathers the ones
         due soon; renewing early only shortens the period, the term counts from the send)."""
         now = self.clock.monotonic()
+        if self.phase is Phase.LEADING and now < self.term_end and now >= self._retry_at and not self._stop_requested:
+            # what the checks below come to for a leader whose term goes on (term_end is never
+            # after the deadline): the common call, thousands a second in a process with many
+            # elections (issue 21)
+            return self._leader_action(now, early)
         self.check_deadline()
         if self.phase is Phase.DONE:
             return Finished()
@@ -512,7 +519,8 @@ class ElectionCore:
         if self._extra_pending:
             record = record.evolve(extra={**held.extra, **self._extra_pending})
         assert self.last_written_version is not None
-        self._inflight = _InFlight("renew", now, self.term, record, extra_seq=self._extra_requested)
+        plain = not self._extra_pending and held.lease_duration == self.timing.lease_duration
+        self._inflight = _InFlight("renew", now, self.term, record, extra_seq=self._extra_requested, plain=plain)
         return Update(record, self.last_written_version, self._timeout(now))
 
     def _follower_action(self, now: float) -> Action:
@@ -640,6 +648,18 @@ class ElectionCore:
 
     def write_done(self, version: str) -> None:
         now = self.clock.monotonic()
+        flight = self._inflight
+        if (
+            flight is not None
+            and flight.plain
+            and flight.term == self.term
+            and self.phase is Phase.LEADING
+            and now < self.term_end
+            and not self._failures
+            and not self._unanswered_writes
+        ):
+            self._plain_renewal_done(flight, version, now)
+            return
         self.check_deadline()  # a late renewal must not revive a term that already ended
         flight, self._inflight = self._inflight, None
         assert flight is not None and flight.record is not None
@@ -690,6 +710,26 @@ class ElectionCore:
             self.extra_written = self._extra_requested
             self.events += (StartedLeading(self.term, self.token),)
             log.info("%s: %s started leading (token %d)", self.name, self.identity, self.token)
+
+    def _plain_renewal_done(self, flight: _InFlight, version: str, now: float) -> None:
+        """:meth:`write_done` of a steady leader's plain renewal, in the term it was sent in
+        and before the term's end: what the general path comes to then, kept short because
+        a process with many elections runs it thousands of times a second (issue 21)."""
+        assert flight.record is not None and self._held is not None
+        renew = flight.record.renew_time
+        self._inflight = None
+        self._retry_at = 0.0
+        self.last_written_version = version
+        # what _observe notes of our own record: it changed now (same holder, same token)
+        if version != self._obs_version or self._obs_record is None:
+            self.observed_at = now
+        self._obs_record, self._obs_version, self._obs_renew = self._held, version, renew
+        self._vanished_hold = 0.0
+        self._held_renew = renew
+        self._confirmed(flight.sent_at)
+        self.next_renew = flight.sent_at + self._renew_period()
+        if flight.extra_seq > self.extra_written:
+            self.extra_written = flight.extra_seq
 
     def _confirmed(self, sent_at: float) -> None:
         """A write sent at ``sent_at`` succeeded: the lease and the term count from then."""

@@ -11,6 +11,7 @@ from celery_leader.core import (
     ElectionCore,
     Finished,
     NewLeader,
+    Phase,
     Read,
     StartedLeading,
     StoppedLeading,
@@ -280,6 +281,58 @@ def test_a_renewal_leaves_nothing_tracked_behind(clock):
     assert core.observed == Versioned(renew.record, "v4") and core.observed_holder == "me"
     assert core.held == renew.record and core.held.renew_time == renew.record.renew_time
     assert core.held.extra is renew.record.extra
+
+
+def _state(core: ElectionCore) -> dict[str, object]:
+    """Every slot of a core, with records by value and the in-flight call left out."""
+    out: dict[str, object] = {}
+    for cls in type(core).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if name in ("_inflight", "__weakref__", "clock", "rand") or not hasattr(core, name):
+                continue
+            value = getattr(core, name)
+            out[name] = vars(value) if isinstance(value, LeaderRecord) else value
+    out["observed"], out["held"] = core.observed, core.held
+    return out
+
+
+@pytest.mark.parametrize("step", ["renew", "renew after a failed one", "renew with extra keys asked meanwhile"])
+def test_the_plain_renewal_shortcut_leaves_what_the_general_path_leaves(step, monkeypatch):
+    """A steady leader's renewal answer takes a short path (issue 21); a twin core whose
+    renewal is not marked plain takes the general one. Every slot ends the same."""
+    shortcuts: list[str] = []
+    original = ElectionCore._plain_renewal_done
+
+    def counted(core: ElectionCore, *args: object) -> None:
+        shortcuts.append(core.name)
+        original(core, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ElectionCore, "_plain_renewal_done", counted)
+    states = []
+    for plain in (True, False):
+        clock = FakeClock()
+        core = make(clock)
+        lead(core, "v1")
+        clock.advance(RP)
+        if step == "renew after a failed one":
+            assert isinstance(core.next_action(), Update)
+            core.failed(BackendUnavailable("timeout"))
+            clock.advance(RP)
+        action = core.next_action()
+        assert isinstance(action, Update) and core._inflight is not None
+        if step == "renew with extra keys asked meanwhile":
+            core.request_extra({"slot": "s9"})
+        if not plain:
+            core._inflight.plain = False
+        clock.advance(0.01)
+        core.write_done("v2")
+        states.append(_state(core))
+    fast, general = states
+    assert fast == general
+    # the twin with a plain renewal took the shortcut, unless a failure came first
+    assert len(shortcuts) == (0 if step == "renew after a failed one" else 1)
+    assert fast["phase"] is Phase.LEADING
+    assert fast["observed"] == Versioned(action.record, "v2")
 
 
 def test_a_renewal_that_carries_extra_keys_becomes_the_terms_record(clock):
