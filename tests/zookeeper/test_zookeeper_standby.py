@@ -4,7 +4,10 @@ while the watch has not fired and the session has not changed. Counted, never ti
 
 from __future__ import annotations
 
+import os
 import threading
+
+import pytest
 
 from celery_leader.testing import sample_record
 from tests.elections import wait_for
@@ -99,3 +102,59 @@ def test_a_standby_election_reads_once_per_renewal_and_takes_over_on_release(zk_
     finally:
         standby.stop()
         leader.stop()
+
+
+def test_the_connection_thread_makes_no_selector_per_request(zk_server: ZooKeeper, path: str, open_backend,
+                                                             monkeypatch) -> None:  # fmt: skip
+    """kazoo's own handler builds, registers and closes an epoll selector for every ``select``
+    (several per request): the backend's handler uses ``select.select`` on kazoo's sockets."""
+    import selectors
+
+    made = [0]
+    real = selectors.DefaultSelector
+
+    def counted() -> selectors.BaseSelector:
+        made[0] += 1
+        return real()
+
+    url = zk_server.url(path)
+    leader, standby = open_backend(url).lock("sel"), open_backend(url).lock("sel")
+    version = leader.create(sample_record(holder="leader"), T)
+    assert standby.get(T) is not None
+    monkeypatch.setattr(selectors, "DefaultSelector", counted)
+    for i in range(10):
+        version = leader.update(sample_record(holder="leader", renew_time=1_700_000_200.0 + i), version, T)
+        got = standby.get(T)
+        assert got is not None and got.version == version
+    assert made[0] == 0
+
+
+def test_the_handler_select_takes_descriptors_above_fd_setsize() -> None:
+    """``select.select`` refuses a descriptor >= 1024 (a process with many files open): the
+    handler then answers through kazoo's selector, with the same result."""
+    import resource
+    import socket
+
+    from celery_leader.backends.zookeeper import _Handler
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1100:
+        if hard != resource.RLIM_INFINITY and hard <= 1100:
+            pytest.skip("cannot open a descriptor above 1024 here")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(a.fileno(), 1500))
+    try:
+        handler = _Handler()
+        assert handler.select([high], [], [], 0.0)[0] == []
+        b.sendall(b"x")
+        assert handler.select([high], [], [], 5.0)[0] == [high]
+        assert handler.select([], [high], [], 5.0)[1] == [high]
+        low_r = handler.select([a, b], [], [], 5.0)[0]
+        assert low_r == [a]
+    finally:
+        high.close()
+        a.close()
+        b.close()
+        if soft <= 1100:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
