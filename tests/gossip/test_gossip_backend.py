@@ -274,3 +274,60 @@ def test_acceptor_rules_and_the_reserved_successor(tmp_path) -> None:
         assert again.peek("x").promised == (3, "b") and again.peek("x").value == ("2.a", b"v2")
     finally:
         again.close()
+
+
+# --- what an idle standby costs (counted, never timed) ---
+
+
+def test_a_read_answers_for_its_own_node_from_the_store_and_asks_the_others(five, opened, state) -> None:
+    """A read counts the local acceptor's answer read from its store (under its file lock) and
+    queries only the other members: the local acceptor answers no read query through serf."""
+    import threading
+
+    from tests.elections import wait_for
+
+    members = ["g0", "g1", "g2"]
+    backends = [_open(five, opened, i, members, state) for i in range(3)]
+    served: dict[str, list[str]] = {b.node: [] for b in backends}
+    reader = threading.get_ident()
+    for b in backends:
+        store = b.acceptor.store  # type: ignore[union-attr]
+        handle = store.handle
+
+        def counted(request, node=b.node, handle=handle):
+            where = "local" if threading.get_ident() == reader else "serf"  # the test's own thread reads
+            served[node].append(f"{request['o']}:{where}")
+            return handle(request)
+
+        store.handle = counted
+    name = _name()
+    version = backends[1].lock(name).create(sample_record(holder="one"), T)
+    lock = backends[0].lock(name)
+    for _ in range(5):
+        got = lock.get(T)
+        assert got is not None and got.version == version and got.record.holder == "one"
+    assert served["g0"].count("r:local") == 5 and "r:serf" not in served["g0"]
+    assert wait_for(lambda: served["g1"].count("r:serf") == 5 and served["g2"].count("r:serf") == 5)
+    # a write still goes to every member through serf, the local one included
+    version = lock.update(sample_record(holder="zero"), version, T)
+    assert "p:serf" in served["g0"] and "a:serf" in served["g0"]
+    got = backends[2].lock(name).get(T)
+    assert got is not None and got.version == version and got.record.holder == "zero"
+
+
+def test_an_idle_acceptor_thread_sleeps_and_stop_still_ends_it(five, opened, state) -> None:
+    """The acceptor's serving thread sleeps until its connection ends (it polled five times a
+    second); stop() closes the connection, which ends the thread at once."""
+    from tests.wakeups import wakeups
+
+    backend = _open(five, opened, 0, ["g0", "g1", "g2"], state)
+    acceptor = backend.acceptor
+    assert acceptor is not None and acceptor.connected.wait(10)
+    thread = acceptor._thread
+    before = wakeups(thread)
+    time.sleep(1.5)
+    assert wakeups(thread) - before <= 1
+    started = time.monotonic()
+    backend.close()  # the last user: stops the acceptor
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2.5

@@ -165,3 +165,32 @@ def test_agent_dying_fails_pending_calls_and_marks_closed(tmp_path) -> None:
             c.members()
         c.close()
         c.close()
+
+
+def test_an_inline_handler_answers_from_the_reader_thread_without_waiting(pair) -> None:
+    """``stream(inline=True)`` runs the handler on the connection's reader thread (no stream
+    thread), and ``respond(wait=False)`` answers from there; an answer the agent refuses is
+    only logged and leaves the connection working."""
+    with pair.client(0) as c0, pair.client(1) as c1:
+        threads: queue.Queue = queue.Queue()
+
+        def answer(record):
+            q = as_query(record)
+            if q is None:
+                return
+            threads.put(threading.current_thread())
+            c1.respond(q.id, b"inline:" + q.payload, wait=False)
+            c1.respond(q.id, b"again", wait=False)  # the agent refuses a second answer
+
+        stream = c1.stream("query", answer, inline=True)
+        try:
+            assert stream._thread is None and stream.alive
+            for i in range(3):
+                call = c0.query("inline", b"%d" % i, filter_nodes=["rpc1"], timeout=1.0)
+                assert list(call.responses()) == [("rpc1", b"inline:%d" % i)]
+                assert threads.get(timeout=5) is c1._reader
+            assert c1.local_name() == "rpc1"
+            assert not c1._calls or set(c1._calls) == {stream.seq}  # nothing left waiting for a reply
+        finally:
+            stream.stop()
+        assert not stream.alive

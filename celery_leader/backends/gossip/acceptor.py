@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: the serf query name every acceptor answers
 QUERY_NAME = "celery-leader-paxos"
+#: the longest an acceptor's serving thread sleeps on its open stream without looking
+#: whether it was stopped (stop() closes the connection, which wakes it at once)
+STREAM_CHECK = 30.0
 
 Ballot = tuple[int, str]
 #: a register value: (version, raw record bytes)
@@ -118,6 +121,7 @@ class AcceptorStore:
                 "that survives restarts"
             ) from exc
         self._mutex = threading.Lock()
+        self._paths: dict[str, str] = {}
 
     def close(self) -> None:
         """Close the lock file; later calls raise :class:`StoreClosed` (never touch a reused fd)."""
@@ -127,8 +131,14 @@ class AcceptorStore:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _path(self, name: str) -> Path:
-        return self.dir / "locks" / (hashlib.sha256(name.encode()).hexdigest()[:40] + ".state")
+    def _path(self, name: str) -> str:
+        """The state file of lock ``name`` (remembered: every message of that lock needs it)."""
+        path = self._paths.get(name)
+        if path is None:
+            path = os.path.join(self.dir, "locks", hashlib.sha256(name.encode()).hexdigest()[:40] + ".state")
+            if len(self._paths) < 1024:
+                self._paths[name] = path
+        return path
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -144,7 +154,8 @@ class AcceptorStore:
 
     def load(self, name: str) -> AcceptorState:
         try:
-            raw = self._path(name).read_bytes()
+            with open(self._path(name), "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             return AcceptorState()
         doc = msgpack.unpackb(raw, raw=False)
@@ -156,8 +167,8 @@ class AcceptorStore:
         self._write_atomic(self._path(name), msgpack.packb(doc, use_bin_type=True))
 
     @staticmethod
-    def _write_atomic(path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    def _write_atomic(path: Path | str, data: bytes) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
@@ -165,7 +176,7 @@ class AcceptorStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
+        dfd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
@@ -246,11 +257,17 @@ class Acceptor:
                     client.close()
                     self._stop.wait(1.0)
                     continue
-                client.stream("query", functools.partial(self._on_record, client))
+                # answered on the connection's reader thread (a thread hand-off less per
+                # query), so the answer is sent without waiting for the agent's reply
+                client.stream("query", functools.partial(self._on_record, client), inline=True)
                 self._client = client
                 self.connected.set()
-                while not self._stop.is_set() and not client.closed:
-                    self._stop.wait(0.2)
+                # sleep until the connection ends: stop() closes it, and so does a broken
+                # agent (a poll here woke this thread five times a second for nothing);
+                # _stop is looked at after _client is set, so a stop() that came before
+                # that is not missed, and the timeout is only a second line of defence
+                while not self._stop.is_set() and not client.wait_closed(STREAM_CHECK):
+                    pass
             except SerfError as exc:
                 log.debug("acceptor %s: agent %s:%s not reachable: %s", self.node, self.host, self.port, exc)
             finally:
@@ -273,7 +290,7 @@ class Acceptor:
                         len(query.payload), exc)
             return
         try:
-            client.respond(query.id, msgpack.packb(answer, use_bin_type=True), timeout=2.0)
+            client.respond(query.id, msgpack.packb(answer, use_bin_type=True), wait=False)
         except SerfError as exc:
             log.debug("acceptor %s: could not answer query %s: %s", self.node, query.id, exc)
         if changed is not None:

@@ -331,6 +331,12 @@ class GossipLock(Lock):
         Serf gossips queries and sends answers over UDP, so either can be lost: the same
         message (acceptors answer a repeat the same way) is re-sent every ``resend`` seconds
         until a quorum has answered or the deadline passes.
+
+        A read (``"r"``, which promises nothing) takes this node's answer straight from the
+        local acceptor's store, under the same file lock its acceptor answers under, and
+        asks only the other members: the same answer the local acceptor would give to a
+        query arriving now (after the read began, which is all the read's argument needs),
+        without the query, the answer and the response travelling through the local agent.
         """
         backend = self._backend
         remaining = deadline - time.monotonic()
@@ -344,16 +350,59 @@ class GossipLock(Lock):
         highest = 0
         by_ballot: dict[Ballot, int] = {}
         members, quorum = backend.member_set, backend.quorum
+        targets = backend.members
         next_send = 0.0
         decided = False
         linger: float | None = None  # peek: a quorum answered without agreeing; wait briefly for the rest
+
+        def consider(node: str, answer: Any) -> _Round | None:
+            """Count one member's answer; a _Round when a read is decided by it."""
+            nonlocal highest, decided, linger
+            try:
+                ok = answer["ok"]
+                promised = parse_ballot(answer.get("p"))
+                accepted = parse_ballot(answer.get("a"))
+                current = parse_value(answer.get("v")) if message["o"] in ("p", "r") else None
+            except Exception as exc:  # noqa: BLE001 - a broken answer is no answer
+                log.warning("ignoring a malformed answer from member %r: %s", node, exc)
+                return None
+            highest = max(highest, promised[0], accepted[0])
+            if ok is True:
+                oks[node] = answer
+            else:
+                noks.add(node)
+            if agree:
+                by_ballot[accepted] = by_ballot.get(accepted, 0) + 1
+                if by_ballot[accepted] >= quorum:
+                    self._saw(highest)
+                    return _Round(oks, highest, False, current, True)
+                decided = len(oks) >= len(members)
+                if linger is None and len(oks) >= quorum:
+                    linger = time.monotonic() + AGREE_LINGER
+                return None
+            decided = len(oks) >= quorum or len(noks) > len(members) - quorum
+            if noks and message["o"] == "p":
+                decided = True  # preempted: retry at once with a higher ballot
+            return None
+
+        acceptor = backend.acceptor
+        if message["o"] == "r" and acceptor is not None and len(targets) > 1:
+            try:
+                local, _ = acceptor.store.handle(message)
+            except BackendUnavailable:  # the store is closed: ask the agent like the others
+                pass
+            else:
+                targets = [m for m in targets if m != acceptor.node]
+                done = consider(acceptor.node, local)
+                if done is not None:
+                    return done
         while not decided:
             now = time.monotonic()
             if now >= deadline or (linger is not None and now >= linger):
                 break
             if now >= next_send:
                 try:
-                    client.query(QUERY_NAME, payload, filter_nodes=backend.members,
+                    client.query(QUERY_NAME, payload, filter_nodes=targets,
                                  timeout=min(backend.query_timeout, max(0.01, deadline - now)), records=records)
                 except SerfRPCError as exc:
                     raise BackendUnavailable(f"serf refused the query: {exc}") from exc
@@ -379,32 +428,13 @@ class GossipLock(Lock):
                 continue
             try:
                 answer = msgpack.unpackb(data, raw=False)
-                ok = answer["ok"]
-                promised = parse_ballot(answer.get("p"))
-                accepted = parse_ballot(answer.get("a"))
-                current = parse_value(answer.get("v")) if message["o"] in ("p", "r") else None
             except Exception as exc:  # noqa: BLE001 - a broken answer is no answer
                 log.warning("ignoring a malformed answer from member %r: %s", node, exc)
                 continue
-            highest = max(highest, promised[0], accepted[0])
-            if ok is True:
-                oks[node] = answer
-            else:
-                noks.add(node)
-            if agree:
-                by_ballot[accepted] = by_ballot.get(accepted, 0) + 1
-                if by_ballot[accepted] >= quorum:
-                    self._saw(highest)
-                    return _Round(oks, highest, False, current, True)
-                decided = len(oks) >= len(members)
-                if linger is None and len(oks) >= quorum:
-                    linger = time.monotonic() + AGREE_LINGER
-                continue
-            decided = len(oks) >= quorum or len(noks) > len(members) - quorum
-            if noks and message["o"] == "p":
-                decided = True  # preempted: retry at once with a higher ballot
+            done = consider(node, answer)
+            if done is not None:
+                return done
         self._saw(highest)
         if not oks and not noks and time.monotonic() >= deadline - 0.005:
             return None
         return _Round(oks, highest, bool(noks))
-

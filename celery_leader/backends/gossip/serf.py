@@ -8,7 +8,9 @@ header+body records under their request's ``Seq`` after the first, body-less rep
 
 One reader thread owns the socket's input and routes each reply to the call waiting for
 it; stream handlers run on their own thread per stream, so a handler may call back into
-the client (an acceptor answers a query with :meth:`SerfClient.respond`).
+the client and wait for its reply, or (``inline=True``) on the reader thread itself, one
+thread hand-off less per record, for a handler that never waits for a reply of this
+client (an acceptor answers a query with ``respond(..., wait=False)``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class _Call:
         self.error: str | None = None
         self.body: Any = None
         self.records: "queue.Queue[Any]" = records if records is not None else queue.Queue()
+        #: an inline stream's handler: called on the reader thread instead of queueing
+        self.handler: Callable[[Mapping[str, Any]], None] | None = None
 
     def resolve(self, error: str | None, body: Any = None) -> None:
         self.error, self.body = error, body
@@ -117,15 +121,19 @@ class _Call:
 
 
 class Stream:
-    """A running ``stream`` subscription; :meth:`stop` ends it. Handlers run on its own thread."""
+    """A running ``stream`` subscription; :meth:`stop` ends it. Handlers run on its own thread
+    (or, ``inline``, on the client's reader thread)."""
 
-    def __init__(self, client: "SerfClient", call: _Call, handler: Callable[[Mapping[str, Any]], None]) -> None:
+    def __init__(self, client: "SerfClient", call: _Call, handler: Callable[[Mapping[str, Any]], None],
+                 inline: bool = False) -> None:  # fmt: skip
         self._client = client
         self._call = call
         self._handler = handler
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"serf-stream-{call.seq}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name=f"serf-stream-{call.seq}", daemon=True)
+            self._thread.start()
 
     @property
     def seq(self) -> int:
@@ -133,6 +141,8 @@ class Stream:
 
     @property
     def alive(self) -> bool:
+        if self._thread is None:
+            return not self._stopped and not self._client.closed
         return self._thread.is_alive()
 
     def _run(self) -> None:
@@ -155,8 +165,9 @@ class Stream:
         except SerfError:
             pass
         self._client._forget(self._call.seq)
+        self._call.handler = None
         self._call.records.put(_DONE)
-        if threading.current_thread() is not self._thread:
+        if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
 
@@ -253,7 +264,15 @@ class SerfClient:
                         last = self._on_header(int(obj["Seq"]), obj["Error"] or None)
                     elif last is not None:
                         if last.streaming:
-                            last.records.put(obj)
+                            handler = last.handler
+                            if handler is not None:
+                                try:
+                                    handler(obj)
+                                except Exception:  # noqa: BLE001 - a handler bug must not end the connection
+                                    log.exception("serf stream handler failed on %r",
+                                                  obj.get("Event") if isinstance(obj, dict) else obj)
+                            else:
+                                last.records.put(obj)
                             if isinstance(obj, dict) and obj.get("Type") == "done":
                                 self._forget(last.seq)
                         else:
@@ -270,6 +289,8 @@ class SerfClient:
         with self._guard:
             call = self._calls.get(seq)
         if call is None:
+            if error:  # a request nobody waits for (respond(wait=False)), or one given up on
+                log.debug("serf agent %s:%s: request %d: %s", self.host, self.port, seq, error)
             return None
         if call.streaming:
             if not call.acked:
@@ -305,16 +326,19 @@ class SerfClient:
             call.records.put(_DONE)
 
     def _send(self, command: str, body: Mapping[str, Any] | None, *, expects_body: bool, streaming: bool,
-              records: "queue.Queue[Any] | None" = None) -> _Call:
+              records: "queue.Queue[Any] | None" = None, register: bool = True,
+              handler: Callable[[Mapping[str, Any]], None] | None = None) -> _Call:  # fmt: skip
         if self._closed.is_set():
             raise SerfConnectionError(f"serf RPC {self.host}:{self.port} is closed ({self._close_reason})")
         seq = next(self._seq)
         call = _Call(seq, expects_body, streaming, records)
+        call.handler = handler
         data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
         if body is not None:
             data += msgpack.packb(body, use_bin_type=True)
-        with self._guard:
-            self._calls[seq] = call
+        if register:  # else its reply is read and dropped (an error is logged)
+            with self._guard:
+                self._calls[seq] = call
         try:
             with self._send_lock:
                 self._sock.sendall(data)
@@ -344,6 +368,10 @@ class SerfClient:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the connection is closed (by either side) or ``timeout``; True if closed."""
+        return self._closed.wait(timeout)
+
     def members(self, timeout: float | None = None) -> list[Member]:
         body = self._request("members", None, expects_body=True, timeout=timeout)
         return [Member.from_wire(m) for m in (body or {}).get("Members") or []]
@@ -368,9 +396,18 @@ class SerfClient:
              timeout: float | None = None) -> None:
         self._request("tags", {"Tags": dict(set_tags or {}), "DeleteTags": list(delete)}, timeout=timeout)
 
-    def respond(self, query_id: int, payload: bytes, timeout: float | None = None) -> None:
-        """Answer a query received on a ``query`` stream (once per query and agent)."""
-        self._request("respond", {"ID": query_id, "Payload": payload}, timeout=timeout)
+    def respond(self, query_id: int, payload: bytes, timeout: float | None = None, wait: bool = True) -> None:
+        """Answer a query received on a ``query`` stream (once per query and agent).
+
+        ``wait=False``: send the answer and return without waiting for the agent's reply
+        (an error in it is only logged at debug level); the only way to answer from an
+        ``inline`` stream handler, which runs on the thread that reads the replies.
+        """
+        body = {"ID": query_id, "Payload": payload}
+        if wait:
+            self._request("respond", body, timeout=timeout)
+        else:
+            self._send("respond", body, expects_body=False, streaming=False, register=False)
 
     def query(
         self,
@@ -403,15 +440,21 @@ class SerfClient:
         return QueryCall(self, call, time.monotonic() + timeout)
 
     def stream(self, types: str | Sequence[str], handler: Callable[[Mapping[str, Any]], None],
-               timeout: float | None = None) -> Stream:
+               timeout: float | None = None, inline: bool = False) -> Stream:
         """Subscribe to events (``"member-join,user:x,query"``); ``handler(record)`` runs on the stream's thread.
+
+        ``inline=True``: it runs on this client's reader thread instead (no hand-off per
+        record), so it must never wait for a reply of this client (no ``_request``, no
+        ``respond`` without ``wait=False``), and whatever it blocks on delays every reply
+        of this client.
 
         A ``query`` record can be turned into a :class:`Query` with :func:`as_query`.
         """
         kinds = types if isinstance(types, str) else ",".join(types)
-        call = self._send("stream", {"Type": kinds}, expects_body=False, streaming=True)
+        call = self._send("stream", {"Type": kinds}, expects_body=False, streaming=True,
+                          handler=handler if inline else None)
         self._wait(call, "stream", timeout)
-        return Stream(self, call, handler)
+        return Stream(self, call, handler, inline=inline)
 
     def close(self) -> None:
         """Close the connection. Idempotent."""
