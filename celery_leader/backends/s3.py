@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 try:
     import boto3
     import botocore.exceptions as bce
+    from botocore.awsrequest import AWSRequest
     from botocore.config import Config
 except ImportError as exc:  # pragma: no cover - exercised through the registry
     raise ImportError(
@@ -62,6 +63,15 @@ MAX_BODY = 64 * 1024
 #: number of clients is bounded and the hot path never builds one.
 TIMEOUT_CLASSES = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 MAX_ATTEMPTS = 3
+#: reads are GETs of a presigned URL made again after this many seconds (valid for
+#: PRESIGN_EXPIRES): a standby polls every retry period, and botocore's per-call work
+#: (event hooks, endpoint rules, user agent, signing, parsing some 40 header fields) was
+#: two thirds of each poll's CPU
+PRESIGN_REFRESH = 60.0
+PRESIGN_EXPIRES = 900
+#: presigned reads refused this many times in a row (a bucket policy that denies query
+#: string authentication, a server without it): read through the regular call only
+PRESIGN_REFUSALS = 3
 
 OPTIONS = ("endpoint_url", "region", "profile", "addressing_style", "verify")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
@@ -157,6 +167,12 @@ class S3Lock(Lock):
 
     def get(self, timeout: float) -> Versioned | None:
         deadline = time.monotonic() + timeout
+        fast = self.backend.presigned_get(self.key, deadline)
+        if fast is not None:
+            version, size, raw = fast
+            if size > MAX_BODY:
+                return Versioned(LeaderRecord.undecodable(size, "object too large for a lock record"), version)
+            return Versioned(decode_or_placeholder(raw, strip=(NONCE_KEY,)), version)
         try:
             resp = self.backend.call("get_object", deadline, Key=self.key)
         except _Missing:
@@ -281,6 +297,10 @@ class S3Backend(Backend):
         self._safe = False
         self._safe_guard = threading.Lock()
         self._closed = False
+        #: key -> (presigned GET URL, monotonic time it was made); never logged (it is a credential)
+        self._presigned: dict[str, tuple[str, float]] = {}
+        self._presign_refusals = 0
+        self.presigned_reads = True
 
     # --- construction ------------------------------------------------------------------
 
@@ -377,6 +397,71 @@ class S3Backend(Backend):
             raise BackendUnavailable(f"{operation} on {self.describe()} failed: {scrub(exc, self.endpoint_url)}") from exc
         finally:
             _deadline.value = None
+
+    def presigned_get(self, key: str, deadline: float) -> tuple[str, int, bytes] | None:
+        """``(ETag, size, body)`` of the object through a GET of a presigned URL, sent on the
+        client's own connection pool (same endpoint, TLS verification, proxies, timeouts);
+        the body is not read when ``size > MAX_BODY``. ``None`` for anything but a whole
+        200 answer (404, 403, a network error...): the caller then makes the regular call,
+        which retries and says what went wrong. The URL is made again every
+        ``PRESIGN_REFRESH`` seconds (credentials that rotate are picked up) and after a refusal.
+        """
+        if not self.presigned_reads or self._closed:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        client = self._client(_timeout_class(remaining))
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        if session is None:  # a botocore that keeps it elsewhere: the regular calls only
+            self.presigned_reads = False
+            return None
+        now = time.monotonic()
+        cached = self._presigned.get(key)
+        if cached is None or now - cached[1] >= PRESIGN_REFRESH:
+            try:
+                url = client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRES
+                )
+            except Exception:  # noqa: BLE001 - e.g. no credentials: the regular call says so
+                return None
+            cached = self._presigned[key] = (url, now)
+        request = AWSRequest(method="GET", url=cached[0], headers={"User-Agent": "celery-leader"}).prepare()
+        request.stream_output = True
+        try:
+            response = session.send(request)
+        except Exception:  # noqa: BLE001 - its text holds the URL; the regular call reports the failure
+            return None
+        raw_response = response.raw
+        try:
+            if response.status_code != 200:
+                self._presigned.pop(key, None)
+                if response.status_code != 404:  # 404: no lock object yet, not a refusal
+                    self._presign_refusals += 1
+                    if self._presign_refusals >= PRESIGN_REFUSALS:
+                        self.presigned_reads = False
+                        log.info("%s refused %d presigned reads (HTTP %s): reading through the regular "
+                                 "calls from now on", self.describe(), PRESIGN_REFUSALS, response.status_code)
+                return None
+            etag = response.headers.get("ETag")
+            length = response.headers.get("Content-Length")
+            if not etag or length is None or not length.isdigit():
+                return None
+            size = int(length)
+            if size > MAX_BODY:
+                return _quoted(etag), size, b""
+            body = raw_response.read(size + 1)
+            if len(body) != size:
+                return None
+            self._presign_refusals = 0
+            raw_response.release_conn()  # read to the end: the connection can serve the next call
+            raw_response = None
+            return _quoted(etag), size, body
+        except Exception:  # noqa: BLE001 - a broken answer: the regular call decides
+            return None
+        finally:
+            if raw_response is not None:
+                raw_response.close()
 
     def _translate(self, exc: bce.ClientError, operation: str) -> Exception:
         err = exc.response.get("Error", {}) or {}
