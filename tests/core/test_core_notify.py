@@ -48,8 +48,12 @@ class Store:
 @pytest.fixture
 def notifier():
     n = Fake()
+    before = n._generation
     n.ensure_running()
     assert n.ready.wait(5)
+    # _connected() sets ``ready`` and then wakes the waiters (a new generation): a wait that
+    # starts in between would see that wake-up as a reconnect and read once more
+    assert until(lambda: n._generation > before)
     yield n
     n.stop()
 
