@@ -307,7 +307,7 @@ def test_a_read_answers_for_its_own_node_from_the_store_and_asks_the_others(five
         got = lock.get(T)
         assert got is not None and got.version == version and got.record.holder == "one"
     assert served["g0"].count("r:local") == 5 and "r:serf" not in served["g0"]
-    assert wait_for(lambda: served["g1"].count("r:serf") == 5 and served["g2"].count("r:serf") == 5)
+    assert wait_for(lambda: served["g1"].count("r:serf") >= 5 and served["g2"].count("r:serf") >= 5)  # (resends: more)
     # a write still goes to every member through serf, the local one included
     version = lock.update(sample_record(holder="zero"), version, T)
     assert "p:serf" in served["g0"] and "a:serf" in served["g0"]

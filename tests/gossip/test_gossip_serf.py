@@ -194,3 +194,36 @@ def test_an_inline_handler_answers_from_the_reader_thread_without_waiting(pair) 
         finally:
             stream.stop()
         assert not stream.alive
+
+
+def test_a_query_sent_without_waiting_reports_a_refusal_in_its_records(pair) -> None:
+    """``query(wait=False)`` returns before the agent's first reply; a refusal (here: a
+    payload over serf's 1024-byte query limit) then arrives as an ``error`` record."""
+    with pair.client(0) as c, pair.client(1) as c1:
+        with pytest.raises(SerfRPCError):
+            c.query("big", b"x" * 2000, timeout=1.0)  # waiting: the refusal is an exception
+        records: queue.Queue = queue.Queue()
+        c.query("big", b"x" * 2000, timeout=1.0, records=records, wait=False)
+        record = records.get(timeout=5)
+        assert record["Type"] == "error" and record["Error"]
+        # and one that is not refused works the same way without waiting
+
+        def answer(record):
+            q = as_query(record)
+            if q is not None:
+                c1.respond(q.id, b"ok", wait=False)
+
+        stream = c1.stream("query", answer, inline=True)
+        try:
+            records = queue.Queue()
+            c.query("small", b"x", filter_nodes=["rpc1"], timeout=1.0, records=records, wait=False)
+            got = []
+            while True:
+                r = records.get(timeout=5)
+                if r.get("Type") == "response":
+                    got.append((r["From"], bytes(r["Payload"])))
+                if r.get("Type") == "done":
+                    break
+            assert got == [("rpc1", b"ok")]
+        finally:
+            stream.stop()

@@ -402,7 +402,7 @@ class GossipLock(Lock):
                 break
             if now >= next_send:
                 try:
-                    client.query(QUERY_NAME, payload, filter_nodes=targets,
+                    client.query(QUERY_NAME, payload, filter_nodes=targets, wait=False,
                                  timeout=min(backend.query_timeout, max(0.01, deadline - now)), records=records)
                 except SerfRPCError as exc:
                     raise BackendUnavailable(f"serf refused the query: {exc}") from exc
@@ -418,7 +418,10 @@ class GossipLock(Lock):
             if record is CLOSED:
                 backend.drop_client(client)
                 raise BackendUnavailable(f"serf agent {backend.host}:{backend.port} closed the connection")
-            if record.get("Type") != "response":
+            kind = record.get("Type")
+            if kind == "error":  # the agent refused the query (answered instead of an exception)
+                raise BackendUnavailable(f"serf refused the query: serf query: {record.get('Error')}")
+            if kind != "response":
                 continue
             node, data = record.get("From", ""), bytes(record.get("Payload") or b"")
             if node not in members:

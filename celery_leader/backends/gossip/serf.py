@@ -298,6 +298,8 @@ class SerfClient:
                 call.resolve(error)
                 if error:
                     self._forget(seq)
+                    # for a caller that did not wait for this first reply (query(wait=False))
+                    call.records.put({"Type": "error", "Error": error})
                 return None
             return call
         if error or not call.expects_body:
@@ -419,6 +421,7 @@ class SerfClient:
         timeout: float = 1.0,
         request_ack: bool = False,
         records: "queue.Queue[Any] | None" = None,
+        wait: bool = True,
     ) -> QueryCall:
         """Start a query; iterate the result's :meth:`QueryCall.responses`.
 
@@ -426,6 +429,9 @@ class SerfClient:
         ``records``: deliver the raw records (``{"Type": "ack"|"response"|"done", "From",
         "Payload"}``, or :data:`CLOSED` when the connection breaks) into this queue instead,
         so that one consumer can follow several queries (resends of one message).
+        ``wait=False`` (with ``records``): return without waiting for the agent's first
+        reply (a wake-up less); if the agent refuses the query, a record
+        ``{"Type": "error", "Error": text}`` arrives in ``records`` instead of an exception.
         """
         body = {
             "FilterNodes": list(filter_nodes),
@@ -436,7 +442,8 @@ class SerfClient:
             "Payload": payload,
         }
         call = self._send("query", body, expects_body=False, streaming=True, records=records)
-        self._wait(call, "query", min(self.timeout, max(timeout, 0.05)))
+        if wait or records is None:
+            self._wait(call, "query", min(self.timeout, max(timeout, 0.05)))
         return QueryCall(self, call, time.monotonic() + timeout)
 
     def stream(self, types: str | Sequence[str], handler: Callable[[Mapping[str, Any]], None],
