@@ -307,7 +307,10 @@ def test_a_read_answers_for_its_own_node_from_the_store_and_asks_the_others(five
         got = lock.get(T)
         assert got is not None and got.version == version and got.record.holder == "one"
     assert served["g0"].count("r:local") == 5 and "r:serf" not in served["g0"]
-    assert wait_for(lambda: served["g1"].count("r:serf") >= 5 and served["g2"].count("r:serf") >= 5)  # (resends: more)
+    # each read is decided by a quorum (2 of 3): the local answer and at least one other, so
+    # the two others answered at least 5 reads between them (a query gossiped over UDP may
+    # miss one of them, and a read decided without it is not sent again)
+    assert served["g1"].count("r:serf") + served["g2"].count("r:serf") >= 5
     # a write still goes to every member through serf, the local one included
     version = lock.update(sample_record(holder="zero"), version, T)
     assert "p:serf" in served["g0"] and "a:serf" in served["g0"]
