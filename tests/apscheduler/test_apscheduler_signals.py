@@ -33,6 +33,12 @@ def test_sigterm_releases_so_the_standby_takes_over_at_once(tmp_path, kind):
     second = None
     try:
         assert wait_holder(url, "aps", set()) == "first"
+        # the first leader has run its job (not only taken the lock): the check at the end
+        # needs a run of each term, and a SIGTERM before the first run would leave none
+        deadline = time.monotonic() + 20
+        while "1" not in tokens(tmp_path):
+            assert time.monotonic() < deadline, (tmp_path / "first.err").read_text()
+            time.sleep(0.05)
         second = script(tmp_path, url, "second", kind)
         # the standby is up and has seen the lock held (its election read it, so it is
         # retrying): from here it takes over when the lock is released, or else after the lease
