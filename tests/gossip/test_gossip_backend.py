@@ -284,7 +284,6 @@ def test_a_read_answers_for_its_own_node_from_the_store_and_asks_the_others(five
     queries only the other members: the local acceptor answers no read query through serf."""
     import threading
 
-
     members = ["g0", "g1", "g2"]
     backends = [_open(five, opened, i, members, state) for i in range(3)]
     served: dict[str, list[str]] = {b.node: [] for b in backends}

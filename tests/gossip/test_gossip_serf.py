@@ -60,6 +60,21 @@ def test_user_event_reaches_a_stream_on_the_other_agent(pair) -> None:
         assert not stream.alive
 
 
+def named(responses) -> dict[str, bytes]:
+    """The answers by sender. Once in many runs the agent also delivered a response record
+    with neither sender nor payload (``('', b'')``, seen under ``-n 2`` load); the proposer
+    ignores answers from anything but a member, so such a record is left out here too, and
+    it must stay empty: a sender-less record that carries something is not tolerated."""
+    out: dict[str, bytes] = {}
+    for node, payload in responses:
+        if node == "":
+            assert payload == b"", payload
+            continue
+        assert node not in out, f"{node} answered twice"
+        out[node] = payload
+    return out
+
+
 def test_query_is_answered_by_each_filtered_node_once(pair) -> None:
     with pair.client(0) as c0, pair.client(1) as c1:
         answerers = []
@@ -71,10 +86,10 @@ def test_query_is_answered_by_each_filtered_node_once(pair) -> None:
             answerers.append(c.stream("query", answer))
         try:
             call = c0.query("ping", b"x", filter_nodes=["rpc0", "rpc1"], timeout=1.0)
-            answers = dict(call.responses(time.monotonic() + 5))
+            answers = named(call.responses(time.monotonic() + 5))
             assert answers == {"rpc0": b"pong-0:x", "rpc1": b"pong-1:x"}
             only = c1.query("ping", b"y", filter_nodes=["rpc1"], timeout=1.0)
-            assert dict(only.responses()) == {"rpc1": b"pong-1:y"}
+            assert named(only.responses()) == {"rpc1": b"pong-1:y"}
         finally:
             for s in answerers:
                 s.stop()
