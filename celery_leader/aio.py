@@ -575,17 +575,29 @@ def _scheduler(loop: asyncio.AbstractEventLoop, group: object) -> _Renewals:
     return found[2]
 
 
-class _Ticket:
-    """One wait's claim on the read its watch thread makes (stale once the wait is over)."""
+class _Watch:
+    """One stretch of a follower's waits that a watch thread performs (see
+    :meth:`AsyncElection._follow`), and the claim on the core it shares with the loop.
 
-    __slots__ = ("stale",)
+    ``guard`` makes each of the thread's steps on the core atomic with respect to the
+    loop taking the election back: once ``over`` is set (under ``guard``) the thread
+    touches nothing any more. ``mark`` is the thread's progress: the end of its current
+    wait, or the start of its current read (``None`` until a pool thread picks it up).
+    """
+
+    __slots__ = ("guard", "over", "mark", "handed", "ended", "job", "timer")
 
     def __init__(self) -> None:
-        self.stale = False
-
-
-async def _done(value: Any) -> Any:
-    return value
+        self.guard = threading.Lock()
+        self.over = False
+        self.mark: float | None = None
+        #: the core's action the thread decided on last and did not perform (for the loop)
+        self.handed: Any = None
+        #: set when the stretch is over: cuts short the thread's pause after a failed watch
+        self.ended = threading.Event()
+        self.job: concurrent.futures.Future[Any] | None = None
+        #: the loop's current check of the thread (see :meth:`AsyncElection._check_follow`)
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:
@@ -666,7 +678,7 @@ class AsyncElection(BaseElection):
     # than a shared-key instance dict holds, and a process may hold 10,000 elections
     __slots__ = (
         "_batch", "_changed", "_deadline_timer", "_due_stamp", "_early", "_end_key", "_end_stamp",
-        "_event_loop", "_fold_read", "_handed", "_native_async", "_notices", "_notifier", "_out", "_prefetched",
+        "_event_loop", "_follow_watch", "_handed", "_native_async", "_notices", "_notifier", "_out",
         "_sched", "_sched_state", "_stopped", "_task", "_waiter", "_woken", "_work", "_work_task",
     )  # fmt: skip
 
@@ -690,9 +702,11 @@ class AsyncElection(BaseElection):
         # blocking calls go to our pool unless the backend has a native async client
         kind = type(self.lock)
         self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
-        # a blocking watch is followed by the read in the same pool thread (see _watch_then_read)
-        self._fold_read = kind.await_for_change is Lock.await_for_change and kind.aget is Lock.aget
-        self._prefetched: tuple[float, bool, Any] | None = None
+        # a follower's blocking watches and the reads after them run in a watch thread,
+        # which involves the loop only when there is something to decide (see _follow)
+        self._follow_watch = (
+            kind.capabilities.watch and kind.await_for_change is Lock.await_for_change and kind.aget is Lock.aget
+        )
         # renewals go out in batches when the backend declares it can (capabilities.batch)
         # (a lock with its own async calls keeps them, one call per renewal)
         self._batch = self.lock.renew_batch() if kind.capabilities.batch and not self._native_async else None
@@ -829,8 +843,6 @@ class AsyncElection(BaseElection):
             action, self._handed = self._handed, None
             if action is None:  # (else: decided by the scheduler, which announced its events)
                 action = core.next_action()
-            # the read a wait's thread made, for the action right after that wait only
-            prefetched, self._prefetched = self._prefetched, None
             self._announce(core.pop_events())
             if isinstance(action, Finished):
                 return
@@ -847,11 +859,14 @@ class AsyncElection(BaseElection):
                     self._arm_deadline()  # this task watches the term's end again
                 continue
             if isinstance(action, Wait):
-                await self._wait(action)
+                if self._follow_watch and action.version is not None and not core.leading:
+                    await self._follow(action)
+                else:
+                    await self._wait(action)
                 continue
             if isinstance(action, Update) and action.release:
                 await self._await_work()
-            await self._perform(action, prefetched if isinstance(action, Read) else None)
+            await self._perform(action)
 
     async def _park(self, sched: _Renewals, action: Wait | Update) -> None:
         """Leave the renewals to the scheduler until it hands this election back (or a poke)."""
@@ -890,19 +905,10 @@ class AsyncElection(BaseElection):
             fn = functools.partial(lock.update, action.record, action.expected_version, action.timeout)
         return loop.run_in_executor(_call_pool(), fn)
 
-    async def _perform(self, action: Read | Create | Update, prefetched: tuple[float, bool, Any] | None = None) -> None:
+    async def _perform(self, action: Read | Create | Update) -> None:
         started, renewing, ok = time.monotonic(), self._core.leading, False
         try:
-            if prefetched is not None:
-                # the read its wait's thread made when the wait ended (it started then, a
-                # moment before this decision: what it saw is counted as seen now, later
-                # than it was, so a lease is never judged to have run out early)
-                started, fetched_ok, value = prefetched
-                if not fetched_ok:
-                    raise value
-                call: Awaitable[Any] = _done(value)
-            else:
-                call = self._call(action)
+            call = self._call(action)
             # the backend promises to honour the timeout; this bounds a broken one
             if sys.version_info >= (3, 11):
                 async with asyncio.timeout(action.timeout + 1.0):
@@ -971,21 +977,15 @@ class AsyncElection(BaseElection):
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_at(action.until, _resolve, waiter)
-            watch: asyncio.Future[Any] | None = None
-            ticket = _Ticket()
+            watch: asyncio.Task[Any] | None = None
             if action.version is not None and type(self.lock).capabilities.watch:
-                if self._fold_read:
-                    watch = loop.run_in_executor(_watch_pool(), self._watch_then_read, action.version, timeout, ticket)
-                    watch.add_done_callback(functools.partial(self._watched, waiter, ticket))
-                else:
-                    watch = loop.create_task(self.lock.await_for_change(action.version, timeout))
-                    watch.add_done_callback(lambda _: _resolve(waiter))
+                watch = loop.create_task(self.lock.await_for_change(action.version, timeout))
+                watch.add_done_callback(lambda _: _resolve(waiter))
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
-                ticket.stale = True  # whatever the watch's thread reads from now on is not for this wait
                 if watch is not None and not watch.done():
                     watch.cancel()
                     with contextlib.suppress(BaseException):
@@ -993,28 +993,116 @@ class AsyncElection(BaseElection):
         self._woken = False
         self._core.wait_done()
 
-    def _watch_then_read(self, version: str, timeout: float, ticket: _Ticket) -> tuple[float, bool, Any] | None:
-        """In a watch thread: wait for a change, then make the read that follows every
-        follower's wait (the core's next action), so that a wait costs the event loop one
-        hand-off from a thread instead of two (issue 21: an idle asyncio standby). Nothing
-        is read when the wait no longer matters (it ended otherwise, or the election stops)."""
-        try:
-            self.lock.wait_for_change(version, timeout)
-        except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
-            log.debug("%s: wait_for_change failed: %s", self.name, exc)
-            return None
-        if ticket.stale or self._stopped:
-            return None
-        started = time.monotonic()
-        try:
-            return started, True, self.lock.get(self.timing.op_timeout)
-        except Exception as exc:  # noqa: BLE001 - the read's own failure, for the core
-            return started, False, exc
+    async def _follow(self, action: Wait) -> None:
+        """A follower's wait on a blocking watch: the rest of it runs in a watch thread.
 
-    def _watched(self, waiter: asyncio.Future[Any], ticket: _Ticket, watch: asyncio.Future[Any]) -> None:
-        if not ticket.stale and not watch.cancelled() and watch.exception() is None:
-            self._prefetched = watch.result()
-        _resolve(waiter)
+        The thread waits for a change (or the poll time), reads, and hands the result to
+        the core itself, step after step, as the thread driver does; the event loop is
+        involved only when the core has something to decide that is not another wait (a
+        new leader, an acquisition, a failure), when a request wakes the election, or
+        after one ``lease_duration`` (the thread then goes back to the pool, shared with
+        every other follower). An idle asyncio standby so costs the loop nothing per
+        renewal it sees (issue 21). Each step of the thread on the core is atomic with
+        respect to the loop taking the election back, and the loop takes it back from a
+        thread that is stuck (a watch past its end, or a read past its timeout, by
+        ``op_timeout + 1`` seconds), or that no pool thread picked up by the wait's end.
+        """
+        if action.until <= time.monotonic() or self._woken:
+            self._woken = False
+            self._core.wait_done()
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        watch = _Watch()
+        watch.job = _watch_pool().submit(self._follow_in_thread, watch, action, loop, waiter)
+        watch.timer = loop.call_at(action.until, self._check_follow, watch, waiter)
+        try:
+            await waiter
+        finally:
+            with watch.guard:
+                watch.over = True
+                handed, watch.handed = watch.handed, None
+            watch.ended.set()
+            watch.job.cancel()  # (a stretch that no pool thread picked up yet)
+            if watch.timer is not None:
+                watch.timer.cancel()
+            self._waiter = None
+        if handed is not None:
+            # the core's next action, decided in the thread: the loop performs it (a pending
+            # request, if any, is seen by the core right after)
+            self._handed = handed
+            return
+        # the core's last step was a wait (the thread's or ours)
+        self._woken = False
+        self._core.wait_done()
+
+    def _check_follow(self, watch: _Watch, waiter: asyncio.Future[Any]) -> None:
+        """The loop's bound on a follower's watch thread (see :meth:`_follow`)."""
+        if waiter.done():
+            return
+        mark = watch.mark
+        now = time.monotonic()
+        bound = None if mark is None else mark + self.timing.op_timeout + 1.0
+        if bound is None or now >= bound:
+            log.debug("%s: the watch thread %s; the loop takes over", self.name, "did not start" if mark is None else "is stuck")
+            watch.timer = None
+            _resolve(waiter)
+            return
+        watch.timer = asyncio.get_running_loop().call_at(bound, self._check_follow, watch, waiter)
+
+    def _follow_in_thread(self, watch: _Watch, wait: Wait, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any]) -> None:
+        """A watch thread's part of :meth:`_follow`: wait, read, report to the core, again."""
+        core, lock, timing = self._core, self.lock, self.timing
+        turn_ends = time.monotonic() + timing.lease_duration
+        handed: Any = None
+        try:
+            while True:
+                watch.mark = wait.until
+                timeout = wait.until - time.monotonic()
+                if timeout > 0:
+                    try:
+                        lock.wait_for_change(wait.version, timeout)
+                    except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
+                        log.debug("%s: wait_for_change failed: %s", self.name, exc)
+                        # as the thread driver: pause, or a failing watch would read in a loop
+                        watch.ended.wait(min(timeout, timing.retry_period))
+                if watch.over or self._stopped:
+                    return
+                watch.mark = time.monotonic()
+                try:
+                    result: Any = lock.get(timing.op_timeout)
+                    ok = True
+                except Exception as exc:  # noqa: BLE001 - the read's own failure, for the core
+                    result, ok = exc, False
+                with watch.guard:
+                    if watch.over:
+                        return
+                    core.wait_done()
+                    read = core.next_action()
+                    if not isinstance(read, Read):  # a request came in meanwhile: the loop decides
+                        handed = read
+                        return
+                    if ok:
+                        core.read_done(result)
+                    else:
+                        core.failed(result)
+                    following = core.next_action()
+                    if (
+                        core.events  # a new leader: announced on the loop
+                        or time.monotonic() >= turn_ends
+                        or not (isinstance(following, Wait) and following.version is not None and not core.leading)
+                    ):
+                        handed = following
+                        return
+                    wait = following
+        except BaseException:  # pragma: no cover - the core is meant never to raise
+            log.exception("%s: the watch thread failed; the event loop takes over", self.name)
+        finally:
+            with watch.guard:
+                if not watch.over:
+                    watch.handed = handed
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(_resolve, waiter)
 
     async def _await_work(self) -> None:
         """Before a graceful release, let the ended term's work finish (bounded by its deadline)."""
