@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,19 +46,26 @@ DOCS = ROOT / "docs" / "bench-scale.md"
 MARK = "<!-- standby -->"
 
 
-def _usage() -> tuple[float, int]:
-    """(CPU seconds, voluntary context switches) of this whole process, all threads."""
+def _usage() -> tuple[float, int, float | None]:
+    """(CPU seconds, voluntary context switches) of this whole process, all threads, and the
+    CPU seconds of its main thread alone (the asyncio driver's event loop; Linux only)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return time.process_time(), r.ru_nvcsw
+    try:
+        with open(f"/proc/self/task/{threading.main_thread().native_id}/schedstat") as f:
+            main = int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        main = None
+    return time.process_time(), r.ru_nvcsw, main
 
 
 def child(url: str, name: str, window: float, driver: str) -> dict[str, Any]:
     """The standby process: stand by, wait until the leader is seen, then measure."""
 
-    def result(c0: float, s0: int, w0: float, leader: str | None, leading: bool) -> dict[str, Any]:
-        c1, s1 = _usage()
+    def result(u0: tuple[float, int, float | None], w0: float, leader: str | None, leading: bool) -> dict[str, Any]:
+        c1, s1, m1 = _usage()
+        c0, s0, m0 = u0
         return {"cpu_s": c1 - c0, "window_s": time.monotonic() - w0, "wakeups": s1 - s0, "leader": leader,
-                "leading": leading}  # fmt: skip
+                "leading": leading, "main_thread_cpu_s": None if m0 is None or m1 is None else m1 - m0}  # fmt: skip
 
     if driver == "asyncio":
         from celery_leader.aio import AsyncElection
@@ -69,9 +77,9 @@ def child(url: str, name: str, window: float, driver: str) -> dict[str, Any]:
             while e.leader != "leader" and time.monotonic() - t0 < 30:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(3.0)
-            (c0, s0), w0 = _usage(), time.monotonic()
+            u0, w0 = _usage(), time.monotonic()
             await asyncio.sleep(window)
-            out = result(c0, s0, w0, e.leader, e.is_leader)
+            out = result(u0, w0, e.leader, e.is_leader)
             await e.stop()
             return out
 
@@ -81,9 +89,9 @@ def child(url: str, name: str, window: float, driver: str) -> dict[str, Any]:
     while e.leader != "leader" and time.monotonic() - t0 < 30:
         time.sleep(0.05)
     time.sleep(3.0)
-    (c0, s0), w0 = _usage(), time.monotonic()
+    u0, w0 = _usage(), time.monotonic()
     time.sleep(window)
-    out = result(c0, s0, w0, e.leader, e.is_leader)
+    out = result(u0, w0, e.leader, e.is_leader)
     e.stop()
     return out
 
@@ -106,6 +114,8 @@ def measure(leader_url: str, standby_url: str, window: float, driver: str) -> di
     got["cpu_pct"] = 100.0 * got["cpu_s"] / got["window_s"]
     got["cpu_ms_per_min"] = 60_000.0 * got["cpu_s"] / got["window_s"]
     got["wakeups_per_min"] = 60.0 * got["wakeups"] / got["window_s"]
+    main = got.get("main_thread_cpu_s")
+    got["main_thread_ms_per_min"] = None if main is None else 60_000.0 * main / got["window_s"]
     return got
 
 
@@ -254,13 +264,17 @@ def main(argv: list[str]) -> int:
                 r = measure(leader_url, standby_url, args.window, driver)
                 r.update(backend=kind, driver=driver, loadavg_1min=os.getloadavg()[0])
                 results.append(r)
-                print(f"  {r['cpu_pct']:.3f} % of a core, {r['cpu_ms_per_min']:.0f} ms/min, "
+                main = r["main_thread_ms_per_min"]
+                print(f"  {r['cpu_pct']:.3f} % of a core, {r['cpu_ms_per_min']:.0f} ms/min "
+                      f"(main thread {'-' if main is None else f'{main:.1f}'}), "
                       f"{r['wakeups_per_min']:.0f} wakeups/min", flush=True)  # fmt: skip
-                rows.append([kind, driver, f"{r['cpu_pct']:.3f}", f"{r['cpu_ms_per_min']:.0f}", f"{1000 * r['cpu_s']:.0f}",
+                main = r["main_thread_ms_per_min"]
+                rows.append([kind, driver, f"{r['cpu_pct']:.3f}", f"{r['cpu_ms_per_min']:.0f}",
+                             "-" if main is None else f"{main:.1f}", f"{1000 * r['cpu_s']:.0f}",
                              f"{r['window_s']:.0f}", f"{r['wakeups_per_min']:.0f}", r["leader"],
                              f"{r['loadavg_1min']:.1f}"])  # fmt: skip
-    header = ["backend", "driver", "standby CPU % of a core", "CPU ms per min", "CPU ms in window", "window s",
-              "wakeups per min", "leader seen", "load avg (1 min)"]  # fmt: skip
+    header = ["backend", "driver", "standby CPU % of a core", "CPU ms per min", "of which main thread (ms/min)",
+              "CPU ms in window", "window s", "wakeups per min", "leader seen", "load avg (1 min)"]  # fmt: skip
     text = table(rows, header)
     print(text)
     if args.no_write:
@@ -272,7 +286,9 @@ def main(argv: list[str]) -> int:
         "",
         f"Command: `{' '.join(['python -m benchmarks standby', *argv])}`. One process leads (thread driver), another "
         "process does nothing but stand by for the same name at the default timing (15 s / 10 s / 2 s); its whole "
-        "CPU (all threads) over the window, and its voluntary context switches (wakeups). Servers on 127.0.0.1: "
+        "CPU (all threads) over the window, the part of it spent on its main thread (the asyncio driver's event "
+        "loop; with the thread driver the main thread only sleeps), and its voluntary context switches (wakeups). "
+        "Servers on 127.0.0.1: "
         "kubernetes is the tests' Lease API server (a watch bookmark a minute), s3 moto, git `git+file://`, gossip "
         "three serf agents (the standby's acceptor answers each renewal), django `django://` on PostgreSQL. "
         f"Run {m.get('when', '?')}, load average {load_before:.1f} before.",

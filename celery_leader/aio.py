@@ -53,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .core import Create, Finished, NewLeader, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
+from .core import Create, Finished, NewLeader, Phase, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
 from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
 from .errors import BackendUnavailable, ElectionStopped
 from .lock import Lock, RenewBatch, _watch_pool
@@ -678,7 +678,7 @@ class AsyncElection(BaseElection):
     # than a shared-key instance dict holds, and a process may hold 10,000 elections
     __slots__ = (
         "_batch", "_changed", "_deadline_timer", "_due_stamp", "_early", "_end_key", "_end_stamp",
-        "_event_loop", "_follow_watch", "_handed", "_native_async", "_notices", "_notifier", "_out",
+        "_event_loop", "_follow_in_threads", "_handed", "_native_async", "_notices", "_notifier", "_out",
         "_sched", "_sched_state", "_stopped", "_task", "_waiter", "_woken", "_work", "_work_task",
     )  # fmt: skip
 
@@ -702,11 +702,10 @@ class AsyncElection(BaseElection):
         # blocking calls go to our pool unless the backend has a native async client
         kind = type(self.lock)
         self._native_async = kind.aget is not Lock.aget or kind.aupdate is not Lock.aupdate
-        # a follower's blocking watches and the reads after them run in a watch thread,
-        # which involves the loop only when there is something to decide (see _follow)
-        self._follow_watch = (
-            kind.capabilities.watch and kind.await_for_change is Lock.await_for_change and kind.aget is Lock.aget
-        )
+        # a follower's waits (blocking watches, or sleeps on a polling backend) and the reads
+        # after them run in a watch-pool thread, which involves the loop only when there is
+        # something to decide (see _follow)
+        self._follow_in_threads = kind.await_for_change is Lock.await_for_change and kind.aget is Lock.aget
         # renewals go out in batches when the backend declares it can (capabilities.batch)
         # (a lock with its own async calls keeps them, one call per renewal)
         self._batch = self.lock.renew_batch() if kind.capabilities.batch and not self._native_async else None
@@ -859,7 +858,7 @@ class AsyncElection(BaseElection):
                     self._arm_deadline()  # this task watches the term's end again
                 continue
             if isinstance(action, Wait):
-                if self._follow_watch and action.version is not None and not core.leading:
+                if self._follow_in_threads and core.phase is Phase.FOLLOWING:
                     await self._follow(action)
                 else:
                     await self._wait(action)
@@ -994,10 +993,11 @@ class AsyncElection(BaseElection):
         self._core.wait_done()
 
     async def _follow(self, action: Wait) -> None:
-        """A follower's wait on a blocking watch: the rest of it runs in a watch thread.
+        """A follower's wait: the rest of it runs in a watch-pool thread.
 
-        The thread waits for a change (or the poll time), reads, and hands the result to
-        the core itself, step after step, as the thread driver does; the event loop is
+        The thread waits for a change (a blocking watch, where the backend has one) or
+        sleeps until the poll time, reads, and hands the result to the core itself, step
+        after step, as the thread driver does; the event loop is
         involved only when the core has something to decide that is not another wait (a
         new leader, an acquisition, a failure), when a request wakes the election, or
         after one ``lease_duration`` (the thread then goes back to the pool, shared with
@@ -1053,13 +1053,16 @@ class AsyncElection(BaseElection):
     def _follow_in_thread(self, watch: _Watch, wait: Wait, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any]) -> None:
         """A watch thread's part of :meth:`_follow`: wait, read, report to the core, again."""
         core, lock, timing = self._core, self.lock, self.timing
+        watches = type(lock).capabilities.watch
         turn_ends = time.monotonic() + timing.lease_duration
         handed: Any = None
         try:
             while True:
                 watch.mark = wait.until
                 timeout = wait.until - time.monotonic()
-                if timeout > 0:
+                if timeout > 0 and (wait.version is None or not watches):
+                    watch.ended.wait(timeout)  # a poll (or nothing to watch yet): sleep, stop wakes it
+                elif timeout > 0:
                     try:
                         lock.wait_for_change(wait.version, timeout)
                     except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
@@ -1090,7 +1093,8 @@ class AsyncElection(BaseElection):
                     if (
                         core.events  # a new leader: announced on the loop
                         or time.monotonic() >= turn_ends
-                        or not (isinstance(following, Wait) and following.version is not None and not core.leading)
+                        or not isinstance(following, Wait)
+                        or core.phase is not Phase.FOLLOWING
                     ):
                         handed = following
                         return

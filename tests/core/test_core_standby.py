@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 import time
 import uuid
@@ -24,7 +25,7 @@ from celery_leader.aio import AsyncElection
 from celery_leader.backends.memory import MemoryBackend, MemoryLock
 from celery_leader.core import ElectionCore
 from celery_leader.errors import BackendUnavailable
-from celery_leader.lock import Lock
+from celery_leader.lock import Capabilities, Lock
 from celery_leader.testing import sample_record
 
 FAST = dict(lease_duration=1.0, renew_deadline=0.6, retry_period=0.2)
@@ -69,6 +70,12 @@ class Misbehaving(Lock):
         self.inner.wait_for_change(version, timeout)
 
 
+class Polled(Misbehaving):
+    """The same lock without a watch: standbys poll it every ``retry_period``."""
+
+    capabilities = Capabilities(linearizable=True, watch=False, partition_safe=True)
+
+
 class CountingCore(ElectionCore):
     """The core, counting the threads its ``next_action`` is called from."""
 
@@ -85,15 +92,27 @@ def counting(election: AsyncElection) -> list[str]:
     return CountingCore.calls.setdefault(id(election._core), [])
 
 
+def in_follow_thread() -> bool:
+    """Is some thread inside a standby's watch-thread stretch now?"""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_follow_in_thread":
+                return True
+            frame = frame.f_back
+    return False
+
+
 def ghost(backend: MemoryBackend, name: str, lease: float) -> None:
     """A record of a holder that is gone (it never renews)."""
     backend.lock(name).create(sample_record(holder="ghost", lease_duration=lease), 1.0)
 
 
-def test_the_loop_is_not_stepped_for_each_renewal_an_asyncio_standby_sees():
-    """While the leader renews ten times a second, the standby reads after each change (in a
-    watch thread), but its core is stepped on the loop's thread only about once per
-    ``lease_duration`` (when the watch thread's turn ends), not once per change."""
+@pytest.mark.parametrize("kind", [Misbehaving, Polled], ids=["watched", "polled"])
+def test_the_loop_is_not_stepped_for_each_read_of_an_asyncio_standby(kind: type[Misbehaving]):
+    """While the leader renews ten times a second, the standby reads after each change (or
+    each poll, every ``retry_period``) in a watch-pool thread, but its core is stepped on
+    the loop's thread only about once per ``lease_duration`` (when the thread's turn
+    ends), not once per read."""
     timing = dict(lease_duration=3.0, renew_deadline=2.0, retry_period=0.1)
 
     async def main() -> None:
@@ -101,7 +120,7 @@ def test_the_loop_is_not_stepped_for_each_renewal_an_asyncio_standby_sees():
         leader = Election("job", backend=backend, identity="leader", **timing).start()
         try:
             assert leader.wait_until_leader(5)
-            lock = Misbehaving(backend.lock("job"))
+            lock = kind(backend.lock("job"))
             standby = AsyncElection("job", lock=lock, identity="standby", **timing)
             on_loop = counting(standby)
             loop_thread = threading.current_thread().name
@@ -109,12 +128,12 @@ def test_the_loop_is_not_stepped_for_each_renewal_an_asyncio_standby_sees():
             while standby.leader != "leader":
                 await asyncio.sleep(0.01)
             reads0, steps0, t0 = len(lock.reads), on_loop.count(loop_thread), time.monotonic()
-            while len(lock.reads) - reads0 < 20:  # twenty changes followed
+            while len(lock.reads) - reads0 < 20:  # twenty reads
                 await asyncio.sleep(0.05)
             span = time.monotonic() - t0
             steps = on_loop.count(loop_thread) - steps0
             assert steps <= 2 + span / timing["lease_duration"], (steps, span, on_loop[-30:])
-            assert {name for _, name in lock.reads[reads0:]} <= lock.watch_threads
+            assert all(name.startswith("celery-leader-watch") for _, name in lock.reads[reads0:])
             assert standby.leader == "leader" and not standby.is_leader
             await standby.stop()
         finally:
@@ -249,3 +268,28 @@ def test_a_new_leader_seen_in_the_watch_thread_is_announced_on_the_loop():
             second.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_stop_wakes_a_polling_standbys_sleeping_thread(monkeypatch):
+    """On a backend without a watch the standby's thread sleeps until its next poll; a stop
+    wakes it, so its pool thread is free at once, not after the poll interval."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, "celery-leader-watch")
+    monkeypatch.setattr(lock_module, "_WATCH_POOL", pool)
+
+    async def main() -> None:
+        backend = MemoryBackend(uuid.uuid4().hex)
+        ghost(backend, "job", lease=120.0)
+        lock = Polled(backend.lock("job"))
+        standby = AsyncElection("job", lock=lock, identity="standby", lease_duration=60, renew_deadline=40, retry_period=20)
+        await standby.start()
+        while not in_follow_thread():  # its stretch began: the pool's thread sleeps in it
+            await asyncio.sleep(0.01)
+        await standby.stop()
+        # the only pool thread was asleep until the next poll, 20 s away
+        free = asyncio.wrap_future(pool.submit(lambda: None))
+        await asyncio.wait_for(free, 5.0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown(wait=False)
