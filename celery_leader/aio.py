@@ -1051,11 +1051,21 @@ class AsyncElection(BaseElection):
         watch.timer = asyncio.get_running_loop().call_at(bound, self._check_follow, watch, waiter)
 
     def _follow_in_thread(self, watch: _Watch, wait: Wait, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any]) -> None:
-        """A watch thread's part of :meth:`_follow`: wait, read, report to the core, again."""
+        """A watch thread's part of :meth:`_follow`: wait, read, report to the core, again.
+
+        Whatever it decides on the core reaches the loop in the same step, under ``guard``:
+        once ``over`` is set the loop has taken the election back, and the core's last
+        step was a wait."""
         core, lock, timing = self._core, self.lock, self.timing
         watches = type(lock).capabilities.watch
         turn_ends = time.monotonic() + timing.lease_duration
-        handed: Any = None
+
+        def hand_back(action: Any) -> None:  # under guard, with over not set
+            watch.handed = action
+            watch.over = True  # (the loop sets it again; nothing here runs after this)
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, waiter)
+
         try:
             while True:
                 watch.mark = wait.until
@@ -1070,7 +1080,7 @@ class AsyncElection(BaseElection):
                         # as the thread driver: pause, or a failing watch would read in a loop
                         watch.ended.wait(min(timeout, timing.retry_period))
                 if watch.over or self._stopped:
-                    return
+                    break
                 watch.mark = time.monotonic()
                 try:
                     result: Any = lock.get(timing.op_timeout)
@@ -1083,7 +1093,7 @@ class AsyncElection(BaseElection):
                     core.wait_done()
                     read = core.next_action()
                     if not isinstance(read, Read):  # a request came in meanwhile: the loop decides
-                        handed = read
+                        hand_back(read)
                         return
                     if ok:
                         core.read_done(result)
@@ -1096,17 +1106,15 @@ class AsyncElection(BaseElection):
                         or not isinstance(following, Wait)
                         or core.phase is not Phase.FOLLOWING
                     ):
-                        handed = following
+                        hand_back(following)
                         return
                     wait = following
         except BaseException:  # pragma: no cover - the core is meant never to raise
             log.exception("%s: the watch thread failed; the event loop takes over", self.name)
-        finally:
-            with watch.guard:
-                if not watch.over:
-                    watch.handed = handed
-                    with contextlib.suppress(RuntimeError):  # the loop is closed
-                        loop.call_soon_threadsafe(_resolve, waiter)
+        # the core's last step was a wait: the loop goes on from there
+        with watch.guard:
+            if not watch.over:
+                hand_back(None)
 
     async def _await_work(self) -> None:
         """Before a graceful release, let the ended term's work finish (bounded by its deadline)."""
