@@ -199,3 +199,41 @@ def test_a_sigterm_after_the_term_ended_is_not_held_to_the_leaders_checks() -> N
     assert _led_when_signalled(signal_first.replace("received SIGTERM", "received nothing"), "chaos") is None
     # another election's lines in the same log do not count
     assert _led_when_signalled(ended_first.replace("chaos: node2 stopped", "other: node2 stopped"), "chaos") is True
+
+
+def test_the_child_checked_on_sigterm_is_the_one_of_the_term_the_signal_found() -> None:
+    """Seen in a CI run under load: term 3 ended at its deadline (its child SIGKILLed, as it
+    must be), term 4 began at once, and the SIGTERM came 35 ms after term 4's child started,
+    before that child wrote its first line. The check is about term 4's child, whose stop the
+    ``run``'s log reports (exit 143, no SIGKILL), not about term 3's."""
+    from benchmarks.chaos import _child_stopped_gently
+    from celery_leader.testing.cluster import Interval
+
+    said = (
+        "x INFO celery_leader.core: chaos: node1 started leading (token 3)\n"
+        "x INFO celery_leader.cli: leading with token 3: started python3 (pid 10607)\n"
+        "x WARNING celery_leader.core: chaos: node1 stopped leading (token 3): the lease deadline passed before a renewal succeeded\n"
+        "x WARNING celery_leader.cli: python3 did not stop in time: SIGKILL\n"
+        "x INFO celery_leader.core: chaos: node1 started leading (token 4)\n"
+        "x INFO celery_leader.cli: stopped python3 (exit 137)\n"
+        "x INFO celery_leader.cli: leading with token 4: started python3 (pid 10797)\n"
+        "x INFO celery_leader.cli: received SIGTERM: stopping\n"
+        "x INFO celery_leader.core: chaos: node1 stopped leading (token 4): stopped\n"
+        "x INFO celery_leader.cli: stopped python3 (exit 143)\n"
+        "x INFO celery_leader.core: chaos: released the lock\n"
+    )
+
+    def term(token: int, clean: bool) -> Interval:
+        return Interval("node1", token, 10000 + token, 1.0, 2.0, 2.0, stopped_cleanly=clean)
+
+    killed3 = term(3, False)
+    assert _child_stopped_gently(said, "chaos", [killed3])  # term 4's child left no record: the run's log speaks
+    sigkilled = said.replace("stopped python3 (exit 143)", "python3 did not stop in time: SIGKILL\nx INFO celery_leader.cli: stopped python3 (exit 137)")
+    assert not _child_stopped_gently(sigkilled, "chaos", [killed3])
+    assert not _child_stopped_gently(said.replace("stopped python3 (exit 143)\n", ""), "chaos", [killed3])  # no word of a stop
+    # with term 4's own record, that record decides
+    assert _child_stopped_gently(said, "chaos", [killed3, term(4, True)])
+    assert not _child_stopped_gently(said, "chaos", [killed3, term(4, False)])
+    # without a signal in the log: the last term, as before
+    assert not _child_stopped_gently("x nothing\n", "chaos", [term(4, False)])
+    assert not _child_stopped_gently("x nothing\n", "chaos", [])
