@@ -268,7 +268,6 @@ def main(argv: list[str]) -> int:
                 print(f"  {r['cpu_pct']:.3f} % of a core, {r['cpu_ms_per_min']:.0f} ms/min "
                       f"(main thread {'-' if main is None else f'{main:.1f}'}), "
                       f"{r['wakeups_per_min']:.0f} wakeups/min", flush=True)  # fmt: skip
-                main = r["main_thread_ms_per_min"]
                 rows.append([kind, driver, f"{r['cpu_pct']:.3f}", f"{r['cpu_ms_per_min']:.0f}",
                              "-" if main is None else f"{main:.1f}", f"{1000 * r['cpu_s']:.0f}",
                              f"{r['window_s']:.0f}", f"{r['wakeups_per_min']:.0f}", r["leader"],

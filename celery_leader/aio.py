@@ -593,7 +593,7 @@ class _Watch:
         self.mark: float | None = None
         #: the core's action the thread decided on last and did not perform (for the loop)
         self.handed: Any = None
-        #: set when the stretch is over: cuts short the thread's pause after a failed watch
+        #: set when the stretch is over: wakes the thread from a poll's sleep or its pause after a failed watch
         self.ended = threading.Event()
         self.job: concurrent.futures.Future[Any] | None = None
         #: the loop's current check of the thread (see :meth:`AsyncElection._check_follow`)
@@ -997,11 +997,11 @@ class AsyncElection(BaseElection):
 
         The thread waits for a change (a blocking watch, where the backend has one) or
         sleeps until the poll time, reads, and hands the result to the core itself, step
-        after step, as the thread driver does; the event loop is
-        involved only when the core has something to decide that is not another wait (a
-        new leader, an acquisition, a failure), when a request wakes the election, or
-        after one ``lease_duration`` (the thread then goes back to the pool, shared with
-        every other follower). An idle asyncio standby so costs the loop nothing per
+        after step, as the thread driver does; the event loop is involved only when the
+        core has something to decide that is not another wait (a new leader, an
+        acquisition, a failure), when a request wakes the election, or after one
+        ``lease_duration`` (the thread then goes back to the pool, shared with every other
+        follower). An idle asyncio standby so costs the loop nothing per
         renewal it sees (issue 21). Each step of the thread on the core is atomic with
         respect to the loop taking the election back, and the loop takes it back from a
         thread that is stuck (a watch past its end, or a read past its timeout, by
