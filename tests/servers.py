@@ -34,6 +34,52 @@ def need_binary(name: str, hint: str) -> str:
     return path  # type: ignore[return-value]
 
 
+def freeze(pid: int, *, group: bool = False, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` (or its process group) and return once every thread of it is stopped.
+
+    ``kill`` only queues the signal: the target stops when one of its threads next runs,
+    and on a busy machine another thread may first answer a request the test sends right
+    after (a "stalled" server that answered). Tests that need a frozen server wait here.
+    """
+    if group:
+        os.killpg(pid, signal.SIGSTOP)
+    else:
+        os.kill(pid, signal.SIGSTOP)
+    pids = _group_members(pid) if group else [pid]
+    deadline = time.monotonic() + timeout
+    while not all(_all_threads_stopped(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout} s of SIGSTOP")
+        time.sleep(0.005)
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == pgid:
+                    found.append(int(entry))
+    return found
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` in state T (stopped) or t (traced); a process gone counts."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -99,7 +145,7 @@ class Members:
     def pause(self, i: int) -> None:
         proc = self.procs[i]
         assert proc is not None
-        os.kill(proc.pid, signal.SIGSTOP)
+        freeze(proc.pid)
 
     def resume(self, i: int) -> None:
         proc = self.procs[i]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, need_binary, running
+from tests.servers import free_port, freeze, need_binary, running
 
 BRIDGE = Path(__file__).with_name("http_bridge.py")
 GIT_ENV = {
@@ -87,7 +87,7 @@ def http_bridge(root: Path, port: int | None = None, auth: str | None = None) ->
 @contextlib.contextmanager
 def paused(proc: subprocess.Popen) -> Iterator[None]:
     """SIGSTOP a server (it accepts connections in the kernel but never answers)."""
-    proc.send_signal(signal.SIGSTOP)
+    freeze(proc.pid)
     try:
         yield
     finally:

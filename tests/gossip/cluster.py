@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from celery_leader.serf import SerfClient, SerfError
 from celery_leader.testing.cluster import ElectorCluster
-from tests.servers import free_port, need_binary, stop_process, unavailable, wait_for_port
+from tests.servers import free_port, freeze, need_binary, stop_process, unavailable, wait_for_port
 
 _UIDS = itertools.count(41000 + (os.getpid() % 500) * 20)
 
@@ -57,7 +57,10 @@ class Agent:
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+            if sig == signal.SIGSTOP:
+                freeze(self.proc.pid)  # returns once the agent is really stopped
+            else:
+                os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)

@@ -19,7 +19,7 @@ from redis.retry import Retry
 
 from celery_leader.backends.redis import RedisBackend
 from tests.elections import elections  # noqa: F401 - the fixture, for the fault tests
-from tests.servers import closed_afterwards, free_port, need_binary, stop_process, unavailable, wait_for_port
+from tests.servers import closed_afterwards, free_port, freeze, need_binary, stop_process, unavailable, wait_for_port
 
 SHARED_PORT = 6379
 
@@ -106,7 +106,7 @@ class RedisServer:
 
     def pause(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        freeze(self.proc.pid)
 
     def resume(self) -> None:
         assert self.proc is not None

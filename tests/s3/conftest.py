@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -24,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.servers import free_port, port_open, stop_process, unavailable
+from tests.servers import free_port, freeze, port_open, stop_process, unavailable
 
 ADMIN_KEY, ADMIN_SECRET = "leaderadmin", "leader-admin-secret"
 READER_KEY, READER_SECRET = "leaderreader", "leader-reader-secret"
@@ -167,7 +168,10 @@ class Weed:
     def signal(self, sig: int) -> None:
         """Signal the server's whole process group (SIGSTOP freezes it, SIGCONT resumes)."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGSTOP:
+            freeze(self.proc.pid, group=True)  # returns once every process is really stopped
+        else:
+            os.killpg(self.proc.pid, sig)
 
 
 @contextlib.contextmanager
