@@ -65,8 +65,9 @@ __all__ = ["ZooKeeperBackend", "ZooKeeperLock", "VANISHED_HOLDER", "DEFAULT_PATH
 log = logging.getLogger(__name__)
 
 #: ZAB: writes are acknowledged by a quorum and totally ordered; a minority side cannot
-#: write. Every read is preceded by ``sync`` (pipelined), so it sees every write
-#: acknowledged before it; a stale read could only make a compare-and-swap fail anyway.
+#: write. A read is preceded by ``sync`` (pipelined), so it sees every write acknowledged
+#: before it - except the read right after this lock's data watch fired (see
+#: :meth:`ZooKeeperLock.get`); a stale read could only make a compare-and-swap fail anyway.
 CAPABILITIES = Capabilities(linearizable=True, watch=True, partition_safe=True)
 
 DEFAULT_PORT = 2181
@@ -145,22 +146,25 @@ class ZooKeeperLock(Lock):
 
     # --- reading ----------------------------------------------------------------------
 
-    def _read(self, timeout: float, watch: Callable[[Any], None] | None = None) -> tuple[bytes | None, int | None, int | None, int]:
+    def _read(
+        self, timeout: float, watch: Callable[[Any], None] | None = None, sync: bool = True
+    ) -> tuple[bytes | None, int | None, int | None, int]:
         """(lock data, lock version, fence version, fence), in one round trip: the requests
-        are pipelined (a session's requests are answered in order): ``sync`` first, so that
-        the server the session is on has caught up with the ensemble's leader and the reads
-        see every write acknowledged before, then the fence, then the lock node (with
-        ``watch`` set by the same request: it fires on every later change or deletion).
-        A lock node that is not there sets no watch that way: then a second round trip sets
-        one with ``exists()`` (it fires on creation)."""
+        are pipelined (a session's requests are answered in order): ``sync`` first (unless
+        ``sync`` is false), so that the server the session is on has caught up with the
+        ensemble's leader and the reads see every write acknowledged before, then the
+        fence, then the lock node (with ``watch`` set by the same request: it fires on
+        every later change or deletion). A lock node that is not there sets no watch that
+        way: then a second round trip sets one with ``exists()`` (it fires on creation)."""
         deadline = time.monotonic() + max(0.0, timeout)
         starts: list[Callable[[KazooClient], Any]] = [
-            lambda c: c.sync_async(self.path),
             lambda c: c.get_async(self.fence_path),
             lambda c: c.get_async(self.path, watch=watch),
         ]
+        if sync:
+            starts.insert(0, lambda c: c.sync_async(self.path))
         results = self._backend.call_many(starts, timeout, missing=(None, None))
-        fence_raw, fence_stat = results[1]
+        fence_raw, fence_stat = results[-2]
         raw, lock_stat = results[-1]
         if watch is not None and lock_stat is None:
             created = self._backend.call(lambda c: c.exists_async(self.path, watch=watch), max(0.0, deadline - time.monotonic()))
@@ -183,10 +187,20 @@ class ZooKeeperLock(Lock):
     def get(self, timeout: float) -> Versioned | None:
         """Read, with a data watch set on the lock node (it rides in the same round trip), so
         that a standby's next :meth:`wait_for_change` from this version needs no read: the
-        watch fires for every change after this read."""
+        watch fires for every change after this read.
+
+        The read right after that watch fired, on the same session (no session event since),
+        skips the ``sync``: ZooKeeper delivers a watch event only after the session's
+        server applied the change, and a session never reads older state than it saw, so
+        the read returns that change or a later one - all a standby woken by it needs, and
+        a later write its server has not applied yet fires the watch this read sets. A
+        standby's read per renewal of its leader is then two requests instead of three.
+        """
         with self._changed:
-            generation, fired = self._generation, self._fired
-        raw, lock_v, fence_v, fence = self._read(timeout, watch=self._wake)
+            generation, fired, watched = self._generation, self._fired, self._watched
+        # every wake-up since the last read was this lock's data watch (no session event)
+        after_event = watched is not None and fired > watched[1] and generation - watched[0] == fired - watched[1]
+        raw, lock_v, fence_v, fence = self._read(timeout, watch=self._wake, sync=not after_event)
         current = self._versioned(raw, lock_v, fence_v, fence)
         with self._changed:
             self._watched = (generation, fired, current.version if current else None) if lock_v is not None else None

@@ -70,6 +70,34 @@ def test_a_session_event_or_another_version_makes_the_wait_read(zk_server: ZooKe
     assert standby.wait_reads == 2
 
 
+def test_the_read_after_the_watch_fired_skips_the_sync(zk_server: ZooKeeper, path: str, open_backend) -> None:
+    """A standby's read woken by its data watch is two requests, not three: the watch event
+    came after the session's server applied the change, so no ``sync`` is needed to see it.
+    Any other read (the first, one after a session event) still syncs, and every read sees
+    the leader's latest write."""
+    url = zk_server.url(path)
+    leader, backend = open_backend(url).lock("y"), open_backend(url)
+    standby = backend.lock("y")
+    version = leader.create(sample_record(holder="leader"), T)
+    assert standby.get(T) is not None  # connects
+    assert wait_for(lambda: standby._generation > 0)
+    syncs = count_calls(backend._session(), "sync_async")
+    assert standby.get(T) is not None  # nothing fired since the last read: synced
+    assert syncs[0] == 1
+    for i in range(5):
+        version = leader.update(sample_record(holder="leader", renew_time=1_700_000_300.0 + i), version, T)
+        assert wait_for(lambda: standby._fired > standby._watched[1])  # the watch fired
+        got = standby.get(T)
+        assert got is not None and got.version == version
+    assert syncs[0] == 1  # five reads after five watch events: no sync
+    standby._wake()  # a session event (suspended, reconnected): the next read syncs again
+    version = leader.update(sample_record(holder="leader", renew_time=1_700_000_400.0), version, T)
+    assert wait_for(lambda: standby._fired > standby._watched[1])
+    got = standby.get(T)
+    assert got is not None and got.version == version
+    assert syncs[0] == 2
+
+
 def test_a_missing_lock_node_is_watched_for_its_creation(zk_server: ZooKeeper, path: str, open_backend) -> None:
     url = zk_server.url(path)
     writer, standby = open_backend(url).lock("m"), open_backend(url).lock("m")
