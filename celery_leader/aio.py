@@ -56,7 +56,7 @@ from typing import Any
 from .core import Create, Finished, NewLeader, Phase, Read, StartedLeading, StoppedLeading, Timing, Update, Wait
 from .election import _WATCHDOG, BaseElection, BaseLeadership, Leadership
 from .errors import BackendUnavailable, ElectionStopped
-from .lock import Lock, RenewBatch, _watch_pool
+from .lock import Lock, RenewBatch, Versioned, _watch_pool
 
 __all__ = ["AsyncElection", "AsyncLeadership"]
 
@@ -1070,17 +1070,29 @@ class AsyncElection(BaseElection):
             while True:
                 watch.mark = wait.until
                 timeout = wait.until - time.monotonic()
+                hint: Versioned | None = None
                 if timeout > 0 and (wait.version is None or not watches):
                     watch.ended.wait(timeout)  # a poll (or nothing to watch yet): sleep, stop wakes it
                 elif timeout > 0:
                     try:
-                        lock.wait_for_change(wait.version, timeout)
+                        hint = lock.wait_for_change_hinted(wait.version, timeout)
                     except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
                         log.debug("%s: wait_for_change failed: %s", self.name, exc)
                         # as the thread driver: pause, or a failing watch would read in a loop
                         watch.ended.wait(min(timeout, timing.retry_period))
                 if watch.over or self._stopped:
                     break
+                if hint is not None:
+                    with watch.guard:
+                        if watch.over:
+                            return
+                        if core.hinted(hint):  # the followed leader renewed: no read
+                            following = core.next_action()
+                            if time.monotonic() >= turn_ends or not isinstance(following, Wait):
+                                hand_back(following)
+                                return
+                            wait = following
+                            continue
                 watch.mark = time.monotonic()
                 try:
                     result: Any = lock.get(timing.op_timeout)

@@ -795,6 +795,46 @@ class ElectionCore:
     def wait_done(self) -> None:
         """A :class:`Wait` finished (its time came, the record changed, or a request woke it)."""
 
+    def hinted(self, hint: Versioned) -> bool:
+        """A follower's :class:`Wait` ended with a change notification that carried ``hint``
+        (:meth:`Lock.wait_for_change_hinted`); True if it stands in for the read.
+
+        Only a renewal of the term this follower already follows: the same holder, token,
+        acquire time, lease, preference and extra keys, a renew time no older, another
+        version. Then the change is noted now, which is after the hinted write was sent,
+        so the lease clock starts no earlier than a read's would; the next action is the
+        next wait (or, once that lease runs out, a compare-and-swap against the hinted
+        version, which fails unless it is the stored one). Anything else (a new holder,
+        a release, garbage, a stop or a back-off pending) returns False: read as usual.
+        """
+        rec, obs = hint.record, self._obs_record
+        if (
+            self.phase is not Phase.FOLLOWING
+            or self._stop_requested
+            or self._inflight is not None
+            or not self._need_read
+            or obs is None
+            or obs.decode_error is not None
+            or rec.decode_error is not None
+            or not obs.holder
+            or obs.holder == self.identity
+            or hint.version == self._obs_version
+            or rec.holder != obs.holder
+            or rec.transitions != obs.transitions
+            or rec.acquire_time != obs.acquire_time
+            or rec.lease_duration != obs.lease_duration
+            or rec.preferred_holder != obs.preferred_holder
+            or rec.extra != obs.extra
+            or rec.renew_time < self._obs_renew
+        ):
+            return False
+        now = self.clock.monotonic()
+        if now < self._retry_at:
+            return False
+        self._need_read = False
+        self._observe(obs, hint.version, now, rec.renew_time)  # the term's record, a new renew time
+        return True
+
     # --- bookkeeping -----------------------------------------------------------------
 
     @staticmethod

@@ -48,7 +48,7 @@ from .core import (
     Wait,
 )
 from .errors import ConfigurationError, ElectionStopped
-from .lock import Backend, Lock
+from .lock import Backend, Lock, Versioned
 from .registry import open_backend
 
 __all__ = ["Election", "Leadership", "default_identity"]
@@ -496,10 +496,11 @@ class Election(BaseElection):
 
     def _wait(self, action: Wait) -> None:
         timeout = action.until - time.monotonic()
+        hint: Versioned | None = None
         if timeout > 0 and not self._wake.is_set():
             if action.version is not None and type(self.lock).capabilities.watch:
                 try:
-                    self.lock.wait_for_change(action.version, timeout)
+                    hint = self.lock.wait_for_change_hinted(action.version, timeout)
                 except Exception as exc:  # noqa: BLE001 - a failed watch is only a shorter wait
                     log.debug("%s: wait_for_change failed: %s", self.name, exc)
                     self._wake.wait(min(timeout, self.timing.retry_period))
@@ -507,7 +508,9 @@ class Election(BaseElection):
                 self._wake.wait(timeout)
         self._wake.clear()
         with self._mutex:
-            self._core.wait_done()
+            # a hint the core takes (the followed leader renewed) replaces the read
+            if hint is None or not self._core.hinted(hint):
+                self._core.wait_done()
 
     def _await_work(self) -> None:
         """Before a graceful release, let the ended term's work stop (bounded by its deadline)."""

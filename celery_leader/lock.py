@@ -98,6 +98,21 @@ class Lock(abc.ABC):
         """
         time.sleep(max(0.0, timeout))
 
+    def wait_for_change_hinted(self, version: str | None, timeout: float) -> Versioned | None:
+        """:meth:`wait_for_change`, returning the record the change notification carried.
+
+        A *hint*: what this node saw change (the gossip backend's local acceptor), not a
+        read, so it may not be the stored record. The engine lets a hint stand in for the
+        read after a wait only when it shows the holder it follows renewing the same term
+        (a newer renew time, nothing else changed): the follower's lease clock restarts at
+        once, which is never earlier than the write was sent; a takeover is still a
+        compare-and-swap against the version, which fails if the hint was not stored.
+        Anything else is read. Default (every backend whose notifications carry no
+        record): wait, return ``None``.
+        """
+        self.wait_for_change(version, timeout)
+        return None
+
     def close(self) -> None:
         """Release resources. Idempotent."""
 

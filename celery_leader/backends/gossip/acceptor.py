@@ -238,7 +238,8 @@ class Acceptor:
         self._changed = threading.Condition()
         self._generation = 0
         #: lock name -> (generation, version) of its last version change here
-        self._changes: dict[str, tuple[int, str]] = {}
+        #: per name: (generation, version, value) of the last accept that changed its version
+        self._changes: dict[str, tuple[int, str, Value | None]] = {}
         self._stop = threading.Event()
         self._client: SerfClient | None = None
         self._thread = threading.Thread(target=self._serve, name=f"gossip-acceptor-{node}", daemon=True)
@@ -296,7 +297,7 @@ class Acceptor:
         if changed is not None:
             with self._changed:
                 self._generation += 1
-                self._changes[request["n"]] = (self._generation, changed)
+                self._changes[request["n"]] = (self._generation, changed, parse_value(request.get("v")))
                 self._changed.notify_all()
 
     def local_version(self, name: str) -> str | None:
@@ -311,17 +312,21 @@ class Acceptor:
         with self._changed:
             return self._generation
 
-    def wait_change(self, name: str, since: int, other_than: str | None, deadline: float) -> bool:
-        """Wait until this acceptor takes a version of ``name`` other than ``other_than`` after ``since``.
+    def wait_change(self, name: str, since: int, other_than: str | None, deadline: float) -> Value | None:
+        """Wait until this acceptor takes a version of ``name`` other than ``other_than`` after
+        ``since``; return the value it took (``None``: no such change before ``deadline``).
 
-        (A lagging acceptor catching up to ``other_than`` itself is no change.)
+        (A lagging acceptor catching up to ``other_than`` itself is no change.) The value is
+        what this node accepted, not necessarily what a quorum chose: a hint.
         """
         def changed() -> bool:
-            generation, version = self._changes.get(name, (0, ""))
+            generation, version, _ = self._changes.get(name, (0, "", None))
             return generation > since and version != other_than
 
         with self._changed:
-            return self._changed.wait_for(changed, max(0.0, deadline - time.monotonic()))
+            if not self._changed.wait_for(changed, max(0.0, deadline - time.monotonic())):
+                return None
+            return self._changes[name][2]
 
     def stop(self) -> None:
         self._stop.set()

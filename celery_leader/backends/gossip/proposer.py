@@ -166,6 +166,12 @@ class GossipLock(Lock):
         return self._execute(lambda current: bytes(raw), timeout)[0]  # type: ignore[index]
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
+        self.wait_for_change_hinted(version, timeout)
+
+    def wait_for_change_hinted(self, version: str | None, timeout: float) -> Versioned | None:
+        """Wait for the local acceptor to take another version; return that value as a hint
+        (a record that decodes) - every accept reaches this node's acceptor before any read
+        could, and a follower then need not read on every renewal of the leader."""
         deadline = time.monotonic() + max(0.0, timeout)
         acceptor = self._backend.acceptor
         if acceptor is not None and acceptor.connected.is_set():
@@ -179,20 +185,23 @@ class GossipLock(Lock):
                 except BackendUnavailable:
                     got = Versioned(LeaderRecord(), version or "")
                 if (got.version if got is not None else None) != version:
-                    return
-            acceptor.wait_change(self.name, since, version, deadline)
-            return
+                    return None
+            value = acceptor.wait_change(self.name, since, version, deadline)
+            if value is None:
+                return None
+            record = decode_or_placeholder(value[1])
+            return None if record.decode_error else Versioned(record, value[0])
         while True:  # not a voter here (or its agent is away): poll
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return None
             try:
                 got = self.get(min(remaining, max(self._backend.query_timeout, 0.2)))
             except (BackendUnavailable, Conflict):
                 got = None
             else:
                 if (got.version if got else None) != version:
-                    return
+                    return None
             time.sleep(max(0.0, min(self._backend.poll_interval, deadline - time.monotonic())))
 
     def close(self) -> None:
