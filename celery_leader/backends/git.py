@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import select
 import socket
@@ -101,12 +102,61 @@ class _Refused(Exception):
     """
 
 
+class _Reader:
+    """A worker thread kept for reads: a standby reads every ``retry_period``, and starting a
+    thread per read cost more CPU than handing the read to one that waits.
+
+    Idle readers wait in :data:`_IDLE_READERS`; a read takes one (or starts one) and it goes
+    back when the read is done. A read that hangs keeps its reader (the caller gives up
+    and the next read takes another), and a reader idle for :data:`READER_IDLE_EXIT`
+    seconds ends. Daemon threads: a hung read never holds up the interpreter's exit.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="celery-leader-git-reader", daemon=True).start()
+
+    def run(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=READER_IDLE_EXIT)
+            except queue.Empty:
+                with _IDLE_GUARD:
+                    if self in _IDLE_READERS:
+                        _IDLE_READERS.remove(self)
+                        return
+                continue  # a read took this reader just now: its job is on the way
+            job()
+            with _IDLE_GUARD:
+                _IDLE_READERS.append(self)
+
+
+#: seconds an idle :class:`_Reader` waits for another read before it ends
+READER_IDLE_EXIT = 60.0
+_IDLE_READERS: list[_Reader] = []
+_IDLE_GUARD = threading.Lock()
+
+
+def _forget_readers() -> None:
+    """In a forked child: the parent's readers are not running here (threads do not fork)."""
+    global _IDLE_GUARD
+    _IDLE_GUARD = threading.Lock()
+    _IDLE_READERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_readers)
+
+
 def _call(what: str, timeout: float, fn: Callable[[float], T]) -> T:
     """Run ``fn(timeout)`` in a worker thread; raise :class:`BackendUnavailable` after ``timeout``.
 
     Sockets also get the timeout, so an abandoned worker ends soon after. A write that
     timed out may still land: the caller treats it as failed, and the next
-    compare-and-swap sorts it out.
+    compare-and-swap sorts it out. Reads (``what == "get"``) run in a kept
+    :class:`_Reader`; anything else in a thread of its own, named after ``what``.
     """
     timeout = max(0.0, float(timeout))
     box: dict[str, Any] = {}
@@ -120,8 +170,12 @@ def _call(what: str, timeout: float, fn: Callable[[float], T]) -> T:
         finally:
             done.set()
 
-    worker = threading.Thread(target=run, name=f"celery-leader-git-{what}", daemon=True)
-    worker.start()
+    if what == "get":
+        with _IDLE_GUARD:
+            reader = _IDLE_READERS.pop() if _IDLE_READERS else None
+        (reader or _Reader()).run(run)
+    else:
+        threading.Thread(target=run, name=f"celery-leader-git-{what}", daemon=True).start()
     if not done.wait(timeout):
         raise BackendUnavailable(f"git {what} did not finish within {timeout:.2f} s")
     if "error" in box:
@@ -236,6 +290,15 @@ class GitLock(Lock):
         cached = self._cache
         if cached is not None and cached[0] == sha:
             return Versioned(cached[1], sha.decode())
+        seen: dict[Any, ShaFile] = {}
+
+        def lookup_once(key: Any) -> ShaFile:  # (the tree is walked twice below; read it once)
+            obj = seen.get(key)
+            if obj is None:
+                obj = seen[key] = fetch(key)
+            return obj
+
+        fetch, lookup = lookup, lookup_once
         obj = lookup(sha)
         if not isinstance(obj, Commit):
             rec = LeaderRecord.undecodable(len(obj.as_raw_string()), f"{self.ref} points at a {obj.type_name.decode()}, not a commit")
@@ -296,6 +359,10 @@ class _LocalTransport(_Transport):
         self.path = path
         self.stale_lock = stale_lock
         self._mutex = threading.Lock()
+        #: the repository reads use, kept open between them (see :meth:`_reading`), and the
+        #: process that opened it
+        self._reader: tuple[Repo, int] | None = None
+        self._closed = False
 
     def _open(self) -> Repo:
         try:
@@ -320,6 +387,43 @@ class _LocalTransport(_Transport):
         finally:
             self._mutex.release()
 
+    def _reading(self, timeout: float, fn: Callable[[Repo], T]) -> T:
+        """Run ``fn`` on the repository kept open for reads (opened on first use).
+
+        Opening a repository (its config parsed, its object store set up) cost more than
+        the read itself, and a standby polls every ``retry_period``. Kept open is still
+        fresh: dulwich reads loose refs and objects from disk on every lookup, reloads
+        ``packed-refs`` when the file changed, and rescans the pack directory for an
+        object its cached packs lack or for a pack that vanished (``git gc``). A read that
+        fails closes it, so the next one opens a new one; so does a fork (the child must
+        not share the parent's pack file offsets). Writes open their own (:meth:`_locked`).
+        """
+        if not self._mutex.acquire(timeout=max(0.0, timeout)):
+            raise BackendUnavailable(f"{self.path}: an earlier call is still blocked in the file system")
+        try:
+            kept, self._reader = self._reader, None
+            repo = kept[0] if kept is not None and kept[1] == os.getpid() else self._open()
+            try:
+                result = fn(repo)
+            except BaseException:
+                repo.close()
+                raise
+            if self._closed:
+                repo.close()
+            else:
+                self._reader = (repo, os.getpid())
+            return result
+        finally:
+            self._mutex.release()
+
+    def close(self) -> None:
+        # (not under the mutex: a read stuck in the file system holds it; that read closes
+        # its repository itself when it ends)
+        self._closed = True
+        kept, self._reader = self._reader, None
+        if kept is not None and kept[1] == os.getpid():
+            kept[0].close()
+
     def get(self, lock: GitLock, timeout: float) -> Versioned | None:
         def read(repo: Repo) -> Versioned | None:
             try:
@@ -331,7 +435,7 @@ class _LocalTransport(_Transport):
             except KeyError as exc:
                 raise BackendUnavailable(f"{self.path}: object {exc} named by {lock.ref} is missing") from None
 
-        return self._locked(timeout, read)
+        return self._reading(timeout, read)
 
     def cas(self, lock: GitLock, expected: bytes | None, commit: Commit, objects: list[ShaFile], timeout: float) -> None:
         def write(repo: Repo) -> None:
