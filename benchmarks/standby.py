@@ -4,7 +4,9 @@ process leads, on each backend, at the default timing (15 s / 10 s / 2 s).
 ``python -m benchmarks standby [--backends file,redis,...] [--window 60] [--drivers thread,asyncio]``
 
 Backends: file, redis, postgresql, etcd, zookeeper, kubernetes (the tests' Lease API server,
-bookmarks once a minute as a real API server sends them), s3 (moto server), git
+bookmarks once a minute as a real API server sends them), s3 (moto server, which closes
+the connection after every answer, so each poll also connects), s3-seaweedfs (SeaweedFS,
+which keeps connections alive as AWS S3 does), git
 (``git+file://``), gossip (three serf agents: the leader's, the standby's, and a third
 whose acceptor runs in the leader's process; the standby's acceptor answers the leader's
 renewals), django (``django://`` on PostgreSQL, LISTEN/NOTIFY). The servers run on 127.0.0.1.
@@ -123,7 +125,7 @@ def kind_of(url: str) -> str:
     return url.split(":", 1)[0]
 
 
-BACKENDS = ("file", "redis", "postgresql", "etcd", "zookeeper", "kubernetes", "s3", "git", "gossip", "django")
+BACKENDS = ("file", "redis", "postgresql", "etcd", "zookeeper", "kubernetes", "s3", "s3-seaweedfs", "git", "gossip", "django")
 
 
 @contextlib.contextmanager
@@ -178,11 +180,13 @@ def backend_urls(kind: str) -> Iterator[tuple[str, str]]:
                 yield url, url
             finally:
                 server.stop()
-    elif kind == "s3":
+    elif kind in ("s3", "s3-seaweedfs"):
         from benchmarks.s3 import server
 
+        # moto's server answers every request with "Connection: close", so each poll there
+        # also opens a TCP connection; SeaweedFS keeps connections alive, as AWS S3 does
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request log
-        with server("moto") as s3:
+        with server("moto" if kind == "s3" else "seaweedfs") as s3:
             url = s3.url(f"bench-standby-{uuid.uuid4().hex[:8]}")
             yield url, url
     elif kind == "git":
