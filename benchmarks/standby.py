@@ -292,7 +292,7 @@ def main(argv: list[str]) -> int:
         "CPU (all threads) over the window, the part of it spent on its main thread (the asyncio driver's event "
         "loop; with the thread driver the main thread only sleeps), and its voluntary context switches (wakeups). "
         "Servers on 127.0.0.1: "
-        "kubernetes is the tests' Lease API server (a watch bookmark a minute), s3 moto, git `git+file://`, gossip "
+        "kubernetes is the tests' Lease API server (a watch bookmark a minute), s3 moto (a new connection per request: moto closes each), s3-seaweedfs SeaweedFS (kept connections, as AWS S3), git `git+file://`, gossip "
         "three serf agents (the standby's acceptor answers each renewal), django `django://` on PostgreSQL. "
         f"Run {m.get('when', '?')}, load average {load_before:.1f} before.",
         "",

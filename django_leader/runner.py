@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from celery_leader.election import Election, Leadership
-from celery_leader.errors import NotLeader
+from celery_leader.errors import BackendUnavailable, NotLeader
 from celery_leader.lock import ConfigurationError, LockError
 from celery_leader.once import Slot, mark_done
 
@@ -258,7 +258,7 @@ def run_as_leader(
         overrides["identity"] = identity
     elected = election(name, **overrides)
     if elected.backend is not None:
-        elected.backend.check(elected.timing.op_timeout)
+        _check_backend(elected)
     previous_term: Any = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         # SIGTERM (a deploy, systemd, Kubernetes) unwinds the command and releases the lease, so that
@@ -307,6 +307,29 @@ def run_as_leader(
         elected.stop()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _check_backend(elected: Election) -> None:
+    """The backend's start-up check: a :class:`ConfigurationError` at once; a backend that
+    does not answer is asked again for a lease (plus two calls), as the skip probe does,
+    then its error is raised. A database on a loaded host may answer one call late; a cron
+    job is then not skipped for it, and one that is down still fails within that bound."""
+    assert elected.backend is not None
+    timing = elected.timing
+    until = time.monotonic() + timing.lease_duration + 2 * timing.op_timeout
+    told = False
+    while True:
+        try:
+            elected.backend.check(timing.op_timeout)
+            return
+        except BackendUnavailable as exc:
+            if time.monotonic() > until:
+                raise
+            if not told:
+                log.warning("%s: the lock backend did not answer (%s); asking again for %.1f s",
+                            elected.name, exc, until - time.monotonic())  # fmt: skip
+                told = True
+        time.sleep(timing.retry_period / 2)
 
 
 def _read_quietly(elected: Election) -> Any:

@@ -176,9 +176,9 @@ class Hinting(Misbehaving):
         return None
 
 
-def _follows_without_reading(lock: Hinting, observed_version, leader: Election) -> None:
-    """Twenty renewals of the leader go by; the standby saw them (its observed version is
-    the leader's, give or take the renewal in flight) but read at most twice more."""
+def _follows_without_reading(lock: Hinting, observed_version) -> None:
+    """Twenty renewals of the leader go by as hints; the standby read at most twice more,
+    and what it observes keeps moving on with the leader's renewals."""
     hints0, reads0 = lock.hints, len(lock.reads)
     while lock.hints - hints0 < 20:
         time.sleep(0.05)
@@ -188,7 +188,7 @@ def _follows_without_reading(lock: Hinting, observed_version, leader: Election) 
     while time.monotonic() < deadline and len(seen) < 3:  # it keeps up, hint after hint
         seen.add(observed_version())
         time.sleep(0.03)
-    assert len(seen) >= 3 and leader._core.last_written_version is not None
+    assert len(seen) >= 3, seen
 
 
 def test_a_thread_driver_standby_follows_renewals_by_hints_and_takes_over():
@@ -200,7 +200,7 @@ def test_a_thread_driver_standby_follows_renewals_by_hints_and_takes_over():
         assert leader.wait_until_leader(5)
         token = leader.token
         standby.start()
-        _follows_without_reading(lock, lambda: standby._core.observed.version, leader)
+        _follows_without_reading(lock, lambda: standby._core.observed.version)
         assert standby.leader == "leader" and not standby.is_leader
         leader.stop()  # no release: the standby waits the lease out, then takes over
         assert standby.wait_until_leader(10)
@@ -220,7 +220,7 @@ def test_an_asyncio_standby_follows_renewals_by_hints_in_its_watch_thread_and_ta
             assert leader.wait_until_leader(5)
             token = leader.token
             await standby.start()
-            await asyncio.to_thread(_follows_without_reading, lock, lambda: standby._core.observed.version, leader)
+            await asyncio.to_thread(_follows_without_reading, lock, lambda: standby._core.observed.version)
             assert all(name.startswith("celery-leader-watch") for name in lock.watch_threads)
             assert standby.leader == "leader" and not standby.is_leader
             await asyncio.to_thread(leader.stop)

@@ -270,3 +270,17 @@ def test_once_per_bad_period_is_a_one_line_error(procs, tmp_path):
     out = subprocess.run(manage("runasleader", "--once-per", "soon", "work", str(tmp_path / "log")),
                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "not a duration" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_backend_that_does_not_answer_at_start_is_asked_again_then_the_command_exits_1(tmp_path):
+    """The start-up check is asked again for a lease (a loaded database may answer one call
+    late: a cron job is not skipped for that), then a backend still down fails the command
+    with the backend's error; nothing ran."""
+    log = tmp_path / "work.log"
+    out = subprocess.run(runasleader("gone-" + uuid.uuid4().hex[:8], "n0", log),
+                         env=subprocess_env(DJANGO_LEADER_TEST_URL="django://gone"),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1, out
+    assert "the lock backend did not answer" in out.stderr and "asking again" in out.stderr
+    assert "lock backend failed: django://gone" in out.stderr
+    assert not starts(log)

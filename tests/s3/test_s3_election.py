@@ -74,7 +74,13 @@ def test_object_deleted_by_hand_is_recreated_with_a_higher_token(s3_server, pref
             time.sleep(0.02)
         leader = next(e for e in elections if e.is_leader)
         before = leader.token
-        time.sleep(0.5)  # the followers have seen the record
+        assert before is not None
+        # the followers have seen the record (a candidate that never saw it cannot know its
+        # token: docs/s3.md); waited for, not slept on: on a loaded machine reads come late
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(e._core.max_seen_transitions >= before for e in elections):
+            time.sleep(0.02)
+        assert all(e._core.max_seen_transitions >= before for e in elections)
         client.delete_object(Bucket=s3_server.bucket, Key=key)
         # the leader's next renewal fails (If-Match on a missing object), then someone
         # re-creates the object: the Go seed's lock wedges here for good

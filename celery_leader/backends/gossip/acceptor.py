@@ -237,7 +237,6 @@ class Acceptor:
         self.connected = threading.Event()
         self._changed = threading.Condition()
         self._generation = 0
-        #: lock name -> (generation, version) of its last version change here
         #: per name: (generation, version, value) of the last accept that changed its version
         self._changes: dict[str, tuple[int, str, Value | None]] = {}
         self._stop = threading.Event()
