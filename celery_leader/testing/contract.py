@@ -379,6 +379,35 @@ class LockContract:
         lock.wait_for_change(v1, 10.0)
         assert time.monotonic() - started < 5.0
 
+    def test_a_hint_is_a_record_a_writer_stored(self, make_lock, name) -> None:
+        """``wait_for_change_hinted`` returns ``None`` (the default), or the record a change
+        notification carried: one of the writes made while it waited, never the version it
+        waited from, never something nobody wrote."""
+        watcher, writer = make_lock(name), make_lock(name)
+        version = writer.create(sample_record(holder="leader"), TIMEOUT)
+        assert watcher.get(TIMEOUT) is not None
+        if not type(watcher).capabilities.watch:
+            return
+        written: dict[str, LeaderRecord] = {}
+        got: list[Versioned | None] = []
+        t = threading.Thread(target=lambda: got.append(watcher.wait_for_change_hinted(version, 20.0)), daemon=True)
+        t.start()
+        current = version
+        for n in range(10):  # renewals, until the wait has ended on one
+            if not t.is_alive():
+                break
+            record = sample_record(holder="leader", renew_time=1_700_000_500.0 + n)
+            current = writer.update(record, current, TIMEOUT)
+            written[current] = record
+            t.join(0.2)
+        t.join(20.0)
+        assert got, "wait_for_change_hinted did not return"
+        hint = got[0]
+        if hint is None:
+            return
+        assert hint.version != version and hint.version in written, (hint.version, list(written))
+        assert hint.record.holder == "leader" and hint.record.renew_time == written[hint.version].renew_time
+
     def test_wait_for_change_times_out_without_change(self, lock: Lock) -> None:
         version = lock.create(sample_record(), TIMEOUT)
         started = time.monotonic()
