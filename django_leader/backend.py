@@ -388,7 +388,7 @@ class DjangoBackend(Backend):
 
     def _translate(self, exc: BaseException) -> Exception:
         pgcode, errno = _driver_code(exc)
-        text = str(exc)
+        text = " ".join(str(exc).split())  # one line: drivers' messages span several
         if pgcode in _RACE_PGCODES or errno in _RACE_MYSQL:
             return Conflict(f"{self.alias}: lost a race ({text})")
         if pgcode in _MISSING_TABLE_PGCODES or errno in _MISSING_TABLE_MYSQL or "no such table" in text:
@@ -396,7 +396,7 @@ class DjangoBackend(Backend):
                 f"django://{self.alias}: the lease tables ({self._table_name}, {self._fence_name}) are missing; run: "
                 f"python manage.py migrate django_leader --database {self.alias}"
             )
-        return BackendUnavailable(f"django://{self.alias}: {type(exc).__name__}: {text.strip()}")
+        return BackendUnavailable(f"django://{self.alias}: {type(exc).__name__}: {text}")
 
     # --- start-up and housekeeping -------------------------------------------------------
 
