@@ -1060,6 +1060,10 @@ class AsyncElection(BaseElection):
         watches = type(lock).capabilities.watch
         turn_ends = time.monotonic() + timing.lease_duration
 
+        def for_the_loop() -> bool:  # under guard, after a step: does the loop decide next?
+            # a new leader is announced on the loop; a turn lasts one lease_duration
+            return bool(core.events) or time.monotonic() >= turn_ends or core.phase is not Phase.FOLLOWING
+
         def hand_back(action: Any) -> None:  # under guard, with over not set
             watch.handed = action
             watch.over = True  # (the loop sets it again; nothing here runs after this)
@@ -1088,7 +1092,7 @@ class AsyncElection(BaseElection):
                             return
                         if core.hinted(hint):  # the followed leader renewed: no read
                             following = core.next_action()
-                            if time.monotonic() >= turn_ends or not isinstance(following, Wait):
+                            if not isinstance(following, Wait) or for_the_loop():
                                 hand_back(following)
                                 return
                             wait = following
@@ -1112,12 +1116,7 @@ class AsyncElection(BaseElection):
                     else:
                         core.failed(result)
                     following = core.next_action()
-                    if (
-                        core.events  # a new leader: announced on the loop
-                        or time.monotonic() >= turn_ends
-                        or not isinstance(following, Wait)
-                        or core.phase is not Phase.FOLLOWING
-                    ):
+                    if not isinstance(following, Wait) or for_the_loop():
                         hand_back(following)
                         return
                     wait = following

@@ -808,28 +808,20 @@ class ElectionCore:
         a release, garbage, a stop or a back-off pending) returns False: read as usual.
         """
         rec, obs = hint.record, self._obs_record
+        now = self.clock.monotonic()
         if (
             self.phase is not Phase.FOLLOWING
             or self._stop_requested
             or self._inflight is not None
             or not self._need_read
+            or now < self._retry_at
             or obs is None
-            or obs.decode_error is not None
-            or rec.decode_error is not None
             or not obs.holder
             or obs.holder == self.identity
             or hint.version == self._obs_version
-            or rec.holder != obs.holder
-            or rec.transitions != obs.transitions
-            or rec.acquire_time != obs.acquire_time
-            or rec.lease_duration != obs.lease_duration
-            or rec.preferred_holder != obs.preferred_holder
-            or rec.extra != obs.extra
+            or not self._renews(obs, rec)
             or rec.renew_time < self._obs_renew
         ):
-            return False
-        now = self.clock.monotonic()
-        if now < self._retry_at:
             return False
         self._need_read = False
         self._observe(obs, hint.version, now, rec.renew_time)  # the term's record, a new renew time
@@ -841,7 +833,7 @@ class ElectionCore:
     def _renews(held: LeaderRecord, record: LeaderRecord) -> bool:
         """Is ``record`` ``held`` with only its renew time moved (what a plain renewal writes)?"""
         return (
-            record.extra is held.extra
+            (record.extra is held.extra or record.extra == held.extra)
             and record.lease_duration == held.lease_duration
             and record.holder == held.holder
             and record.transitions == held.transitions

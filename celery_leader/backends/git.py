@@ -290,15 +290,16 @@ class GitLock(Lock):
         cached = self._cache
         if cached is not None and cached[0] == sha:
             return Versioned(cached[1], sha.decode())
+        fetch = lookup
         seen: dict[Any, ShaFile] = {}
 
-        def lookup_once(key: Any) -> ShaFile:  # (the tree is walked twice below; read it once)
+        def read_once(key: Any) -> ShaFile:  # (the tree is walked twice below)
             obj = seen.get(key)
             if obj is None:
                 obj = seen[key] = fetch(key)
             return obj
 
-        fetch, lookup = lookup, lookup_once
+        lookup = read_once
         obj = lookup(sha)
         if not isinstance(obj, Commit):
             rec = LeaderRecord.undecodable(len(obj.as_raw_string()), f"{self.ref} points at a {obj.type_name.decode()}, not a commit")
