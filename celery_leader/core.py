@@ -498,8 +498,13 @@ class ElectionCore:
         return Finished()
 
     def _may_hold(self) -> bool:
+        """Is the record we last saw ours: our last answered write, or one whose answer was lost?"""
         rec = self._obs_record
-        return rec is not None and self._obs_version == self.last_written_version and rec.holder == self.identity
+        return (
+            rec is not None
+            and rec.holder == self.identity
+            and (self._obs_version == self.last_written_version or self._unanswered(rec))
+        )
 
     def _leader_action(self, now: float, early: float = 0.0) -> Action:
         held = self._held

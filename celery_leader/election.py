@@ -409,6 +409,9 @@ class Election(BaseElection):
         # a follower that holds nothing and has nothing in flight may be inside a watch wait:
         # it cannot acquire any more (the stop is recorded) and ends by itself
         self._finished.wait(limit if may_hold else min(limit, 0.2))
+        if may_hold and not self._finished.is_set():
+            # never silent about the lock: a caller that exits now leaves it to its lease
+            log.warning("%s: the release did not finish in time; the lease will expire", self.name)
         notifier = self._notifier
         if self._finished.is_set() and notifier is not None and notifier is not threading.current_thread():
             notifier.join(5.0)  # on_stopped_leading has run when stop() returns

@@ -24,7 +24,7 @@ from celery_leader import lock as lock_module
 from celery_leader.aio import AsyncElection
 from celery_leader.backends.memory import MemoryBackend, MemoryLock
 from celery_leader.core import ElectionCore
-from celery_leader.errors import BackendUnavailable
+from celery_leader.errors import BackendUnavailable, Conflict
 from celery_leader.lock import Capabilities, Lock
 from celery_leader.testing import sample_record
 
@@ -255,7 +255,17 @@ def test_a_new_leader_seen_in_the_watch_thread_is_announced_on_the_loop():
             while [w for w, _ in seen] != ["first"]:
                 await asyncio.sleep(0.01)
             second.start()
-            first.stop()  # released: the second candidate takes over at once
+            # hand over to ``second`` by name, as ``celery-leader step-down --to`` does: a
+            # plain release would let the standby race the second candidate for the lock
+            lock = backend.lock("job")
+            for _ in range(50):  # the leader renews meanwhile: read again after a Conflict
+                got = lock.get(5)
+                assert got is not None and got.record.holder == "first"
+                try:
+                    lock.update(got.record.evolve(preferred_holder="second"), got.version, 5)
+                    break
+                except Conflict:
+                    continue
             assert await asyncio.to_thread(second.wait_until_leader, 5)
             while [w for w, _ in seen] != ["first", "second"]:
                 await asyncio.sleep(0.01)

@@ -495,6 +495,29 @@ def test_stop_releases_with_compare_and_swap_retrying_conflicts(clock):
     assert isinstance(core.next_action(), Finished)
 
 
+def test_stop_after_the_term_releases_a_renewal_whose_answer_was_lost(clock):
+    """The term ended while a renewal went unanswered; a read then shows that write landed.
+    The lock is ours under a version we never got an answer for: a stop releases it (a
+    compare-and-swap against that version) instead of leaving it silently to its lease."""
+    core = make(clock)
+    lead(core, "v1")
+    clock.advance(RP)
+    renew = core.next_action()
+    assert isinstance(renew, Update) and not renew.release
+    core.failed(BackendUnavailable("no answer"))  # ... but it landed as "v2"
+    clock.advance(RD)
+    assert core.check_deadline() and not core.leading
+    assert isinstance(core.next_action(), Read)
+    core.read_done(Versioned(renew.record, "v2"))
+    assert core.may_hold()
+    core.request_stop()
+    assert isinstance(core.next_action(), Read)  # a release reads first
+    core.read_done(Versioned(renew.record, "v2"))
+    release = core.next_action()
+    assert isinstance(release, Update) and release.release, release
+    assert release.expected_version == "v2" and release.record.holder == ""
+
+
 def test_release_skips_a_lock_that_is_no_longer_ours(clock, caplog):
     core = make(clock)
     lead(core, "v1")

@@ -377,3 +377,64 @@ def test_asyncio_plain_work_sees_lost_on_time_even_while_the_loop_is_blocked(bac
     asyncio.run(main())
     assert "lost" in seen, "the plain work never saw its term end"
     assert seen["lost"] < seen["unblocked"], "the work ran on until the loop was unblocked"
+
+
+# --- a release that does not finish: the stop says so ---------------------------------------
+
+
+class StuckReleaseLock(MemoryLock):
+    """Writes land at once, except the release, which hangs (ignoring its timeout)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.unstick = threading.Event()
+        self.releasing = threading.Event()
+
+    def update(self, record, expected_version, timeout):
+        if record.holder == "":
+            self.releasing.set()
+            self.unstick.wait(30)
+            raise BackendUnavailable("no answer")
+        return super().update(record, expected_version, timeout)
+
+
+def _stuck_release_lock() -> StuckReleaseLock:
+    backend = MemoryBackend(uuid.uuid4().hex)
+    return StuckReleaseLock(backend._store, "job")
+
+
+def test_thread_driver_stop_says_when_the_release_did_not_finish(caplog):
+    """``stop()`` returns after its bound while the release hangs; the caller (``run``,
+    exiting on SIGTERM) leaves the lock to its lease, and the log says so."""
+    lock = _stuck_release_lock()
+    e = Election("job", lock=lock, identity="a", **FAST).start()
+    try:
+        assert e.wait_until_leader(5)
+        with caplog.at_level("INFO", logger="celery_leader"):
+            e.stop()
+        assert lock.releasing.is_set()
+        said = [r.getMessage() for r in caplog.records]
+        assert "job: the release did not finish in time; the lease will expire" in said, said
+    finally:
+        lock.unstick.set()
+
+
+def test_asyncio_stop_says_when_the_release_did_not_finish(caplog):
+    """The asyncio driver abandons a call past its own bound, so the core itself gives up
+    the release at ``renew_deadline`` and says so."""
+    lock = _stuck_release_lock()
+
+    async def main() -> None:
+        e = AsyncElection("job", lock=lock, identity="a", **FAST)
+        await e.start()
+        assert await e.wait_until_leader(5)
+        with caplog.at_level("INFO", logger="celery_leader"):
+            await e.stop()
+        assert lock.releasing.is_set()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        lock.unstick.set()
+    said = [r.getMessage() for r in caplog.records]
+    assert "job: could not release the lock within renew_deadline; it will expire" in said, said
