@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from celery_leader import Election
+from celery_leader.lock import Lock, Versioned
 
 LEASE, RENEW, RETRY = 1.0, 0.6, 0.2
 WAIT = 20.0
@@ -313,3 +314,55 @@ def leaders_member_cut_off(
     assert i not in watch.leaders_between(cut + LEASE, time.monotonic())
     tokens = watch.tokens()
     assert tokens == sorted(tokens)
+
+
+def standby_follows_by_hints(
+    name: str, leader_backend: object, lock: Lock, then: Callable[[], object] | None = None, hints_wanted: int = 12
+) -> None:
+    """Issue 21: a standby whose lock hands back the record a change notification carried
+    (``wait_for_change_hinted``) follows its renewing leader without a read per renewal;
+    once the leader is gone without a release it still waits out the lease and takes over
+    with a compare-and-swap (token + 1). ``lock``: the standby's own, not yet used; ``then``
+    runs while the standby leads."""
+    timing = dict(lease_duration=4.0, renew_deadline=2.5, retry_period=0.25)
+    leader = Election(name, backend=leader_backend, identity="leader", release_on_cancel=False, **timing)  # type: ignore[arg-type]
+    reads: list[float] = []
+    hints: list[str] = []
+    get, hinted = lock.get, lock.wait_for_change_hinted
+
+    def counted_get(timeout: float) -> Versioned | None:
+        reads.append(time.monotonic())
+        return get(timeout)
+
+    def counted_hint(version: str | None, timeout: float) -> Versioned | None:
+        hint = hinted(version, timeout)
+        if hint is not None:
+            hints.append(hint.version)
+        return hint
+
+    lock.get, lock.wait_for_change_hinted = counted_get, counted_hint  # type: ignore[method-assign]
+    # the standby's own waits end at least every retry period (then it reads): a longer one
+    # than the leader's renewals, so that nearly every wait ends with a renewal, as at the
+    # default timing, where the leader renews 0.9-1.0 x and a standby reads 1.0-1.2 x it
+    standby = Election(name, lock=lock, identity="standby", **{**timing, "retry_period": 1.0})
+    try:
+        leader.start()
+        assert leader.wait_until_leader(10)
+        token = leader.token
+        standby.start()
+        deadline = time.monotonic() + 30
+        while len(hints) < hints_wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        n_reads, n_hints = len(reads), len(hints)
+        assert n_hints >= hints_wanted, (n_hints, n_reads)
+        # a read now and then (the first, one after a notification that lagged), not one per renewal
+        assert n_reads <= 1 + n_hints // 3, (n_reads, n_hints)
+        assert standby.leader == "leader" and not standby.is_leader
+        leader.stop()  # gone without a release
+        assert standby.wait_until_leader(20)
+        assert standby.token == token + 1
+        if then is not None:
+            then()
+    finally:
+        standby.stop()
+        leader.stop()

@@ -274,6 +274,17 @@ class EtcdLock(Lock):
     # --- watching ---------------------------------------------------------------------
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
+        self._wait_changed(version, timeout)
+
+    def wait_for_change_hinted(self, version: str | None, timeout: float) -> Versioned | None:
+        """The watch event carries the lock key's value: a standby following a renewing
+        leader need not read both keys again after every renewal. The hint's version
+        assumes the fence key was written in the same transaction, as every write of this
+        backend does; a key written by hand makes it wrong, which costs the takeover's
+        compare-and-swap a Conflict and a read, never a second leader."""
+        return self._wait_changed(version, timeout)
+
+    def _wait_changed(self, version: str | None, timeout: float) -> Versioned | None:
         """Return when the lock key changes from ``version``, or after ``timeout``.
 
         One watch on the lock key is kept open across waits (a standby used to read and open
@@ -283,28 +294,30 @@ class EtcdLock(Lock):
         newer than that revision ends it. Otherwise (no watch yet, it broke, it started
         later, the preferred member changed, a version of another form): read, and if
         unchanged open a new watch from the read's revision + 1 and keep it.
+
+        Returns the lock as the change showed it when it did (the last event's value, or
+        the read), else ``None``.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         if self._closed:
-            return
+            return None
         if not self._watch_guard.acquire(blocking=False):
             # another thread waits on this lock's kept watch: a watch of its own
             self._wait_once(version, deadline)
-            return
+            return None
         try:
             parsed = _parse_version(version) if version else None
             watch = self._kept_watch()
             if watch is not None and parsed is not None and parsed[1] > 0 and self._watch_start <= parsed[1] + 1:
                 self.kept_watch_waits += 1
                 try:
-                    self._until_event(watch, parsed[1], deadline)
-                    return
+                    return self._until_event(watch, parsed[1], deadline)
                 except BackendUnavailable:
                     self._drop_watch()  # read and watch anew below
             state = self._read(max(0.0, deadline - time.monotonic()))
             current = self._versioned(state)
             if (current.version if current else None) != version or self._closed:
-                return
+                return current
             self._drop_watch()
             body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
             watch = self._backend.open_stream("watch", body, deadline)
@@ -313,12 +326,12 @@ class EtcdLock(Lock):
                 self._watch, self._watch_start = watch, state.revision + 1
             if self._closed:
                 self._drop_watch()
-                return
-            self._until_event(watch, state.lock_mod, deadline)
+                return None
+            return self._until_event(watch, state.lock_mod, deadline)
         except BackendUnavailable:
             self._drop_watch()
             if self._closed:
-                return  # close() aborted the watch
+                return None  # close() aborted the watch
             raise
         finally:
             self._watch_guard.release()
@@ -336,28 +349,34 @@ class EtcdLock(Lock):
             return None
         return watch
 
-    def _until_event(self, watch: _Stream, seen: int, deadline: float) -> None:
-        """Read the kept watch until an event newer than revision ``seen`` or the deadline."""
+    def _until_event(self, watch: _Stream, seen: int, deadline: float) -> Versioned | None:
+        """Read the kept watch until an event newer than revision ``seen`` or the deadline;
+        the hint of the message's last event (its newest state: later messages are read by
+        the next wait), or ``None``."""
         while True:
             line = watch.next(deadline)
             if line is None:
-                return  # the deadline: no change, the watch stays
+                return None  # the deadline: no change, the watch stays
             result = line.get("result") or {}
             if result.get("canceled") or line.get("error"):
                 # refused or ended (compacted, permission): re-read, and watch anew next time
                 if result.get("cancel_reason"):
                     log.debug("%s: watch canceled: %s", self.name, result.get("cancel_reason"))
                 self._drop_watch()
-                return
-            for event in result.get("events") or ():
+                return None
+            events: Any = result.get("events") or []
+            if not isinstance(events, list):
+                return None  # garbage: a change we cannot place (the caller reads)
+            for event in events:
                 try:
                     revision = int((event.get("kv") or {}).get("mod_revision") or 0)
                 except (TypeError, ValueError, AttributeError):
                     revision = 0
                 if revision == 0 or revision > seen:
-                    return  # a change after the version the caller knows (or one we cannot place)
+                    # a change after the version the caller knows (or one we cannot place)
+                    return _hint(events[-1])
             if self._closed:
-                return
+                return None
 
     def _wait_once(self, version: str | None, deadline: float) -> None:
         """Read; if unchanged, watch the lock key on a stream of this wait's own until a change or the deadline."""
@@ -402,6 +421,24 @@ class EtcdLock(Lock):
 
     def describe(self) -> str:
         return f"etcd key {self.key!r} at {self._backend.describe()}"
+
+
+def _hint(event: Any) -> Versioned | None:
+    """The lock as a watch event shows it: a put of a readable record, versioned as this
+    backend's writes are (both keys in one transaction, the fence at the record's token);
+    ``None`` for a deletion or anything else."""
+    try:
+        if event.get("type", "PUT") != "PUT":
+            return None
+        kv = event["kv"]
+        revision = int(kv["mod_revision"])
+        raw = _unb64(kv.get("value", ""))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    record = fenced_record(raw, 0, VANISHED_HOLDER)
+    if record.decode_error or revision <= 0 or record.transitions <= 0:
+        return None
+    return Versioned(record, f"{revision}:{revision}:{record.transitions}")
 
 
 def _abort(conn: http.client.HTTPConnection) -> None:

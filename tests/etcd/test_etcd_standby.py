@@ -12,6 +12,7 @@ import pytest
 
 from celery_leader.backends.etcd import EtcdLock, _Stream
 from celery_leader.testing import sample_record
+from tests.elections import standby_follows_by_hints
 from tests.wakeups import count_calls
 
 from .conftest import EtcdCluster
@@ -146,3 +147,70 @@ def test_a_standby_election_keeps_one_watch_and_takes_over_on_release(etcd_serve
     finally:
         standby.stop()
         leader.stop()
+
+
+# --- hints: the watch event carries the lock key's value (issue 21) -----------------------------
+
+
+def test_the_watch_event_is_the_hint(etcd_server: EtcdCluster, prefix: str, open_backend) -> None:
+    """A wait that ends on an event hands back the record and the version a read returns:
+    from the wait's own read (it showed a change before any watch), then from the kept
+    watch's events."""
+    url = etcd_server.url(prefix)
+    leader, standby = open_backend(url).lock("h"), open_backend(url).lock("h")
+    v1 = leader.create(sample_record(holder="leader", transitions=3), T)
+    v2 = leader.update(sample_record(holder="leader", transitions=3, renew_time=1_700_000_001.0), v1, T)
+    # the wait's read shows the change (no watch yet): the read is the hint
+    assert standby.wait_for_change_hinted(v1, LONG) == standby.get(T)
+    assert standby.wait_for_change_hinted(v2, 0.2) is None  # no change; the watch is kept
+    followed = version = v2
+    for i in range(3):
+        version = leader.update(sample_record(holder="leader", transitions=3, renew_time=1_700_000_010.0 + i), version, T)
+        hint = standby.wait_for_change_hinted(followed, LONG)
+        assert hint is not None and hint == standby.get(T), i
+        followed = hint.version
+    assert standby.watches_opened == 1 and standby.kept_watch_waits == 3
+
+
+def test_a_deletion_garbage_and_a_foreign_token_give_no_usable_hint(etcd_server: EtcdCluster, prefix: str,
+                                                                      open_backend) -> None:  # fmt: skip
+    url = etcd_server.url(prefix)
+    leader, standby = open_backend(url).lock("g"), open_backend(url).lock("g")
+    version = leader.create(sample_record(holder="leader", transitions=2), T)
+    assert standby.wait_for_change_hinted(version, 0.2) is None  # watch kept from here
+    etcd_server.put(standby.key, b"\xff garbage, not a record")
+    assert standby.wait_for_change_hinted(version, LONG) is None
+    got = standby.get(T)
+    assert got is not None and got.record.decode_error
+    etcd_server.delete(standby.key)
+    assert standby.wait_for_change_hinted(got.version, LONG) is None
+    got = standby.get(T)
+    assert got is not None and got.record.holder == "(lock key vanished)"
+
+
+def test_a_hand_written_key_gives_a_hint_whose_takeover_conflicts(etcd_server: EtcdCluster, prefix: str,
+                                                                    open_backend) -> None:  # fmt: skip
+    """The lock key written by hand (its fence untouched): the hint's version assumes both
+    keys were written together, so it is not the stored one. A compare-and-swap against it
+    fails (Conflict), and a read then gives the real version: never a second writer."""
+    from celery_leader.errors import Conflict
+    from celery_leader.record import encode_record
+
+    url = etcd_server.url(prefix)
+    leader, standby = open_backend(url).lock("f"), open_backend(url).lock("f")
+    version = leader.create(sample_record(holder="leader", transitions=2), T)
+    assert standby.wait_for_change_hinted(version, 0.2) is None
+    etcd_server.put(standby.key, encode_record(sample_record(holder="leader", transitions=2, renew_time=1_700_000_500.0)))
+    hint = standby.wait_for_change_hinted(version, LONG)
+    stored = standby.get(T)
+    assert hint is not None and stored is not None
+    assert hint.record == stored.record and hint.version != stored.version
+    with pytest.raises(Conflict):
+        standby.update(sample_record(holder="standby", transitions=3), hint.version, T)
+    standby.update(sample_record(holder="standby", transitions=3), stored.version, T)
+
+
+def test_a_standby_election_follows_renewals_from_the_watch_events(etcd_server: EtcdCluster, prefix: str,
+                                                                   open_backend) -> None:  # fmt: skip
+    url = etcd_server.url(prefix)
+    standby_follows_by_hints("hints", open_backend(url), open_backend(url).lock("hints"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import kubernetes.client.configuration as k8s_configuration
 
 from celery_leader.testing import sample_record
+from tests.elections import standby_follows_by_hints
 
 
 def test_reads_do_not_look_up_the_proxy_again(open_backend, monkeypatch) -> None:
@@ -32,3 +33,8 @@ def test_the_proxy_from_the_environment_is_still_used(kubeconfig, monkeypatch) -
         assert backend.api_client.configuration.proxy == "http://127.0.0.1:9"
     finally:
         backend.close()
+
+
+def test_a_standby_follows_its_leaders_renewals_from_the_watch_events(open_backend) -> None:
+    """Each renewal's watch event carries the Lease: the engine takes it as a hint."""
+    standby_follows_by_hints("hints", open_backend(), open_backend().lock("hints"))

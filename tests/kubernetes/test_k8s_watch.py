@@ -22,15 +22,20 @@ WAIT = 60.0
 class Waiter:
     """Runs ``lock.wait_for_change(version, timeout)`` in a thread and times it."""
 
-    def __init__(self, lock, version, timeout: float) -> None:
+    def __init__(self, lock, version, timeout: float, hinted: bool = False) -> None:
         self.done = threading.Event()
         self.started = time.monotonic()
         self.elapsed = -1.0
         self.error: BaseException | None = None
+        #: what ``wait_for_change_hinted`` handed back (``hinted``)
+        self.hint = None
 
         def run() -> None:
             try:
-                lock.wait_for_change(version, timeout)
+                if hinted:
+                    self.hint = lock.wait_for_change_hinted(version, timeout)
+                else:
+                    lock.wait_for_change(version, timeout)
             except BaseException as exc:  # noqa: BLE001 - asserted on
                 self.error = exc
             self.elapsed = time.monotonic() - self.started
@@ -282,3 +287,83 @@ def test_a_kept_stream_cut_while_a_wait_reads_it_is_not_a_change(apiserver, make
     _watching(apiserver, started, waiter)  # a new stream, and the wait goes on
     writer.update(sample_record(holder="b"), version, TIMEOUT)
     assert waiter.done.wait(WAIT) and waiter.error is None
+
+
+# --- hints: the watch event carries the Lease (issue 21) ---------------------------------------
+
+
+def _stored(lock, version: str):
+    got = lock.get(TIMEOUT)
+    assert got is not None and got.version == version
+    return got
+
+
+def test_the_changes_event_is_the_hint(apiserver, make_lock) -> None:
+    """A wait that ends on an event hands back the Lease the event carried: the record and
+    the version a read would return, on a new stream, on the kept one, and when the change
+    already came on the kept stream before the wait."""
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    v1 = writer.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, v1, 120.0, hinted=True)
+    _watching(apiserver, waiter=waiter)
+    v2 = writer.update(sample_record(holder="a", transitions=2), v1, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    assert waiter.hint == _stored(writer, v2)
+    assert watcher._kept is not None
+    # on the kept stream
+    waiter = Waiter(watcher, v2, 120.0, hinted=True)
+    wait_for(lambda: waiter.done.is_set() or watcher._watch_guard.locked(), WAIT)
+    v3 = writer.update(sample_record(holder="a", transitions=3), v2, TIMEOUT)
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    assert waiter.hint == _stored(writer, v3)
+    # a change after v3 read from the kept stream; a wait for v3 again returns it at once
+    v4 = writer.update(sample_record(holder="a", transitions=4), v3, TIMEOUT)
+    assert watcher.wait_for_change_hinted(v3, 30.0) == _stored(writer, v4)
+    assert watcher.wait_for_change_hinted(v3, 30.0) == _stored(writer, v4)
+
+
+def test_a_deletion_and_a_timeout_give_no_hint(apiserver, make_lock) -> None:
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    assert lock.wait_for_change_hinted(version, 0.5) is None  # no change
+    waiter = Waiter(lock, version, 120.0, hinted=True)
+    _watching(apiserver, waiter=waiter)
+    apiserver.delete(NAMESPACE, "beat")
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    assert waiter.hint is None
+    # and after it, on the kept stream, a wait for the version before the deletion
+    assert lock.wait_for_change_hinted(version, 0.5) is None
+
+
+def test_a_change_found_through_410_hints_the_read(apiserver, make_lock) -> None:
+    watcher, writer = make_lock("beat"), make_lock("beat")
+    version = writer.create(sample_record(), TIMEOUT)
+    waiter = Waiter(watcher, version, 120.0, hinted=True)
+    _watching(apiserver, waiter=waiter)
+    apiserver.stop()
+    with apiserver.cond:
+        obj = apiserver.objects[(NAMESPACE, "beat")]
+        obj["spec"]["holderIdentity"] = "other"
+        changed = apiserver._commit(NAMESPACE, "beat", obj, "MODIFIED")
+    apiserver.restart()
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    assert waiter.hint == _stored(writer, changed)
+    assert waiter.hint.record.holder == "other"
+
+
+def test_a_garbage_lease_in_an_event_is_an_unreadable_hint(apiserver, make_lock) -> None:
+    """A Lease the API server accepts but that is not a leader record (held, without a
+    lease duration): the hint says so (the engine then reads)."""
+    lock = make_lock("beat")
+    version = lock.create(sample_record(), TIMEOUT)
+    waiter = Waiter(lock, version, 120.0, hinted=True)
+    _watching(apiserver, waiter=waiter)
+    with apiserver.cond:
+        obj = apiserver.objects[(NAMESPACE, "beat")]
+        obj["spec"]["holderIdentity"] = "someone"
+        del obj["spec"]["leaseDurationSeconds"]
+        changed = apiserver._commit(NAMESPACE, "beat", obj, "MODIFIED")
+    assert waiter.done.wait(WAIT) and waiter.error is None
+    assert waiter.hint is not None and waiter.hint.version == changed
+    assert waiter.hint.record.decode_error
+    assert waiter.hint == _stored(lock, changed)

@@ -90,7 +90,7 @@ KEPT_WATCH_SECONDS = 300.0
 class _Stream:
     """One watch stream: its response, its events as read, the versions it showed."""
 
-    __slots__ = ("raw", "events", "seen", "resume", "pid")
+    __slots__ = ("raw", "events", "seen", "resume", "pid", "changed_to")
 
     def __init__(self, raw: Any, start: str | None) -> None:
         self.raw = raw
@@ -101,6 +101,9 @@ class _Stream:
         #: where a new watch would resume (the last event's or bookmark's version)
         self.resume = start
         self.pid = os.getpid()
+        #: the version the last change on this stream showed (``None`` after a deletion):
+        #: the record a hinted wait hands back
+        self.changed_to: str | None = None
 
 
 def _bound_reads(stream: _Stream, deadline: float) -> bool:
@@ -218,6 +221,18 @@ class KubernetesLock(Lock):
     # --- watch ---
 
     def wait_for_change(self, version: str | None, timeout: float) -> None:
+        self._wait_changed(version, timeout)
+
+    def wait_for_change_hinted(self, version: str | None, timeout: float) -> Versioned | None:
+        """The watch event carries the whole Lease: it is the hint (a standby that follows
+        a renewing leader need not read the Lease again after every renewal)."""
+        changed_to = self._wait_changed(version, timeout)
+        if changed_to is None:
+            return None
+        obj = self._cached(changed_to)
+        return Versioned(lease_to_record(obj), changed_to) if obj is not None else None
+
+    def _wait_changed(self, version: str | None, timeout: float) -> str | None:
         """Watch this one Lease (field selector on its name) from ``version``.
 
         Returns on the first event that is not ``version``; reconnects when the stream
@@ -230,13 +245,15 @@ class KubernetesLock(Lock):
         one watch request per renewal of its leader, beside its read). A kept stream has
         delivered, in order, every change after the versions it showed, so a wait for one
         of those versions reads on from it without a new request.
+
+        Returns the version the Lease changed to when the change showed it (it is then in
+        the cache, :meth:`_cached`), else ``None`` (no change, a deletion, or unknown).
         """
         deadline = time.monotonic() + max(0.0, timeout)
         if self._closed:
-            return
+            return None
         if not self._watch_guard.acquire(blocking=False):
-            self._wait(version, deadline, keep=False)  # another thread reads the kept stream
-            return
+            return self._wait(version, deadline, keep=False)  # another thread reads the kept stream
         try:
             kept, self._kept = self._kept, None
             if kept is not None:
@@ -244,7 +261,7 @@ class KubernetesLock(Lock):
                     self.kept_watch_waits += 1
                     if kept.seen[-1] != version:
                         self._kept = kept  # a change after ``version`` came on it already
-                        return
+                        return kept.changed_to
                     try:
                         outcome = self._read(kept, version, deadline)
                     except BackendUnavailable as exc:  # (dropped) watch anew below
@@ -255,44 +272,49 @@ class KubernetesLock(Lock):
                             self._drop(kept)
                         else:
                             self._kept = kept
-                        return
+                        return kept.changed_to
                     if outcome == "deadline":
-                        return  # no change in the whole wait (its stream timed out: dropped)
+                        return None  # no change in the whole wait (its stream timed out: dropped)
                 else:
                     self._drop(kept)  # a version it never showed (another lock wrote, or it is old)
-            self._wait(version, deadline, keep=True)
+            return self._wait(version, deadline, keep=True)
         finally:
             self._watch_guard.release()
 
-    def _wait(self, version: str | None, deadline: float, keep: bool) -> None:
+    def _wait(self, version: str | None, deadline: float, keep: bool) -> str | None:
         # no version yet: watch from "now"; a Lease created since the caller's read shows
         # up as the stream's initial ADDED event
         start: str | None = version
         while not self._closed:
             if deadline - time.monotonic() <= 0.0:
-                return
+                return None
             try:
-                outcome, start = self._watch_once(version, start, deadline, keep)
-                if outcome in ("changed", "deadline"):
-                    return
+                outcome, start, changed_to = self._watch_once(version, start, deadline, keep)
+                if outcome == "changed":
+                    return changed_to
+                if outcome == "deadline":
+                    return None
                 if outcome == "gone":
                     resp = self._backend._call(
                         "GET", LEASE, self.namespace, self.name, timeout=max(0.001, deadline - time.monotonic())
                     )
                     if resp.status == 404:
-                        return
+                        return None
                     self._backend._check(resp, "get", self.name)
                     if resource_version(resp.data) != version:
-                        return
+                        # changed: the read is the hint
+                        return self._remember(resp.data) if isinstance(resp.data, dict) else None
                     start = None
             except BackendUnavailable as exc:
                 log.debug("watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
                 time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        return None
 
     def _watch_once(
         self, version: str | None, start: str | None, deadline: float, keep: bool
-    ) -> tuple[str, str | None]:
-        """One watch request. Returns ("changed"|"gone"|"ended"|"deadline", resourceVersion to resume from).
+    ) -> tuple[str, str | None, str | None]:
+        """One watch request. Returns ("changed"|"gone"|"ended"|"deadline", resourceVersion
+        to resume from, the version the Lease changed to if the change showed it).
 
         With ``keep``, a stream that showed a change is left open in ``_kept``.
         """
@@ -312,7 +334,7 @@ class KubernetesLock(Lock):
             "GET", LEASES, self.namespace, None, timeout=remaining, query=query, stream=True, read_timeout=remaining
         )
         if resp.status == 410:
-            return "gone", start
+            return "gone", start, None
         self._backend._check(resp, "watch", self.name)
         stream = _Stream(resp.raw, start)
         self.watches_opened += 1
@@ -323,11 +345,11 @@ class KubernetesLock(Lock):
             if self._closed:
                 # close() ran while this request waited for its answer: it had no stream to
                 # shut down then (it sets the flag before it looks at the registered streams)
-                return "ended", start
+                return "ended", start, None
             outcome = self._read(stream, version, deadline, own=True)
             if outcome == "changed" and keep and not self._closed:
                 self._kept, kept = stream, True
-            return outcome, stream.resume or start
+            return outcome, stream.resume or start, stream.changed_to if outcome == "changed" else None
         finally:
             if not kept:
                 self._drop(stream)
@@ -351,9 +373,11 @@ class KubernetesLock(Lock):
                         stream.resume = rv
                         if rv != version:
                             self._remember(obj)
+                            stream.changed_to = rv
                             outcome = "changed"
                             return outcome
                 elif kind == "DELETED":
+                    stream.changed_to = None
                     outcome = "changed"
                     return outcome
                 elif kind == "BOOKMARK":
