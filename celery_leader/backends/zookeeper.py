@@ -96,6 +96,19 @@ class _Handler(SequentialThreadingHandler):
         except ValueError:  # a descriptor >= FD_SETSIZE (or a bad timeout: the selector says so too)
             return selector_select(rlist, wlist, xlist, timeout)
 
+    def dispatch_callback(self, callback: Any) -> None:
+        """A data watch of one of our locks fires inline, on the connection thread: its
+        callback only counts and notifies a condition, which never blocks for long. kazoo
+        hands every callback to its callback thread (two more wake-ups per event, one per
+        renewal of a standby's leader); any other callback still goes there, in order."""
+        if getattr(callback.func, "__func__", None) is ZooKeeperLock._wake:
+            try:
+                callback.func(*callback.args)
+            except Exception:  # noqa: BLE001 - as kazoo's callback thread: logged, never raised into the connection
+                log.exception("a ZooKeeper watch callback failed")
+            return
+        super().dispatch_callback(callback)
+
 
 def _version(lock_version: int | None, fence_version: int | None, fence: int, garbage: bool) -> str:
     def v(n: int | None) -> str:
