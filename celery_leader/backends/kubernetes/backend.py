@@ -301,9 +301,10 @@ class KubernetesLock(Lock):
                     if resp.status == 404:
                         return None
                     self._backend._check(resp, "get", self.name)
-                    if resource_version(resp.data) != version:
-                        # changed: the read is the hint
-                        return self._remember(resp.data) if isinstance(resp.data, dict) else None
+                    current = resource_version(resp.data) if isinstance(resp.data, dict) else None
+                    if current != version:
+                        # changed: the read is the hint (unless it came without a version)
+                        return self._remember(resp.data) if current else None
                     start = None
             except BackendUnavailable as exc:
                 log.debug("watch of Lease %s/%s broke: %s", self.namespace, self.name, exc)
