@@ -316,8 +316,10 @@ class EtcdLock(Lock):
                     self._drop_watch()  # read and watch anew below
             state = self._read(max(0.0, deadline - time.monotonic()))
             current = self._versioned(state)
-            if (current.version if current else None) != version or self._closed:
-                return current
+            if self._closed:
+                return None
+            if (current.version if current else None) != version:
+                return current  # changed before any watch: the read is the hint
             self._drop_watch()
             body = {"create_request": {"key": _b64(self.key), "start_revision": str(state.revision + 1)}}
             watch = self._backend.open_stream("watch", body, deadline)
