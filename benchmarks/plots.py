@@ -9,7 +9,9 @@ them, and draws into ``docs/img/``:
   units of ``lease_duration`` where a benchmark reports that;
 * ``gaps.png``: time without a leader after each fault (chaos harness, failover runs);
 * ``peers.png``: takeover of the peers on Redis and Kubernetes, by tool, profile and signal;
-* ``scale.png``: renew lateness with many elections, handover with many candidates.
+* ``scale.png``: renew lateness with many elections, handover with many candidates;
+* ``standby.png``: CPU of an idle standby per backend and driver, against issue 21's
+  target (0.1 % of a core).
 
 Where raw samples exist they are drawn as a box with the points; where a benchmark kept
 only a summary, its p50 (dot) and p99 (bar end) are drawn. Files or keys that are missing
@@ -165,6 +167,9 @@ def collect(results: Path) -> tuple[dict[str, list[Series]], list[str], list[str
                     found += 1
         if not found and isinstance(data, dict) and isinstance(data.get("peers"), list):
             used.append(f"{path.name}: peers (drawn in peers.png)")
+            continue
+        if not found and path.name == "standby.json":
+            used.append(f"{path.name}: idle standbys (drawn in standby.png)")
             continue
         (used if found else skipped).append(
             f"{path.name}: {found} distributions" if found else f"{path.name}: nothing to draw"
@@ -336,6 +341,44 @@ def draw_scale(results: Path, out: Path) -> bool:
     return True
 
 
+def draw_standby(results: Path, out: Path) -> bool:
+    """One bar per backend and driver: an idle standby's CPU (``python -m benchmarks standby``)."""
+    path = results / "standby.json"
+    if not path.exists():
+        return False
+    data = json.loads(path.read_text())
+    runs = [r for r in data.get("runs", []) if isinstance(r.get("cpu_pct"), NUMBER)]
+    if not runs:
+        return False
+    backends = list(dict.fromkeys(r["backend"] for r in runs))
+    drivers = list(dict.fromkeys(r["driver"] for r in runs))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / max(1, len(drivers))
+    for d, driver in enumerate(drivers):
+        xs, ys = [], []
+        for b, backend in enumerate(backends):
+            row = next((r for r in runs if r["backend"] == backend and r["driver"] == driver), None)
+            if row is not None:
+                xs.append(b + (d - (len(drivers) - 1) / 2) * width)
+                ys.append(row["cpu_pct"])
+        ax.bar(xs, ys, width=width, label=f"{driver} driver")
+    ax.axhline(0.1, color="tab:red", linestyle="--", linewidth=1)
+    ax.annotate("0.1 % (issue 21 target)", (len(backends) - 0.5, 0.1), ha="right", va="bottom", fontsize=8,
+                color="tab:red")  # fmt: skip
+    ax.set_xticks(range(len(backends)))
+    ax.set_xticklabels(backends, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("% of one core")
+    machine = data.get("machine") or {}
+    ax.set_title(f"An idle standby at the default timing (15/10/2 s), {machine.get('when', '')}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks plots", description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -375,6 +418,8 @@ def main(argv: list[str]) -> int:
         drawn.append("peers.png")
     if draw_scale(args.results, args.out / "scale.png"):
         drawn.append("scale.png")
+    if draw_standby(args.results, args.out / "standby.png"):
+        drawn.append("standby.png")
     print("read:    " + ("; ".join(used) or "nothing"))
     if skipped:
         print("skipped: " + "; ".join(skipped))
