@@ -14,6 +14,11 @@ from celery_leader.testing.contract import sample_record
 from tests.wakeups import count_calls
 
 T = 5.0
+#: the timeout of the counted reads: the backend keeps a botocore client per timeout class,
+#: and the largest class (60 s) is the only one a read's remaining time cannot drop out of
+#: under load (a 5 s read whose presigned GET took 0.1 s made its regular call on the 3 s
+#: class's client, whose requests the test did not count)
+READ_T = 120.0
 
 
 @pytest.fixture
@@ -29,13 +34,13 @@ def test_reads_make_no_botocore_call_and_see_every_renewal(pair) -> None:
     leader, lock = leader_backend.lock("beat"), standby.lock("beat")
     version = leader.create(sample_record(holder="leader"), T)
     calls = count_calls(standby, "call")
-    presigns = count_calls(standby._client(s3_module._timeout_class(T)), "generate_presigned_url")
+    presigns = count_calls(standby._client(s3_module._timeout_class(READ_T)), "generate_presigned_url")
     for i in range(6):
-        got = lock.get(T)
+        got = lock.get(READ_T)
         assert got is not None and got.version == version and got.record.holder == "leader"
         version = leader.update(sample_record(holder="leader", renew_time=1_700_000_000.0 + i), version, T)
     released = leader.update(sample_record(holder=""), version, T)
-    got = lock.get(T)
+    got = lock.get(READ_T)
     assert got is not None and got.version == released and got.record.holder == ""
     assert calls[0] == 0
     assert presigns[0] == 1  # one URL, made on the first read, for the next PRESIGN_REFRESH seconds
@@ -59,7 +64,7 @@ def test_a_refused_url_falls_back_then_presigned_reads_stop(seaweed_server, pref
     standby = S3Backend.from_url(seaweed_server.url(prefix))
     version = leader_backend.lock("beat").create(sample_record(holder="leader"), T)
     lock = standby.lock("beat")
-    client = standby._client(s3_module._timeout_class(T))
+    client = standby._client(s3_module._timeout_class(READ_T))
     real = client.generate_presigned_url
 
     def forged(*args, **kwargs):  # a URL whose signature the server refuses (403)
@@ -70,7 +75,7 @@ def test_a_refused_url_falls_back_then_presigned_reads_stop(seaweed_server, pref
     calls = count_calls(standby, "call")
     sends = count_calls(client._endpoint.http_session, "send")
     for i in range(s3_module.PRESIGN_REFUSALS + 2):
-        got = lock.get(T)
+        got = lock.get(READ_T)
         assert got is not None and got.version == version and got.record.holder == "leader"
         assert calls[0] == i + 1
     assert not standby.presigned_reads
