@@ -269,6 +269,13 @@ def _runs_celery_leader(cluster: ElectorCluster) -> bool:
     return cluster.command(0)[1:4] == ["-m", "celery_leader", "run"]
 
 
+#: what a stop logs about the lock (celery_leader.core, celery_leader.election; docs/design.md,
+#: "Lifecycle"): released, or not ours any more; or left to its lease
+_RELEASED = ("released the lock", "nothing to release")
+_LEFT_TO_LEASE = ("could not release the lock within renew_deadline; it will expire",
+                  "the release did not finish in time; the lease will expire")  # fmt: skip
+
+
 def _led_when_signalled(said: str, name: str) -> bool | None:
     """Did the ``run`` whose log is ``said`` lead when its SIGTERM came? By its own log's order:
     its last "started leading" or "stopped leading" line before "received SIGTERM" (``None``:
@@ -336,23 +343,20 @@ def _common_fault(kind: str, leader: int, rng: random.Random, cluster: ElectorCl
                 # reaching its deadline) before the signal came: no child to stop, no lock to release
                 print(f"term: node{leader}'s term had ended before the SIGTERM: its child and release are not checked",
                       flush=True)  # fmt: skip
-            elif not _child_stopped_gently(said, cluster.name, terms):
-                checks.append(f"term: node{leader}'s child was not stopped gently")
-            # the release, or the core's word that there was nothing left to release (a fault
-            # just before the signal ended the term, or the release landed and its answer was
-            # lost), or that the release did not finish within its bound and the lock was left
-            # to its lease (a backend that did not answer in time: seen at a load average of 20)
-            if _led_when_signalled(said, cluster.name) is False:
-                pass
-            elif f"{cluster.name}: released the lock" in said or f"{cluster.name}: nothing to release" in said:
-                pass
-            elif re.search(rf"{re.escape(cluster.name)}: (could not release the lock within renew_deadline; it will expire"
-                           r"|the release did not finish in time; the lease will expire)", said):  # fmt: skip
-                print(f"term: node{leader}'s release did not finish in time; the lock was left to its lease",
-                      flush=True)  # fmt: skip
             else:
-                checks.append(f"term: node{leader}'s run logged neither the release, nor that the lock was not its own, "
-                              f"nor that it was left to its lease ({out})")  # fmt: skip
+                if not _child_stopped_gently(said, cluster.name, terms):
+                    checks.append(f"term: node{leader}'s child was not stopped gently")
+                # what became of the lock is said: released, or not ours any more (a fault just
+                # before the signal ended the term, or the release landed and its answer was
+                # lost), or left to its lease (the release did not finish within its bound: a
+                # backend that did not answer in time, seen at a load average of 20)
+                if not any(f"{cluster.name}: {text}" in said for text in _RELEASED):
+                    if any(f"{cluster.name}: {text}" in said for text in _LEFT_TO_LEASE):
+                        print(f"term: node{leader}'s release did not finish in time; the lock was left to its lease",
+                              flush=True)  # fmt: skip
+                    else:
+                        checks.append(f"term: node{leader}'s run logged neither the release, nor that the lock was not "
+                                      f"its own, nor that it was left to its lease ({out})")  # fmt: skip
         cluster.restart(leader)
         return 0.0, t.poll + SLACK
     detail = t.lease * rng.uniform(1.5, 3.0)
